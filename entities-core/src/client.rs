@@ -1,0 +1,303 @@
+//! [`Client`]: signals, calls and reads from outside the runtime.
+
+use std::sync::atomic::Ordering;
+use std::sync::Arc;
+use std::time::SystemTime;
+
+use serde::de::DeserializeOwned;
+use serde::Serialize;
+use serde_json::Value;
+use tokio::sync::oneshot;
+
+use crate::engine::{Command, Shared};
+use crate::entity::Entity;
+use crate::error::{Error, Result};
+use crate::id::EntityId;
+use crate::message::{from_millis, to_millis_ceil, Body, Message, ReplyTo, Target};
+use crate::proxy::{ClientCall, ClientSignal};
+use crate::store::{Batch, EntityQuery, EntityRecord};
+
+/// An entity's committed state with its metadata.
+#[derive(Clone, Debug, PartialEq)]
+pub struct EntityMetadata<T> {
+    /// The entity.
+    pub id: EntityId,
+    /// Its last committed state.
+    pub state: T,
+    /// When its state was last written.
+    pub last_modified: SystemTime,
+    /// The orchestration instance holding its lock, if any.
+    pub locked_by: Option<String>,
+    /// How many messages wait for it in the store.
+    pub pending_messages: u64,
+}
+
+impl<T> EntityMetadata<T> {
+    fn from_record(record: EntityRecord, state: T) -> Self {
+        Self {
+            id: record.id,
+            state,
+            last_modified: from_millis(record.last_modified),
+            locked_by: record.lock_owner,
+            pending_messages: record.pending_messages,
+        }
+    }
+}
+
+/// One page of [`Client::query_entities`].
+#[derive(Clone, Debug)]
+pub struct EntityPage {
+    /// The entities of this page; `state` is `None` when the query excluded states or the
+    /// entity has none.
+    pub entities: Vec<EntityMetadata<Option<Value>>>,
+    /// Pass as `EntityQuery::continuation` for the next page; `None` on the last page.
+    pub continuation: Option<String>,
+}
+
+/// What [`Client::clean_entity_storage`] did.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct CleanResult {
+    /// Entity rows removed (no state, no lock, no pending message).
+    pub removed_entities: u64,
+    /// Locks released because their orchestration had ended.
+    pub released_locks: u64,
+}
+
+/// The client of a runtime: cheap to clone, usable from any task.
+#[derive(Clone)]
+pub struct Client {
+    pub(crate) shared: Arc<Shared>,
+}
+
+impl Client {
+    pub(crate) fn new(shared: Arc<Shared>) -> Self {
+        Self { shared }
+    }
+
+    /// A typed proxy whose methods signal the entity `E` with `key`; each resolves once the
+    /// signal is durably stored.
+    pub fn signal<E: Entity>(&self, key: impl Into<String>) -> E::Proxy<ClientSignal> {
+        E::proxy(ClientSignal::new(self.clone(), EntityId::of::<E>(key)))
+    }
+
+    /// A typed proxy whose methods call the entity `E` with `key` and resolve with the result.
+    pub fn call<E: Entity>(&self, key: impl Into<String>) -> E::Proxy<ClientCall> {
+        E::proxy(ClientCall::new(self.clone(), EntityId::of::<E>(key)))
+    }
+
+    /// Signals an entity; resolves once the signal is durably stored.
+    pub async fn signal_entity<I: Serialize + ?Sized>(
+        &self,
+        id: &EntityId,
+        operation: &str,
+        input: &I,
+    ) -> Result<()> {
+        let input = serde_json::to_value(input)?;
+        self.send_signal(id, operation, Some(input), None).await
+    }
+
+    /// Signals an entity, delivered at or after `at`; resolves once durably stored.
+    pub async fn signal_entity_at<I: Serialize + ?Sized>(
+        &self,
+        id: &EntityId,
+        operation: &str,
+        input: &I,
+        at: SystemTime,
+    ) -> Result<()> {
+        let input = serde_json::to_value(input)?;
+        self.send_signal(id, operation, Some(input), Some(at)).await
+    }
+
+    /// Calls an entity operation and waits for its result.
+    pub async fn call_entity<R: DeserializeOwned, I: Serialize + ?Sized>(
+        &self,
+        id: &EntityId,
+        operation: &str,
+        input: &I,
+    ) -> Result<R> {
+        let input = serde_json::to_value(input)?;
+        let value = self.send_call(id, operation, Some(input)).await?;
+        crate::proxy::decode_result(value)
+    }
+
+    /// The last committed state of the entity `E` with `key`, or `None` if it has no state.
+    pub async fn get_entity<E: Entity>(
+        &self,
+        key: impl Into<String>,
+    ) -> Result<Option<EntityMetadata<E>>> {
+        let id = EntityId::of::<E>(key);
+        let Some(meta) = self.get_entity_raw(&id).await? else {
+            return Ok(None);
+        };
+        let state = E::deserialize(&meta.state).map_err(|err| {
+            Error::Serialization(format!(
+                "the state of {id} does not deserialize into `{}`: {err}",
+                std::any::type_name::<E>()
+            ))
+        })?;
+        Ok(Some(EntityMetadata {
+            id: meta.id,
+            state,
+            last_modified: meta.last_modified,
+            locked_by: meta.locked_by,
+            pending_messages: meta.pending_messages,
+        }))
+    }
+
+    /// The last committed state of an entity as JSON, with its lock holder and the number of
+    /// messages waiting for it; `None` if it has no state.
+    pub async fn get_entity_raw(&self, id: &EntityId) -> Result<Option<EntityMetadata<Value>>> {
+        let Some(mut record) = self.shared.store.read_entity(id).await? else {
+            return Ok(None);
+        };
+        let Some(state) = record.state.take() else {
+            return Ok(None);
+        };
+        Ok(Some(EntityMetadata::from_record(record, state)))
+    }
+
+    /// Lists stored entities by name and key prefix, one page at a time.
+    pub async fn query_entities(&self, query: EntityQuery) -> Result<EntityPage> {
+        let mut query = query;
+        query.name = query.name.map(|n| n.to_lowercase());
+        query.page_size = query.page_size.max(1);
+        let page = self.shared.store.query_entities(&query).await?;
+        Ok(EntityPage {
+            entities: page
+                .entities
+                .into_iter()
+                .map(|mut record| {
+                    let state = record.state.take();
+                    EntityMetadata::from_record(record, state)
+                })
+                .collect(),
+            continuation: page.continuation,
+        })
+    }
+
+    /// Removes stored entities that have no state, no lock and no pending message, and
+    /// releases locks held by orchestrations that have ended.
+    pub async fn clean_entity_storage(&self) -> Result<CleanResult> {
+        let released_locks = self.release_orphaned_locks().await?;
+        let removed_entities = self.shared.store.delete_empty_entities().await?;
+        Ok(CleanResult {
+            removed_entities,
+            released_locks,
+        })
+    }
+
+    /// Sends release messages for locks whose owner instance has ended or does not exist.
+    async fn release_orphaned_locks(&self) -> Result<u64> {
+        let mut released = 0;
+        let mut query = EntityQuery {
+            include_state: false,
+            include_stateless: true,
+            page_size: 1000,
+            ..EntityQuery::default()
+        };
+        loop {
+            let page = self.shared.store.query_entities(&query).await?;
+            let mut messages = Vec::new();
+            for record in &page.entities {
+                let Some(owner) = &record.lock_owner else { continue };
+                let ended = match self.shared.store.read_instance(owner).await? {
+                    None => true,
+                    Some(instance) => instance.status.is_terminal(),
+                };
+                if ended {
+                    messages.push(Message {
+                        id: self.shared.next_message_id(),
+                        target: Target::Entity(record.id.clone()),
+                        deliver_at: None,
+                        body: Body::Release {
+                            owner: owner.clone(),
+                        },
+                    });
+                }
+            }
+            released += messages.len() as u64;
+            if !messages.is_empty() {
+                self.store_and_deliver(messages, None).await?;
+            }
+            match page.continuation {
+                Some(next) => query.continuation = Some(next),
+                None => break,
+            }
+        }
+        Ok(released)
+    }
+
+    pub(crate) async fn send_signal(
+        &self,
+        id: &EntityId,
+        operation: &str,
+        input: Option<Value>,
+        at: Option<SystemTime>,
+    ) -> Result<()> {
+        self.shared.registry.check_entity(id)?;
+        let message = Message {
+            id: self.shared.next_message_id(),
+            target: Target::Entity(id.clone()),
+            deliver_at: at.map(to_millis_ceil),
+            body: Body::Operation {
+                name: operation.to_string(),
+                input,
+                reply: None,
+                sender: None,
+            },
+        };
+        self.store_and_deliver(vec![message], None).await
+    }
+
+    pub(crate) async fn send_call(
+        &self,
+        id: &EntityId,
+        operation: &str,
+        input: Option<Value>,
+    ) -> Result<Option<Value>> {
+        self.shared.registry.check_entity(id)?;
+        let message_id = self.shared.next_message_id();
+        let message = Message {
+            id: message_id,
+            target: Target::Entity(id.clone()),
+            deliver_at: None,
+            body: Body::Operation {
+                name: operation.to_string(),
+                input,
+                reply: Some(ReplyTo::Client(message_id)),
+                sender: None,
+            },
+        };
+        let (tx, rx) = oneshot::channel();
+        self.store_and_deliver(vec![message], Some((message_id, tx)))
+            .await?;
+        match rx.await {
+            Ok(reply) => Ok(reply?),
+            Err(_) => Err(Error::Shutdown),
+        }
+    }
+
+    /// Stores messages durably, then hands them to the engine.
+    pub(crate) async fn store_and_deliver(
+        &self,
+        messages: Vec<Message>,
+        waiter: Option<(u64, oneshot::Sender<crate::engine::CallReply>)>,
+    ) -> Result<()> {
+        if self.shared.stopped.load(Ordering::SeqCst) {
+            return Err(Error::Shutdown);
+        }
+        let batch = Batch {
+            produced: messages,
+            ..Batch::default()
+        };
+        let batch = self.shared.store.commit(batch).await?;
+        self.shared
+            .commands
+            .send(Command::Deliver {
+                messages: batch.produced,
+                waiter,
+            })
+            .map_err(|_| Error::Shutdown)
+    }
+}
+

@@ -1,0 +1,622 @@
+//! The engine: one task that owns the in-memory queues and cached states of active entities,
+//! runs their operations batch by batch, and hands each batch to the store as one commit.
+//!
+//! Every message is stored before it is delivered here, and is deleted in the commit that
+//! records its effect, so a crash at any moment loses nothing and applies nothing twice.
+//! Commits are pipelined: the next batch runs while earlier ones commit; their effects
+//! (produced messages, replies to clients) are released only once their commit is done, and
+//! commits complete in batch order.
+
+use std::cmp::Reverse;
+use std::collections::{BinaryHeap, HashMap, VecDeque};
+use std::panic::AssertUnwindSafe;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::Arc;
+use std::time::Duration;
+
+use futures::future::{join_all, BoxFuture};
+use futures::stream::FuturesOrdered;
+use futures::{FutureExt, StreamExt};
+use serde_json::Value;
+use tokio::sync::{mpsc, oneshot};
+use tracing::{debug, error, warn};
+
+use crate::context::{EntityContext, Outgoing};
+use crate::error::{OperationError, StoreError};
+use crate::id::EntityId;
+use crate::message::{now_millis, to_millis_ceil, Body, FailureKind, Message, MessageId, Outcome, ReplyTo, Target};
+use crate::orchestration::engine::Orchestrations;
+use crate::registry::Registry;
+use crate::store::{Batch, EntityRecord, Store};
+
+/// Tuning of the engine.
+#[derive(Clone, Debug)]
+pub struct EngineConfig {
+    /// Most messages processed in one batch (one commit).
+    pub max_batch: usize,
+    /// Most batches committing at once.
+    pub max_inflight_commits: usize,
+    /// Entities kept in memory while idle; past this, idle ones are unloaded.
+    pub cache_capacity: usize,
+}
+
+impl Default for EngineConfig {
+    fn default() -> Self {
+        Self {
+            max_batch: 8192,
+            max_inflight_commits: 2,
+            cache_capacity: 100_000,
+        }
+    }
+}
+
+/// The reply to a client's call.
+pub(crate) type CallReply = Result<Option<Value>, OperationError>;
+
+/// What clients ask of the engine.
+pub(crate) enum Command {
+    /// Messages now durably stored, to be delivered; with a waiter for a call's reply.
+    Deliver {
+        messages: Vec<Message>,
+        waiter: Option<(u64, oneshot::Sender<CallReply>)>,
+    },
+    /// Register a waiter for the end of an orchestration instance.
+    WatchInstance {
+        id: String,
+        done: oneshot::Sender<()>,
+    },
+    /// Stop after the commits under way.
+    Shutdown(oneshot::Sender<()>),
+}
+
+/// State shared by the engine, the clients and the runtime handle.
+pub(crate) struct Shared {
+    pub store: Arc<dyn Store>,
+    pub registry: Arc<Registry>,
+    pub commands: mpsc::UnboundedSender<Command>,
+    next_id: AtomicU64,
+    pub stopped: AtomicBool,
+}
+
+impl Shared {
+    pub(crate) fn new(
+        store: Arc<dyn Store>,
+        registry: Arc<Registry>,
+        commands: mpsc::UnboundedSender<Command>,
+        first_id: MessageId,
+    ) -> Self {
+        Self {
+            store,
+            registry,
+            commands,
+            next_id: AtomicU64::new(first_id),
+            stopped: AtomicBool::new(false),
+        }
+    }
+
+    /// A fresh message id.
+    pub(crate) fn next_message_id(&self) -> MessageId {
+        self.next_id.fetch_add(1, Ordering::Relaxed)
+    }
+
+    /// Builds the message for an outgoing entity signal or orchestration start.
+    pub(crate) fn outgoing_message(&self, out: Outgoing, sender: Option<&str>) -> Message {
+        match out {
+            Outgoing::Signal {
+                target,
+                operation,
+                input,
+                at,
+            } => Message {
+                id: self.next_message_id(),
+                target: Target::Entity(target),
+                deliver_at: at.map(to_millis_ceil),
+                body: Body::Operation {
+                    name: operation,
+                    input,
+                    reply: None,
+                    sender: sender.map(str::to_string),
+                },
+            },
+            Outgoing::StartOrchestration {
+                name,
+                instance,
+                input,
+            } => Message {
+                id: self.next_message_id(),
+                target: Target::Instance(instance),
+                deliver_at: None,
+                body: Body::Start {
+                    name,
+                    input,
+                    parent: None,
+                },
+            },
+        }
+    }
+}
+
+/// An active entity.
+#[derive(Default)]
+struct Slot {
+    loaded: bool,
+    state: Option<Value>,
+    lock: Option<String>,
+    last_modified: u64,
+    queue: VecDeque<Message>,
+    in_ready: bool,
+    /// The last batch that wrote this entity; it may be unloaded once that batch committed.
+    last_write: u64,
+}
+
+impl Slot {
+    /// The index of the next message that may run: the first one, or while locked the first
+    /// one from the lock holder.
+    fn runnable(&self) -> Option<usize> {
+        match &self.lock {
+            None => (!self.queue.is_empty()).then_some(0),
+            Some(owner) => self.queue.iter().position(|m| match &m.body {
+                Body::Operation { sender, .. } => sender.as_deref() == Some(owner),
+                Body::Release { owner: o } => o == owner,
+                Body::LockRequest { owner: o, .. } => o == owner,
+                _ => false,
+            }),
+        }
+    }
+}
+
+/// A scheduled message waiting for its time.
+struct Timer {
+    at: u64,
+    message: Message,
+}
+
+impl PartialEq for Timer {
+    fn eq(&self, other: &Self) -> bool {
+        (self.at, self.message.id) == (other.at, other.message.id)
+    }
+}
+impl Eq for Timer {}
+impl PartialOrd for Timer {
+    fn partial_cmp(&self, other: &Self) -> Option<std::cmp::Ordering> {
+        Some(self.cmp(other))
+    }
+}
+impl Ord for Timer {
+    fn cmp(&self, other: &Self) -> std::cmp::Ordering {
+        (self.at, self.message.id).cmp(&(other.at, other.message.id))
+    }
+}
+
+/// What one entity's share of a batch produced.
+#[derive(Default)]
+struct Part {
+    consumed: Vec<MessageId>,
+    produced: Vec<Message>,
+    replies: Vec<(u64, CallReply)>,
+    write: Option<EntityRecord>,
+}
+
+/// Effects released once a batch has committed.
+pub(crate) struct Effects {
+    pub replies: Vec<(u64, CallReply)>,
+    pub finished_instances: Vec<String>,
+}
+
+type Commit = BoxFuture<'static, (Result<Batch, StoreError>, Effects)>;
+
+/// The engine task.
+pub(crate) struct Engine {
+    shared: Arc<Shared>,
+    config: EngineConfig,
+    rx: mpsc::UnboundedReceiver<Command>,
+    slots: HashMap<EntityId, Slot>,
+    ready: VecDeque<EntityId>,
+    timers: BinaryHeap<Reverse<Timer>>,
+    waiters: HashMap<u64, oneshot::Sender<CallReply>>,
+    inflight: FuturesOrdered<Commit>,
+    batch_no: u64,
+    committed_no: u64,
+    orchestrations: Orchestrations,
+    shutdown: Option<oneshot::Sender<()>>,
+}
+
+impl Engine {
+    pub(crate) fn new(
+        shared: Arc<Shared>,
+        config: EngineConfig,
+        rx: mpsc::UnboundedReceiver<Command>,
+    ) -> Self {
+        let orchestrations = Orchestrations::new(shared.clone());
+        Self {
+            shared,
+            config,
+            rx,
+            slots: HashMap::new(),
+            ready: VecDeque::new(),
+            timers: BinaryHeap::new(),
+            waiters: HashMap::new(),
+            inflight: FuturesOrdered::new(),
+            batch_no: 0,
+            committed_no: 0,
+            orchestrations,
+            shutdown: None,
+        }
+    }
+
+    /// Delivers recovered messages, then runs until shut down.
+    pub(crate) async fn run(mut self, recovered: Vec<Message>) {
+        for message in recovered {
+            self.deliver(message);
+        }
+        loop {
+            let can_run = self.has_work() && self.inflight.len() < self.config.max_inflight_commits;
+            if self.shutdown.is_some() && self.inflight.is_empty() {
+                break;
+            }
+            if !can_run || self.shutdown.is_some() {
+                let deadline = self.next_timer_deadline();
+                tokio::select! {
+                    command = self.rx.recv() => match command {
+                        Some(command) => self.handle(command),
+                        None => {
+                            if self.inflight.is_empty() { break; }
+                        }
+                    },
+                    Some(done) = self.inflight.next(), if !self.inflight.is_empty() => {
+                        if !self.committed(done) { break; }
+                    }
+                    _ = tokio::time::sleep(deadline.unwrap_or(Duration::from_secs(3600))), if deadline.is_some() => {}
+                }
+            }
+            while let Ok(command) = self.rx.try_recv() {
+                self.handle(command);
+            }
+            let mut failed = false;
+            while let Some(Some(done)) = self.inflight.next().now_or_never() {
+                if !self.committed(done) {
+                    failed = true;
+                    break;
+                }
+            }
+            if failed {
+                break;
+            }
+            self.fire_timers();
+            if self.shutdown.is_none()
+                && self.has_work()
+                && self.inflight.len() < self.config.max_inflight_commits
+            {
+                if let Err(err) = self.run_batch().await {
+                    self.fail(err);
+                    break;
+                }
+            }
+        }
+        self.shared.stopped.store(true, Ordering::SeqCst);
+        if let Some(done) = self.shutdown.take() {
+            let _ = done.send(());
+        }
+        debug!("engine stopped");
+    }
+
+    fn has_work(&self) -> bool {
+        !self.ready.is_empty() || self.orchestrations.has_work()
+    }
+
+    fn handle(&mut self, command: Command) {
+        match command {
+            Command::Deliver { messages, waiter } => {
+                if let Some((id, tx)) = waiter {
+                    self.waiters.insert(id, tx);
+                }
+                for message in messages {
+                    self.deliver(message);
+                }
+            }
+            Command::WatchInstance { id, done } => self.orchestrations.watch(id, done),
+            Command::Shutdown(done) => self.shutdown = Some(done),
+        }
+    }
+
+    /// Routes one stored message: to a timer if it is not due, else to its receiver's queue.
+    fn deliver(&mut self, message: Message) {
+        if let Some(at) = message.deliver_at {
+            if at > now_millis() {
+                self.timers.push(Reverse(Timer { at, message }));
+                return;
+            }
+        }
+        match &message.target {
+            Target::Entity(id) => {
+                if self.shared.registry.entity(id.name()).is_none() {
+                    warn!(
+                        entity = %id,
+                        message = message.id,
+                        "message for an entity name this runtime does not register; it stays stored"
+                    );
+                    return;
+                }
+                let id = id.clone();
+                let slot = self.slots.entry(id.clone()).or_default();
+                slot.queue.push_back(message);
+                if !slot.in_ready {
+                    slot.in_ready = true;
+                    self.ready.push_back(id);
+                }
+            }
+            Target::Instance(_) | Target::Activity => self.orchestrations.deliver(message),
+        }
+    }
+
+    fn next_timer_deadline(&self) -> Option<Duration> {
+        self.timers.peek().map(|Reverse(timer)| {
+            Duration::from_millis(timer.at.saturating_sub(now_millis()).max(1))
+        })
+    }
+
+    fn fire_timers(&mut self) {
+        let now = now_millis();
+        while self.timers.peek().is_some_and(|Reverse(t)| t.at <= now) {
+            let Reverse(timer) = self.timers.pop().expect("peeked");
+            self.deliver(timer.message);
+        }
+    }
+
+    /// Runs one batch: operations of ready entities and steps of ready orchestrations, then
+    /// queues its commit.
+    async fn run_batch(&mut self) -> Result<(), StoreError> {
+        let mut ids = Vec::new();
+        let mut budget = 0usize;
+        while let Some(id) = self.ready.pop_front() {
+            let slot = self.slots.get_mut(&id).expect("ready entity has a slot");
+            slot.in_ready = false;
+            budget += slot.queue.len();
+            ids.push(id);
+            if budget >= self.config.max_batch {
+                break;
+            }
+        }
+        self.load(&ids).await?;
+
+        let mut work: Vec<(EntityId, Slot)> = ids
+            .into_iter()
+            .map(|id| {
+                let slot = self.slots.remove(&id).expect("slot");
+                (id, slot)
+            })
+            .collect();
+        let shared = self.shared.clone();
+        let cap = self.config.max_batch;
+        let parts = join_all(
+            work.iter_mut()
+                .map(|(id, slot)| run_entity(&shared, id, slot, cap)),
+        )
+        .await;
+
+        self.batch_no += 1;
+        let mut batch = Batch::default();
+        let mut replies = Vec::new();
+        for ((id, mut slot), part) in work.into_iter().zip(parts) {
+            batch.consumed.extend(part.consumed);
+            batch.produced.extend(part.produced);
+            replies.extend(part.replies);
+            if let Some(write) = part.write {
+                slot.last_write = self.batch_no;
+                batch.entities.push(write);
+            }
+            if slot.runnable().is_some() {
+                slot.in_ready = true;
+                self.ready.push_back(id.clone());
+            }
+            self.slots.insert(id, slot);
+        }
+        let finished_instances = self.orchestrations.run_steps(&mut batch).await?;
+
+        let effects = Effects {
+            replies,
+            finished_instances,
+        };
+        let store = self.shared.store.clone();
+        self.inflight
+            .push_back(Box::pin(async move { (store.commit(batch).await, effects) }));
+        Ok(())
+    }
+
+    /// Loads the states of entities not in memory yet.
+    async fn load(&mut self, ids: &[EntityId]) -> Result<(), StoreError> {
+        let missing: Vec<EntityId> = ids
+            .iter()
+            .filter(|id| !self.slots[*id].loaded)
+            .cloned()
+            .collect();
+        if missing.is_empty() {
+            return Ok(());
+        }
+        for record in self.shared.store.load_entities(missing.clone()).await? {
+            if let Some(slot) = self.slots.get_mut(&record.id) {
+                slot.state = record.state;
+                slot.lock = record.lock_owner;
+                slot.last_modified = record.last_modified;
+            }
+        }
+        for id in missing {
+            if let Some(slot) = self.slots.get_mut(&id) {
+                slot.loaded = true;
+            }
+        }
+        Ok(())
+    }
+
+    /// Applies a finished commit: delivers what it produced and answers waiting clients.
+    /// Returns false if the commit failed, which stops the engine.
+    fn committed(&mut self, (result, effects): (Result<Batch, StoreError>, Effects)) -> bool {
+        match result {
+            Ok(batch) => {
+                self.committed_no += 1;
+                for message in batch.produced {
+                    self.deliver(message);
+                }
+                for (waiter, reply) in effects.replies {
+                    if let Some(tx) = self.waiters.remove(&waiter) {
+                        let _ = tx.send(reply);
+                    }
+                }
+                self.orchestrations.finished(effects.finished_instances);
+                self.unload_idle();
+                true
+            }
+            Err(err) => {
+                self.fail(err);
+                false
+            }
+        }
+    }
+
+    /// Unloads idle entities whose writes have all committed, once the cache is over capacity.
+    fn unload_idle(&mut self) {
+        if self.slots.len() <= self.config.cache_capacity {
+            return;
+        }
+        let committed = self.committed_no;
+        self.slots.retain(|_, slot| {
+            !(slot.queue.is_empty() && !slot.in_ready && slot.last_write <= committed)
+        });
+        self.orchestrations.unload_idle();
+    }
+
+    fn fail(&mut self, err: StoreError) {
+        error!(error = %err, "store commit failed; the runtime stops (stored messages are kept)");
+        self.waiters.clear();
+    }
+}
+
+/// Runs the runnable messages of one entity, in order.
+async fn run_entity(shared: &Arc<Shared>, id: &EntityId, slot: &mut Slot, cap: usize) -> Part {
+    let mut part = Part::default();
+    let Some(function) = shared.registry.entity(id.name()).cloned() else {
+        return part;
+    };
+    let mut written = false;
+    for _ in 0..cap {
+        let Some(index) = slot.runnable() else { break };
+        let message = slot.queue.remove(index).expect("runnable index");
+        part.consumed.push(message.id);
+        match message.body {
+            Body::Operation {
+                name,
+                input,
+                reply,
+                sender: _,
+            } => {
+                let mut ctx = EntityContext::new(
+                    id.clone(),
+                    name,
+                    input,
+                    slot.state.take(),
+                    shared.registry.clone(),
+                );
+                let outcome = AssertUnwindSafe(function.run(&mut ctx))
+                    .catch_unwind()
+                    .await
+                    .unwrap_or_else(|panic| {
+                        Err(OperationError::new(format!(
+                            "operation `{}` panicked: {}",
+                            ctx.operation_name(),
+                            panic_message(&panic)
+                        )))
+                    });
+                let operation = ctx.operation_name().to_string();
+                let finished = ctx.finish(outcome);
+                slot.state = finished.state;
+                if finished.state_written {
+                    written = true;
+                    slot.last_modified = now_millis();
+                }
+                for out in finished.outgoing {
+                    part.produced.push(shared.outgoing_message(out, None));
+                }
+                if let (Err(err), None) = (&finished.result, &reply) {
+                    warn!(entity = %id, operation, error = %err, "signalled operation failed");
+                }
+                match reply {
+                    None => {}
+                    Some(ReplyTo::Client(waiter)) => part.replies.push((waiter, finished.result)),
+                    Some(ReplyTo::Instance { id: instance, seq }) => {
+                        let result = match finished.result {
+                            Ok(value) => Outcome::Ok(value.unwrap_or(Value::Null)),
+                            Err(err) => Outcome::Err(FailureKind::Operation, err.message().to_string()),
+                        };
+                        part.produced.push(Message {
+                            id: shared.next_message_id(),
+                            target: Target::Instance(instance),
+                            deliver_at: None,
+                            body: Body::Completion { seq, result },
+                        });
+                    }
+                }
+            }
+            Body::LockRequest {
+                owner,
+                ids,
+                position,
+                seq,
+            } => {
+                slot.lock = Some(owner.clone());
+                written = true;
+                let next = if position + 1 < ids.len() {
+                    Message {
+                        id: shared.next_message_id(),
+                        target: Target::Entity(ids[position + 1].clone()),
+                        deliver_at: None,
+                        body: Body::LockRequest {
+                            owner,
+                            ids,
+                            position: position + 1,
+                            seq,
+                        },
+                    }
+                } else {
+                    Message {
+                        id: shared.next_message_id(),
+                        target: Target::Instance(owner),
+                        deliver_at: None,
+                        body: Body::Completion {
+                            seq,
+                            result: Outcome::Ok(Value::Null),
+                        },
+                    }
+                };
+                part.produced.push(next);
+            }
+            Body::Release { owner } => {
+                if slot.lock.as_deref() == Some(owner.as_str()) {
+                    slot.lock = None;
+                    written = true;
+                }
+            }
+            other => warn!(entity = %id, message = ?other, "message kind not meant for an entity; dropped"),
+        }
+    }
+    if written {
+        part.write = Some(EntityRecord {
+            id: id.clone(),
+            state: slot.state.clone(),
+            lock_owner: slot.lock.clone(),
+            last_modified: slot.last_modified,
+            pending_messages: 0,
+        });
+    }
+    part
+}
+
+/// The text of a panic payload.
+pub(crate) fn panic_message(panic: &Box<dyn std::any::Any + Send>) -> String {
+    if let Some(s) = panic.downcast_ref::<&str>() {
+        (*s).to_string()
+    } else if let Some(s) = panic.downcast_ref::<String>() {
+        s.clone()
+    } else {
+        "a non-string panic payload".to_string()
+    }
+}

@@ -1,0 +1,152 @@
+//! The error types of the public API.
+
+use std::fmt;
+
+use serde::{Deserialize, Serialize};
+
+/// `Result` with the framework's [`enum@Error`].
+pub type Result<T, E = Error> = std::result::Result<T, E>;
+
+/// The one error type of the public API.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum Error {
+    /// An entity operation failed; carries the operation's error message.
+    #[error("operation failed: {0}")]
+    Operation(#[from] OperationError),
+    /// A critical-section rule was broken; the message names the rule.
+    #[error("locking rules violation: {0}")]
+    LockingRulesViolation(String),
+    /// An id that is not of the form `@name@key`, or a name that is empty or contains `@`.
+    #[error("invalid entity id: {0}")]
+    InvalidEntityId(String),
+    /// A message addressed an entity name that no runtime registered.
+    #[error("no entity named `{0}` is registered; register it with `Runtime::builder().entity::<T>()` or `.entity_fn(name, f)`")]
+    UnknownEntity(String),
+    /// An orchestration or activity name that no runtime registered.
+    #[error("no {kind} named `{name}` is registered with the runtime")]
+    UnknownFunction {
+        /// `orchestration` or `activity`.
+        kind: &'static str,
+        /// The name asked for.
+        name: String,
+    },
+    /// A value could not be serialized or deserialized.
+    #[error("serialization error: {0}")]
+    Serialization(String),
+    /// The store failed.
+    #[error("store error: {0}")]
+    Store(#[from] StoreError),
+    /// An orchestration instance does not exist.
+    #[error("orchestration instance `{0}` not found")]
+    InstanceNotFound(String),
+    /// An orchestration instance with this id exists already.
+    #[error("orchestration instance `{0}` exists already")]
+    InstanceExists(String),
+    /// An orchestration failed; carries its error message.
+    #[error("orchestration failed: {0}")]
+    OrchestrationFailed(String),
+    /// An orchestration replay took a different path from its history.
+    #[error("non-deterministic orchestration: {0}")]
+    NonDeterminism(String),
+    /// An activity failed; carries its error message.
+    #[error("activity failed: {0}")]
+    ActivityFailed(String),
+    /// The orchestration instance was terminated.
+    #[error("orchestration terminated: {0}")]
+    Terminated(String),
+    /// Waiting took longer than allowed.
+    #[error("timed out after {0:?}")]
+    Timeout(std::time::Duration),
+    /// The runtime has shut down (or stopped after a store failure).
+    #[error("the runtime is shut down")]
+    Shutdown,
+    /// The runtime was configured wrongly.
+    #[error("configuration error: {0}")]
+    Config(String),
+}
+
+impl Error {
+    /// Wraps a serde error.
+    pub fn serialization(err: impl fmt::Display) -> Self {
+        Error::Serialization(err.to_string())
+    }
+}
+
+impl From<serde_json::Error> for Error {
+    fn from(err: serde_json::Error) -> Self {
+        Error::serialization(err)
+    }
+}
+
+/// The error of one entity operation: seen by callers, logged for signals. The operation's state
+/// changes and outgoing messages are rolled back.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize, thiserror::Error)]
+#[error("{message}")]
+pub struct OperationError {
+    message: String,
+}
+
+impl OperationError {
+    /// An error with this message.
+    pub fn new(message: impl fmt::Display) -> Self {
+        Self {
+            message: message.to_string(),
+        }
+    }
+
+    /// The error for an operation the entity does not define.
+    pub fn unknown_operation(name: &str) -> Self {
+        Self::new(format!("unknown operation `{name}`"))
+    }
+
+    /// The error message.
+    pub fn message(&self) -> &str {
+        &self.message
+    }
+}
+
+impl From<Error> for OperationError {
+    fn from(err: Error) -> Self {
+        match err {
+            Error::Operation(op) => op,
+            other => OperationError::new(other),
+        }
+    }
+}
+
+impl From<serde_json::Error> for OperationError {
+    fn from(err: serde_json::Error) -> Self {
+        OperationError::new(format!("serialization error: {err}"))
+    }
+}
+
+/// An error of the store (database I/O, corruption, a schema from a newer version).
+#[derive(Debug, thiserror::Error)]
+#[error("{message}")]
+pub struct StoreError {
+    message: String,
+    #[source]
+    source: Option<Box<dyn std::error::Error + Send + Sync>>,
+}
+
+impl StoreError {
+    /// An error with a message only.
+    pub fn new(message: impl fmt::Display) -> Self {
+        Self {
+            message: message.to_string(),
+            source: None,
+        }
+    }
+
+    /// An error with a message and the underlying cause.
+    pub fn with_source(
+        message: impl fmt::Display,
+        source: impl std::error::Error + Send + Sync + 'static,
+    ) -> Self {
+        Self {
+            message: format!("{message}: {source}"),
+            source: Some(Box::new(source)),
+        }
+    }
+}

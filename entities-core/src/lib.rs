@@ -1,0 +1,32 @@
+//! The runtime of `entities`, independent of any database: entity ids, messages, entity
+//! execution, orchestrations, critical sections, the client, and the [`Store`] trait that
+//! storage backends implement. Users depend on the facade crate `entities`.
+
+#![warn(missing_docs)]
+
+mod client;
+mod context;
+mod engine;
+mod entity;
+mod error;
+mod id;
+pub mod message;
+mod orchestration;
+mod proxy;
+mod registry;
+mod runtime;
+pub mod store;
+
+pub use client::{CleanResult, Client, EntityMetadata, EntityPage};
+pub use context::EntityContext;
+pub use entity::{Entity, EntityFunction};
+pub use error::{Error, OperationError, Result, StoreError};
+pub use id::EntityId;
+pub use orchestration::{ActivityFn, OrchestrationContext, OrchestrationFn};
+pub use proxy::{ClientCall, ClientSignal, EntitySignal, Invoker};
+pub use runtime::{Runtime, RuntimeBuilder};
+pub use store::{EntityQuery, Store};
+
+#[doc(hidden)]
+#[path = "private.rs"]
+pub mod __private;

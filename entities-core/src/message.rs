@@ -1,0 +1,181 @@
+//! Messages: everything that travels between clients, entities and orchestrations is a message
+//! that is durably stored before it is delivered, and deleted in the same transaction that
+//! records its effect.
+
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+use serde::{Deserialize, Serialize};
+use serde_json::Value;
+
+use crate::id::EntityId;
+
+/// A store-wide unique, increasing message number. Messages from one sender are numbered in the
+/// order sent, so recovery in number order keeps each sender's order.
+pub type MessageId = u64;
+
+/// Where a message goes.
+#[derive(Clone, Debug, PartialEq, Eq, Hash, Serialize, Deserialize)]
+pub enum Target {
+    /// An entity.
+    Entity(EntityId),
+    /// An orchestration instance, by instance id.
+    Instance(String),
+    /// The activity workers.
+    Activity,
+}
+
+impl Target {
+    /// The text the store indexes messages by: `@name@key` for entities, `!id` for instances.
+    pub fn key(&self) -> String {
+        match self {
+            Target::Entity(id) => id.to_string(),
+            Target::Instance(id) => format!("!{id}"),
+            Target::Activity => "~activity".to_string(),
+        }
+    }
+}
+
+/// Where the result of an entity operation, activity or sub-orchestration goes.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub enum ReplyTo {
+    /// An orchestration instance waiting on its step `seq`.
+    Instance {
+        /// The instance id.
+        id: String,
+        /// The step waiting for the reply.
+        seq: u64,
+    },
+    /// A client awaiting in this process (not durable: the reply is dropped after a restart).
+    Client(u64),
+}
+
+/// One stored message.
+#[derive(Clone, Debug, Serialize, Deserialize)]
+pub struct Message {
+    /// The message number.
+    pub id: MessageId,
+    /// The receiver.
+    pub target: Target,
+    /// Not delivered before this time (milliseconds since the Unix epoch).
+    pub deliver_at: Option<u64>,
+    /// What the message says.
+    pub body: Body,
+}
+
+/// The content of a message.
+#[derive(Clone, Debug, Serialize, Deserialize)]
+pub enum Body {
+    /// Run an operation on an entity.
+    Operation {
+        /// Operation name.
+        name: String,
+        /// Operation input, if any.
+        input: Option<Value>,
+        /// Where the result goes (a call), or `None` (a signal).
+        reply: Option<ReplyTo>,
+        /// The orchestration instance that sent it, if any (lets a lock holder's calls through).
+        sender: Option<String>,
+    },
+    /// Lock request of a critical section: lock this entity, then pass the request on to
+    /// `ids[position + 1]`, or grant the lock to `owner` after the last one.
+    LockRequest {
+        /// The orchestration instance asking.
+        owner: String,
+        /// All entities of the section, in lock order.
+        ids: Vec<EntityId>,
+        /// Index of the receiving entity in `ids`.
+        position: usize,
+        /// The owner's step waiting for the grant.
+        seq: u64,
+    },
+    /// Ends `owner`'s lock on the receiving entity.
+    Release {
+        /// The orchestration instance that held the lock.
+        owner: String,
+    },
+    /// Starts an orchestration instance.
+    Start {
+        /// Orchestration name.
+        name: String,
+        /// Its input.
+        input: Value,
+        /// The parent waiting for the output, for a sub-orchestration.
+        parent: Option<ReplyTo>,
+    },
+    /// The result of step `seq` of an orchestration.
+    Completion {
+        /// The step.
+        seq: u64,
+        /// Its value, or an error message.
+        result: Outcome,
+    },
+    /// An external event raised on an orchestration.
+    Event {
+        /// Event name.
+        name: String,
+        /// Event data.
+        data: Value,
+    },
+    /// Ends an orchestration instance.
+    Terminate {
+        /// Why.
+        reason: String,
+    },
+    /// Runs an activity for step `seq` of `instance`.
+    Activity {
+        /// The orchestration instance.
+        instance: String,
+        /// The step.
+        seq: u64,
+        /// Activity name.
+        name: String,
+        /// Its input.
+        input: Value,
+    },
+}
+
+/// The outcome of an operation, activity, sub-orchestration, lock or timer.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub enum Outcome {
+    /// It succeeded with this value.
+    Ok(Value),
+    /// It failed with this error.
+    Err(FailureKind, String),
+}
+
+/// What kind of step failed.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub enum FailureKind {
+    /// An entity operation.
+    Operation,
+    /// An activity.
+    Activity,
+    /// A sub-orchestration.
+    Orchestration,
+}
+
+/// Milliseconds since the Unix epoch.
+pub fn to_millis(t: SystemTime) -> u64 {
+    t.duration_since(UNIX_EPOCH).unwrap_or_default().as_millis() as u64
+}
+
+/// The time `ms` milliseconds after the Unix epoch.
+pub fn from_millis(ms: u64) -> SystemTime {
+    UNIX_EPOCH + Duration::from_millis(ms)
+}
+
+/// The current time in milliseconds since the Unix epoch.
+pub fn now_millis() -> u64 {
+    to_millis(SystemTime::now())
+}
+
+/// Milliseconds since the Unix epoch, rounded up, so that a delivery time is never early.
+pub fn to_millis_ceil(t: SystemTime) -> u64 {
+    let d = t.duration_since(UNIX_EPOCH).unwrap_or_default();
+    let ms = d.as_millis() as u64;
+    if d.subsec_nanos() % 1_000_000 == 0 {
+        ms
+    } else {
+        ms + 1
+    }
+}

@@ -1,0 +1,89 @@
+//! Durable orchestrations: functions replayed from their history that call and signal
+//! entities, lock them in critical sections, and run activities, timers, sub-orchestrations
+//! and external events.
+
+pub(crate) mod engine;
+
+use std::future::Future;
+use std::marker::PhantomData;
+
+use futures::future::BoxFuture;
+use serde::de::DeserializeOwned;
+use serde::Serialize;
+use serde_json::Value;
+
+use crate::error::Error;
+
+/// The context an orchestration runs with.
+#[derive(Clone)]
+pub struct OrchestrationContext {
+    _private: (),
+}
+
+/// A registered orchestration function, type-erased.
+pub trait OrchestrationFn: Send + Sync + 'static {
+    /// Starts the function with its JSON input.
+    fn start(&self, ctx: OrchestrationContext, input: Value) -> BoxFuture<'static, Result<Value, Error>>;
+}
+
+/// Adapts `async fn(OrchestrationContext, I) -> Result<O, Error>`.
+pub(crate) struct OrchestrationAdapter<F, I, O>(pub F, PhantomData<fn(I) -> O>);
+
+impl<F, I, O> OrchestrationAdapter<F, I, O> {
+    pub(crate) fn new(f: F) -> Self {
+        Self(f, PhantomData)
+    }
+}
+
+impl<F, Fut, I, O> OrchestrationFn for OrchestrationAdapter<F, I, O>
+where
+    F: Fn(OrchestrationContext, I) -> Fut + Send + Sync + 'static,
+    Fut: Future<Output = Result<O, Error>> + Send + 'static,
+    I: DeserializeOwned + Send + 'static,
+    O: Serialize + Send + 'static,
+{
+    fn start(&self, ctx: OrchestrationContext, input: Value) -> BoxFuture<'static, Result<Value, Error>> {
+        let input = I::deserialize(&input).map_err(|err| {
+            Error::Serialization(format!("the orchestration input does not deserialize: {err}"))
+        });
+        let future = input.map(|input| (self.0)(ctx, input));
+        Box::pin(async move {
+            let output = future?.await?;
+            Ok(serde_json::to_value(output)?)
+        })
+    }
+}
+
+/// A registered activity function, type-erased.
+pub trait ActivityFn: Send + Sync + 'static {
+    /// Runs the activity with its JSON input; an error is the activity's error message.
+    fn run(&self, input: Value) -> BoxFuture<'static, Result<Value, String>>;
+}
+
+/// Adapts `async fn(I) -> Result<O, E>` with `E: Display`.
+pub(crate) struct ActivityAdapter<F, I, O, E>(pub F, PhantomData<fn(I) -> (O, E)>);
+
+impl<F, I, O, E> ActivityAdapter<F, I, O, E> {
+    pub(crate) fn new(f: F) -> Self {
+        Self(f, PhantomData)
+    }
+}
+
+impl<F, Fut, I, O, E> ActivityFn for ActivityAdapter<F, I, O, E>
+where
+    F: Fn(I) -> Fut + Send + Sync + 'static,
+    Fut: Future<Output = Result<O, E>> + Send + 'static,
+    I: DeserializeOwned + Send + 'static,
+    O: Serialize + Send + 'static,
+    E: std::fmt::Display + Send + 'static,
+{
+    fn run(&self, input: Value) -> BoxFuture<'static, Result<Value, String>> {
+        let input = I::deserialize(&input)
+            .map_err(|err| format!("the activity input does not deserialize: {err}"));
+        let future = input.map(|input| (self.0)(input));
+        Box::pin(async move {
+            let output = future?.await.map_err(|err| err.to_string())?;
+            serde_json::to_value(output).map_err(|err| err.to_string())
+        })
+    }
+}

@@ -1,0 +1,111 @@
+//! Typed proxies: `#[entity]` generates one proxy type per entity, generic over an
+//! [`Invoker`] that decides what a method call does (signal or call, from where).
+
+use futures::future::BoxFuture;
+use serde::de::DeserializeOwned;
+use serde_json::Value;
+
+use crate::client::Client;
+use crate::context::EntityContext;
+use crate::error::Error;
+use crate::id::EntityId;
+
+/// Delivers the operations of a typed proxy.
+pub trait Invoker {
+    /// What a proxy method returns for an operation whose result type is `R`.
+    type Output<R: DeserializeOwned + Send + 'static>;
+
+    /// Sends operation `operation` with the already encoded `input`.
+    fn invoke<R: DeserializeOwned + Send + 'static>(
+        &self,
+        operation: &'static str,
+        input: Result<Option<Value>, Error>,
+    ) -> Self::Output<R>;
+}
+
+/// Signals from a client; each method's future resolves once the signal is durably stored.
+pub struct ClientSignal {
+    client: Client,
+    id: EntityId,
+}
+
+impl ClientSignal {
+    pub(crate) fn new(client: Client, id: EntityId) -> Self {
+        Self { client, id }
+    }
+}
+
+impl Invoker for ClientSignal {
+    type Output<R: DeserializeOwned + Send + 'static> = BoxFuture<'static, Result<(), Error>>;
+
+    fn invoke<R: DeserializeOwned + Send + 'static>(
+        &self,
+        operation: &'static str,
+        input: Result<Option<Value>, Error>,
+    ) -> Self::Output<R> {
+        let client = self.client.clone();
+        let id = self.id.clone();
+        Box::pin(async move { client.send_signal(&id, operation, input?, None).await })
+    }
+}
+
+/// Calls from a client; each method's future resolves with the operation's result.
+pub struct ClientCall {
+    client: Client,
+    id: EntityId,
+}
+
+impl ClientCall {
+    pub(crate) fn new(client: Client, id: EntityId) -> Self {
+        Self { client, id }
+    }
+}
+
+impl Invoker for ClientCall {
+    type Output<R: DeserializeOwned + Send + 'static> = BoxFuture<'static, Result<R, Error>>;
+
+    fn invoke<R: DeserializeOwned + Send + 'static>(
+        &self,
+        operation: &'static str,
+        input: Result<Option<Value>, Error>,
+    ) -> Self::Output<R> {
+        let client = self.client.clone();
+        let id = self.id.clone();
+        Box::pin(async move {
+            let value = client.send_call(&id, operation, input?).await?;
+            crate::proxy::decode_result(value)
+        })
+    }
+}
+
+/// Signals from inside an entity operation: sent when the operation commits.
+pub struct EntitySignal<'a> {
+    ctx: &'a EntityContext,
+    id: EntityId,
+}
+
+impl<'a> EntitySignal<'a> {
+    pub(crate) fn new(ctx: &'a EntityContext, id: EntityId) -> Self {
+        Self { ctx, id }
+    }
+}
+
+impl Invoker for EntitySignal<'_> {
+    type Output<R: DeserializeOwned + Send + 'static> = Result<(), Error>;
+
+    fn invoke<R: DeserializeOwned + Send + 'static>(
+        &self,
+        operation: &'static str,
+        input: Result<Option<Value>, Error>,
+    ) -> Self::Output<R> {
+        self.ctx.push_signal(&self.id, operation, input?, None)
+    }
+}
+
+/// Decodes an operation result (`None` for an operation that set none) into `R`.
+pub(crate) fn decode_result<R: DeserializeOwned>(value: Option<Value>) -> Result<R, Error> {
+    let value = value.unwrap_or(Value::Null);
+    R::deserialize(&value).map_err(|err| {
+        Error::Serialization(format!("the operation result does not deserialize: {err}"))
+    })
+}

@@ -1,0 +1,188 @@
+//! The storage seam: everything the runtime persists goes through [`Store`]. A store commits
+//! whole [`Batch`]es atomically; a good implementation also merges batches that arrive together
+//! into one transaction (group commit).
+
+use async_trait::async_trait;
+use serde::{Deserialize, Serialize};
+use serde_json::Value;
+
+use crate::error::StoreError;
+use crate::id::EntityId;
+use crate::message::{Message, MessageId};
+
+/// What a store holds for one entity.
+#[derive(Clone, Debug, PartialEq)]
+pub struct EntityRecord {
+    /// The entity.
+    pub id: EntityId,
+    /// Its state, `None` when it has none (deleted or never set).
+    pub state: Option<Value>,
+    /// The orchestration instance holding its lock.
+    pub lock_owner: Option<String>,
+    /// When it was last written, in milliseconds since the Unix epoch.
+    pub last_modified: u64,
+    /// How many stored messages target it (filled in by reads, ignored by writes).
+    pub pending_messages: u64,
+}
+
+/// The status of an orchestration instance.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub enum RuntimeStatus {
+    /// Started, not finished.
+    Running,
+    /// Finished with an output.
+    Completed,
+    /// Finished with an error.
+    Failed,
+    /// Ended by `terminate`.
+    Terminated,
+}
+
+impl RuntimeStatus {
+    /// Whether the instance has ended.
+    pub fn is_terminal(self) -> bool {
+        !matches!(self, RuntimeStatus::Running)
+    }
+}
+
+/// What a store holds for one orchestration instance, without its history.
+#[derive(Clone, Debug, PartialEq)]
+pub struct InstanceRecord {
+    /// Instance id.
+    pub id: String,
+    /// Orchestration name.
+    pub name: String,
+    /// Status.
+    pub status: RuntimeStatus,
+    /// Input.
+    pub input: Value,
+    /// Output (completed) or error message (failed, terminated).
+    pub output: Option<Value>,
+    /// Creation time, milliseconds since the Unix epoch.
+    pub created: u64,
+    /// Last update, milliseconds since the Unix epoch.
+    pub updated: u64,
+}
+
+/// A write of an orchestration instance: its record and the history events appended by a step.
+#[derive(Clone, Debug)]
+pub struct InstanceWrite {
+    /// The new record.
+    pub record: InstanceRecord,
+    /// Index of the first appended event in the history.
+    pub first_event: u64,
+    /// History events appended, as JSON.
+    pub events: Vec<Value>,
+}
+
+/// Everything one commit changes, applied atomically.
+#[derive(Debug, Default)]
+pub struct Batch {
+    /// Entity rows to write (state and lock), keyed by id.
+    pub entities: Vec<EntityRecord>,
+    /// Messages consumed: deleted.
+    pub consumed: Vec<MessageId>,
+    /// Messages produced: inserted.
+    pub produced: Vec<Message>,
+    /// Orchestration instances written.
+    pub instances: Vec<InstanceWrite>,
+}
+
+impl Batch {
+    /// Whether the batch changes nothing.
+    pub fn is_empty(&self) -> bool {
+        self.entities.is_empty()
+            && self.consumed.is_empty()
+            && self.produced.is_empty()
+            && self.instances.is_empty()
+    }
+}
+
+/// A page of an entity query.
+#[derive(Clone, Debug)]
+pub struct EntityRecordPage {
+    /// The entities of this page, ordered by name then key.
+    pub entities: Vec<EntityRecord>,
+    /// Token for the next page, `None` on the last page.
+    pub continuation: Option<String>,
+}
+
+/// A query over stored entities (see `Client::query_entities`).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct EntityQuery {
+    /// Only entities of this name (case-insensitive).
+    pub name: Option<String>,
+    /// Only keys starting with this prefix.
+    pub key_prefix: Option<String>,
+    /// Whether to load the states.
+    pub include_state: bool,
+    /// Whether to list entities that have no state (they may still hold a lock or have
+    /// messages waiting).
+    pub include_stateless: bool,
+    /// Entities per page (at least 1).
+    pub page_size: usize,
+    /// The `continuation` of the previous page.
+    pub continuation: Option<String>,
+}
+
+impl Default for EntityQuery {
+    fn default() -> Self {
+        Self {
+            name: None,
+            key_prefix: None,
+            include_state: true,
+            include_stateless: false,
+            page_size: 100,
+            continuation: None,
+        }
+    }
+}
+
+/// What a store recovers at start-up.
+#[derive(Debug, Default)]
+pub struct Recovery {
+    /// Every stored message, in id order.
+    pub messages: Vec<Message>,
+    /// The highest message id ever used (0 if none).
+    pub max_message_id: MessageId,
+}
+
+/// The storage backend of a runtime. One runtime process owns a store at a time.
+///
+/// Reads must see committed data only. `commit` must apply a batch atomically and durably, and
+/// commit batches in the order `commit` was called; implementations should merge batches that
+/// are queued together into one transaction.
+#[async_trait]
+pub trait Store: Send + Sync + 'static {
+    /// Loads what the runtime needs to resume: every stored message.
+    async fn recover(&self) -> Result<Recovery, StoreError>;
+
+    /// Commits a batch atomically and durably, then hands it back (so its messages can be
+    /// delivered without a copy).
+    async fn commit(&self, batch: Batch) -> Result<Batch, StoreError>;
+
+    /// Reads several entities (missing ones are left out).
+    async fn load_entities(&self, ids: Vec<EntityId>) -> Result<Vec<EntityRecord>, StoreError>;
+
+    /// Reads one entity with its count of pending messages.
+    async fn read_entity(&self, id: &EntityId) -> Result<Option<EntityRecord>, StoreError>;
+
+    /// Lists entities, page by page.
+    async fn query_entities(&self, query: &EntityQuery) -> Result<EntityRecordPage, StoreError>;
+
+    /// Deletes entity rows that have no state, no lock and no pending message; returns how
+    /// many it removed.
+    async fn delete_empty_entities(&self) -> Result<u64, StoreError>;
+
+    /// Reads an orchestration instance.
+    async fn read_instance(&self, id: &str) -> Result<Option<InstanceRecord>, StoreError>;
+
+    /// Reads an instance's history events, in order.
+    async fn read_history(&self, id: &str) -> Result<Vec<Value>, StoreError>;
+
+    /// Deletes an instance and its history; returns whether it existed.
+    async fn purge_instance(&self, id: &str) -> Result<bool, StoreError>;
+
+    /// Lists instances that have not ended (for recovery).
+    async fn running_instances(&self) -> Result<Vec<InstanceRecord>, StoreError>;
+}

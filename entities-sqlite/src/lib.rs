@@ -1,0 +1,228 @@
+//! `SqliteStore`: the embedded store of `entities`, on SQLite in WAL mode.
+//!
+//! One writer thread owns the write connection and merges every batch queued at the moment
+//! into one transaction (group commit); reads run on separate connections through
+//! `spawn_blocking`, so no SQLite call blocks an async worker thread.
+
+#![warn(missing_docs)]
+
+mod schema;
+mod sql;
+mod writer;
+
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::{mpsc, Arc, Mutex};
+
+use async_trait::async_trait;
+use entities_core::store::{
+    Batch, EntityQuery, EntityRecord, EntityRecordPage, InstanceRecord, Recovery, Store,
+};
+use entities_core::{EntityId, Error, StoreError};
+use rusqlite::{Connection, OpenFlags};
+use serde_json::Value;
+use tokio::sync::oneshot;
+
+use crate::writer::WriteRequest;
+
+/// How hard SQLite syncs to disk at each commit.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub enum Synchronous {
+    /// `synchronous=FULL`: a commit is on disk when it returns, even after a power loss.
+    #[default]
+    Full,
+    /// `synchronous=NORMAL`: in WAL mode, a commit survives a process crash but the last
+    /// commits may be lost on power loss; faster.
+    Normal,
+}
+
+/// Options of [`SqliteStore::open_with`].
+#[derive(Clone, Debug)]
+pub struct SqliteOptions {
+    /// Durability of commits. Default [`Synchronous::Full`].
+    pub synchronous: Synchronous,
+    /// Read connections. Default 2.
+    pub readers: usize,
+}
+
+impl Default for SqliteOptions {
+    fn default() -> Self {
+        Self {
+            synchronous: Synchronous::Full,
+            readers: 2,
+        }
+    }
+}
+
+/// The embedded SQLite store. Cheap to clone; clones share the database.
+#[derive(Clone)]
+pub struct SqliteStore {
+    inner: Arc<Inner>,
+}
+
+struct Inner {
+    writer: Mutex<mpsc::Sender<WriteRequest>>,
+    readers: Vec<Arc<Mutex<Connection>>>,
+    next_reader: AtomicUsize,
+    path: Option<PathBuf>,
+}
+
+fn open_error(what: &str, err: impl std::fmt::Display) -> Error {
+    Error::Store(StoreError::new(format!("{what}: {err}")))
+}
+
+impl SqliteStore {
+    /// Opens (or creates) the database file at `path`, in WAL mode with `synchronous=FULL`.
+    pub fn open(path: impl AsRef<Path>) -> Result<Self, Error> {
+        Self::open_with(path, SqliteOptions::default())
+    }
+
+    /// Opens (or creates) the database file at `path` with these options.
+    pub fn open_with(path: impl AsRef<Path>, options: SqliteOptions) -> Result<Self, Error> {
+        let path = path.as_ref().to_path_buf();
+        let context = |what: &str| format!("{what} `{}`", path.display());
+        let mut conn = Connection::open(&path)
+            .map_err(|e| open_error(&context("cannot open the database"), e))?;
+        let sync = match options.synchronous {
+            Synchronous::Full => "FULL",
+            Synchronous::Normal => "NORMAL",
+        };
+        conn.execute_batch(&format!(
+            "PRAGMA journal_mode = WAL; PRAGMA synchronous = {sync}; PRAGMA busy_timeout = 10000;"
+        ))
+        .map_err(|e| open_error(&context("cannot configure the database"), e))?;
+        schema::migrate(&mut conn)
+            .map_err(|e| open_error(&context("cannot migrate the database"), e))?;
+        let mut readers = Vec::new();
+        for _ in 0..options.readers.max(1) {
+            let reader = Connection::open_with_flags(
+                &path,
+                OpenFlags::SQLITE_OPEN_READ_ONLY | OpenFlags::SQLITE_OPEN_NO_MUTEX,
+            )
+            .map_err(|e| open_error(&context("cannot open a read connection to"), e))?;
+            reader
+                .execute_batch("PRAGMA busy_timeout = 10000;")
+                .map_err(|e| open_error(&context("cannot configure"), e))?;
+            readers.push(Arc::new(Mutex::new(reader)));
+        }
+        Ok(Self::start(conn, readers, Some(path)))
+    }
+
+    /// A private in-memory database, for tests: nothing survives the process.
+    pub fn in_memory() -> Result<Self, Error> {
+        let mut conn = Connection::open_in_memory()
+            .map_err(|e| open_error("cannot open an in-memory database", e))?;
+        schema::migrate(&mut conn).map_err(|e| open_error("cannot create the schema", e))?;
+        let conn = Arc::new(Mutex::new(conn));
+        Ok(Self::start_shared(conn.clone(), vec![conn], None))
+    }
+
+    fn start(conn: Connection, readers: Vec<Arc<Mutex<Connection>>>, path: Option<PathBuf>) -> Self {
+        Self::start_shared(Arc::new(Mutex::new(conn)), readers, path)
+    }
+
+    fn start_shared(
+        writer_conn: Arc<Mutex<Connection>>,
+        readers: Vec<Arc<Mutex<Connection>>>,
+        path: Option<PathBuf>,
+    ) -> Self {
+        let (tx, rx) = mpsc::channel();
+        std::thread::Builder::new()
+            .name("entities-sqlite-writer".into())
+            .spawn(move || writer::run(writer_conn, rx))
+            .expect("spawning the sqlite writer thread");
+        Self {
+            inner: Arc::new(Inner {
+                writer: Mutex::new(tx),
+                readers,
+                next_reader: AtomicUsize::new(0),
+                path,
+            }),
+        }
+    }
+
+    /// The database file, or `None` for an in-memory store.
+    pub fn path(&self) -> Option<&Path> {
+        self.inner.path.as_deref()
+    }
+
+    /// Runs a read on one of the read connections, off the async executor.
+    async fn read<T, F>(&self, f: F) -> Result<T, StoreError>
+    where
+        T: Send + 'static,
+        F: FnOnce(&Connection) -> rusqlite::Result<T> + Send + 'static,
+    {
+        let i = self.inner.next_reader.fetch_add(1, Ordering::Relaxed) % self.inner.readers.len();
+        let conn = self.inner.readers[i].clone();
+        tokio::task::spawn_blocking(move || {
+            let conn = conn.lock().unwrap_or_else(|e| e.into_inner());
+            f(&conn).map_err(|e| StoreError::with_source("sqlite read failed", e))
+        })
+        .await
+        .map_err(|e| StoreError::new(format!("sqlite read task failed: {e}")))?
+    }
+
+    /// Sends a request to the writer thread and waits for its answer.
+    async fn write<T>(
+        &self,
+        request: impl FnOnce(oneshot::Sender<Result<T, StoreError>>) -> WriteRequest,
+    ) -> Result<T, StoreError> {
+        let (tx, rx) = oneshot::channel();
+        self.inner
+            .writer
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .send(request(tx))
+            .map_err(|_| StoreError::new("the sqlite writer thread has stopped"))?;
+        rx.await
+            .map_err(|_| StoreError::new("the sqlite writer thread has stopped"))?
+    }
+}
+
+#[async_trait]
+impl Store for SqliteStore {
+    async fn recover(&self) -> Result<Recovery, StoreError> {
+        self.read(sql::recover).await
+    }
+
+    async fn commit(&self, batch: Batch) -> Result<Batch, StoreError> {
+        self.write(|tx| WriteRequest::Commit(batch, tx)).await
+    }
+
+    async fn load_entities(&self, ids: Vec<EntityId>) -> Result<Vec<EntityRecord>, StoreError> {
+        self.read(move |conn| sql::load_entities(conn, &ids)).await
+    }
+
+    async fn read_entity(&self, id: &EntityId) -> Result<Option<EntityRecord>, StoreError> {
+        let id = id.clone();
+        self.read(move |conn| sql::read_entity(conn, &id)).await
+    }
+
+    async fn query_entities(&self, query: &EntityQuery) -> Result<EntityRecordPage, StoreError> {
+        let query = query.clone();
+        self.read(move |conn| sql::query_entities(conn, &query)).await
+    }
+
+    async fn delete_empty_entities(&self) -> Result<u64, StoreError> {
+        self.write(WriteRequest::DeleteEmptyEntities).await
+    }
+
+    async fn read_instance(&self, id: &str) -> Result<Option<InstanceRecord>, StoreError> {
+        let id = id.to_string();
+        self.read(move |conn| sql::read_instance(conn, &id)).await
+    }
+
+    async fn read_history(&self, id: &str) -> Result<Vec<Value>, StoreError> {
+        let id = id.to_string();
+        self.read(move |conn| sql::read_history(conn, &id)).await
+    }
+
+    async fn purge_instance(&self, id: &str) -> Result<bool, StoreError> {
+        let id = id.to_string();
+        self.write(|tx| WriteRequest::PurgeInstance(id, tx)).await
+    }
+
+    async fn running_instances(&self) -> Result<Vec<InstanceRecord>, StoreError> {
+        self.read(sql::running_instances).await
+    }
+}

@@ -1,0 +1,63 @@
+//! The versioned schema and its migrations (tracked in `PRAGMA user_version`).
+
+use rusqlite::Connection;
+
+/// The schema version this crate writes.
+pub(crate) const CURRENT_VERSION: i64 = 1;
+
+/// Migrations, in order: `MIGRATIONS[n]` takes the schema from version `n` to `n + 1`.
+const MIGRATIONS: &[&str] = &[
+    // 0 -> 1: entities, messages, orchestration instances and their histories.
+    "CREATE TABLE entities (
+        name TEXT NOT NULL,
+        key TEXT NOT NULL,
+        state TEXT,
+        lock_owner TEXT,
+        last_modified INTEGER NOT NULL,
+        PRIMARY KEY (name, key)
+     ) WITHOUT ROWID;
+     CREATE TABLE messages (
+        id INTEGER PRIMARY KEY,
+        target TEXT NOT NULL,
+        deliver_at INTEGER,
+        body TEXT NOT NULL
+     );
+     CREATE INDEX messages_by_target ON messages (target);
+     CREATE TABLE instances (
+        id TEXT PRIMARY KEY,
+        name TEXT NOT NULL,
+        status TEXT NOT NULL,
+        input TEXT NOT NULL,
+        output TEXT,
+        created INTEGER NOT NULL,
+        updated INTEGER NOT NULL
+     ) WITHOUT ROWID;
+     CREATE INDEX instances_by_status ON instances (status);
+     CREATE TABLE history (
+        instance TEXT NOT NULL,
+        seq INTEGER NOT NULL,
+        event TEXT NOT NULL,
+        PRIMARY KEY (instance, seq)
+     ) WITHOUT ROWID;",
+];
+
+/// Brings the database to [`CURRENT_VERSION`], refusing one written by a newer version.
+pub(crate) fn migrate(conn: &mut Connection) -> Result<(), String> {
+    let version: i64 = conn
+        .query_row("PRAGMA user_version", [], |row| row.get(0))
+        .map_err(|e| e.to_string())?;
+    if version > CURRENT_VERSION {
+        return Err(format!(
+            "the database has schema version {version}, newer than this build understands \
+             ({CURRENT_VERSION}); upgrade `entities-sqlite`"
+        ));
+    }
+    for (from, sql) in MIGRATIONS.iter().enumerate().skip(version as usize) {
+        let tx = conn.transaction().map_err(|e| e.to_string())?;
+        tx.execute_batch(sql).map_err(|e| e.to_string())?;
+        tx.pragma_update(None, "user_version", (from + 1) as i64)
+            .map_err(|e| e.to_string())?;
+        tx.commit().map_err(|e| e.to_string())?;
+    }
+    Ok(())
+}

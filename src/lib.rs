@@ -1,0 +1,66 @@
+//! # entities: durable entities for Rust
+//!
+//! An entity is a small piece of durable state with an address ([`EntityId`]) whose
+//! operations run one at a time. Entities are reached by one-way signals and two-way calls,
+//! keep their state in an embedded SQLite database ([`SqliteStore`]), and can be coordinated by
+//! durable orchestrations with deadlock-free critical sections.
+//!
+//! ```no_run
+//! use entities::prelude::*;
+//! use serde::{Deserialize, Serialize};
+//!
+//! #[derive(Default, Serialize, Deserialize)]
+//! pub struct Counter {
+//!     value: i64,
+//! }
+//!
+//! #[entity]
+//! impl Counter {
+//!     pub fn add(&mut self, amount: i64) {
+//!         self.value += amount;
+//!     }
+//!     pub fn get(&self) -> i64 {
+//!         self.value
+//!     }
+//! }
+//!
+//! # async fn run() -> entities::Result<()> {
+//! let runtime = Runtime::builder()
+//!     .store(SqliteStore::open("counter.db")?)
+//!     .entity::<Counter>()
+//!     .start()
+//!     .await?;
+//! let client = runtime.client();
+//! client.signal::<Counter>("game1").add(5).await?;
+//! assert_eq!(client.call::<Counter>("game1").get().await?, 5);
+//! runtime.shutdown().await
+//! # }
+//! ```
+//!
+//! See the crate README for the semantics and guarantees.
+
+pub use entities_core::{
+    message, store, CleanResult, Client, ClientCall, ClientSignal, Entity, EntityContext,
+    EntityFunction, EntityId, EntityMetadata, EntityPage, EntityQuery, EntitySignal, Error,
+    Invoker, OperationError, OrchestrationContext, Result, Runtime, RuntimeBuilder, Store,
+    StoreError,
+};
+pub use entities_macros::entity;
+pub use entities_sqlite::{SqliteOptions, SqliteStore, Synchronous};
+
+/// What most programs need: `use entities::prelude::*;`.
+pub mod prelude {
+    pub use crate::{
+        entity, Client, Entity, EntityContext, EntityFunction, EntityId, EntityMetadata,
+        EntityQuery, OperationError, OrchestrationContext, Runtime, SqliteStore,
+    };
+}
+
+/// Support for the code `#[entity]` generates. Not a public API: it may change in any release.
+#[doc(hidden)]
+pub mod __private {
+    pub use entities_core::__private::*;
+    pub use futures::future::BoxFuture;
+    pub use serde;
+    pub use serde_json;
+}
