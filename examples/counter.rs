@@ -62,6 +62,9 @@ async fn main() -> Result<(), entities::Error> {
     }
 
     runtime.shutdown().await?;
-    println!("runtime shut down; run again to continue from {}", meta.state);
+    println!(
+        "runtime shut down; run again to continue from {}",
+        meta.state
+    );
     Ok(())
 }

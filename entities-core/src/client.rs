@@ -199,7 +199,9 @@ impl Client {
             let page = self.shared.store.query_entities(&query).await?;
             let mut messages = Vec::new();
             for record in &page.entities {
-                let Some(owner) = &record.lock_owner else { continue };
+                let Some(owner) = &record.lock_owner else {
+                    continue;
+                };
                 let ended = match self.shared.store.read_instance(owner).await? {
                     None => true,
                     Some(instance) => instance.status.is_terminal(),
@@ -300,4 +302,3 @@ impl Client {
             .map_err(|_| Error::Shutdown)
     }
 }
-

@@ -126,7 +126,10 @@ impl EntityContext {
         match self.current() {
             None => Ok(None),
             Some(value) => T::deserialize(value).map(Some).map_err(|err| {
-                OperationError::new(format!("the state of {} does not deserialize: {err}", self.id))
+                OperationError::new(format!(
+                    "the state of {} does not deserialize: {err}",
+                    self.id
+                ))
             }),
         }
     }
@@ -144,7 +147,10 @@ impl EntityContext {
     /// Replaces the entity's state.
     pub fn set_state<T: Serialize + ?Sized>(&mut self, state: &T) -> Result<(), OperationError> {
         let value = serde_json::to_value(state).map_err(|err| {
-            OperationError::new(format!("the new state of {} does not serialize: {err}", self.id))
+            OperationError::new(format!(
+                "the new state of {} does not serialize: {err}",
+                self.id
+            ))
         })?;
         self.written = Some(Some(value));
         Ok(())
@@ -184,7 +190,12 @@ impl EntityContext {
         input: &I,
         at: SystemTime,
     ) -> Result<(), Error> {
-        self.push_signal(target, operation, Some(serde_json::to_value(input)?), Some(at))
+        self.push_signal(
+            target,
+            operation,
+            Some(serde_json::to_value(input)?),
+            Some(at),
+        )
     }
 
     /// A typed proxy signalling the entity of type `E` with `key`: `ctx.signal::<E>(key).op(..)?`.
@@ -258,7 +269,6 @@ impl EntityContext {
             },
         }
     }
-
 }
 
 /// What an operation left behind.

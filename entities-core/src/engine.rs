@@ -24,7 +24,9 @@ use tracing::{debug, error, warn};
 use crate::context::{EntityContext, Outgoing};
 use crate::error::{OperationError, StoreError};
 use crate::id::EntityId;
-use crate::message::{now_millis, to_millis_ceil, Body, FailureKind, Message, MessageId, Outcome, ReplyTo, Target};
+use crate::message::{
+    now_millis, to_millis_ceil, Body, FailureKind, Message, MessageId, Outcome, ReplyTo, Target,
+};
 use crate::orchestration::engine::Orchestrations;
 use crate::registry::Registry;
 use crate::store::{Batch, EntityRecord, Store};
@@ -61,6 +63,7 @@ pub(crate) enum Command {
         waiter: Option<(u64, oneshot::Sender<CallReply>)>,
     },
     /// Register a waiter for the end of an orchestration instance.
+    #[allow(dead_code)]
     WatchInstance {
         id: String,
         done: oneshot::Sender<()>,
@@ -418,8 +421,9 @@ impl Engine {
             finished_instances,
         };
         let store = self.shared.store.clone();
-        self.inflight
-            .push_back(Box::pin(async move { (store.commit(batch).await, effects) }));
+        self.inflight.push_back(Box::pin(
+            async move { (store.commit(batch).await, effects) },
+        ));
         Ok(())
     }
 
@@ -545,7 +549,9 @@ async fn run_entity(shared: &Arc<Shared>, id: &EntityId, slot: &mut Slot, cap: u
                     Some(ReplyTo::Instance { id: instance, seq }) => {
                         let result = match finished.result {
                             Ok(value) => Outcome::Ok(value.unwrap_or(Value::Null)),
-                            Err(err) => Outcome::Err(FailureKind::Operation, err.message().to_string()),
+                            Err(err) => {
+                                Outcome::Err(FailureKind::Operation, err.message().to_string())
+                            }
                         };
                         part.produced.push(Message {
                             id: shared.next_message_id(),
@@ -595,7 +601,9 @@ async fn run_entity(shared: &Arc<Shared>, id: &EntityId, slot: &mut Slot, cap: u
                     written = true;
                 }
             }
-            other => warn!(entity = %id, message = ?other, "message kind not meant for an entity; dropped"),
+            other => {
+                warn!(entity = %id, message = ?other, "message kind not meant for an entity; dropped")
+            }
         }
     }
     if written {

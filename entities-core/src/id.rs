@@ -70,7 +70,9 @@ impl FromStr for EntityId {
 
     fn from_str(s: &str) -> Result<Self, Error> {
         let rest = s.strip_prefix('@').ok_or_else(|| {
-            Error::InvalidEntityId(format!("`{s}` does not start with `@` (expected `@name@key`)"))
+            Error::InvalidEntityId(format!(
+                "`{s}` does not start with `@` (expected `@name@key`)"
+            ))
         })?;
         let (name, key) = rest.split_once('@').ok_or_else(|| {
             Error::InvalidEntityId(format!("`{s}` has no second `@` (expected `@name@key`)"))

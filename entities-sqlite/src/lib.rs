@@ -117,7 +117,11 @@ impl SqliteStore {
         Ok(Self::start_shared(conn.clone(), vec![conn], None))
     }
 
-    fn start(conn: Connection, readers: Vec<Arc<Mutex<Connection>>>, path: Option<PathBuf>) -> Self {
+    fn start(
+        conn: Connection,
+        readers: Vec<Arc<Mutex<Connection>>>,
+        path: Option<PathBuf>,
+    ) -> Self {
         Self::start_shared(Arc::new(Mutex::new(conn)), readers, path)
     }
 
@@ -200,7 +204,8 @@ impl Store for SqliteStore {
 
     async fn query_entities(&self, query: &EntityQuery) -> Result<EntityRecordPage, StoreError> {
         let query = query.clone();
-        self.read(move |conn| sql::query_entities(conn, &query)).await
+        self.read(move |conn| sql::query_entities(conn, &query))
+            .await
     }
 
     async fn delete_empty_entities(&self) -> Result<u64, StoreError> {

@@ -86,7 +86,10 @@ pub(crate) fn load_entities(
     Ok(records)
 }
 
-pub(crate) fn read_entity(conn: &Connection, id: &EntityId) -> rusqlite::Result<Option<EntityRecord>> {
+pub(crate) fn read_entity(
+    conn: &Connection,
+    id: &EntityId,
+) -> rusqlite::Result<Option<EntityRecord>> {
     let mut stmt = conn.prepare_cached(
         "SELECT state, lock_owner, last_modified, \
          (SELECT COUNT(*) FROM messages WHERE target = ?3) \
@@ -179,10 +182,15 @@ fn instance_from_row(row: &Row<'_>) -> rusqlite::Result<InstanceRecord> {
 
 const INSTANCE_COLUMNS: &str = "id, name, status, input, output, created, updated";
 
-pub(crate) fn read_instance(conn: &Connection, id: &str) -> rusqlite::Result<Option<InstanceRecord>> {
-    conn.prepare_cached(&format!("SELECT {INSTANCE_COLUMNS} FROM instances WHERE id = ?1"))?
-        .query_row([id], instance_from_row)
-        .optional()
+pub(crate) fn read_instance(
+    conn: &Connection,
+    id: &str,
+) -> rusqlite::Result<Option<InstanceRecord>> {
+    conn.prepare_cached(&format!(
+        "SELECT {INSTANCE_COLUMNS} FROM instances WHERE id = ?1"
+    ))?
+    .query_row([id], instance_from_row)
+    .optional()
 }
 
 pub(crate) fn running_instances(conn: &Connection) -> rusqlite::Result<Vec<InstanceRecord>> {

@@ -36,7 +36,11 @@ pub(crate) fn run(conn: Arc<Mutex<Connection>>, rx: Receiver<WriteRequest>) {
         let mut conn = conn.lock().unwrap_or_else(|e| e.into_inner());
         let outcome = apply_group(&mut conn, &group);
         drop(conn);
-        debug!(requests = group.len(), ok = outcome.is_ok(), "group committed");
+        debug!(
+            requests = group.len(),
+            ok = outcome.is_ok(),
+            "group committed"
+        );
         answer(group.drain(..), outcome);
     }
 }
@@ -172,4 +176,3 @@ fn purge(tx: &Transaction<'_>, id: &str) -> rusqlite::Result<u64> {
     let n = tx.execute("DELETE FROM instances WHERE id = ?1", [id])?;
     Ok(n as u64)
 }
-

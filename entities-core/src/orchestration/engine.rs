@@ -31,14 +31,20 @@ impl Orchestrations {
     }
 
     pub(crate) fn deliver(&mut self, message: Message) {
-        warn!(message = message.id, "orchestration message kept stored; orchestrations are not run by this version");
+        warn!(
+            message = message.id,
+            "orchestration message kept stored; orchestrations are not run by this version"
+        );
     }
 
     pub(crate) fn watch(&mut self, id: String, done: oneshot::Sender<()>) {
         self.watchers.entry(id).or_default().push(done);
     }
 
-    pub(crate) async fn run_steps(&mut self, _batch: &mut Batch) -> Result<Vec<String>, StoreError> {
+    pub(crate) async fn run_steps(
+        &mut self,
+        _batch: &mut Batch,
+    ) -> Result<Vec<String>, StoreError> {
         Ok(Vec::new())
     }
 

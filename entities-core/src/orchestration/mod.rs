@@ -23,7 +23,11 @@ pub struct OrchestrationContext {
 /// A registered orchestration function, type-erased.
 pub trait OrchestrationFn: Send + Sync + 'static {
     /// Starts the function with its JSON input.
-    fn start(&self, ctx: OrchestrationContext, input: Value) -> BoxFuture<'static, Result<Value, Error>>;
+    fn start(
+        &self,
+        ctx: OrchestrationContext,
+        input: Value,
+    ) -> BoxFuture<'static, Result<Value, Error>>;
 }
 
 /// Adapts `async fn(OrchestrationContext, I) -> Result<O, Error>`.
@@ -42,9 +46,15 @@ where
     I: DeserializeOwned + Send + 'static,
     O: Serialize + Send + 'static,
 {
-    fn start(&self, ctx: OrchestrationContext, input: Value) -> BoxFuture<'static, Result<Value, Error>> {
+    fn start(
+        &self,
+        ctx: OrchestrationContext,
+        input: Value,
+    ) -> BoxFuture<'static, Result<Value, Error>> {
         let input = I::deserialize(&input).map_err(|err| {
-            Error::Serialization(format!("the orchestration input does not deserialize: {err}"))
+            Error::Serialization(format!(
+                "the orchestration input does not deserialize: {err}"
+            ))
         });
         let future = input.map(|input| (self.0)(ctx, input));
         Box::pin(async move {

@@ -1,0 +1,550 @@
+//! The core runtime with function-based entities: serial execution, order, rollback,
+//! scheduling, deletion, restarts, queries, clean-up and bad input.
+
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+use std::sync::Arc;
+use std::time::{Duration, SystemTime};
+
+use async_trait::async_trait;
+use entities::prelude::*;
+use entities::{Error, SqliteStore};
+use serde_json::json;
+
+/// A counter that can also fail, panic, forward and record its inputs.
+fn counter(ctx: &mut EntityContext) -> Result<(), OperationError> {
+    let value: i64 = ctx.state_or_default()?;
+    match ctx.operation_name() {
+        "add" => ctx.set_state(&(value + ctx.input::<i64>()?))?,
+        "get" => ctx.set_result(&value)?,
+        "delete" => ctx.delete_state(),
+        "fail_after_changes" => {
+            ctx.set_state(&1000i64)?;
+            ctx.signal_entity(&EntityId::new("Counter", "witness"), "add", &1)?;
+            return Err(OperationError::new("failed on purpose"));
+        }
+        "panic_after_changes" => {
+            ctx.set_state(&2000i64)?;
+            ctx.signal_entity(&EntityId::new("Counter", "witness"), "add", &1)?;
+            panic!("panicked on purpose");
+        }
+        "forward" => {
+            let target: String = ctx.input()?;
+            ctx.signal_entity(&EntityId::new("Counter", target), "add", &value)?;
+        }
+        other => return Err(OperationError::unknown_operation(other)),
+    }
+    Ok(())
+}
+
+/// Appends every input to a list, so the order of operations can be checked.
+fn recorder(ctx: &mut EntityContext) -> Result<(), OperationError> {
+    let mut seen: Vec<serde_json::Value> = ctx.state_or_default()?;
+    match ctx.operation_name() {
+        "record" => {
+            seen.push(ctx.input()?);
+            ctx.set_state(&seen)?;
+        }
+        "record_at" => {
+            let millis = SystemTime::now()
+                .duration_since(SystemTime::UNIX_EPOCH)
+                .unwrap()
+                .as_millis() as u64;
+            seen.push(json!(millis));
+            ctx.set_state(&seen)?;
+        }
+        "send_many" => {
+            let n: u64 = ctx.input()?;
+            for i in 0..n {
+                ctx.signal_entity(&EntityId::new("Recorder", "target"), "record", &i)?;
+            }
+        }
+        "get" => ctx.set_result(&seen)?,
+        other => return Err(OperationError::unknown_operation(other)),
+    }
+    Ok(())
+}
+
+/// An async entity that detects overlapping operations on itself.
+struct Overlap {
+    running: AtomicBool,
+    overlaps: AtomicUsize,
+}
+
+#[async_trait]
+impl EntityFunction for Overlap {
+    async fn run(&self, ctx: &mut EntityContext) -> Result<(), OperationError> {
+        if self.running.swap(true, Ordering::SeqCst) {
+            self.overlaps.fetch_add(1, Ordering::SeqCst);
+        }
+        tokio::task::yield_now().await;
+        tokio::time::sleep(Duration::from_micros(50)).await;
+        let n: u64 = ctx.state_or_default()?;
+        ctx.set_state(&(n + 1))?;
+        self.running.store(false, Ordering::SeqCst);
+        Ok(())
+    }
+}
+
+async fn start(store: SqliteStore) -> Runtime {
+    Runtime::builder()
+        .store(store)
+        .entity_fn("Counter", counter)
+        .entity_fn("Recorder", recorder)
+        .start()
+        .await
+        .expect("runtime starts")
+}
+
+async fn wait_for<T: std::fmt::Debug>(
+    what: &str,
+    mut f: impl FnMut() -> futures::future::BoxFuture<'static, Option<T>>,
+) -> T {
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(30);
+    loop {
+        if let Some(v) = f().await {
+            return v;
+        }
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "timed out waiting for {what}"
+        );
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+}
+
+async fn state_of(client: &Client, id: &EntityId) -> Option<serde_json::Value> {
+    client.get_entity_raw(id).await.unwrap().map(|m| m.state)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn operations_on_one_entity_never_overlap() {
+    let overlap = Arc::new(Overlap {
+        running: AtomicBool::new(false),
+        overlaps: AtomicUsize::new(0),
+    });
+    struct Shared(Arc<Overlap>);
+    #[async_trait]
+    impl EntityFunction for Shared {
+        async fn run(&self, ctx: &mut EntityContext) -> Result<(), OperationError> {
+            self.0.run(ctx).await
+        }
+    }
+    let runtime = Runtime::builder()
+        .store(SqliteStore::in_memory().unwrap())
+        .entity_fn("Overlap", Shared(overlap.clone()))
+        .start()
+        .await
+        .unwrap();
+    let client = runtime.client();
+    let id = EntityId::new("Overlap", "one");
+    let sends = (0..400).map(|_| {
+        let client = client.clone();
+        let id = id.clone();
+        tokio::spawn(async move { client.signal_entity(&id, "bump", &()).await })
+    });
+    for send in futures::future::join_all(sends).await {
+        send.unwrap().unwrap();
+    }
+    let c = client.clone();
+    let i = id.clone();
+    wait_for("400 operations", || {
+        let (c, i) = (c.clone(), i.clone());
+        Box::pin(async move { state_of(&c, &i).await.filter(|v| v == &json!(400)) })
+    })
+    .await;
+    assert_eq!(overlap.overlaps.load(Ordering::SeqCst), 0);
+    runtime.shutdown().await.unwrap();
+}
+
+#[tokio::test]
+async fn one_senders_signals_run_in_order() {
+    let runtime = start(SqliteStore::in_memory().unwrap()).await;
+    let client = runtime.client();
+    let id = EntityId::new("Recorder", "ordered");
+    for i in 0..200u64 {
+        client.signal_entity(&id, "record", &i).await.unwrap();
+    }
+    // An entity sending many signals to another: they arrive in the order sent.
+    client
+        .signal_entity(&EntityId::new("Recorder", "sender"), "send_many", &300u64)
+        .await
+        .unwrap();
+    let seen: Vec<u64> = client.call_entity(&id, "get", &()).await.unwrap();
+    assert_eq!(seen, (0..200).collect::<Vec<_>>());
+    let target = EntityId::new("Recorder", "target");
+    let c = client.clone();
+    let seen = wait_for("300 forwarded signals", || {
+        let (c, t) = (c.clone(), target.clone());
+        Box::pin(async move {
+            let v: Vec<u64> = c.call_entity(&t, "get", &()).await.unwrap();
+            (v.len() == 300).then_some(v)
+        })
+    })
+    .await;
+    assert_eq!(seen, (0..300).collect::<Vec<_>>());
+    runtime.shutdown().await.unwrap();
+}
+
+#[tokio::test]
+async fn a_failing_operation_rolls_back_only_itself() {
+    let runtime = start(SqliteStore::in_memory().unwrap()).await;
+    let client = runtime.client();
+    let id = EntityId::new("Counter", "batch");
+    // Sent concurrently so that they are stored together and run in one batch.
+    let ops = [
+        ("add", 1),
+        ("fail_after_changes", 0),
+        ("add", 2),
+        ("panic_after_changes", 0),
+        ("add", 4),
+    ];
+    let sends = ops.iter().map(|(op, n)| client.signal_entity(&id, op, n));
+    for r in futures::future::join_all(sends).await {
+        r.unwrap();
+    }
+    let value: i64 = client.call_entity(&id, "get", &()).await.unwrap();
+    assert_eq!(
+        value, 7,
+        "the failed operations' state changes are rolled back"
+    );
+    let witness = client
+        .get_entity_raw(&EntityId::new("Counter", "witness"))
+        .await
+        .unwrap();
+    assert!(
+        witness.is_none(),
+        "the failed operations' signals are dropped"
+    );
+
+    let err = client
+        .call_entity::<(), _>(&id, "fail_after_changes", &())
+        .await
+        .unwrap_err();
+    match err {
+        Error::Operation(e) => assert_eq!(e.message(), "failed on purpose"),
+        other => panic!("expected an operation error, got {other:?}"),
+    }
+    let err = client
+        .call_entity::<(), _>(&id, "panic_after_changes", &())
+        .await
+        .unwrap_err();
+    assert!(err.to_string().contains("panicked on purpose"), "{err}");
+    let value: i64 = client.call_entity(&id, "get", &()).await.unwrap();
+    assert_eq!(value, 7);
+    runtime.shutdown().await.unwrap();
+}
+
+#[tokio::test]
+async fn bad_input_becomes_an_operation_error_and_the_entity_goes_on() {
+    let runtime = start(SqliteStore::in_memory().unwrap()).await;
+    let client = runtime.client();
+    let id = EntityId::new("Counter", "bad");
+    client.signal_entity(&id, "add", &5).await.unwrap();
+
+    let err = client
+        .call_entity::<(), _>(&id, "nope", &())
+        .await
+        .unwrap_err();
+    assert!(
+        err.to_string().contains("unknown operation `nope`"),
+        "{err}"
+    );
+    let err = client
+        .call_entity::<(), _>(&id, "add", &"five")
+        .await
+        .unwrap_err();
+    assert!(matches!(err, Error::Operation(_)), "{err:?}");
+    assert!(err.to_string().contains("does not deserialize"), "{err}");
+
+    // A signal to a name no runtime registered is refused by the client.
+    let err = client
+        .signal_entity(&EntityId::new("Nobody", "x"), "add", &1)
+        .await
+        .unwrap_err();
+    assert!(
+        matches!(err, Error::UnknownEntity(ref n) if n == "nobody"),
+        "{err:?}"
+    );
+
+    let value: i64 = client.call_entity(&id, "get", &()).await.unwrap();
+    assert_eq!(value, 5);
+    runtime.shutdown().await.unwrap();
+}
+
+#[tokio::test]
+async fn a_state_that_does_not_deserialize_fails_the_operation_and_is_kept() {
+    fn typed(ctx: &mut EntityContext) -> Result<(), OperationError> {
+        match ctx.operation_name() {
+            "set_text" => ctx.set_state(&"not a number"),
+            "inc" => {
+                // `state()` reads a wrong-shaped state as None and fails the operation.
+                let n: i64 = ctx.state().unwrap_or_default();
+                ctx.set_state(&(n + 1))
+            }
+            other => Err(OperationError::unknown_operation(other)),
+        }
+    }
+    let runtime = Runtime::builder()
+        .store(SqliteStore::in_memory().unwrap())
+        .entity_fn("Typed", typed)
+        .start()
+        .await
+        .unwrap();
+    let client = runtime.client();
+    let id = EntityId::new("Typed", "t");
+    client
+        .call_entity::<(), _>(&id, "set_text", &())
+        .await
+        .unwrap();
+    let err = client
+        .call_entity::<(), _>(&id, "inc", &())
+        .await
+        .unwrap_err();
+    assert!(err.to_string().contains("does not deserialize"), "{err}");
+    assert_eq!(state_of(&client, &id).await, Some(json!("not a number")));
+    runtime.shutdown().await.unwrap();
+}
+
+#[tokio::test]
+async fn scheduled_signals_are_not_delivered_early() {
+    let runtime = start(SqliteStore::in_memory().unwrap()).await;
+    let client = runtime.client();
+    let id = EntityId::new("Recorder", "late");
+    let at = SystemTime::now() + Duration::from_millis(300);
+    client
+        .signal_entity_at(&id, "record_at", &(), at)
+        .await
+        .unwrap();
+    let at_ms = at
+        .duration_since(SystemTime::UNIX_EPOCH)
+        .unwrap()
+        .as_millis() as u64;
+    tokio::time::sleep(Duration::from_millis(100)).await;
+    assert!(state_of(&client, &id).await.is_none(), "delivered early");
+    let c = client.clone();
+    let i = id.clone();
+    let ran = wait_for("the scheduled signal", || {
+        let (c, i) = (c.clone(), i.clone());
+        Box::pin(async move { state_of(&c, &i).await })
+    })
+    .await;
+    let ran_ms = ran[0].as_u64().unwrap();
+    assert!(ran_ms >= at_ms, "ran at {ran_ms}, scheduled for {at_ms}");
+    runtime.shutdown().await.unwrap();
+}
+
+#[tokio::test]
+async fn scheduled_signals_survive_a_restart() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("scheduled.db");
+    let at = SystemTime::now() + Duration::from_millis(500);
+    let at_ms = at
+        .duration_since(SystemTime::UNIX_EPOCH)
+        .unwrap()
+        .as_millis() as u64;
+    let id = EntityId::new("Recorder", "later");
+    {
+        let runtime = start(SqliteStore::open(&path).unwrap()).await;
+        runtime
+            .client()
+            .signal_entity_at(&id, "record_at", &(), at)
+            .await
+            .unwrap();
+        runtime.shutdown().await.unwrap();
+    }
+    let runtime = start(SqliteStore::open(&path).unwrap()).await;
+    let client = runtime.client();
+    let c = client.clone();
+    let i = id.clone();
+    let ran = wait_for("the scheduled signal after restart", || {
+        let (c, i) = (c.clone(), i.clone());
+        Box::pin(async move { state_of(&c, &i).await })
+    })
+    .await;
+    assert_eq!(ran.as_array().unwrap().len(), 1);
+    assert!(ran[0].as_u64().unwrap() >= at_ms);
+    runtime.shutdown().await.unwrap();
+}
+
+#[tokio::test]
+async fn state_survives_a_restart_on_the_same_file() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("restart.db");
+    let id = EntityId::new("Counter", "kept");
+    {
+        let runtime = start(SqliteStore::open(&path).unwrap()).await;
+        let client = runtime.client();
+        for i in 1..=10 {
+            client.signal_entity(&id, "add", &i).await.unwrap();
+        }
+        // Shut down without waiting for processing: stored signals are kept.
+        runtime.shutdown().await.unwrap();
+    }
+    let runtime = start(SqliteStore::open(&path).unwrap()).await;
+    let client = runtime.client();
+    let value: i64 = client.call_entity(&id, "get", &()).await.unwrap();
+    assert_eq!(value, 55);
+    let meta = client.get_entity_raw(&id).await.unwrap().unwrap();
+    assert_eq!(meta.pending_messages, 0);
+    assert!(meta.last_modified <= SystemTime::now());
+    runtime.shutdown().await.unwrap();
+}
+
+#[tokio::test]
+async fn delete_removes_the_state_and_clean_removes_the_entity() {
+    let runtime = start(SqliteStore::in_memory().unwrap()).await;
+    let client = runtime.client();
+    let gone = EntityId::new("Counter", "gone");
+    let kept = EntityId::new("Counter", "kept");
+    client.signal_entity(&gone, "add", &1).await.unwrap();
+    client.signal_entity(&kept, "add", &2).await.unwrap();
+    client
+        .call_entity::<(), _>(&gone, "delete", &())
+        .await
+        .unwrap();
+    assert!(client.get_entity_raw(&gone).await.unwrap().is_none());
+    let value: i64 = client.call_entity(&gone, "get", &()).await.unwrap();
+    assert_eq!(value, 0, "a deleted entity starts again from no state");
+
+    let listed = client
+        .query_entities(EntityQuery {
+            include_stateless: true,
+            ..EntityQuery::default()
+        })
+        .await
+        .unwrap();
+    let ids: Vec<String> = listed.entities.iter().map(|e| e.id.to_string()).collect();
+    assert_eq!(ids, ["@counter@gone", "@counter@kept"]);
+    assert!(listed.entities[0].state.is_none());
+
+    let cleaned = client.clean_entity_storage().await.unwrap();
+    assert_eq!(cleaned.removed_entities, 1);
+    let listed = client
+        .query_entities(EntityQuery {
+            include_stateless: true,
+            ..EntityQuery::default()
+        })
+        .await
+        .unwrap();
+    let ids: Vec<String> = listed.entities.iter().map(|e| e.id.to_string()).collect();
+    assert_eq!(ids, ["@counter@kept"]);
+    runtime.shutdown().await.unwrap();
+}
+
+#[tokio::test]
+async fn queries_filter_by_name_and_prefix_page_by_page() {
+    let runtime = start(SqliteStore::in_memory().unwrap()).await;
+    let client = runtime.client();
+    for i in 0..25 {
+        client
+            .signal_entity(&EntityId::new("Counter", format!("user-{i:02}")), "add", &i)
+            .await
+            .unwrap();
+    }
+    for i in 0..5 {
+        client
+            .signal_entity(&EntityId::new("Counter", format!("team-{i}")), "add", &i)
+            .await
+            .unwrap();
+    }
+    client
+        .signal_entity(&EntityId::new("Recorder", "user-x"), "record", &1)
+        .await
+        .unwrap();
+    // Wait until everything ran.
+    let last: i64 = client
+        .call_entity(&EntityId::new("Counter", "team-4"), "get", &())
+        .await
+        .unwrap();
+    assert_eq!(last, 4);
+
+    let mut query = EntityQuery {
+        name: Some("COUNTER".into()),
+        key_prefix: Some("user-".into()),
+        page_size: 10,
+        ..EntityQuery::default()
+    };
+    let mut pages = Vec::new();
+    loop {
+        let page = client.query_entities(query.clone()).await.unwrap();
+        pages.push(page.entities.clone());
+        match page.continuation {
+            Some(next) => query.continuation = Some(next),
+            None => break,
+        }
+    }
+    assert_eq!(pages.iter().map(Vec::len).collect::<Vec<_>>(), [10, 10, 5]);
+    let all: Vec<_> = pages.concat();
+    for (i, meta) in all.iter().enumerate() {
+        assert_eq!(meta.id, EntityId::new("Counter", format!("user-{i:02}")));
+        assert_eq!(meta.state, Some(json!(i)));
+    }
+
+    let without_state = client
+        .query_entities(EntityQuery {
+            include_state: false,
+            key_prefix: Some("user-".into()),
+            page_size: 100,
+            ..EntityQuery::default()
+        })
+        .await
+        .unwrap();
+    assert_eq!(
+        without_state.entities.len(),
+        26,
+        "both names match the prefix"
+    );
+    assert!(without_state.entities.iter().all(|e| e.state.is_none()));
+    assert!(without_state.continuation.is_none());
+    runtime.shutdown().await.unwrap();
+}
+
+#[tokio::test]
+async fn entities_signal_entities() {
+    let runtime = start(SqliteStore::in_memory().unwrap()).await;
+    let client = runtime.client();
+    let a = EntityId::new("Counter", "a");
+    let b = EntityId::new("Counter", "b");
+    client.signal_entity(&a, "add", &7).await.unwrap();
+    client.signal_entity(&a, "forward", &"b").await.unwrap();
+    let c = client.clone();
+    let value = wait_for("the forwarded signal", || {
+        let (c, b) = (c.clone(), b.clone());
+        Box::pin(async move { state_of(&c, &b).await })
+    })
+    .await;
+    assert_eq!(value, json!(7));
+    runtime.shutdown().await.unwrap();
+}
+
+#[tokio::test]
+async fn configuration_mistakes_are_errors() {
+    let err = Runtime::builder()
+        .entity_fn("Counter", counter)
+        .start()
+        .await
+        .err()
+        .unwrap();
+    assert!(err.to_string().contains("no store"), "{err}");
+    let err = Runtime::builder()
+        .store(SqliteStore::in_memory().unwrap())
+        .entity_fn("Counter", counter)
+        .entity_fn("counter", counter)
+        .start()
+        .await
+        .err()
+        .unwrap();
+    assert!(err.to_string().contains("registered twice"), "{err}");
+}
+
+#[tokio::test]
+async fn a_client_after_shutdown_gets_an_error() {
+    let runtime = start(SqliteStore::in_memory().unwrap()).await;
+    let client = runtime.client();
+    runtime.shutdown().await.unwrap();
+    let err = client
+        .signal_entity(&EntityId::new("Counter", "x"), "add", &1)
+        .await
+        .unwrap_err();
+    assert!(matches!(err, Error::Shutdown), "{err:?}");
+}
