@@ -172,7 +172,10 @@ async fn eventually<T>(mut f: impl FnMut() -> futures::future::BoxFuture<'static
 async fn the_api_counter_works_as_written() {
     let runtime = runtime().await;
     let client = runtime.client();
-    assert_eq!(EntityId::new("Counter", "game1"), EntityId::of::<Counter>("game1"));
+    assert_eq!(
+        EntityId::new("Counter", "game1"),
+        EntityId::of::<Counter>("game1")
+    );
     client.signal::<Counter>("k").add(5).await.unwrap();
     client.signal::<Counter>("k").add(6).await.unwrap();
     assert_eq!(client.call::<Counter>("k").get().await.unwrap(), 11);
@@ -181,7 +184,11 @@ async fn the_api_counter_works_as_written() {
     assert_eq!(meta.id, EntityId::of::<Counter>("k"));
     client.call::<Counter>("k").reset().await.unwrap();
     assert_eq!(client.call::<Counter>("k").get().await.unwrap(), 0);
-    assert!(client.get_entity::<Counter>("other").await.unwrap().is_none());
+    assert!(client
+        .get_entity::<Counter>("other")
+        .await
+        .unwrap()
+        .is_none());
     runtime.shutdown().await.unwrap();
 }
 
@@ -223,7 +230,15 @@ async fn several_inputs_results_and_rollback() {
         .call_entity::<(), _>(&id, "open", &"just one")
         .await
         .unwrap_err();
-    assert!(err.to_string().contains("does not deserialize"), "{err}");
+    assert!(err.to_string().contains("takes 2 inputs"), "{err}");
+    let err = client
+        .call_entity::<(), _>(&id, "open", &(1, 2))
+        .await
+        .unwrap_err();
+    assert!(
+        err.to_string().contains("input 1 of operation `open`"),
+        "{err}"
+    );
     runtime.shutdown().await.unwrap();
 }
 
@@ -234,7 +249,10 @@ async fn context_parameters_async_and_typed_signals_between_entities() {
     let acct = client.call::<Account>("a1");
     acct.open("cy".into(), 1).await.unwrap();
     acct.deposit_and_tip(9, "tips".into()).await.unwrap();
-    assert_eq!(acct.slow_balance().await.unwrap(), "@bank.account@a1 has 10");
+    assert_eq!(
+        acct.slow_balance().await.unwrap(),
+        "@bank.account@a1 has 10"
+    );
     let tips = client.call::<Counter>("tips");
     let c = client.clone();
     eventually(|| {
@@ -249,7 +267,9 @@ async fn context_parameters_async_and_typed_signals_between_entities() {
         .unwrap();
     eventually(|| {
         let c = c.clone();
-        Box::pin(async move { (c.call::<Counter>("tips").get().await.unwrap() == 11).then_some(()) })
+        Box::pin(
+            async move { (c.call::<Counter>("tips").get().await.unwrap() == 11).then_some(()) },
+        )
     })
     .await;
     assert_eq!(tips.get().await.unwrap(), 11);

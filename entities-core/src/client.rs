@@ -121,7 +121,7 @@ impl Client {
     }
 
     /// The last committed state of the entity `E` with `key`, or `None` if it has no state.
-    pub async fn get_entity<E: Entity>(
+    pub async fn get_entity<E: Entity + DeserializeOwned>(
         &self,
         key: impl Into<String>,
     ) -> Result<Option<EntityMetadata<E>>> {

@@ -156,6 +156,16 @@ impl EntityContext {
         Ok(())
     }
 
+    /// Replaces the entity's state with a JSON value.
+    pub fn set_state_raw(&mut self, state: Value) {
+        self.written = Some(Some(state));
+    }
+
+    /// Sets the operation's result as a JSON value.
+    pub fn set_result_raw(&mut self, result: Value) {
+        self.result = Some(result);
+    }
+
     /// Removes the entity's state.
     pub fn delete_state(&mut self) {
         self.written = Some(None);

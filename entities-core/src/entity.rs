@@ -3,8 +3,6 @@
 
 use async_trait::async_trait;
 use futures::future::BoxFuture;
-use serde::de::DeserializeOwned;
-use serde::Serialize;
 
 use crate::context::EntityContext;
 use crate::error::OperationError;
@@ -37,7 +35,7 @@ where
     label = "not an entity",
     note = "put `#[entity]` on an `impl {Self}` block that defines its operations"
 )]
-pub trait Entity: Serialize + DeserializeOwned + Default + Send + 'static {
+pub trait Entity: Send + 'static {
     /// The entity name (the type name unless `#[entity(name = "...")]` says otherwise).
     const NAME: &'static str;
 

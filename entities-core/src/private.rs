@@ -12,24 +12,160 @@ pub use crate::entity::Entity;
 pub use crate::error::{Error, OperationError};
 pub use crate::proxy::Invoker;
 
+/// How values of one type travel as JSON. Made only by [`input_codec`], [`output_codec`] and
+/// [`state_codec`], which carry the serde bounds: generated code names a user's type in those
+/// calls only, so a type that cannot travel gives one error, pointing at it.
+pub struct Codec<T> {
+    to_json: fn(&T) -> Result<Value, serde_json::Error>,
+    from_json: fn(&Value) -> Result<T, serde_json::Error>,
+    default: Option<fn() -> T>,
+}
+
+impl<T> Clone for Codec<T> {
+    fn clone(&self) -> Self {
+        *self
+    }
+}
+impl<T> Copy for Codec<T> {}
+
+fn to_json<T: Serialize>(value: &T) -> Result<Value, serde_json::Error> {
+    serde_json::to_value(value)
+}
+
+fn from_json<T: DeserializeOwned>(value: &Value) -> Result<T, serde_json::Error> {
+    T::deserialize(value)
+}
+
+/// The codec of an operation input type.
+pub fn input_codec<T: OperationInput>() -> Codec<T> {
+    Codec {
+        to_json: to_json::<T>,
+        from_json: from_json::<T>,
+        default: None,
+    }
+}
+
+/// The codec of an operation result type.
+pub fn output_codec<T: OperationOutput>() -> Codec<T> {
+    Codec {
+        to_json: to_json::<T>,
+        from_json: from_json::<T>,
+        default: None,
+    }
+}
+
+/// The codec of an entity state type.
+pub fn state_codec<T: EntityState>() -> Codec<T> {
+    Codec {
+        to_json: to_json::<T>,
+        from_json: from_json::<T>,
+        default: Some(T::default),
+    }
+}
+
 /// Decodes the single input of an operation.
-pub fn input<T: DeserializeOwned>(ctx: &EntityContext) -> Result<T, OperationError> {
-    ctx.input()
+pub fn decode_input<T>(ctx: &EntityContext, codec: Codec<T>) -> Result<T, OperationError> {
+    (codec.from_json)(ctx.input_raw().unwrap_or(&Value::Null)).map_err(|err| {
+        OperationError::new(format!(
+            "the input of operation `{}` on {} does not deserialize: {err}",
+            ctx.operation_name(),
+            ctx.id()
+        ))
+    })
 }
 
-/// The entity's state, or its default when it has none.
-pub fn load_state<S: DeserializeOwned + Default>(ctx: &EntityContext) -> Result<S, OperationError> {
-    ctx.state_or_default()
+/// The inputs of an operation with `count` parameters: a JSON array of that length.
+pub fn input_parts(ctx: &EntityContext, count: usize) -> Result<Vec<Value>, OperationError> {
+    match ctx.input_raw() {
+        Some(Value::Array(parts)) if parts.len() == count => Ok(parts.clone()),
+        _ => Err(OperationError::new(format!(
+            "operation `{}` on {} takes {count} inputs, sent as a JSON array of {count} values",
+            ctx.operation_name(),
+            ctx.id()
+        ))),
+    }
 }
 
-/// Writes the entity's state back.
-pub fn store_state<S: Serialize>(ctx: &mut EntityContext, state: &S) -> Result<(), OperationError> {
-    ctx.set_state(state)
+/// Decodes input number `index` of an operation with several inputs.
+pub fn decode_input_part<T>(
+    ctx: &EntityContext,
+    parts: &[Value],
+    index: usize,
+    codec: Codec<T>,
+) -> Result<T, OperationError> {
+    (codec.from_json)(&parts[index]).map_err(|err| {
+        OperationError::new(format!(
+            "input {} of operation `{}` on {} does not deserialize: {err}",
+            index + 1,
+            ctx.operation_name(),
+            ctx.id()
+        ))
+    })
+}
+
+/// Encodes the single input of an operation.
+pub fn encode_input<T>(value: &T, codec: Codec<T>) -> Result<Option<Value>, Error> {
+    Ok(Some((codec.to_json)(value)?))
+}
+
+/// Encodes one of several inputs.
+pub fn encode_input_part<T>(value: &T, codec: Codec<T>) -> Result<Value, serde_json::Error> {
+    (codec.to_json)(value)
 }
 
 /// Sets the operation's result.
-pub fn set_output<T: Serialize>(ctx: &mut EntityContext, output: &T) -> Result<(), OperationError> {
-    ctx.set_result(output)
+pub fn set_output<T>(
+    ctx: &mut EntityContext,
+    output: &T,
+    codec: Codec<T>,
+) -> Result<(), OperationError> {
+    let value = (codec.to_json)(output).map_err(|err| {
+        OperationError::new(format!(
+            "the result of operation `{}` does not serialize: {err}",
+            ctx.operation_name()
+        ))
+    })?;
+    ctx.set_result_raw(value);
+    Ok(())
+}
+
+/// Sends an operation through a proxy's invoker.
+pub fn invoke<I: Invoker, T: Send + 'static>(
+    invoker: &I,
+    operation: &'static str,
+    input: Result<Option<Value>, Error>,
+    codec: Codec<T>,
+) -> I::Output<T> {
+    invoker.invoke(operation, input, codec.from_json)
+}
+
+/// The entity's state, or its default when it has none.
+pub fn load_state<T>(ctx: &EntityContext, codec: Codec<T>) -> Result<T, OperationError> {
+    match ctx.state_raw() {
+        None => Ok((codec.default.expect("state codecs have a default"))()),
+        Some(value) => (codec.from_json)(value).map_err(|err| {
+            OperationError::new(format!(
+                "the state of {} does not deserialize: {err}",
+                ctx.id()
+            ))
+        }),
+    }
+}
+
+/// Writes the entity's state back.
+pub fn store_state<T>(
+    ctx: &mut EntityContext,
+    state: &T,
+    codec: Codec<T>,
+) -> Result<(), OperationError> {
+    let value = (codec.to_json)(state).map_err(|err| {
+        OperationError::new(format!(
+            "the new state of {} does not serialize: {err}",
+            ctx.id()
+        ))
+    })?;
+    ctx.set_state_raw(value);
+    Ok(())
 }
 
 /// Turns an operation's `Err` into its error.
@@ -42,20 +178,10 @@ pub fn encode_none() -> Result<Option<Value>, Error> {
     Ok(None)
 }
 
-/// The input of an operation with one parameter.
-pub fn encode_one<T: Serialize + ?Sized>(value: &T) -> Result<Option<Value>, Error> {
-    Ok(Some(serde_json::to_value(value)?))
-}
-
 /// The input of an operation with several parameters: a JSON array.
 pub fn encode_many(values: Vec<Result<Value, serde_json::Error>>) -> Result<Option<Value>, Error> {
     let values = values.into_iter().collect::<Result<Vec<_>, _>>()?;
     Ok(Some(Value::Array(values)))
-}
-
-/// Encodes one of several parameters.
-pub fn encode_part<T: Serialize + ?Sized>(value: &T) -> Result<Value, serde_json::Error> {
-    serde_json::to_value(value)
 }
 
 /// Compile-time check that an operation input travels as JSON.
@@ -84,13 +210,6 @@ impl<T: Serialize + DeserializeOwned + Send + 'static> OperationOutput for T {}
 )]
 pub trait EntityState: Serialize + DeserializeOwned + Default + Send + 'static {}
 impl<T: Serialize + DeserializeOwned + Default + Send + 'static> EntityState for T {}
-
-/// Names the types checked above, so that a failed check points at the offending type.
-pub fn assert_input<T: OperationInput>() {}
-/// See [`assert_input`].
-pub fn assert_output<T: OperationOutput>() {}
-/// See [`assert_input`].
-pub fn assert_state<T: EntityState>() {}
 
 /// Whether an operation name matches (case-insensitively) the given lower-case name.
 pub fn is_operation(requested: &str, lower: &str) -> bool {

@@ -13,13 +13,15 @@ use crate::id::EntityId;
 /// Delivers the operations of a typed proxy.
 pub trait Invoker {
     /// What a proxy method returns for an operation whose result type is `R`.
-    type Output<R: DeserializeOwned + Send + 'static>;
+    type Output<R>;
 
-    /// Sends operation `operation` with the already encoded `input`.
-    fn invoke<R: DeserializeOwned + Send + 'static>(
+    /// Sends operation `operation` with the already encoded `input`; `decode` turns the
+    /// operation's JSON result into `R`.
+    fn invoke<R: Send + 'static>(
         &self,
         operation: &'static str,
         input: Result<Option<Value>, Error>,
+        decode: Decode<R>,
     ) -> Self::Output<R>;
 }
 
@@ -36,12 +38,13 @@ impl ClientSignal {
 }
 
 impl Invoker for ClientSignal {
-    type Output<R: DeserializeOwned + Send + 'static> = BoxFuture<'static, Result<(), Error>>;
+    type Output<R> = BoxFuture<'static, Result<(), Error>>;
 
-    fn invoke<R: DeserializeOwned + Send + 'static>(
+    fn invoke<R: Send + 'static>(
         &self,
         operation: &'static str,
         input: Result<Option<Value>, Error>,
+        _decode: Decode<R>,
     ) -> Self::Output<R> {
         let client = self.client.clone();
         let id = self.id.clone();
@@ -62,18 +65,19 @@ impl ClientCall {
 }
 
 impl Invoker for ClientCall {
-    type Output<R: DeserializeOwned + Send + 'static> = BoxFuture<'static, Result<R, Error>>;
+    type Output<R> = BoxFuture<'static, Result<R, Error>>;
 
-    fn invoke<R: DeserializeOwned + Send + 'static>(
+    fn invoke<R: Send + 'static>(
         &self,
         operation: &'static str,
         input: Result<Option<Value>, Error>,
+        decode: Decode<R>,
     ) -> Self::Output<R> {
         let client = self.client.clone();
         let id = self.id.clone();
         Box::pin(async move {
             let value = client.send_call(&id, operation, input?).await?;
-            crate::proxy::decode_result(value)
+            decode_with(value, decode)
         })
     }
 }
@@ -91,15 +95,26 @@ impl<'a> EntitySignal<'a> {
 }
 
 impl Invoker for EntitySignal<'_> {
-    type Output<R: DeserializeOwned + Send + 'static> = Result<(), Error>;
+    type Output<R> = Result<(), Error>;
 
-    fn invoke<R: DeserializeOwned + Send + 'static>(
+    fn invoke<R: Send + 'static>(
         &self,
         operation: &'static str,
         input: Result<Option<Value>, Error>,
+        _decode: Decode<R>,
     ) -> Self::Output<R> {
         self.ctx.push_signal(&self.id, operation, input?, None)
     }
+}
+
+/// Decodes an operation's JSON result.
+pub type Decode<R> = fn(&Value) -> Result<R, serde_json::Error>;
+
+/// Decodes an operation result (`None` for an operation that set none) with `decode`.
+pub(crate) fn decode_with<R>(value: Option<Value>, decode: Decode<R>) -> Result<R, Error> {
+    decode(value.as_ref().unwrap_or(&Value::Null)).map_err(|err| {
+        Error::Serialization(format!("the operation result does not deserialize: {err}"))
+    })
 }
 
 /// Decodes an operation result (`None` for an operation that set none) into `R`.

@@ -116,13 +116,18 @@ pub(crate) fn parse(args: TokenStream, input: TokenStream) -> syn::Result<Model>
         _ => None,
     };
     let Some(type_ident) = type_ident else {
-        errors.push(item.self_ty.span(), "#[entity] needs a named state type, e.g. `impl Counter`");
+        errors.push(
+            item.self_ty.span(),
+            "#[entity] needs a named state type, e.g. `impl Counter`",
+        );
         return Err(errors.finish().expect_err("an error was pushed"));
     };
 
     let mut operations = Vec::new();
     for impl_item in &item.items {
-        let ImplItem::Fn(method) = impl_item else { continue };
+        let ImplItem::Fn(method) = impl_item else {
+            continue;
+        };
         if !matches!(method.vis, Visibility::Public(_)) {
             continue;
         }
@@ -206,8 +211,13 @@ fn parse_operation(method: &syn::ImplItemFn, errors: &mut Errors) -> Option<Oper
             );
             return None;
         }
-        Some(receiver) if !matches!(&*receiver.ty, Type::Reference(_)) || receiver.colon_token.is_some() => {
-            errors.push(receiver.span(), format!("operation `{name}` must take `&self` or `&mut self`"));
+        Some(receiver)
+            if !matches!(&*receiver.ty, Type::Reference(_)) || receiver.colon_token.is_some() =>
+        {
+            errors.push(
+                receiver.span(),
+                format!("operation `{name}` must take `&self` or `&mut self`"),
+            );
             return None;
         }
         Some(receiver) => receiver.mutability.is_some(),
@@ -235,8 +245,16 @@ fn parse_operation(method: &syn::ImplItemFn, errors: &mut Errors) -> Option<Oper
         }
         params.push(Param::Input(pat_ty.ty.clone()));
     }
-    if params.iter().filter(|p| matches!(p, Param::Context { .. })).count() > 1 {
-        errors.push(sig.inputs.span(), format!("operation `{name}` takes the context twice"));
+    if params
+        .iter()
+        .filter(|p| matches!(p, Param::Context { .. }))
+        .count()
+        > 1
+    {
+        errors.push(
+            sig.inputs.span(),
+            format!("operation `{name}` takes the context twice"),
+        );
         ok = false;
     }
     let output = match &sig.output {
