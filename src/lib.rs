@@ -40,10 +40,10 @@
 //! See the crate README for the semantics and guarantees.
 
 pub use entities_core::{
-    message, store, CleanResult, Client, ClientCall, ClientSignal, Entity, EntityContext,
-    EntityFunction, EntityId, EntityMetadata, EntityPage, EntityQuery, EntitySignal, Error,
-    Invoker, OperationError, OrchestrationContext, Result, Runtime, RuntimeBuilder, Store,
-    StoreError,
+    message, store, CleanResult, Client, ClientCall, ClientSignal, CriticalSection, Entity,
+    EntityContext, EntityFunction, EntityId, EntityMetadata, EntityPage, EntityQuery, EntitySignal,
+    Error, Invoker, OperationError, OrchestrationCall, OrchestrationContext, OrchestrationSignal,
+    OrchestrationStatus, Result, Runtime, RuntimeBuilder, RuntimeStatus, Store, StoreError, Uuid,
 };
 pub use entities_macros::entity;
 pub use entities_sqlite::{SqliteOptions, SqliteStore, Synchronous};
@@ -52,7 +52,8 @@ pub use entities_sqlite::{SqliteOptions, SqliteStore, Synchronous};
 pub mod prelude {
     pub use crate::{
         entity, Client, Entity, EntityContext, EntityFunction, EntityId, EntityMetadata,
-        EntityQuery, OperationError, OrchestrationContext, Runtime, SqliteStore,
+        EntityQuery, OperationError, OrchestrationContext, OrchestrationStatus, Runtime,
+        RuntimeStatus, SqliteStore,
     };
 }
 

@@ -2,7 +2,7 @@
 
 use std::sync::atomic::Ordering;
 use std::sync::Arc;
-use std::time::SystemTime;
+use std::time::{Duration, SystemTime};
 
 use serde::de::DeserializeOwned;
 use serde::Serialize;
@@ -13,9 +13,12 @@ use crate::engine::{Command, Shared};
 use crate::entity::Entity;
 use crate::error::{Error, Result};
 use crate::id::EntityId;
-use crate::message::{from_millis, to_millis_ceil, Body, Message, ReplyTo, Target};
+use crate::message::{from_millis, now_millis, to_millis_ceil, Body, Message, ReplyTo, Target};
+use crate::orchestration::OrchestrationStatus;
 use crate::proxy::{ClientCall, ClientSignal};
-use crate::store::{Batch, EntityQuery, EntityRecord};
+use crate::store::{
+    Batch, EntityQuery, EntityRecord, InstanceRecord, InstanceWrite, RuntimeStatus,
+};
 
 /// An entity's committed state with its metadata.
 #[derive(Clone, Debug, PartialEq)]
@@ -229,6 +232,175 @@ impl Client {
         Ok(released)
     }
 
+    /// Starts an orchestration with a new instance id; returns the id.
+    pub async fn start_orchestration<I: Serialize + ?Sized>(
+        &self,
+        name: &str,
+        input: &I,
+    ) -> Result<String> {
+        let id = uuid::Uuid::new_v4().to_string();
+        self.start_orchestration_with_id(name, &id, input).await
+    }
+
+    /// Starts an orchestration under a chosen instance id; an id in use is an error.
+    pub async fn start_orchestration_with_id<I: Serialize + ?Sized>(
+        &self,
+        name: &str,
+        instance_id: &str,
+        input: &I,
+    ) -> Result<String> {
+        if !self.shared.registry.has_orchestration(name) {
+            return Err(Error::UnknownFunction {
+                kind: "orchestration",
+                name: name.to_string(),
+            });
+        }
+        if instance_id.is_empty() {
+            return Err(Error::Config("an instance id cannot be empty".into()));
+        }
+        if self
+            .shared
+            .store
+            .read_instance(instance_id)
+            .await?
+            .is_some()
+        {
+            return Err(Error::InstanceExists(instance_id.to_string()));
+        }
+        let input = serde_json::to_value(input)?;
+        let now = now_millis();
+        // The record is written with the start message, so that the id is taken at once.
+        let record = InstanceRecord {
+            id: instance_id.to_string(),
+            name: name.to_string(),
+            status: RuntimeStatus::Running,
+            input: input.clone(),
+            output: None,
+            created: now,
+            updated: now,
+        };
+        let message = Message {
+            id: self.shared.next_message_id(),
+            target: Target::Instance(instance_id.to_string()),
+            deliver_at: None,
+            body: Body::Start {
+                name: name.to_string(),
+                input,
+                parent: None,
+            },
+        };
+        let batch = Batch {
+            produced: vec![message],
+            instances: vec![InstanceWrite {
+                record,
+                first_event: 0,
+                events: Vec::new(),
+            }],
+            ..Batch::default()
+        };
+        self.commit_and_deliver(batch, None).await?;
+        Ok(instance_id.to_string())
+    }
+
+    /// The status of an instance, or `None` if it does not exist (or has not started yet).
+    pub async fn orchestration_status(
+        &self,
+        instance_id: &str,
+    ) -> Result<Option<OrchestrationStatus>> {
+        Ok(self
+            .shared
+            .store
+            .read_instance(instance_id)
+            .await?
+            .map(OrchestrationStatus::from_record))
+    }
+
+    /// Waits until the instance has ended (completed, failed or terminated), at most `timeout`.
+    pub async fn wait_for_orchestration(
+        &self,
+        instance_id: &str,
+        timeout: Duration,
+    ) -> Result<OrchestrationStatus> {
+        let deadline = tokio::time::Instant::now() + timeout;
+        loop {
+            let (tx, rx) = oneshot::channel();
+            self.shared
+                .commands
+                .send(Command::WatchInstance {
+                    id: instance_id.to_string(),
+                    done: tx,
+                })
+                .map_err(|_| Error::Shutdown)?;
+            if let Some(status) = self.orchestration_status(instance_id).await? {
+                if status.status.is_terminal() {
+                    return Ok(status);
+                }
+            }
+            let now = tokio::time::Instant::now();
+            if now >= deadline {
+                return Err(Error::Timeout(timeout));
+            }
+            // Woken by the engine when the instance ends; re-checked now and then regardless.
+            let wait = (deadline - now).min(Duration::from_millis(200));
+            let _ = tokio::time::timeout(wait, rx).await;
+        }
+    }
+
+    /// Raises an external event on an instance (`ctx.wait_for_event(name)` receives it).
+    pub async fn raise_event<D: Serialize + ?Sized>(
+        &self,
+        instance_id: &str,
+        name: &str,
+        data: &D,
+    ) -> Result<()> {
+        let data = serde_json::to_value(data)?;
+        self.send_to_instance(
+            instance_id,
+            Body::Event {
+                name: name.to_string(),
+                data,
+            },
+        )
+        .await
+    }
+
+    /// Terminates a running instance: it ends at once with status `Terminated`, and its locks
+    /// are released. Terminating an ended instance does nothing.
+    pub async fn terminate(&self, instance_id: &str, reason: &str) -> Result<()> {
+        self.send_to_instance(
+            instance_id,
+            Body::Terminate {
+                reason: reason.to_string(),
+            },
+        )
+        .await
+    }
+
+    /// Deletes an ended instance and its history; returns whether there was one.
+    pub async fn purge(&self, instance_id: &str) -> Result<bool> {
+        match self.shared.store.read_instance(instance_id).await? {
+            None => Ok(false),
+            Some(record) if !record.status.is_terminal() => {
+                Err(Error::InstanceRunning(instance_id.to_string()))
+            }
+            Some(_) => Ok(self.shared.store.purge_instance(instance_id).await?),
+        }
+    }
+
+    async fn send_to_instance(&self, instance_id: &str, body: Body) -> Result<()> {
+        match self.shared.store.read_instance(instance_id).await? {
+            Some(record) if record.status.is_terminal() => return Ok(()),
+            _ => {}
+        }
+        let message = Message {
+            id: self.shared.next_message_id(),
+            target: Target::Instance(instance_id.to_string()),
+            deliver_at: None,
+            body,
+        };
+        self.store_and_deliver(vec![message], None).await
+    }
+
     pub(crate) async fn send_signal(
         &self,
         id: &EntityId,
@@ -292,6 +464,18 @@ impl Client {
             produced: messages,
             ..Batch::default()
         };
+        self.commit_and_deliver(batch, waiter).await
+    }
+
+    /// Commits a batch durably, then hands its messages to the engine.
+    async fn commit_and_deliver(
+        &self,
+        batch: Batch,
+        waiter: Option<(u64, oneshot::Sender<crate::engine::CallReply>)>,
+    ) -> Result<()> {
+        if self.shared.stopped.load(Ordering::SeqCst) {
+            return Err(Error::Shutdown);
+        }
         let batch = self.shared.store.commit(batch).await?;
         self.shared
             .commands

@@ -62,8 +62,9 @@ pub(crate) enum Command {
         messages: Vec<Message>,
         waiter: Option<(u64, oneshot::Sender<CallReply>)>,
     },
+    /// An activity finished.
+    ActivityDone(crate::orchestration::engine::ActivityDone),
     /// Register a waiter for the end of an orchestration instance.
-    #[allow(dead_code)]
     WatchInstance {
         id: String,
         done: oneshot::Sender<()>,
@@ -317,6 +318,7 @@ impl Engine {
                     self.deliver(message);
                 }
             }
+            Command::ActivityDone(done) => self.orchestrations.activity_done(done),
             Command::WatchInstance { id, done } => self.orchestrations.watch(id, done),
             Command::Shutdown(done) => self.shutdown = Some(done),
         }
@@ -587,10 +589,7 @@ async fn run_entity(shared: &Arc<Shared>, id: &EntityId, slot: &mut Slot, cap: u
                         id: shared.next_message_id(),
                         target: Target::Instance(owner),
                         deliver_at: None,
-                        body: Body::Completion {
-                            seq,
-                            result: Outcome::Ok(Value::Null),
-                        },
+                        body: Body::LockGranted { seq, ids },
                     }
                 };
                 part.produced.push(next);

@@ -43,6 +43,9 @@ pub enum Error {
     /// An orchestration instance with this id exists already.
     #[error("orchestration instance `{0}` exists already")]
     InstanceExists(String),
+    /// The operation needs an ended instance, but it is running.
+    #[error("orchestration instance `{0}` is running; terminate it or wait for it to end first")]
+    InstanceRunning(String),
     /// An orchestration failed; carries its error message.
     #[error("orchestration failed: {0}")]
     OrchestrationFailed(String),

@@ -22,10 +22,15 @@ pub use context::EntityContext;
 pub use entity::{Entity, EntityFunction};
 pub use error::{Error, OperationError, Result, StoreError};
 pub use id::EntityId;
-pub use orchestration::{ActivityFn, OrchestrationContext, OrchestrationFn};
+pub use orchestration::{
+    ActivityFn, CriticalSection, OrchestrationCall, OrchestrationContext, OrchestrationFn,
+    OrchestrationSignal, OrchestrationStatus,
+};
 pub use proxy::{ClientCall, ClientSignal, EntitySignal, Invoker};
 pub use runtime::{Runtime, RuntimeBuilder};
+pub use store::RuntimeStatus;
 pub use store::{EntityQuery, Store};
+pub use uuid::Uuid;
 
 #[doc(hidden)]
 #[path = "private.rs"]

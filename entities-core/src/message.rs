@@ -109,6 +109,13 @@ pub enum Body {
         /// Its value, or an error message.
         result: Outcome,
     },
+    /// All entities of a critical section are locked for step `seq` of the receiving instance.
+    LockGranted {
+        /// The step waiting for the grant.
+        seq: u64,
+        /// The locked entities (released again if the instance has ended meanwhile).
+        ids: Vec<EntityId>,
+    },
     /// An external event raised on an orchestration.
     Event {
         /// Event name.

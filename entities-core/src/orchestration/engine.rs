@@ -1,60 +1,660 @@
-//! The orchestration side of the engine.
+//! The orchestration side of the engine: instances in memory, their turns, and activities.
+//!
+//! An instance runs in turns: the messages that arrived for it (completions, events) are
+//! recorded as history events, applied, and the orchestration's future is polled once; the
+//! steps it schedules become messages. The turn's events, the instance's new status, the
+//! consumed and the produced messages commit in the engine's batch. A live instance keeps its
+//! future in memory and resumes without replay; after a restart it is rebuilt by replaying its
+//! history turn by turn, which must schedule the same steps.
 
-use std::collections::HashMap;
-use std::sync::Arc;
+use std::collections::{HashMap, VecDeque};
+use std::panic::AssertUnwindSafe;
+use std::sync::{Arc, Mutex};
+use std::task::{Context, Poll};
 
+use futures::future::BoxFuture;
+use futures::FutureExt;
+use serde_json::Value;
 use tokio::sync::oneshot;
-use tracing::warn;
+use tracing::{debug, warn};
 
-use crate::engine::Shared;
-use crate::error::StoreError;
-use crate::message::Message;
-use crate::store::Batch;
+use super::context::{OrchState, OrchestrationContext};
+use super::history::{Action, Event};
+use crate::engine::{panic_message, Command, Shared};
+use crate::error::{Error, StoreError};
+use crate::message::{now_millis, Body, FailureKind, Message, MessageId, Outcome, ReplyTo, Target};
+use crate::store::{Batch, InstanceRecord, InstanceWrite, RuntimeStatus};
+
+/// Most instances run in one batch.
+const MAX_INSTANCES_PER_BATCH: usize = 4096;
+
+/// A running instance in memory.
+struct Live {
+    record: InstanceRecord,
+    parent: Option<ReplyTo>,
+    history_len: u64,
+    state: Arc<Mutex<OrchState>>,
+    future: Option<BoxFuture<'static, Result<Value, Error>>>,
+}
+
+#[derive(Default)]
+struct Slot {
+    loaded: bool,
+    live: Option<Live>,
+    /// The instance has ended (its record says so, or a turn just ended it).
+    ended: bool,
+    /// The orchestration's name is not registered here: its messages stay stored.
+    unrunnable: bool,
+    queue: VecDeque<Message>,
+    in_ready: bool,
+}
+
+/// An activity that finished, to be recorded.
+pub(crate) struct ActivityDone {
+    pub message: MessageId,
+    pub instance: String,
+    pub seq: u64,
+    pub outcome: Outcome,
+}
 
 /// Active orchestration instances and activity work.
 pub(crate) struct Orchestrations {
-    #[allow(dead_code)]
     shared: Arc<Shared>,
+    slots: HashMap<String, Slot>,
+    ready: VecDeque<String>,
     watchers: HashMap<String, Vec<oneshot::Sender<()>>>,
+    activities_done: Vec<ActivityDone>,
 }
 
 impl Orchestrations {
     pub(crate) fn new(shared: Arc<Shared>) -> Self {
         Self {
             shared,
+            slots: HashMap::new(),
+            ready: VecDeque::new(),
             watchers: HashMap::new(),
+            activities_done: Vec::new(),
         }
     }
 
     pub(crate) fn has_work(&self) -> bool {
-        false
+        !self.ready.is_empty() || !self.activities_done.is_empty()
     }
 
+    /// Takes a stored message for an instance or for the activity workers.
     pub(crate) fn deliver(&mut self, message: Message) {
-        warn!(
-            message = message.id,
-            "orchestration message kept stored; orchestrations are not run by this version"
-        );
+        match &message.target {
+            Target::Activity => self.run_activity(message),
+            Target::Instance(id) => {
+                let id = id.clone();
+                let slot = self.slots.entry(id.clone()).or_default();
+                slot.queue.push_back(message);
+                if !slot.in_ready && !slot.unrunnable {
+                    slot.in_ready = true;
+                    self.ready.push_back(id);
+                }
+            }
+            Target::Entity(_) => unreachable!("entity messages go to entity slots"),
+        }
+    }
+
+    /// Runs an activity on its own task; its result comes back as [`Command::ActivityDone`].
+    fn run_activity(&self, message: Message) {
+        let Body::Activity {
+            instance,
+            seq,
+            name,
+            input,
+        } = message.body
+        else {
+            warn!(message = message.id, "malformed activity message dropped");
+            return;
+        };
+        let function = self.shared.registry.activities.get(&name).cloned();
+        let commands = self.shared.commands.clone();
+        tokio::spawn(async move {
+            let outcome = match function {
+                None => Outcome::Err(
+                    FailureKind::Activity,
+                    format!("no activity named `{name}` is registered"),
+                ),
+                Some(function) => {
+                    match AssertUnwindSafe(function.run(input)).catch_unwind().await {
+                        Ok(Ok(value)) => Outcome::Ok(value),
+                        Ok(Err(err)) => Outcome::Err(FailureKind::Activity, err),
+                        Err(panic) => Outcome::Err(
+                            FailureKind::Activity,
+                            format!("activity `{name}` panicked: {}", panic_message(&panic)),
+                        ),
+                    }
+                }
+            };
+            let _ = commands.send(Command::ActivityDone(ActivityDone {
+                message: message.id,
+                instance,
+                seq,
+                outcome,
+            }));
+        });
+    }
+
+    pub(crate) fn activity_done(&mut self, done: ActivityDone) {
+        self.activities_done.push(done);
     }
 
     pub(crate) fn watch(&mut self, id: String, done: oneshot::Sender<()>) {
         self.watchers.entry(id).or_default().push(done);
     }
 
-    pub(crate) async fn run_steps(
-        &mut self,
-        _batch: &mut Batch,
-    ) -> Result<Vec<String>, StoreError> {
-        Ok(Vec::new())
+    /// Runs a turn of every ready instance into `batch`; returns the instances that ended.
+    pub(crate) async fn run_steps(&mut self, batch: &mut Batch) -> Result<Vec<String>, StoreError> {
+        for done in self.activities_done.drain(..) {
+            batch.consumed.push(done.message);
+            batch.produced.push(Message {
+                id: self.shared.next_message_id(),
+                target: Target::Instance(done.instance),
+                deliver_at: None,
+                body: Body::Completion {
+                    seq: done.seq,
+                    result: done.outcome,
+                },
+            });
+        }
+        let mut ids = Vec::new();
+        while ids.len() < MAX_INSTANCES_PER_BATCH {
+            let Some(id) = self.ready.pop_front() else {
+                break;
+            };
+            if let Some(slot) = self.slots.get_mut(&id) {
+                slot.in_ready = false;
+                ids.push(id);
+            }
+        }
+        let mut ended = Vec::new();
+        for id in ids {
+            self.load(&id).await?;
+            let mut slot = self.slots.remove(&id).expect("loaded slot");
+            if !slot.unrunnable {
+                let messages: Vec<Message> = slot.queue.drain(..).collect();
+                if self.run_turn(&id, &mut slot, messages, batch) {
+                    ended.push(id.clone());
+                }
+            }
+            self.slots.insert(id, slot);
+        }
+        Ok(ended)
     }
 
+    /// Loads an instance from the store and rebuilds it by replaying its history.
+    async fn load(&mut self, id: &str) -> Result<(), StoreError> {
+        if self.slots.get(id).is_none_or(|s| s.loaded) {
+            return Ok(());
+        }
+        let record = self.shared.store.read_instance(id).await?;
+        let mut live = None;
+        let mut ended = false;
+        let mut unrunnable = false;
+        match record {
+            None => {}
+            Some(record) if record.status.is_terminal() => ended = true,
+            Some(record) => {
+                let history = self.shared.store.read_history(id).await?;
+                if history.is_empty() {
+                    // Recorded by the client with its start message, which has not run yet.
+                    let slot = self.slots.get_mut(id).expect("slot");
+                    slot.loaded = true;
+                    return Ok(());
+                }
+                match self.replay(record, history) {
+                    Ok(l) => live = Some(l),
+                    Err(err) => {
+                        warn!(instance = id, error = %err, "instance cannot run here; its messages stay stored");
+                        unrunnable = true;
+                    }
+                }
+            }
+        }
+        let slot = self.slots.get_mut(id).expect("slot");
+        slot.loaded = true;
+        slot.live = live;
+        slot.ended = ended;
+        slot.unrunnable = unrunnable;
+        Ok(())
+    }
+
+    /// Rebuilds a running instance from its history, turn by turn.
+    fn replay(&self, record: InstanceRecord, history: Vec<Value>) -> Result<Live, String> {
+        let events: Vec<Event> = history
+            .into_iter()
+            .map(serde_json::from_value)
+            .collect::<Result<_, _>>()
+            .map_err(|err| format!("its history does not parse: {err}"))?;
+        let parent = events.iter().find_map(|e| match e {
+            Event::Started { parent, .. } => Some(parent.clone()),
+            _ => None,
+        });
+        let mut live = self.create(record, parent.flatten())?;
+        live.history_len = events.len() as u64;
+        {
+            let mut state = live.state.lock().unwrap_or_else(|e| e.into_inner());
+            state.replaying = true;
+            for event in &events {
+                if let Event::Scheduled { seq, action } = event {
+                    state.recorded.insert(*seq, action.clone());
+                }
+            }
+        }
+        let mut turns: Vec<Vec<&Event>> = Vec::new();
+        for event in &events {
+            match event {
+                Event::Turn { .. } => turns.push(vec![event]),
+                _ => match turns.last_mut() {
+                    Some(turn) => turn.push(event),
+                    None => return Err("its history does not start with a turn".into()),
+                },
+            }
+        }
+        for turn in turns {
+            apply(&live.state, turn.into_iter().cloned());
+            let result = poll(&mut live);
+            if live
+                .state
+                .lock()
+                .unwrap_or_else(|e| e.into_inner())
+                .nondeterminism
+                .is_some()
+            {
+                break;
+            }
+            if let Some(result) = result {
+                // The code finished during replay, though its record says it runs: this is the
+                // result the interrupted turn computed; the next turn records it.
+                live.future = Some(Box::pin(futures::future::ready(result)));
+                break;
+            }
+        }
+        let mut state = live.state.lock().unwrap_or_else(|e| e.into_inner());
+        state.replaying = false;
+        if state.nondeterminism.is_none() {
+            if let Some(seq) = state.recorded.keys().min().copied() {
+                let action = state.recorded[&seq].describe();
+                state.nondeterminism = Some(format!(
+                    "step {seq}: the history has a {action} that the code no longer schedules"
+                ));
+            }
+        }
+        drop(state);
+        Ok(live)
+    }
+
+    /// A new in-memory instance with its future, not yet polled.
+    fn create(&self, record: InstanceRecord, parent: Option<ReplyTo>) -> Result<Live, String> {
+        let function = self
+            .shared
+            .registry
+            .orchestrations
+            .get(&record.name)
+            .cloned()
+            .ok_or_else(|| format!("no orchestration named `{}` is registered", record.name))?;
+        let state = Arc::new(Mutex::new(OrchState::new(
+            record.id.clone(),
+            self.shared.registry.clone(),
+        )));
+        let future = function.start(
+            OrchestrationContext::new(state.clone()),
+            record.input.clone(),
+        );
+        Ok(Live {
+            record,
+            parent,
+            history_len: 0,
+            state,
+            future: Some(future),
+        })
+    }
+
+    /// Runs one turn of an instance with the messages that arrived; returns whether it ended.
+    fn run_turn(
+        &self,
+        id: &str,
+        slot: &mut Slot,
+        messages: Vec<Message>,
+        batch: &mut Batch,
+    ) -> bool {
+        let now = now_millis();
+        let mut events = vec![Event::Turn { time: now }];
+        let mut terminate = None;
+        for message in messages {
+            batch.consumed.push(message.id);
+            if slot.ended || (slot.live.is_none() && !matches!(message.body, Body::Start { .. })) {
+                self.to_ended_instance(id, message, batch);
+                continue;
+            }
+            match message.body {
+                Body::Start {
+                    name,
+                    input,
+                    parent,
+                } => {
+                    if slot.live.is_some() {
+                        warn!(
+                            instance = id,
+                            "instance started twice; the second start is ignored"
+                        );
+                        continue;
+                    }
+                    let record = InstanceRecord {
+                        id: id.to_string(),
+                        name: name.clone(),
+                        status: RuntimeStatus::Running,
+                        input: input.clone(),
+                        output: None,
+                        created: now,
+                        updated: now,
+                    };
+                    match self.create(record.clone(), parent.clone()) {
+                        Ok(live) => slot.live = Some(live),
+                        Err(err) => {
+                            // Unknown name: record the instance as failed.
+                            let mut record = record;
+                            record.status = RuntimeStatus::Failed;
+                            record.output = Some(Value::String(err));
+                            batch.instances.push(InstanceWrite {
+                                record,
+                                first_event: 0,
+                                events: Vec::new(),
+                            });
+                            slot.ended = true;
+                            return true;
+                        }
+                    }
+                    events.push(Event::Started {
+                        name,
+                        input,
+                        parent,
+                    });
+                }
+                Body::Completion { seq, result } => events.push(Event::Completed { seq, result }),
+                Body::LockGranted { seq, .. } => events.push(Event::Completed {
+                    seq,
+                    result: Outcome::Ok(Value::Null),
+                }),
+                Body::Event { name, data } => events.push(Event::Raised { name, data }),
+                Body::Terminate { reason } => terminate = Some(reason),
+                other => {
+                    warn!(instance = id, message = ?other, "message kind not meant for an instance; dropped")
+                }
+            }
+        }
+        let Some(live) = slot.live.as_mut() else {
+            return false;
+        };
+        let result = match terminate {
+            Some(reason) => Some(Err(Error::Terminated(reason))),
+            None => {
+                apply(&live.state, events.iter().cloned());
+                let departed = live
+                    .state
+                    .lock()
+                    .unwrap_or_else(|e| e.into_inner())
+                    .nondeterminism
+                    .is_some();
+                let result = if departed { None } else { poll(live) };
+                let mut state = live.state.lock().unwrap_or_else(|e| e.into_inner());
+                match state.nondeterminism.take() {
+                    Some(problem) => {
+                        // Nothing the departed code scheduled is carried out.
+                        state.new_actions.clear();
+                        Some(Err(Error::NonDeterminism(problem)))
+                    }
+                    None => {
+                        for (seq, action) in state.new_actions.drain(..) {
+                            batch
+                                .produced
+                                .extend(action_messages(&self.shared, id, seq, &action));
+                            events.push(Event::Scheduled { seq, action });
+                        }
+                        result
+                    }
+                }
+            }
+        };
+        live.record.updated = now;
+        let finished = result.is_some();
+        if let Some(result) = result {
+            self.finish(id, live, result, batch);
+        }
+        batch.instances.push(InstanceWrite {
+            record: live.record.clone(),
+            first_event: live.history_len,
+            events: events
+                .iter()
+                .map(|e| serde_json::to_value(e).expect("history events serialize"))
+                .collect(),
+        });
+        live.history_len += events.len() as u64;
+        if finished {
+            slot.live = None;
+            slot.ended = true;
+        }
+        finished
+    }
+
+    /// Ends an instance: records its status, releases its locks, answers its parent.
+    fn finish(&self, id: &str, live: &mut Live, result: Result<Value, Error>, batch: &mut Batch) {
+        let held = {
+            let mut state = live.state.lock().unwrap_or_else(|e| e.into_inner());
+            state.closed = true;
+            state.section.take().filter(|_| state.section_held)
+        };
+        live.future = None; // drops guards: `closed` keeps them from scheduling anything
+        if let Some(ids) = held {
+            for entity in ids {
+                batch.produced.push(release(&self.shared, id, entity));
+            }
+        }
+        let (status, output, reply) = match result {
+            Ok(value) => (RuntimeStatus::Completed, value.clone(), Outcome::Ok(value)),
+            Err(Error::Terminated(reason)) => (
+                RuntimeStatus::Terminated,
+                Value::String(reason.clone()),
+                Outcome::Err(FailureKind::Orchestration, format!("terminated: {reason}")),
+            ),
+            Err(err) => {
+                let message = err.to_string();
+                (
+                    RuntimeStatus::Failed,
+                    Value::String(message.clone()),
+                    Outcome::Err(FailureKind::Orchestration, message),
+                )
+            }
+        };
+        debug!(instance = id, ?status, "orchestration ended");
+        live.record.status = status;
+        live.record.output = Some(output);
+        if let Some(ReplyTo::Instance { id: parent, seq }) = &live.parent {
+            batch.produced.push(Message {
+                id: self.shared.next_message_id(),
+                target: Target::Instance(parent.clone()),
+                deliver_at: None,
+                body: Body::Completion {
+                    seq: *seq,
+                    result: reply,
+                },
+            });
+        }
+    }
+
+    /// A message for an instance that has ended or never existed: dropped, except that a lock
+    /// granted after the end is released at once.
+    fn to_ended_instance(&self, id: &str, message: Message, batch: &mut Batch) {
+        match message.body {
+            Body::LockGranted { ids, .. } => {
+                for entity in ids {
+                    batch.produced.push(release(&self.shared, id, entity));
+                }
+            }
+            body => {
+                debug!(instance = id, message = ?body, "message for an ended or unknown instance dropped")
+            }
+        }
+    }
+
+    /// Called once a batch has committed, with the instances it ended.
     pub(crate) fn finished(&mut self, instances: Vec<String>) {
         for id in instances {
+            if self
+                .slots
+                .get(&id)
+                .is_some_and(|s| s.queue.is_empty() && !s.in_ready)
+            {
+                self.slots.remove(&id);
+            }
             for done in self.watchers.remove(&id).unwrap_or_default() {
                 let _ = done.send(());
             }
         }
     }
 
-    pub(crate) fn unload_idle(&mut self) {}
+    pub(crate) fn unload_idle(&mut self) {
+        self.watchers.retain(|_, w| {
+            w.retain(|tx| !tx.is_closed());
+            !w.is_empty()
+        });
+    }
+}
+
+/// Applies a turn's events to the replay state.
+fn apply(state: &Mutex<OrchState>, events: impl Iterator<Item = Event>) {
+    let mut state = state.lock().unwrap_or_else(|e| e.into_inner());
+    for event in events {
+        match event {
+            Event::Turn { time } => state.now = time,
+            Event::Completed { seq, result } => {
+                state.completions.insert(seq, result);
+            }
+            Event::Raised { name, data } => {
+                state.events.entry(name).or_default().push_back(data);
+            }
+            Event::Started { .. } | Event::Scheduled { .. } => {}
+        }
+    }
+}
+
+/// Polls the instance's future once; `Some` when it finished.
+fn poll(live: &mut Live) -> Option<Result<Value, Error>> {
+    let future = live.future.as_mut()?;
+    let waker = futures::task::noop_waker();
+    let mut cx = Context::from_waker(&waker);
+    match std::panic::catch_unwind(AssertUnwindSafe(|| future.as_mut().poll(&mut cx))) {
+        Ok(Poll::Ready(result)) => Some(result),
+        Ok(Poll::Pending) => None,
+        Err(panic) => Some(Err(Error::OrchestrationFailed(format!(
+            "the orchestration panicked: {}",
+            panic_message(&panic)
+        )))),
+    }
+}
+
+fn release(shared: &Shared, owner: &str, entity: crate::id::EntityId) -> Message {
+    Message {
+        id: shared.next_message_id(),
+        target: Target::Entity(entity),
+        deliver_at: None,
+        body: Body::Release {
+            owner: owner.to_string(),
+        },
+    }
+}
+
+/// The messages that carry out a scheduled step.
+fn action_messages(shared: &Shared, instance: &str, seq: u64, action: &Action) -> Vec<Message> {
+    let message = |target, deliver_at, body| Message {
+        id: shared.next_message_id(),
+        target,
+        deliver_at,
+        body,
+    };
+    match action.clone() {
+        Action::Activity { name, input } => vec![message(
+            Target::Activity,
+            None,
+            Body::Activity {
+                instance: instance.to_string(),
+                seq,
+                name,
+                input,
+            },
+        )],
+        Action::CallEntity {
+            id,
+            operation,
+            input,
+        } => vec![message(
+            Target::Entity(id),
+            None,
+            Body::Operation {
+                name: operation,
+                input,
+                reply: Some(ReplyTo::Instance {
+                    id: instance.to_string(),
+                    seq,
+                }),
+                sender: Some(instance.to_string()),
+            },
+        )],
+        Action::SignalEntity {
+            id,
+            operation,
+            input,
+            at,
+        } => vec![message(
+            Target::Entity(id),
+            at,
+            Body::Operation {
+                name: operation,
+                input,
+                reply: None,
+                sender: Some(instance.to_string()),
+            },
+        )],
+        Action::Timer { fire_at } => vec![message(
+            Target::Instance(instance.to_string()),
+            Some(fire_at),
+            Body::Completion {
+                seq,
+                result: Outcome::Ok(Value::Null),
+            },
+        )],
+        Action::SubOrchestration {
+            name,
+            instance: child,
+            input,
+        } => vec![message(
+            Target::Instance(child),
+            None,
+            Body::Start {
+                name,
+                input,
+                parent: Some(ReplyTo::Instance {
+                    id: instance.to_string(),
+                    seq,
+                }),
+            },
+        )],
+        Action::Lock { ids } => vec![message(
+            Target::Entity(ids[0].clone()),
+            None,
+            Body::LockRequest {
+                owner: instance.to_string(),
+                ids,
+                position: 0,
+                seq,
+            },
+        )],
+        Action::Release { ids } => ids
+            .into_iter()
+            .map(|entity| release(shared, instance, entity))
+            .collect(),
+    }
 }

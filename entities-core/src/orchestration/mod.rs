@@ -2,7 +2,13 @@
 //! entities, lock them in critical sections, and run activities, timers, sub-orchestrations
 //! and external events.
 
+mod context;
 pub(crate) mod engine;
+mod history;
+mod status;
+
+pub use context::{CriticalSection, OrchestrationCall, OrchestrationContext, OrchestrationSignal};
+pub use status::OrchestrationStatus;
 
 use std::future::Future;
 use std::marker::PhantomData;
@@ -13,12 +19,6 @@ use serde::Serialize;
 use serde_json::Value;
 
 use crate::error::Error;
-
-/// The context an orchestration runs with.
-#[derive(Clone)]
-pub struct OrchestrationContext {
-    _private: (),
-}
 
 /// A registered orchestration function, type-erased.
 pub trait OrchestrationFn: Send + Sync + 'static {
