@@ -181,6 +181,31 @@ async fn killed_mid_flight_orchestrations_finish_after_restart() {
         "child stopped early"
     );
 
+    // The kill must have caught transfers mid-flight, some holding locks.
+    {
+        use entities::store::{EntityQuery, Store};
+        let store = SqliteStore::open(&path).unwrap();
+        let running = store.running_instances().await.unwrap().len();
+        let page = store
+            .query_entities(&EntityQuery {
+                include_stateless: true,
+                page_size: 100,
+                ..EntityQuery::default()
+            })
+            .await
+            .unwrap();
+        let locked = page
+            .entities
+            .iter()
+            .filter(|e| e.lock_owner.is_some())
+            .count();
+        println!("at the kill: {running} transfers unfinished, {locked} accounts locked");
+        assert!(
+            running > 0,
+            "every transfer had finished: nothing was in flight"
+        );
+        assert!(locked > 0, "no transfer held a lock at the kill");
+    }
     let runtime = start(&path).await;
     let client = runtime.client();
     let mut moved = 0;

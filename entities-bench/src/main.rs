@@ -1,1 +1,456 @@
-fn main() {}
+//! Benchmarks of `entities` on the embedded SQLite store.
+//!
+//! `cargo run --release -p entities-bench -- <workload> [--normal]`, where workload is one of
+//! `hot`, `spread`, `bank`, `call`, `rest`, `raw`, or `all`. `--normal` runs with
+//! `synchronous=NORMAL` instead of the default `FULL`. Every figure is durable: a signal counts
+//! once it is processed and its effect committed.
+
+use std::path::Path;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use entities::prelude::*;
+use entities::{SqliteOptions, Synchronous};
+use serde::{Deserialize, Serialize};
+
+#[derive(Default, Serialize, Deserialize)]
+pub struct Counter {
+    value: i64,
+}
+
+#[entity]
+impl Counter {
+    pub fn add(&mut self, amount: i64) {
+        self.value += amount;
+    }
+    pub fn get(&self) -> i64 {
+        self.value
+    }
+}
+
+#[derive(Serialize, Deserialize)]
+pub struct Transfer {
+    from: String,
+    to: String,
+    amount: i64,
+}
+
+async fn transfer(ctx: OrchestrationContext, t: Transfer) -> Result<bool, entities::Error> {
+    let from = EntityId::of::<Counter>(&t.from);
+    let to = EntityId::of::<Counter>(&t.to);
+    let _section = ctx.lock(&[from, to]).await?;
+    let balance = ctx.call::<Counter>(&t.from).get().await?;
+    if balance < t.amount {
+        return Ok(false);
+    }
+    ctx.call::<Counter>(&t.from).add(-t.amount).await?;
+    ctx.call::<Counter>(&t.to).add(t.amount).await?;
+    Ok(true)
+}
+
+/// Latencies of orchestration -> entity calls, measured in the orchestration (not replayed:
+/// the instance stays cached, so this wall-clock reading is never re-executed).
+static CALL_LATENCIES: Mutex<Vec<Duration>> = Mutex::new(Vec::new());
+
+async fn caller(ctx: OrchestrationContext, calls: usize) -> Result<(), entities::Error> {
+    for _ in 0..calls {
+        let start = Instant::now();
+        ctx.call::<Counter>("target").add(1).await?;
+        CALL_LATENCIES.lock().unwrap().push(start.elapsed());
+    }
+    Ok(())
+}
+
+struct Bench {
+    _dir: tempfile::TempDir,
+    path: std::path::PathBuf,
+    sync: Synchronous,
+}
+
+impl Bench {
+    fn new(sync: Synchronous) -> Self {
+        let dir = tempfile::tempdir().expect("temp dir");
+        let path = dir.path().join("bench.db");
+        Self {
+            _dir: dir,
+            path,
+            sync,
+        }
+    }
+
+    async fn runtime(&self) -> Runtime {
+        let store = SqliteStore::open_with(
+            &self.path,
+            SqliteOptions {
+                synchronous: self.sync,
+                ..SqliteOptions::default()
+            },
+        )
+        .expect("open store");
+        Runtime::builder()
+            .store(store)
+            .entity::<Counter>()
+            .orchestration("transfer", transfer)
+            .orchestration("caller", caller)
+            .start()
+            .await
+            .expect("start runtime")
+    }
+}
+
+/// Sends `total` signals from `senders` concurrent tasks, `keys` distinct entities, and waits
+/// until all are processed and committed. Returns signals per second.
+async fn signals(sync: Synchronous, total: usize, keys: usize, senders: usize) -> f64 {
+    let bench = Bench::new(sync);
+    let runtime = bench.runtime().await;
+    let client = runtime.client();
+    let start = Instant::now();
+    let per_sender = total / senders;
+    let tasks: Vec<_> = (0..senders)
+        .map(|s| {
+            let client = client.clone();
+            tokio::spawn(async move {
+                for i in 0..per_sender {
+                    let key = (s * per_sender + i) % keys;
+                    client
+                        .signal::<Counter>(format!("k{key}"))
+                        .add(1)
+                        .await
+                        .unwrap();
+                }
+            })
+        })
+        .collect();
+    for t in tasks {
+        t.await.unwrap();
+    }
+    let sent = per_sender * senders;
+    // Processed and committed: every entity's committed state adds up to what was sent.
+    loop {
+        let mut sum = 0;
+        let mut query = EntityQuery {
+            page_size: 10_000,
+            ..EntityQuery::default()
+        };
+        loop {
+            let page = client.query_entities(query.clone()).await.unwrap();
+            for e in &page.entities {
+                sum += e
+                    .state
+                    .as_ref()
+                    .and_then(|s| s["value"].as_i64())
+                    .unwrap_or(0);
+            }
+            match page.continuation {
+                Some(c) => query.continuation = Some(c),
+                None => break,
+            }
+        }
+        if sum as usize == sent {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(1)).await;
+    }
+    let elapsed = start.elapsed();
+    runtime.shutdown().await.unwrap();
+    sent as f64 / elapsed.as_secs_f64()
+}
+
+async fn bank(sync: Synchronous, total: usize, in_flight: usize, accounts: usize) -> (f64, usize) {
+    let bench = Bench::new(sync);
+    let runtime = bench.runtime().await;
+    let client = runtime.client();
+    for a in 0..accounts {
+        client
+            .signal::<Counter>(format!("a{a}"))
+            .add(1_000_000)
+            .await
+            .unwrap();
+    }
+    let start = Instant::now();
+    let per_task = total / in_flight;
+    let tasks: Vec<_> = (0..in_flight)
+        .map(|t| {
+            let client = client.clone();
+            tokio::spawn(async move {
+                let mut moved = 0;
+                for i in 0..per_task {
+                    let n = t * per_task + i;
+                    let from = n % accounts;
+                    let to = (n * 7 + 1 + n / accounts) % accounts;
+                    let to = if to == from { (to + 1) % accounts } else { to };
+                    let tr = Transfer {
+                        from: format!("a{from}"),
+                        to: format!("a{to}"),
+                        amount: 1,
+                    };
+                    let id = client.start_orchestration("transfer", &tr).await.unwrap();
+                    let done = client
+                        .wait_for_orchestration(&id, Duration::from_secs(120))
+                        .await
+                        .unwrap();
+                    if done.output::<bool>().unwrap() {
+                        moved += 1;
+                    }
+                }
+                moved
+            })
+        })
+        .collect();
+    let mut moved = 0;
+    for t in tasks {
+        moved += t.await.unwrap();
+    }
+    let elapsed = start.elapsed();
+    runtime.shutdown().await.unwrap();
+    ((per_task * in_flight) as f64 / elapsed.as_secs_f64(), moved)
+}
+
+async fn call_latency(sync: Synchronous, calls: usize) -> (Duration, Duration) {
+    let bench = Bench::new(sync);
+    let runtime = bench.runtime().await;
+    let client = runtime.client();
+    CALL_LATENCIES.lock().unwrap().clear();
+    let id = client.start_orchestration("caller", &calls).await.unwrap();
+    client
+        .wait_for_orchestration(&id, Duration::from_secs(300))
+        .await
+        .unwrap();
+    runtime.shutdown().await.unwrap();
+    let mut lat = CALL_LATENCIES.lock().unwrap().clone();
+    lat.sort();
+    (percentile(&lat, 50.0), percentile(&lat, 99.0))
+}
+
+fn percentile(sorted: &[Duration], p: f64) -> Duration {
+    if sorted.is_empty() {
+        return Duration::ZERO;
+    }
+    let i = ((p / 100.0) * (sorted.len() - 1) as f64).round() as usize;
+    sorted[i]
+}
+
+fn rss_mb() -> f64 {
+    let status = std::fs::read_to_string("/proc/self/status").unwrap_or_default();
+    status
+        .lines()
+        .find(|l| l.starts_with("VmRSS:"))
+        .and_then(|l| l.split_whitespace().nth(1))
+        .and_then(|kb| kb.parse::<f64>().ok())
+        .map(|kb| kb / 1024.0)
+        .unwrap_or(0.0)
+}
+
+async fn at_rest(
+    sync: Synchronous,
+    entities: usize,
+    reads: usize,
+) -> (f64, f64, Duration, Duration) {
+    let bench = Bench::new(sync);
+    let rss_before = rss_mb();
+    let runtime = bench.runtime().await;
+    let client = runtime.client();
+    let senders = 256;
+    let per = entities / senders;
+    let tasks: Vec<_> = (0..senders)
+        .map(|s| {
+            let client = client.clone();
+            tokio::spawn(async move {
+                for i in 0..per {
+                    client
+                        .signal::<Counter>(format!("e{}", s * per + i))
+                        .add(1)
+                        .await
+                        .unwrap();
+                }
+            })
+        })
+        .collect();
+    for t in tasks {
+        t.await.unwrap();
+    }
+    // Wait until the last entity of every sender has its state.
+    for s in 0..senders {
+        let key = format!("e{}", s * per + per - 1);
+        while client
+            .get_entity::<Counter>(key.clone())
+            .await
+            .unwrap()
+            .is_none()
+        {
+            tokio::time::sleep(Duration::from_millis(5)).await;
+        }
+    }
+    let rss = rss_mb();
+    let mut lat = Vec::with_capacity(reads);
+    let mut x: u64 = 88172645463325252;
+    for _ in 0..reads {
+        x ^= x << 13;
+        x ^= x >> 7;
+        x ^= x << 17;
+        let key = format!("e{}", x % (per * senders) as u64);
+        let start = Instant::now();
+        let meta = client.get_entity::<Counter>(key).await.unwrap();
+        lat.push(start.elapsed());
+        assert!(meta.is_some());
+    }
+    lat.sort();
+    runtime.shutdown().await.unwrap();
+    (
+        rss_before,
+        rss,
+        percentile(&lat, 50.0),
+        percentile(&lat, 99.0),
+    )
+}
+
+/// Raw rusqlite: the rows of the spread workload (a message inserted per signal, deleted when
+/// processed, an entity row upserted), in transactions of `batch` signals.
+fn raw(sync: Synchronous, total: usize, keys: usize, batch: usize) -> f64 {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("raw.db");
+    let conn = rusqlite::Connection::open(&path).unwrap();
+    let mode = if sync == Synchronous::Full {
+        "FULL"
+    } else {
+        "NORMAL"
+    };
+    conn.execute_batch(&format!(
+        "PRAGMA journal_mode=WAL; PRAGMA synchronous={mode};
+         CREATE TABLE messages (id INTEGER PRIMARY KEY, target TEXT NOT NULL, deliver_at INTEGER, body TEXT NOT NULL);
+         CREATE INDEX messages_by_target ON messages (target);
+         CREATE TABLE entities (name TEXT NOT NULL, key TEXT NOT NULL, state TEXT, lock_owner TEXT,
+           last_modified INTEGER NOT NULL, PRIMARY KEY (name, key)) WITHOUT ROWID;"
+    ))
+    .unwrap();
+    run_raw(conn, Path::new(&path), total, keys, batch)
+}
+
+fn run_raw(
+    mut conn: rusqlite::Connection,
+    _path: &Path,
+    total: usize,
+    keys: usize,
+    batch: usize,
+) -> f64 {
+    let start = Instant::now();
+    let mut id = 0i64;
+    let mut done = 0;
+    while done < total {
+        let n = batch.min(total - done);
+        // Ingest: the signals are stored.
+        let tx = conn.transaction().unwrap();
+        {
+            let mut ins = tx
+                .prepare_cached(
+                    "INSERT INTO messages (id, target, deliver_at, body) VALUES (?1, ?2, NULL, ?3)",
+                )
+                .unwrap();
+            for i in 0..n {
+                let key = (done + i) % keys;
+                let body = format!(
+                    r#"{{"id":{},"target":{{"Entity":"@counter@k{key}"}},"deliver_at":null,"body":{{"Operation":{{"name":"add","input":1,"reply":null,"sender":null}}}}}}"#,
+                    id + i as i64
+                );
+                ins.execute(rusqlite::params![
+                    id + i as i64,
+                    format!("@counter@k{key}"),
+                    body
+                ])
+                .unwrap();
+            }
+        }
+        tx.commit().unwrap();
+        // Processing: the messages are deleted and the entities written.
+        let tx = conn.transaction().unwrap();
+        {
+            let mut del = tx
+                .prepare_cached("DELETE FROM messages WHERE id = ?1")
+                .unwrap();
+            for i in 0..n {
+                del.execute([id + i as i64]).unwrap();
+            }
+            let mut up = tx
+                .prepare_cached(
+                    "INSERT INTO entities (name, key, state, lock_owner, last_modified) VALUES ('counter', ?1, ?2, NULL, 0)
+                     ON CONFLICT (name, key) DO UPDATE SET state = excluded.state, last_modified = excluded.last_modified",
+                )
+                .unwrap();
+            let touched = n.min(keys);
+            for i in 0..touched {
+                let key = (done + i) % keys;
+                up.execute(rusqlite::params![
+                    format!("k{key}"),
+                    format!(r#"{{"value":{}}}"#, done + i)
+                ])
+                .unwrap();
+            }
+        }
+        tx.commit().unwrap();
+        id += n as i64;
+        done += n;
+    }
+    total as f64 / start.elapsed().as_secs_f64()
+}
+
+#[tokio::main]
+async fn main() {
+    let args: Vec<String> = std::env::args().skip(1).collect();
+    let sync = if args.iter().any(|a| a == "--normal") {
+        Synchronous::Normal
+    } else {
+        Synchronous::Full
+    };
+    let mode = if sync == Synchronous::Full {
+        "FULL"
+    } else {
+        "NORMAL"
+    };
+    let workload = args
+        .iter()
+        .find(|a| !a.starts_with("--"))
+        .cloned()
+        .unwrap_or_else(|| "all".into());
+    let all = workload == "all";
+    println!(
+        "entities benchmark: synchronous={mode}, WAL, {} cores",
+        std::thread::available_parallelism()
+            .map(|n| n.get())
+            .unwrap_or(1)
+    );
+    if all || workload == "hot" {
+        let rate = signals(sync, 200_000, 1, 256).await;
+        println!("hot      signals to one entity, 256 senders:      {rate:>10.0} signals/s");
+    }
+    if all || workload == "spread" || workload == "raw" {
+        let rate = signals(sync, 200_000, 1000, 256).await;
+        println!("spread   signals over 1,000 entities, 256 senders: {rate:>10.0} signals/s");
+        let raw_rate = raw(sync, 200_000, 1000, 4096);
+        println!("raw      rusqlite, same rows, 4,096 per txn:       {raw_rate:>10.0} signals/s");
+        println!(
+            "share    entities / raw rusqlite:                  {:>10.1} %",
+            100.0 * rate / raw_rate
+        );
+    }
+    if all || workload == "bank" {
+        let accounts: usize = std::env::var("BANK_ACCOUNTS")
+            .ok()
+            .and_then(|v| v.parse().ok())
+            .unwrap_or(1000);
+        let (rate, moved) = bank(sync, 20_000, 64, accounts).await;
+        println!("bank     transfers, 64 in flight, {accounts} accounts:   {rate:>10.0} transfers/s ({moved} moved)");
+    }
+    if all || workload == "call" {
+        let (p50, p99) = call_latency(sync, 5_000).await;
+        println!(
+            "call     orchestration -> entity round trip:       p50 {:>8.3} ms, p99 {:>8.3} ms",
+            p50.as_secs_f64() * 1e3,
+            p99.as_secs_f64() * 1e3
+        );
+    }
+    if all || workload == "rest" {
+        let (before, rss, p50, p99) = at_rest(sync, 1_000_000, 20_000).await;
+        println!("rest     1,000,000 entities: RSS {rss:.0} MB (process start {before:.0} MB); point read p50 {:.1} us, p99 {:.1} us", p50.as_secs_f64() * 1e6, p99.as_secs_f64() * 1e6);
+    }
+    let _ = Arc::new(());
+}

@@ -258,15 +258,6 @@ impl Client {
         if instance_id.is_empty() {
             return Err(Error::Config("an instance id cannot be empty".into()));
         }
-        if self
-            .shared
-            .store
-            .read_instance(instance_id)
-            .await?
-            .is_some()
-        {
-            return Err(Error::InstanceExists(instance_id.to_string()));
-        }
         let input = serde_json::to_value(input)?;
         let now = now_millis();
         // The record is written with the start message, so that the id is taken at once.
@@ -295,10 +286,16 @@ impl Client {
                 record,
                 first_event: 0,
                 events: Vec::new(),
+                create: true,
             }],
             ..Batch::default()
         };
-        self.commit_and_deliver(batch, None).await?;
+        match self.commit_and_deliver(batch, None).await {
+            Err(Error::Store(err)) if err.is_conflict() => {
+                return Err(Error::InstanceExists(instance_id.to_string()));
+            }
+            other => other?,
+        }
         Ok(instance_id.to_string())
     }
 
@@ -340,9 +337,12 @@ impl Client {
             if now >= deadline {
                 return Err(Error::Timeout(timeout));
             }
-            // Woken by the engine when the instance ends; re-checked now and then regardless.
+            // The engine sends the final record once it is committed; the store is read again
+            // now and then regardless, in case the end committed before the watch was set.
             let wait = (deadline - now).min(Duration::from_millis(200));
-            let _ = tokio::time::timeout(wait, rx).await;
+            if let Ok(Ok(record)) = tokio::time::timeout(wait, rx).await {
+                return Ok(OrchestrationStatus::from_record(record));
+            }
         }
     }
 

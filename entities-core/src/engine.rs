@@ -1,14 +1,16 @@
 //! The engine: one task that owns the in-memory queues and cached states of active entities,
 //! runs their operations batch by batch, and hands each batch to the store as one commit.
 //!
-//! Every message is stored before it is delivered here, and is deleted in the commit that
-//! records its effect, so a crash at any moment loses nothing and applies nothing twice.
-//! Commits are pipelined: the next batch runs while earlier ones commit; their effects
-//! (produced messages, replies to clients) are released only once their commit is done, and
-//! commits complete in batch order.
+//! Every message from outside is stored before it is delivered here, and is deleted in the
+//! commit that records its effect, so a crash at any moment loses nothing and applies nothing
+//! twice. Messages the engine produces are delivered at once: they commit in the batch that
+//! produced them, and whatever consumes them commits in the same or a later batch. Commits are
+//! pipelined and complete in batch order; a failed commit stops the engine, and the store
+//! refuses the writes queued after it, so no batch built on a lost one can land. Effects seen
+//! outside (replies to clients, ended instances, activities) wait for their commit.
 
 use std::cmp::Reverse;
-use std::collections::{BinaryHeap, HashMap, VecDeque};
+use std::collections::{BinaryHeap, HashMap, HashSet, VecDeque};
 use std::panic::AssertUnwindSafe;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::Arc;
@@ -30,6 +32,9 @@ use crate::message::{
 use crate::orchestration::engine::Orchestrations;
 use crate::registry::Registry;
 use crate::store::{Batch, EntityRecord, Store};
+
+/// Most rounds in one batch (a round runs what the previous round made ready).
+const MAX_ROUNDS: usize = 32;
 
 /// Tuning of the engine.
 #[derive(Clone, Debug)]
@@ -67,7 +72,7 @@ pub(crate) enum Command {
     /// Register a waiter for the end of an orchestration instance.
     WatchInstance {
         id: String,
-        done: oneshot::Sender<()>,
+        done: oneshot::Sender<crate::store::InstanceRecord>,
     },
     /// Stop after the commits under way.
     Shutdown(oneshot::Sender<()>),
@@ -204,7 +209,9 @@ struct Part {
 /// Effects released once a batch has committed.
 pub(crate) struct Effects {
     pub replies: Vec<(u64, CallReply)>,
-    pub finished_instances: Vec<String>,
+    /// Messages delivered only after the commit (activities: side effects outside).
+    pub deferred: Vec<Message>,
+    pub finished_instances: Vec<crate::store::InstanceRecord>,
 }
 
 type Commit = BoxFuture<'static, (Result<Batch, StoreError>, Effects)>;
@@ -368,9 +375,73 @@ impl Engine {
         }
     }
 
-    /// Runs one batch: operations of ready entities and steps of ready orchestrations, then
-    /// queues its commit.
+    /// Runs one batch, then queues its commit. A batch runs in rounds: the ready operations of
+    /// entities and turns of orchestrations, then those made ready by the messages the round
+    /// produced, and so on. A message produced and consumed in one batch commits (or is lost)
+    /// with its producer, so it never needs storing; only effects seen outside (client replies,
+    /// ended instances, activities) wait for the commit.
     async fn run_batch(&mut self) -> Result<(), StoreError> {
+        self.batch_no += 1;
+        let mut batch = Batch::default();
+        let mut local: HashSet<MessageId> = HashSet::new();
+        let mut dropped: HashSet<MessageId> = HashSet::new();
+        let mut writes: HashMap<EntityId, EntityRecord> = HashMap::new();
+        let mut effects = Effects {
+            replies: Vec::new(),
+            finished_instances: Vec::new(),
+            deferred: Vec::new(),
+        };
+        let mut ops = 0;
+        for _ in 0..MAX_ROUNDS {
+            if ops >= self.config.max_batch || !self.has_work() {
+                break;
+            }
+            let mut round = Batch::default();
+            self.run_entities(&mut round, &mut writes, &mut effects.replies)
+                .await?;
+            let ended = self.orchestrations.run_steps(&mut round).await?;
+            effects.finished_instances.extend(ended);
+            if round.is_empty() {
+                break; // only entities waiting for a lock were ready
+            }
+            ops += round.consumed.len();
+            for id in round.consumed {
+                if local.remove(&id) {
+                    dropped.insert(id);
+                } else {
+                    batch.consumed.push(id);
+                }
+            }
+            for message in round.produced {
+                if matches!(message.target, Target::Activity) {
+                    effects.deferred.push(message.clone());
+                } else {
+                    local.insert(message.id);
+                    self.deliver(message.clone());
+                }
+                batch.produced.push(message);
+            }
+            batch.instances.extend(round.instances);
+        }
+        batch.produced.retain(|m| !dropped.contains(&m.id));
+        batch.entities = writes.into_values().collect();
+        if batch.is_empty() && effects.replies.is_empty() && effects.finished_instances.is_empty() {
+            return Ok(());
+        }
+        let store = self.shared.store.clone();
+        self.inflight.push_back(Box::pin(
+            async move { (store.commit(batch).await, effects) },
+        ));
+        Ok(())
+    }
+
+    /// Runs the ready entities' operations once, into `round`.
+    async fn run_entities(
+        &mut self,
+        round: &mut Batch,
+        writes: &mut HashMap<EntityId, EntityRecord>,
+        replies: &mut Vec<(u64, CallReply)>,
+    ) -> Result<(), StoreError> {
         let mut ids = Vec::new();
         let mut budget = 0usize;
         while let Some(id) = self.ready.pop_front() {
@@ -382,8 +453,10 @@ impl Engine {
                 break;
             }
         }
+        if ids.is_empty() {
+            return Ok(());
+        }
         self.load(&ids).await?;
-
         let mut work: Vec<(EntityId, Slot)> = ids
             .into_iter()
             .map(|id| {
@@ -398,17 +471,13 @@ impl Engine {
                 .map(|(id, slot)| run_entity(&shared, id, slot, cap)),
         )
         .await;
-
-        self.batch_no += 1;
-        let mut batch = Batch::default();
-        let mut replies = Vec::new();
         for ((id, mut slot), part) in work.into_iter().zip(parts) {
-            batch.consumed.extend(part.consumed);
-            batch.produced.extend(part.produced);
+            round.consumed.extend(part.consumed);
+            round.produced.extend(part.produced);
             replies.extend(part.replies);
             if let Some(write) = part.write {
                 slot.last_write = self.batch_no;
-                batch.entities.push(write);
+                writes.insert(id.clone(), write);
             }
             if slot.runnable().is_some() {
                 slot.in_ready = true;
@@ -416,16 +485,6 @@ impl Engine {
             }
             self.slots.insert(id, slot);
         }
-        let finished_instances = self.orchestrations.run_steps(&mut batch).await?;
-
-        let effects = Effects {
-            replies,
-            finished_instances,
-        };
-        let store = self.shared.store.clone();
-        self.inflight.push_back(Box::pin(
-            async move { (store.commit(batch).await, effects) },
-        ));
         Ok(())
     }
 
@@ -458,9 +517,9 @@ impl Engine {
     /// Returns false if the commit failed, which stops the engine.
     fn committed(&mut self, (result, effects): (Result<Batch, StoreError>, Effects)) -> bool {
         match result {
-            Ok(batch) => {
+            Ok(_) => {
                 self.committed_no += 1;
-                for message in batch.produced {
+                for message in effects.deferred {
                     self.deliver(message);
                 }
                 for (waiter, reply) in effects.replies {

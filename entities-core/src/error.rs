@@ -129,6 +129,7 @@ impl From<serde_json::Error> for OperationError {
 #[error("{message}")]
 pub struct StoreError {
     message: String,
+    conflict: bool,
     #[source]
     source: Option<Box<dyn std::error::Error + Send + Sync>>,
 }
@@ -138,8 +139,22 @@ impl StoreError {
     pub fn new(message: impl fmt::Display) -> Self {
         Self {
             message: message.to_string(),
+            conflict: false,
             source: None,
         }
+    }
+
+    /// The error of a batch that creates something that exists already.
+    pub fn conflict(message: impl fmt::Display) -> Self {
+        Self {
+            conflict: true,
+            ..Self::new(message)
+        }
+    }
+
+    /// Whether the batch failed because it creates something that exists already.
+    pub fn is_conflict(&self) -> bool {
+        self.conflict
     }
 
     /// An error with a message and the underlying cause.
@@ -149,6 +164,7 @@ impl StoreError {
     ) -> Self {
         Self {
             message: format!("{message}: {source}"),
+            conflict: false,
             source: Some(Box::new(source)),
         }
     }

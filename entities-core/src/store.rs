@@ -73,6 +73,9 @@ pub struct InstanceWrite {
     pub first_event: u64,
     /// History events appended, as JSON.
     pub events: Vec<Value>,
+    /// The instance must not exist yet: if it does, the commit fails with a conflict
+    /// ([`StoreError::is_conflict`]) and none of the batch is applied.
+    pub create: bool,
 }
 
 /// Everything one commit changes, applied atomically.
@@ -151,7 +154,7 @@ pub struct Recovery {
 ///
 /// Reads must see committed data only. `commit` must apply a batch atomically and durably, and
 /// commit batches in the order `commit` was called; implementations should merge batches that
-/// are queued together into one transaction.
+/// are queued together into one transaction, a failing batch leaving the others unaffected.
 #[async_trait]
 pub trait Store: Send + Sync + 'static {
     /// Loads what the runtime needs to resume: every stored message.

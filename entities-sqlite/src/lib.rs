@@ -88,7 +88,8 @@ impl SqliteStore {
             Synchronous::Normal => "NORMAL",
         };
         conn.execute_batch(&format!(
-            "PRAGMA journal_mode = WAL; PRAGMA synchronous = {sync}; PRAGMA busy_timeout = 10000;"
+            "PRAGMA journal_mode = WAL; PRAGMA synchronous = {sync}; PRAGMA busy_timeout = 10000; \
+             PRAGMA cache_size = -65536;"
         ))
         .map_err(|e| open_error(&context("cannot configure the database"), e))?;
         schema::migrate(&mut conn)
@@ -101,7 +102,7 @@ impl SqliteStore {
             )
             .map_err(|e| open_error(&context("cannot open a read connection to"), e))?;
             reader
-                .execute_batch("PRAGMA busy_timeout = 10000;")
+                .execute_batch("PRAGMA busy_timeout = 10000; PRAGMA cache_size = -32768;")
                 .map_err(|e| open_error(&context("cannot configure"), e))?;
             readers.push(Arc::new(Mutex::new(reader)));
         }
@@ -229,5 +230,103 @@ impl Store for SqliteStore {
 
     async fn running_instances(&self) -> Result<Vec<InstanceRecord>, StoreError> {
         self.read(sql::running_instances).await
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use entities_core::message::{Body, Message, Target};
+    use entities_core::store::{Batch, InstanceRecord, InstanceWrite, RuntimeStatus, Store};
+    use entities_core::EntityId;
+
+    use super::*;
+
+    fn signal(id: u64) -> Message {
+        Message {
+            id,
+            target: Target::Entity(EntityId::new("Counter", "k")),
+            deliver_at: None,
+            body: Body::Operation {
+                name: "add".into(),
+                input: Some(serde_json::json!(1)),
+                reply: None,
+                sender: None,
+            },
+        }
+    }
+
+    fn batch(messages: Vec<Message>) -> Batch {
+        Batch {
+            produced: messages,
+            ..Batch::default()
+        }
+    }
+
+    fn create(id: &str) -> Batch {
+        Batch {
+            produced: vec![],
+            instances: vec![InstanceWrite {
+                record: InstanceRecord {
+                    id: id.into(),
+                    name: "o".into(),
+                    status: RuntimeStatus::Running,
+                    input: serde_json::Value::Null,
+                    output: None,
+                    created: 0,
+                    updated: 0,
+                },
+                first_event: 0,
+                events: vec![],
+                create: true,
+            }],
+            ..Batch::default()
+        }
+    }
+
+    #[tokio::test]
+    async fn a_failed_batch_stops_all_later_writes() {
+        let store = SqliteStore::in_memory().unwrap();
+        store.commit(batch(vec![signal(1)])).await.unwrap();
+        // A batch that cannot apply (its message id is taken), then a good one queued behind it.
+        let (bad, good) = tokio::join!(
+            store.commit(batch(vec![signal(2), signal(1)])),
+            store.commit(batch(vec![signal(3)]))
+        );
+        assert!(bad.is_err());
+        assert!(good.is_err(), "a batch after a failed one must not land");
+        assert!(store.commit(batch(vec![signal(4)])).await.is_err());
+        let recovered = store.recover().await.unwrap();
+        let ids: Vec<u64> = recovered.messages.iter().map(|m| m.id).collect();
+        assert_eq!(
+            ids,
+            [1],
+            "nothing of the failed batch or after it was written"
+        );
+    }
+
+    #[tokio::test]
+    async fn a_conflicting_creation_fails_alone() {
+        let store = SqliteStore::in_memory().unwrap();
+        store.commit(create("a")).await.unwrap();
+        let (dup, other) = tokio::join!(
+            store.commit(create("a")),
+            store.commit(batch(vec![signal(7)]))
+        );
+        assert!(dup.unwrap_err().is_conflict());
+        other.unwrap();
+        store.commit(batch(vec![signal(8)])).await.unwrap();
+        assert_eq!(store.recover().await.unwrap().messages.len(), 2);
+    }
+
+    #[tokio::test]
+    async fn a_newer_schema_is_refused() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("new.db");
+        {
+            let conn = Connection::open(&path).unwrap();
+            conn.pragma_update(None, "user_version", 99).unwrap();
+        }
+        let err = SqliteStore::open(&path).err().unwrap();
+        assert!(err.to_string().contains("newer than this build"), "{err}");
     }
 }

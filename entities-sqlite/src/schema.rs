@@ -7,7 +7,9 @@ pub(crate) const CURRENT_VERSION: i64 = 1;
 
 /// Migrations, in order: `MIGRATIONS[n]` takes the schema from version `n` to `n + 1`.
 const MIGRATIONS: &[&str] = &[
-    // 0 -> 1: entities, messages, orchestration instances and their histories.
+    // 0 -> 1: entities, messages, orchestration instances and their histories. Instances and
+    // histories are keyed by a sequential number, so that the rows written together (recent
+    // instances) share pages; only entity messages are indexed by target (for their counts).
     "CREATE TABLE entities (
         name TEXT NOT NULL,
         key TEXT NOT NULL,
@@ -22,19 +24,20 @@ const MIGRATIONS: &[&str] = &[
         deliver_at INTEGER,
         body TEXT NOT NULL
      );
-     CREATE INDEX messages_by_target ON messages (target);
+     CREATE INDEX messages_by_entity ON messages (target) WHERE substr(target, 1, 1) = '@';
      CREATE TABLE instances (
-        id TEXT PRIMARY KEY,
+        num INTEGER PRIMARY KEY,
+        id TEXT NOT NULL UNIQUE,
         name TEXT NOT NULL,
         status TEXT NOT NULL,
         input TEXT NOT NULL,
         output TEXT,
         created INTEGER NOT NULL,
         updated INTEGER NOT NULL
-     ) WITHOUT ROWID;
+     );
      CREATE INDEX instances_by_status ON instances (status);
      CREATE TABLE history (
-        instance TEXT NOT NULL,
+        instance INTEGER NOT NULL,
         seq INTEGER NOT NULL,
         event TEXT NOT NULL,
         PRIMARY KEY (instance, seq)

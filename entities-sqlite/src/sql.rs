@@ -92,7 +92,7 @@ pub(crate) fn read_entity(
 ) -> rusqlite::Result<Option<EntityRecord>> {
     let mut stmt = conn.prepare_cached(
         "SELECT state, lock_owner, last_modified, \
-         (SELECT COUNT(*) FROM messages WHERE target = ?3) \
+         (SELECT COUNT(*) FROM messages WHERE target = ?3 AND substr(target, 1, 1) = '@') \
          FROM entities WHERE name = ?1 AND key = ?2",
     )?;
     stmt.query_row(
@@ -121,7 +121,8 @@ pub(crate) fn query_entities(
     let first_page = query.continuation.is_none();
     let mut stmt = conn.prepare_cached(
         "SELECT name, key, CASE WHEN ?1 THEN state END, lock_owner, last_modified, \
-           (SELECT COUNT(*) FROM messages m WHERE m.target = '@' || e.name || '@' || e.key) \
+           (SELECT COUNT(*) FROM messages m \
+            WHERE m.target = '@' || e.name || '@' || e.key AND substr(m.target, 1, 1) = '@') \
          FROM entities e \
          WHERE (?2 IS NULL OR name = ?2) \
            AND (?3 IS NULL OR (key >= ?3 AND substr(key, 1, length(?3)) = ?3)) \
@@ -202,10 +203,13 @@ pub(crate) fn running_instances(conn: &Connection) -> rusqlite::Result<Vec<Insta
 }
 
 pub(crate) fn read_history(conn: &Connection, id: &str) -> rusqlite::Result<Vec<Value>> {
-    conn.prepare_cached("SELECT event FROM history WHERE instance = ?1 ORDER BY seq")?
-        .query_map([id], |row| {
-            let text: String = row.get(0)?;
-            serde_json::from_str(&text).map_err(bad_data)
-        })?
-        .collect()
+    conn.prepare_cached(
+        "SELECT event FROM history WHERE instance = (SELECT num FROM instances WHERE id = ?1) \
+         ORDER BY seq",
+    )?
+    .query_map([id], |row| {
+        let text: String = row.get(0)?;
+        serde_json::from_str(&text).map_err(bad_data)
+    })?
+    .collect()
 }

@@ -6,7 +6,7 @@ use std::sync::{Arc, Mutex};
 
 use entities_core::store::{Batch, InstanceWrite};
 use entities_core::StoreError;
-use rusqlite::{params, Connection, Transaction};
+use rusqlite::{params, Connection};
 use tokio::sync::oneshot;
 use tracing::{debug, error};
 
@@ -22,9 +22,11 @@ pub(crate) enum WriteRequest {
     PurgeInstance(String, oneshot::Sender<Result<bool, StoreError>>),
 }
 
-/// Runs until every sender is gone.
+/// Runs until every sender is gone. After a write fails in a way that is not confined to its
+/// own request, every later request is refused: later batches may build on the lost one.
 pub(crate) fn run(conn: Arc<Mutex<Connection>>, rx: Receiver<WriteRequest>) {
     let mut group = Vec::new();
+    let mut poisoned: Option<String> = None;
     while let Ok(first) = rx.recv() {
         group.push(first);
         while group.len() < MAX_GROUP {
@@ -33,9 +35,18 @@ pub(crate) fn run(conn: Arc<Mutex<Connection>>, rx: Receiver<WriteRequest>) {
                 Err(TryRecvError::Empty | TryRecvError::Disconnected) => break,
             }
         }
-        let mut conn = conn.lock().unwrap_or_else(|e| e.into_inner());
-        let outcome = apply_group(&mut conn, &group);
-        drop(conn);
+        let outcome = match &poisoned {
+            Some(cause) => Err(format!(
+                "an earlier write failed ({cause}); writes are refused"
+            )),
+            None => {
+                let mut conn = conn.lock().unwrap_or_else(|e| e.into_inner());
+                apply_group(&mut conn, &group)
+            }
+        };
+        if let (Err(cause), None) = (&outcome, &poisoned) {
+            poisoned = Some(cause.clone());
+        }
         debug!(
             requests = group.len(),
             ok = outcome.is_ok(),
@@ -45,52 +56,102 @@ pub(crate) fn run(conn: Arc<Mutex<Connection>>, rx: Receiver<WriteRequest>) {
     }
 }
 
-/// Applies every request in one transaction; returns each request's own result
-/// (`Ok(None)` for commits, counts for the others).
-fn apply_group(conn: &mut Connection, group: &[WriteRequest]) -> Result<Vec<u64>, String> {
-    let tx = conn.transaction().map_err(|e| e.to_string())?;
+impl WriteRequest {
+    /// Whether a failure of this request is its own: creations that may conflict, and client
+    /// clean-ups. Engine batches are not: later batches may build on them.
+    fn isolated(&self) -> bool {
+        match self {
+            WriteRequest::Commit(batch, _) => batch.instances.iter().any(|i| i.create),
+            WriteRequest::DeleteEmptyEntities(_) | WriteRequest::PurgeInstance(..) => true,
+        }
+    }
+}
+
+/// What one request of a group came to.
+type Outcome = Result<u64, StoreError>;
+
+/// Applies every request in one transaction, each in a savepoint of its own so that a failing
+/// request leaves the others applied; returns each request's result (counts for deletes).
+/// `Err` if the transaction itself fails: then nothing was applied.
+fn apply_group(conn: &mut Connection, group: &[WriteRequest]) -> Result<Vec<Outcome>, String> {
+    let mut tx = conn.transaction().map_err(|e| e.to_string())?;
     let mut results = Vec::with_capacity(group.len());
     for request in group {
+        let sp = tx.savepoint().map_err(|e| e.to_string())?;
         let result = match request {
-            WriteRequest::Commit(batch, _) => apply_batch(&tx, batch).map(|()| 0),
-            WriteRequest::DeleteEmptyEntities(_) => tx
+            WriteRequest::Commit(batch, _) => apply_batch(&sp, batch).map(|()| 0),
+            WriteRequest::DeleteEmptyEntities(_) => sp
                 .execute(
                     "DELETE FROM entities WHERE state IS NULL AND lock_owner IS NULL AND NOT EXISTS \
-                     (SELECT 1 FROM messages WHERE target = '@' || entities.name || '@' || entities.key)",
+                     (SELECT 1 FROM messages WHERE target = '@' || entities.name || '@' || entities.key \
+                      AND substr(target, 1, 1) = '@')",
                     [],
                 )
                 .map(|n| n as u64),
-            WriteRequest::PurgeInstance(id, _) => purge(&tx, id),
+            WriteRequest::PurgeInstance(id, _) => purge(&sp, id),
+        };
+        match result {
+            Ok(n) => {
+                sp.commit().map_err(|e| e.to_string())?;
+                results.push(Ok(n));
+            }
+            Err(err) if request.isolated() => {
+                drop(sp); // rolls this request back; the others stand
+                results.push(Err(request_error(err)));
+            }
+            // Anything else fails the whole group: nothing of it is written.
+            Err(err) => return Err(err.to_string()),
         }
-        .map_err(|e| e.to_string())?;
-        results.push(result);
     }
     tx.commit().map_err(|e| e.to_string())?;
     Ok(results)
 }
 
-fn answer(group: impl Iterator<Item = WriteRequest>, outcome: Result<Vec<u64>, String>) {
-    let error = |e: &String| StoreError::new(format!("sqlite write failed: {e}"));
-    if let Err(e) = &outcome {
-        error!(error = %e, "sqlite group commit failed");
+fn request_error(err: rusqlite::Error) -> StoreError {
+    match &err {
+        rusqlite::Error::SqliteFailure(e, _)
+            if e.code == rusqlite::ErrorCode::ConstraintViolation =>
+        {
+            StoreError::conflict(format!("sqlite write refused: {err}"))
+        }
+        _ => StoreError::with_source("sqlite write failed", err),
     }
-    for (i, request) in group.enumerate() {
-        let value = outcome.as_ref().map(|r| r[i]);
+}
+
+/// Answers each request of a group.
+fn answer(group: impl Iterator<Item = WriteRequest>, outcome: Result<Vec<Outcome>, String>) {
+    let mut results = match outcome {
+        Ok(results) => results.into_iter(),
+        Err(e) => {
+            error!(error = %e, "sqlite group commit failed; nothing was written");
+            Vec::new().into_iter()
+        }
+    };
+    for request in group {
+        let value = results.next().unwrap_or_else(|| {
+            Err(StoreError::new(
+                "sqlite group commit failed; nothing was written",
+            ))
+        });
         match request {
             WriteRequest::Commit(batch, tx) => {
-                let _ = tx.send(value.map(|_| batch).map_err(error));
+                let _ = tx.send(value.map(|_| batch));
             }
             WriteRequest::DeleteEmptyEntities(tx) => {
-                let _ = tx.send(value.map_err(error));
+                let _ = tx.send(value);
             }
             WriteRequest::PurgeInstance(_, tx) => {
-                let _ = tx.send(value.map(|n| n > 0).map_err(error));
+                let _ = tx.send(value.map(|n| n > 0));
             }
         }
     }
 }
 
-fn apply_batch(tx: &Transaction<'_>, batch: &Batch) -> rusqlite::Result<()> {
+fn apply_batch(tx: &Connection, batch: &Batch) -> rusqlite::Result<()> {
+    // Creations first: a conflict fails the request before anything else is written.
+    for instance in batch.instances.iter().filter(|i| i.create) {
+        write_instance(tx, instance)?;
+    }
     if !batch.consumed.is_empty() {
         let mut delete = tx.prepare_cached("DELETE FROM messages WHERE id = ?1")?;
         for id in &batch.consumed {
@@ -135,35 +196,41 @@ fn apply_batch(tx: &Transaction<'_>, batch: &Batch) -> rusqlite::Result<()> {
             ])?;
         }
     }
-    for instance in &batch.instances {
+    for instance in batch.instances.iter().filter(|i| !i.create) {
         write_instance(tx, instance)?;
     }
     Ok(())
 }
 
-fn write_instance(tx: &Transaction<'_>, write: &InstanceWrite) -> rusqlite::Result<()> {
+fn write_instance(tx: &Connection, write: &InstanceWrite) -> rusqlite::Result<()> {
     let r = &write.record;
     let output = r.output.as_ref().map(|v| v.to_string());
-    tx.prepare_cached(
+    let sql = if write.create {
+        "INSERT INTO instances (id, name, status, input, output, created, updated) \
+         VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7) RETURNING num"
+    } else {
         "INSERT INTO instances (id, name, status, input, output, created, updated) \
          VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7) \
          ON CONFLICT (id) DO UPDATE SET status = excluded.status, output = excluded.output, \
-         updated = excluded.updated",
-    )?
-    .execute(params![
-        r.id,
-        r.name,
-        status_text(r.status),
-        r.input.to_string(),
-        output,
-        r.created as i64,
-        r.updated as i64
-    ])?;
+         updated = excluded.updated RETURNING num"
+    };
+    let num: i64 = tx.prepare_cached(sql)?.query_row(
+        params![
+            r.id,
+            r.name,
+            status_text(r.status),
+            r.input.to_string(),
+            output,
+            r.created as i64,
+            r.updated as i64
+        ],
+        |row| row.get(0),
+    )?;
     let mut insert =
         tx.prepare_cached("INSERT INTO history (instance, seq, event) VALUES (?1, ?2, ?3)")?;
     for (i, event) in write.events.iter().enumerate() {
         insert.execute(params![
-            r.id,
+            num,
             (write.first_event + i as u64) as i64,
             event.to_string()
         ])?;
@@ -171,8 +238,11 @@ fn write_instance(tx: &Transaction<'_>, write: &InstanceWrite) -> rusqlite::Resu
     Ok(())
 }
 
-fn purge(tx: &Transaction<'_>, id: &str) -> rusqlite::Result<u64> {
-    tx.execute("DELETE FROM history WHERE instance = ?1", [id])?;
+fn purge(tx: &Connection, id: &str) -> rusqlite::Result<u64> {
+    tx.execute(
+        "DELETE FROM history WHERE instance = (SELECT num FROM instances WHERE id = ?1)",
+        [id],
+    )?;
     let n = tx.execute("DELETE FROM instances WHERE id = ?1", [id])?;
     Ok(n as u64)
 }

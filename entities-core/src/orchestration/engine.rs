@@ -62,7 +62,7 @@ pub(crate) struct Orchestrations {
     shared: Arc<Shared>,
     slots: HashMap<String, Slot>,
     ready: VecDeque<String>,
-    watchers: HashMap<String, Vec<oneshot::Sender<()>>>,
+    watchers: HashMap<String, Vec<oneshot::Sender<InstanceRecord>>>,
     activities_done: Vec<ActivityDone>,
 }
 
@@ -142,12 +142,16 @@ impl Orchestrations {
         self.activities_done.push(done);
     }
 
-    pub(crate) fn watch(&mut self, id: String, done: oneshot::Sender<()>) {
+    pub(crate) fn watch(&mut self, id: String, done: oneshot::Sender<InstanceRecord>) {
         self.watchers.entry(id).or_default().push(done);
     }
 
-    /// Runs a turn of every ready instance into `batch`; returns the instances that ended.
-    pub(crate) async fn run_steps(&mut self, batch: &mut Batch) -> Result<Vec<String>, StoreError> {
+    /// Runs a turn of every ready instance into `batch`; returns the final records of the
+    /// instances that ended.
+    pub(crate) async fn run_steps(
+        &mut self,
+        batch: &mut Batch,
+    ) -> Result<Vec<InstanceRecord>, StoreError> {
         for done in self.activities_done.drain(..) {
             batch.consumed.push(done.message);
             batch.produced.push(Message {
@@ -177,7 +181,12 @@ impl Orchestrations {
             if !slot.unrunnable {
                 let messages: Vec<Message> = slot.queue.drain(..).collect();
                 if self.run_turn(&id, &mut slot, messages, batch) {
-                    ended.push(id.clone());
+                    // The turn's last write is the instance's final record.
+                    let last = batch
+                        .instances
+                        .last()
+                        .expect("an ended turn writes its record");
+                    ended.push(last.record.clone());
                 }
             }
             self.slots.insert(id, slot);
@@ -363,6 +372,7 @@ impl Orchestrations {
                                 record,
                                 first_event: 0,
                                 events: Vec::new(),
+                                create: false,
                             });
                             slot.ended = true;
                             return true;
@@ -427,6 +437,7 @@ impl Orchestrations {
         batch.instances.push(InstanceWrite {
             record: live.record.clone(),
             first_event: live.history_len,
+            create: false,
             events: events
                 .iter()
                 .map(|e| serde_json::to_value(e).expect("history events serialize"))
@@ -500,9 +511,10 @@ impl Orchestrations {
         }
     }
 
-    /// Called once a batch has committed, with the instances it ended.
-    pub(crate) fn finished(&mut self, instances: Vec<String>) {
-        for id in instances {
+    /// Called once a batch has committed, with the final records of the instances it ended.
+    pub(crate) fn finished(&mut self, instances: Vec<InstanceRecord>) {
+        for record in instances {
+            let id = record.id.clone();
             if self
                 .slots
                 .get(&id)
@@ -511,7 +523,7 @@ impl Orchestrations {
                 self.slots.remove(&id);
             }
             for done in self.watchers.remove(&id).unwrap_or_default() {
-                let _ = done.send(());
+                let _ = done.send(record.clone());
             }
         }
     }
