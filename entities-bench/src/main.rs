@@ -348,10 +348,8 @@ fn run_raw(
                 .unwrap();
             for i in 0..n {
                 let key = (done + i) % keys;
-                let body = format!(
-                    r#"{{"id":{},"target":{{"Entity":"@counter@k{key}"}},"deliver_at":null,"body":{{"Operation":{{"name":"add","input":1,"reply":null,"sender":null}}}}}}"#,
-                    id + i as i64
-                );
+                // The body as entities stores it: the target and time are columns of their own.
+                let body = r#"{"Operation":{"name":"add","input":1,"reply":null,"sender":null}}"#;
                 ins.execute(rusqlite::params![
                     id + i as i64,
                     format!("@counter@k{key}"),
@@ -418,14 +416,18 @@ async fn main() {
             .map(|n| n.get())
             .unwrap_or(1)
     );
+    let senders: usize = std::env::var("SENDERS")
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(1024);
     if all || workload == "hot" {
-        let rate = signals(sync, 200_000, 1, 256).await;
-        println!("hot      signals to one entity, 256 senders:      {rate:>10.0} signals/s");
+        let rate = signals(sync, 300_000, 1, senders).await;
+        println!("hot      signals to one entity, {senders} senders:     {rate:>10.0} signals/s");
     }
     if all || workload == "spread" || workload == "raw" {
-        let rate = signals(sync, 200_000, 1000, 256).await;
-        println!("spread   signals over 1,000 entities, 256 senders: {rate:>10.0} signals/s");
-        let raw_rate = raw(sync, 200_000, 1000, 4096);
+        let rate = signals(sync, 300_000, 1000, senders).await;
+        println!("spread   signals over 1,000 entities, {senders} senders:{rate:>10.0} signals/s");
+        let raw_rate = raw(sync, 300_000, 1000, 4096);
         println!("raw      rusqlite, same rows, 4,096 per txn:       {raw_rate:>10.0} signals/s");
         println!(
             "share    entities / raw rusqlite:                  {:>10.1} %",

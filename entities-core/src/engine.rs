@@ -52,7 +52,7 @@ impl Default for EngineConfig {
         Self {
             max_batch: 8192,
             max_inflight_commits: 2,
-            cache_capacity: 100_000,
+            cache_capacity: 20_000,
         }
     }
 }
@@ -482,6 +482,8 @@ impl Engine {
             if slot.runnable().is_some() {
                 slot.in_ready = true;
                 self.ready.push_back(id.clone());
+            } else if slot.queue.is_empty() {
+                slot.queue = VecDeque::new(); // an idle entity keeps no queue memory
             }
             self.slots.insert(id, slot);
         }

@@ -25,6 +25,17 @@ pub enum Target {
 }
 
 impl Target {
+    /// The target whose [`Target::key`] is `key`.
+    pub fn from_key(key: &str) -> Result<Self, crate::error::Error> {
+        if let Some(id) = key.strip_prefix('!') {
+            Ok(Target::Instance(id.to_string()))
+        } else if key == "~activity" {
+            Ok(Target::Activity)
+        } else {
+            key.parse().map(Target::Entity)
+        }
+    }
+
     /// The text the store indexes messages by: `@name@key` for entities, `!id` for instances.
     pub fn key(&self) -> String {
         match self {

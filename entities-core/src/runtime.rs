@@ -111,7 +111,7 @@ impl RuntimeBuilder {
         self
     }
 
-    /// Idle entities kept in memory before unloading. Default 100,000.
+    /// Entities kept in memory; past this, idle ones are unloaded. Default 20,000.
     pub fn cache_capacity(mut self, capacity: usize) -> Self {
         self.config.cache_capacity = capacity;
         self

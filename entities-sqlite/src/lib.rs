@@ -43,6 +43,10 @@ pub struct SqliteOptions {
     pub synchronous: Synchronous,
     /// Read connections. Default 2.
     pub readers: usize,
+    /// Page cache of the write connection, in MiB. Default 32.
+    pub writer_cache_mib: u32,
+    /// Page cache of each read connection, in MiB. Default 8.
+    pub reader_cache_mib: u32,
 }
 
 impl Default for SqliteOptions {
@@ -50,6 +54,8 @@ impl Default for SqliteOptions {
         Self {
             synchronous: Synchronous::Full,
             readers: 2,
+            writer_cache_mib: 32,
+            reader_cache_mib: 8,
         }
     }
 }
@@ -89,7 +95,8 @@ impl SqliteStore {
         };
         conn.execute_batch(&format!(
             "PRAGMA journal_mode = WAL; PRAGMA synchronous = {sync}; PRAGMA busy_timeout = 10000; \
-             PRAGMA cache_size = -65536;"
+             PRAGMA cache_size = -{};",
+            options.writer_cache_mib as u64 * 1024
         ))
         .map_err(|e| open_error(&context("cannot configure the database"), e))?;
         schema::migrate(&mut conn)
@@ -102,7 +109,10 @@ impl SqliteStore {
             )
             .map_err(|e| open_error(&context("cannot open a read connection to"), e))?;
             reader
-                .execute_batch("PRAGMA busy_timeout = 10000; PRAGMA cache_size = -32768;")
+                .execute_batch(&format!(
+                    "PRAGMA busy_timeout = 10000; PRAGMA cache_size = -{};",
+                    options.reader_cache_mib as u64 * 1024
+                ))
                 .map_err(|e| open_error(&context("cannot configure"), e))?;
             readers.push(Arc::new(Mutex::new(reader)));
         }

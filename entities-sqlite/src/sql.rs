@@ -1,6 +1,6 @@
 //! Reads, run on the read connections.
 
-use entities_core::message::Message;
+use entities_core::message::{Message, Target};
 use entities_core::store::{
     EntityQuery, EntityRecord, EntityRecordPage, InstanceRecord, Recovery, RuntimeStatus,
 };
@@ -41,11 +41,17 @@ fn parse_json(text: Option<String>) -> rusqlite::Result<Option<Value>> {
 }
 
 pub(crate) fn recover(conn: &Connection) -> rusqlite::Result<Recovery> {
-    let mut stmt = conn.prepare("SELECT body FROM messages ORDER BY id")?;
+    let mut stmt = conn.prepare("SELECT id, target, deliver_at, body FROM messages ORDER BY id")?;
     let messages = stmt
         .query_map([], |row| {
-            let body: String = row.get(0)?;
-            serde_json::from_str::<Message>(&body).map_err(bad_data)
+            let target: String = row.get(1)?;
+            let body: String = row.get(3)?;
+            Ok(Message {
+                id: row.get::<_, i64>(0)? as u64,
+                target: Target::from_key(&target).map_err(bad_data)?,
+                deliver_at: row.get::<_, Option<i64>>(2)?.map(|t| t as u64),
+                body: serde_json::from_str(&body).map_err(bad_data)?,
+            })
         })?
         .collect::<rusqlite::Result<Vec<_>>>()?;
     let max: Option<i64> = conn.query_row("SELECT MAX(id) FROM messages", [], |r| r.get(0))?;

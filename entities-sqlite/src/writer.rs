@@ -70,41 +70,49 @@ impl WriteRequest {
 /// What one request of a group came to.
 type Outcome = Result<u64, StoreError>;
 
-/// Applies every request in one transaction, each in a savepoint of its own so that a failing
-/// request leaves the others applied; returns each request's result (counts for deletes).
-/// `Err` if the transaction itself fails: then nothing was applied.
+/// Applies every request in one transaction; an isolated request runs in a savepoint of its
+/// own, so that its failure leaves the others applied. Returns each request's result (counts
+/// for deletes); `Err` if the group fails as a whole: then nothing was applied.
 fn apply_group(conn: &mut Connection, group: &[WriteRequest]) -> Result<Vec<Outcome>, String> {
     let mut tx = conn.transaction().map_err(|e| e.to_string())?;
     let mut results = Vec::with_capacity(group.len());
     for request in group {
+        if !request.isolated() {
+            // Any failure here fails the whole group: nothing of it is written.
+            let n = apply(&tx, request).map_err(|e| e.to_string())?;
+            results.push(Ok(n));
+            continue;
+        }
         let sp = tx.savepoint().map_err(|e| e.to_string())?;
-        let result = match request {
-            WriteRequest::Commit(batch, _) => apply_batch(&sp, batch).map(|()| 0),
-            WriteRequest::DeleteEmptyEntities(_) => sp
-                .execute(
-                    "DELETE FROM entities WHERE state IS NULL AND lock_owner IS NULL AND NOT EXISTS \
-                     (SELECT 1 FROM messages WHERE target = '@' || entities.name || '@' || entities.key \
-                      AND substr(target, 1, 1) = '@')",
-                    [],
-                )
-                .map(|n| n as u64),
-            WriteRequest::PurgeInstance(id, _) => purge(&sp, id),
-        };
-        match result {
+        match apply(&sp, request) {
             Ok(n) => {
                 sp.commit().map_err(|e| e.to_string())?;
                 results.push(Ok(n));
             }
-            Err(err) if request.isolated() => {
+            Err(err) => {
                 drop(sp); // rolls this request back; the others stand
                 results.push(Err(request_error(err)));
             }
-            // Anything else fails the whole group: nothing of it is written.
-            Err(err) => return Err(err.to_string()),
         }
     }
     tx.commit().map_err(|e| e.to_string())?;
     Ok(results)
+}
+
+/// Applies one request; returns a count for deletes.
+fn apply(conn: &Connection, request: &WriteRequest) -> rusqlite::Result<u64> {
+    match request {
+        WriteRequest::Commit(batch, _) => apply_batch(conn, batch).map(|()| 0),
+        WriteRequest::DeleteEmptyEntities(_) => conn
+            .execute(
+                "DELETE FROM entities WHERE state IS NULL AND lock_owner IS NULL AND NOT EXISTS \
+                 (SELECT 1 FROM messages WHERE target = '@' || entities.name || '@' || entities.key \
+                  AND substr(target, 1, 1) = '@')",
+                [],
+            )
+            .map(|n| n as u64),
+        WriteRequest::PurgeInstance(id, _) => purge(conn, id),
+    }
 }
 
 fn request_error(err: rusqlite::Error) -> StoreError {
@@ -162,9 +170,12 @@ fn apply_batch(tx: &Connection, batch: &Batch) -> rusqlite::Result<()> {
         let mut insert = tx.prepare_cached(
             "INSERT INTO messages (id, target, deliver_at, body) VALUES (?1, ?2, ?3, ?4)",
         )?;
+        let mut body = Vec::with_capacity(256);
         for message in &batch.produced {
-            let body = serde_json::to_string(message)
+            body.clear();
+            serde_json::to_writer(&mut body, &message.body)
                 .map_err(|e| rusqlite::Error::ToSqlConversionFailure(Box::new(e)))?;
+            let body = std::str::from_utf8(&body).expect("serde_json writes UTF-8");
             insert.execute(params![
                 message.id as i64,
                 message.target.key(),
