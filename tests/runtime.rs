@@ -548,3 +548,53 @@ async fn a_client_after_shutdown_gets_an_error() {
         .unwrap_err();
     assert!(matches!(err, Error::Shutdown), "{err:?}");
 }
+
+/// Writes a state, waits, then fails: the state it wrote is never committed.
+struct SlowFailure;
+
+#[async_trait]
+impl EntityFunction for SlowFailure {
+    async fn run(&self, ctx: &mut EntityContext) -> Result<(), OperationError> {
+        match ctx.operation_name() {
+            "set" => ctx.set_state(&ctx.input::<i64>()?),
+            "linger_and_fail" => {
+                ctx.set_state(&999i64)?;
+                tokio::time::sleep(Duration::from_millis(300)).await;
+                Err(OperationError::new("changed my mind"))
+            }
+            other => Err(OperationError::unknown_operation(other)),
+        }
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn reads_see_committed_state_only() {
+    let runtime = Runtime::builder()
+        .store(SqliteStore::in_memory().unwrap())
+        .entity_fn("Slow", SlowFailure)
+        .start()
+        .await
+        .unwrap();
+    let client = runtime.client();
+    let id = EntityId::new("Slow", "s");
+    client.call_entity::<(), _>(&id, "set", &1).await.unwrap();
+    client
+        .signal_entity(&id, "linger_and_fail", &())
+        .await
+        .unwrap();
+    let mut reads = 0;
+    let deadline = tokio::time::Instant::now() + Duration::from_millis(500);
+    while tokio::time::Instant::now() < deadline {
+        let state = state_of(&client, &id).await;
+        assert_eq!(
+            state,
+            Some(json!(1)),
+            "a read saw a state that was never committed"
+        );
+        let page = client.query_entities(EntityQuery::default()).await.unwrap();
+        assert_eq!(page.entities[0].state, Some(json!(1)));
+        reads += 1;
+    }
+    assert!(reads > 10);
+    runtime.shutdown().await.unwrap();
+}
