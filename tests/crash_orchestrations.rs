@@ -80,7 +80,9 @@ async fn audit(instance: String) -> Result<(), String> {
         .append(true)
         .open(path)
         .map_err(|e| e.to_string())?;
-    writeln!(file, "{instance}").map_err(|e| e.to_string())
+    // One write of the whole line: a kill cannot tear it.
+    file.write_all(format!("{instance}\n").as_bytes())
+        .map_err(|e| e.to_string())
 }
 
 async fn start(path: &std::path::Path) -> Runtime {
@@ -182,10 +184,17 @@ async fn killed_mid_flight_orchestrations_finish_after_restart() {
     );
 
     // The kill must have caught transfers mid-flight, some holding locks.
-    {
+    let unfinished: std::collections::HashSet<String> = {
         use entities::store::{EntityQuery, Store};
         let store = SqliteStore::open(&path).unwrap();
-        let running = store.running_instances().await.unwrap().len();
+        let unfinished: std::collections::HashSet<String> = store
+            .running_instances()
+            .await
+            .unwrap()
+            .into_iter()
+            .map(|i| i.id)
+            .collect();
+        let running = unfinished.len();
         let page = store
             .query_entities(&EntityQuery {
                 include_stateless: true,
@@ -205,7 +214,8 @@ async fn killed_mid_flight_orchestrations_finish_after_restart() {
             "every transfer had finished: nothing was in flight"
         );
         assert!(locked > 0, "no transfer held a lock at the kill");
-    }
+        unfinished
+    };
     let runtime = start(&path).await;
     let client = runtime.client();
     let mut moved = 0;
