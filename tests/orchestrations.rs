@@ -596,3 +596,172 @@ async fn clean_releases_locks_whose_owner_has_ended() {
     runtime.shutdown().await.unwrap();
     let _ = SystemTime::now();
 }
+
+static LOCKER_CHANGED: AtomicBool = AtomicBool::new(false);
+
+/// Locks a recorder and waits; after a code change it no longer locks.
+async fn locker(ctx: OrchestrationContext, key: String) -> Result<(), entities::Error> {
+    if LOCKER_CHANGED.load(Ordering::SeqCst) {
+        ctx.timer(Duration::from_millis(1)).await;
+        return Ok(());
+    }
+    let _section = ctx.lock(&[EntityId::of::<Recorder>(&key)]).await?;
+    let _: () = ctx.wait_for_event("go").await?;
+    Ok(())
+}
+
+#[tokio::test]
+async fn a_lock_is_released_when_the_code_departs_from_its_history() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("departed.db");
+    let start = |path: std::path::PathBuf| async move {
+        Runtime::builder()
+            .store(SqliteStore::open(path).unwrap())
+            .entity::<Recorder>()
+            .orchestration("locker", locker)
+            .start()
+            .await
+            .unwrap()
+    };
+    let id;
+    {
+        let runtime = start(path.clone()).await;
+        let client = runtime.client();
+        client
+            .call::<Recorder>("held")
+            .record("before".into())
+            .await
+            .unwrap();
+        id = client.start_orchestration("locker", &"held").await.unwrap();
+        let deadline = tokio::time::Instant::now() + WAIT;
+        loop {
+            let meta = client
+                .get_entity_raw(&EntityId::of::<Recorder>("held"))
+                .await
+                .unwrap();
+            if meta.is_some_and(|m| m.locked_by.is_some()) {
+                break;
+            }
+            assert!(tokio::time::Instant::now() < deadline);
+            tokio::time::sleep(Duration::from_millis(5)).await;
+        }
+        runtime.shutdown().await.unwrap();
+    }
+    LOCKER_CHANGED.store(true, Ordering::SeqCst);
+    let runtime = start(path).await;
+    let client = runtime.client();
+    client.raise_event(&id, "go", &()).await.unwrap();
+    let done = client.wait_for_orchestration(&id, WAIT).await.unwrap();
+    assert_eq!(done.status, RuntimeStatus::Failed);
+    // The new code never held the lock, but the history did: it is released.
+    client
+        .signal::<Recorder>("held")
+        .record("after".into())
+        .await
+        .unwrap();
+    let seen = tokio::time::timeout(WAIT, client.call::<Recorder>("held").seen())
+        .await
+        .expect("the entity stayed locked")
+        .unwrap();
+    assert_eq!(seen.last().map(String::as_str), Some("after"));
+    let meta = client
+        .get_entity::<Recorder>("held")
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!(meta.locked_by, None);
+    runtime.shutdown().await.unwrap();
+}
+
+#[tokio::test]
+async fn terminating_an_instance_waiting_for_a_lock_leaves_nothing_locked() {
+    let runtime = runtime().await;
+    let client = runtime.client();
+    let holder = client
+        .start_orchestration("hold_lock", &"contended")
+        .await
+        .unwrap();
+    let deadline = tokio::time::Instant::now() + WAIT;
+    while client
+        .get_entity::<Recorder>("contended")
+        .await
+        .unwrap()
+        .and_then(|m| m.locked_by)
+        .is_none()
+    {
+        assert!(tokio::time::Instant::now() < deadline);
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
+    // A second instance asks for the same lock and waits behind the first.
+    let waiter = client
+        .start_orchestration("hold_lock", &"contended")
+        .await
+        .unwrap();
+    tokio::time::sleep(Duration::from_millis(50)).await;
+    client.terminate(&waiter, "not needed").await.unwrap();
+    let done = client.wait_for_orchestration(&waiter, WAIT).await.unwrap();
+    assert_eq!(done.status, RuntimeStatus::Terminated);
+    // The holder ends; the waiter's lock request reaches the entity afterwards and is granted
+    // to an ended instance, which releases it at once.
+    client.raise_event(&holder, "go", &()).await.unwrap();
+    client
+        .wait_for_orchestration(&holder, WAIT)
+        .await
+        .unwrap()
+        .output::<()>()
+        .unwrap();
+    client
+        .signal::<Recorder>("contended")
+        .record("free".into())
+        .await
+        .unwrap();
+    let deadline = tokio::time::Instant::now() + WAIT;
+    loop {
+        let meta = client
+            .get_entity::<Recorder>("contended")
+            .await
+            .unwrap()
+            .unwrap();
+        if meta.locked_by.is_none() && meta.state.seen.last().map(String::as_str) == Some("free") {
+            break;
+        }
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "left locked by {:?}",
+            meta.locked_by
+        );
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
+    runtime.shutdown().await.unwrap();
+}
+
+async fn parent(ctx: OrchestrationContext, _: ()) -> Result<String, entities::Error> {
+    ctx.call_orchestration("greet", &"child").await
+}
+
+#[tokio::test]
+async fn a_sub_orchestration_whose_id_is_taken_fails_its_parent_instead_of_hanging() {
+    let runtime = builder()
+        .orchestration("parent", parent)
+        .store(SqliteStore::in_memory().unwrap())
+        .start()
+        .await
+        .unwrap();
+    let client = runtime.client();
+    client
+        .start_orchestration_with_id("parent", "p", &())
+        .await
+        .unwrap();
+    let first = client.wait_for_orchestration("p", WAIT).await.unwrap();
+    assert_eq!(first.output::<String>().unwrap(), "hello child from 0");
+    // Purge the parent only: its child `p:0` stays, ended.
+    assert!(client.purge("p").await.unwrap());
+    client
+        .start_orchestration_with_id("parent", "p", &())
+        .await
+        .unwrap();
+    let second = client.wait_for_orchestration("p", WAIT).await.unwrap();
+    assert_eq!(second.status, RuntimeStatus::Failed);
+    assert!(second.error.unwrap().contains("exists already"));
+    runtime.shutdown().await.unwrap();
+}

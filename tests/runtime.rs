@@ -598,3 +598,40 @@ async fn reads_see_committed_state_only() {
     assert!(reads > 10);
     runtime.shutdown().await.unwrap();
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_dropped_runtime_restarted_in_process_applies_nothing_twice() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("dropped.db");
+    let id = EntityId::new("Recorder", "dropped");
+    let sent = 600u64;
+    {
+        let runtime = start(SqliteStore::open(&path).unwrap()).await;
+        let client = runtime.client();
+        let sends = (0..sent).map(|i| {
+            let (client, id) = (client.clone(), id.clone());
+            async move { client.signal_entity(&id, "record", &i).await.unwrap() }
+        });
+        futures::future::join_all(sends).await;
+        drop(runtime); // no shutdown: the engine is aborted mid-work
+    }
+    let runtime = start(SqliteStore::open(&path).unwrap()).await;
+    let client = runtime.client();
+    let c = client.clone();
+    let i = id.clone();
+    let seen: Vec<u64> = wait_for("every signal", || {
+        let (c, i) = (c.clone(), i.clone());
+        Box::pin(async move {
+            let meta = c.get_entity_raw(&i).await.unwrap()?;
+            let seen: Vec<u64> = serde_json::from_value(meta.state).unwrap();
+            (meta.pending_messages == 0 && seen.len() as u64 >= sent).then_some(seen)
+        })
+    })
+    .await;
+    let mut sorted = seen.clone();
+    sorted.sort();
+    sorted.dedup();
+    assert_eq!(sorted.len(), seen.len(), "an operation was applied twice");
+    assert_eq!(sorted, (0..sent).collect::<Vec<_>>());
+    runtime.shutdown().await.unwrap();
+}

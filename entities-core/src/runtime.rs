@@ -147,7 +147,7 @@ impl RuntimeBuilder {
 }
 
 /// A running runtime. Dropping it without [`Runtime::shutdown`] stops it abruptly, which is
-/// safe: everything acknowledged is stored.
+/// safe: everything acknowledged is stored. A stopped runtime closes its store.
 pub struct Runtime {
     shared: Arc<Shared>,
     task: Option<JoinHandle<()>>,
@@ -183,6 +183,7 @@ impl Runtime {
             task.await
                 .map_err(|err| Error::Config(format!("the engine task failed: {err}")))?;
         }
+        self.shared.store.close();
         Ok(())
     }
 }
@@ -194,6 +195,8 @@ impl Drop for Runtime {
                 .stopped
                 .store(true, std::sync::atomic::Ordering::SeqCst);
             task.abort();
+            // Commits the aborted engine had queued must not land later.
+            self.shared.store.close();
         }
     }
 }

@@ -188,4 +188,9 @@ pub trait Store: Send + Sync + 'static {
 
     /// Lists instances that have not ended (for recovery).
     async fn running_instances(&self) -> Result<Vec<InstanceRecord>, StoreError>;
+
+    /// Stops accepting writes and waits for the write under way, if any. Called by the runtime
+    /// when it stops, so that no write of a stopped runtime can land after another runtime has
+    /// recovered from the same database.
+    fn close(&self) {}
 }

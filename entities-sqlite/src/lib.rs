@@ -11,7 +11,7 @@ mod sql;
 mod writer;
 
 use std::path::{Path, PathBuf};
-use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::{mpsc, Arc, Mutex};
 
 use async_trait::async_trait;
@@ -68,6 +68,8 @@ pub struct SqliteStore {
 
 struct Inner {
     writer: Mutex<mpsc::Sender<WriteRequest>>,
+    writer_conn: Arc<Mutex<Connection>>,
+    closed: Arc<AtomicBool>,
     readers: Vec<Arc<Mutex<Connection>>>,
     next_reader: AtomicUsize,
     path: Option<PathBuf>,
@@ -142,13 +144,17 @@ impl SqliteStore {
         path: Option<PathBuf>,
     ) -> Self {
         let (tx, rx) = mpsc::channel();
+        let closed = Arc::new(AtomicBool::new(false));
+        let (conn, flag) = (writer_conn.clone(), closed.clone());
         std::thread::Builder::new()
             .name("entities-sqlite-writer".into())
-            .spawn(move || writer::run(writer_conn, rx))
+            .spawn(move || writer::run(conn, rx, flag))
             .expect("spawning the sqlite writer thread");
         Self {
             inner: Arc::new(Inner {
                 writer: Mutex::new(tx),
+                writer_conn,
+                closed,
                 readers,
                 next_reader: AtomicUsize::new(0),
                 path,
@@ -240,6 +246,18 @@ impl Store for SqliteStore {
 
     async fn running_instances(&self) -> Result<Vec<InstanceRecord>, StoreError> {
         self.read(sql::running_instances).await
+    }
+
+    fn close(&self) {
+        self.inner.closed.store(true, Ordering::SeqCst);
+        // The writer holds the connection for a whole group: taking it waits for the group
+        // under way; later groups see the flag and write nothing.
+        drop(
+            self.inner
+                .writer_conn
+                .lock()
+                .unwrap_or_else(|e| e.into_inner()),
+        );
     }
 }
 

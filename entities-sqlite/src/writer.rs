@@ -1,6 +1,7 @@
 //! The writer thread: the only one that writes. It takes every request queued at the moment
 //! and applies them in one transaction (group commit), then answers each.
 
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::mpsc::{Receiver, TryRecvError};
 use std::sync::{Arc, Mutex};
 
@@ -24,7 +25,12 @@ pub(crate) enum WriteRequest {
 
 /// Runs until every sender is gone. After a write fails in a way that is not confined to its
 /// own request, every later request is refused: later batches may build on the lost one.
-pub(crate) fn run(conn: Arc<Mutex<Connection>>, rx: Receiver<WriteRequest>) {
+/// Once `closed` is set, nothing more is written.
+pub(crate) fn run(
+    conn: Arc<Mutex<Connection>>,
+    rx: Receiver<WriteRequest>,
+    closed: Arc<AtomicBool>,
+) {
     let mut group = Vec::new();
     let mut poisoned: Option<String> = None;
     while let Ok(first) = rx.recv() {
@@ -41,7 +47,11 @@ pub(crate) fn run(conn: Arc<Mutex<Connection>>, rx: Receiver<WriteRequest>) {
             )),
             None => {
                 let mut conn = conn.lock().unwrap_or_else(|e| e.into_inner());
-                apply_group(&mut conn, &group)
+                if closed.load(Ordering::SeqCst) {
+                    Err("the store is closed".to_string())
+                } else {
+                    apply_group(&mut conn, &group)
+                }
             }
         };
         if let (Err(cause), None) = (&outcome, &poisoned) {

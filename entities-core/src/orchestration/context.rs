@@ -41,8 +41,6 @@ pub(crate) struct OrchState {
     pub section: Option<Vec<EntityId>>,
     /// Entities with a call under way inside the section.
     calls_in_flight: HashSet<EntityId>,
-    /// Whether the section's locks have been granted.
-    pub section_held: bool,
     /// Set while the instance is being torn down: guards dropping then release nothing.
     pub closed: bool,
 }
@@ -63,7 +61,6 @@ impl OrchState {
             uuid_count: 0,
             section: None,
             calls_in_flight: HashSet::new(),
-            section_held: false,
             closed: false,
         }
     }
@@ -151,25 +148,19 @@ impl OrchestrationContext {
         name: &str,
         input: &(impl Serialize + ?Sized),
     ) -> BoxFuture<'static, Result<R, Error>> {
-        let input = serde_json::to_value(input);
-        let mut state = self.lock_state();
-        if !state.registry.activities.contains_key(name) {
-            return ready(Err(Error::UnknownFunction {
-                kind: "activity",
+        let input = serde_json::to_value(input).map_err(Error::from);
+        self.run_step(|state| {
+            if !state.registry.activities.contains_key(name) {
+                return Err(Error::UnknownFunction {
+                    kind: "activity",
+                    name: name.to_string(),
+                });
+            }
+            Ok(Action::Activity {
                 name: name.to_string(),
-            }));
-        }
-        let input = match input {
-            Ok(input) => input,
-            Err(err) => return ready(Err(err.into())),
-        };
-        let seq = state.schedule(Action::Activity {
-            name: name.to_string(),
-            input,
-        });
-        drop(state);
-        let step = Step::new(self.state.clone(), seq);
-        Box::pin(async move { outcome_into(step.await) })
+                input: input?,
+            })
+        })
     }
 
     /// Runs a sub-orchestration and returns its output.
@@ -178,29 +169,39 @@ impl OrchestrationContext {
         name: &str,
         input: &(impl Serialize + ?Sized),
     ) -> BoxFuture<'static, Result<R, Error>> {
-        let input = serde_json::to_value(input);
-        let mut state = self.lock_state();
-        if state.section.is_some() {
-            return ready(Err(Error::LockingRulesViolation(
-                "critical sections cannot create sub-orchestrations".into(),
-            )));
-        }
-        if !state.registry.has_orchestration(name) {
-            return ready(Err(Error::UnknownFunction {
-                kind: "orchestration",
+        let input = serde_json::to_value(input).map_err(Error::from);
+        self.run_step(|state| {
+            if state.section.is_some() {
+                return Err(Error::LockingRulesViolation(
+                    "critical sections cannot create sub-orchestrations".into(),
+                ));
+            }
+            if !state.registry.has_orchestration(name) {
+                return Err(Error::UnknownFunction {
+                    kind: "orchestration",
+                    name: name.to_string(),
+                });
+            }
+            Ok(Action::SubOrchestration {
                 name: name.to_string(),
-            }));
-        }
-        let input = match input {
-            Ok(input) => input,
-            Err(err) => return ready(Err(err.into())),
+                instance: format!("{}:{}", state.instance, state.next_seq),
+                input: input?,
+            })
+        })
+    }
+
+    /// Schedules the step `prepare` describes (or fails at once with its error) and resolves
+    /// with the step's outcome.
+    fn run_step<R: DeserializeOwned + Send + 'static>(
+        &self,
+        prepare: impl FnOnce(&OrchState) -> Result<Action, Error>,
+    ) -> BoxFuture<'static, Result<R, Error>> {
+        let mut state = self.lock_state();
+        let action = match prepare(&state) {
+            Ok(action) => action,
+            Err(err) => return ready(Err(err)),
         };
-        let instance = format!("{}:{}", state.instance, state.next_seq);
-        let seq = state.schedule(Action::SubOrchestration {
-            name: name.to_string(),
-            instance,
-            input,
-        });
+        let seq = state.schedule(action);
         drop(state);
         let step = Step::new(self.state.clone(), seq);
         Box::pin(async move { outcome_into(step.await) })
@@ -305,7 +306,6 @@ impl OrchestrationContext {
         async move {
             let seq = prepared?;
             Step::new(state.clone(), seq).await;
-            state.lock().unwrap_or_else(|e| e.into_inner()).section_held = true;
             Ok(CriticalSection { state })
         }
     }
@@ -415,7 +415,6 @@ impl Drop for CriticalSection {
             return;
         }
         if let Some(ids) = state.section.take() {
-            state.section_held = false;
             state.calls_in_flight.clear();
             state.schedule(Action::Release { ids });
         }

@@ -22,6 +22,7 @@ use super::context::{OrchState, OrchestrationContext};
 use super::history::{Action, Event};
 use crate::engine::{panic_message, Command, Shared};
 use crate::error::{Error, StoreError};
+use crate::id::EntityId;
 use crate::message::{now_millis, Body, FailureKind, Message, MessageId, Outcome, ReplyTo, Target};
 use crate::store::{Batch, InstanceRecord, InstanceWrite, RuntimeStatus};
 
@@ -33,6 +34,9 @@ struct Live {
     record: InstanceRecord,
     parent: Option<ReplyTo>,
     history_len: u64,
+    /// The entities of the last lock step with no release after it, from the history: what
+    /// to release when the instance ends, whatever its code did.
+    locks: Option<Vec<EntityId>>,
     state: Arc<Mutex<OrchState>>,
     future: Option<BoxFuture<'static, Result<Value, Error>>>,
 }
@@ -43,6 +47,11 @@ struct Slot {
     live: Option<Live>,
     /// The instance has ended (its record says so, or a turn just ended it).
     ended: bool,
+    /// The end is committed: once its queue is empty the slot is dropped.
+    end_committed: bool,
+    /// The client recorded the instance, and its start message has not run yet: other
+    /// messages wait for it.
+    awaiting_start: bool,
     /// The orchestration's name is not registered here: its messages stay stored.
     unrunnable: bool,
     queue: VecDeque<Message>,
@@ -143,7 +152,9 @@ impl Orchestrations {
     }
 
     pub(crate) fn watch(&mut self, id: String, done: oneshot::Sender<InstanceRecord>) {
-        self.watchers.entry(id).or_default().push(done);
+        let watchers = self.watchers.entry(id).or_default();
+        watchers.retain(|tx| !tx.is_closed());
+        watchers.push(done);
     }
 
     /// Runs a turn of every ready instance into `batch`; returns the final records of the
@@ -154,15 +165,12 @@ impl Orchestrations {
     ) -> Result<Vec<InstanceRecord>, StoreError> {
         for done in self.activities_done.drain(..) {
             batch.consumed.push(done.message);
-            batch.produced.push(Message {
-                id: self.shared.next_message_id(),
-                target: Target::Instance(done.instance),
-                deliver_at: None,
-                body: Body::Completion {
-                    seq: done.seq,
-                    result: done.outcome,
-                },
-            });
+            batch.produced.push(completion(
+                &self.shared,
+                done.instance,
+                done.seq,
+                done.outcome,
+            ));
         }
         let mut ids = Vec::new();
         while ids.len() < MAX_INSTANCES_PER_BATCH {
@@ -189,7 +197,15 @@ impl Orchestrations {
                     ended.push(last.record.clone());
                 }
             }
-            self.slots.insert(id, slot);
+            // An instance that has ended (committed) or never existed keeps no slot.
+            let gone = slot.live.is_none()
+                && !slot.awaiting_start
+                && !slot.unrunnable
+                && slot.queue.is_empty()
+                && (!slot.ended || slot.end_committed);
+            if !gone {
+                self.slots.insert(id, slot);
+            }
         }
         Ok(ended)
     }
@@ -203,6 +219,7 @@ impl Orchestrations {
         let mut live = None;
         let mut ended = false;
         let mut unrunnable = false;
+        let mut awaiting_start = false;
         match record {
             None => {}
             Some(record) if record.status.is_terminal() => ended = true,
@@ -210,15 +227,14 @@ impl Orchestrations {
                 let history = self.shared.store.read_history(id).await?;
                 if history.is_empty() {
                     // Recorded by the client with its start message, which has not run yet.
-                    let slot = self.slots.get_mut(id).expect("slot");
-                    slot.loaded = true;
-                    return Ok(());
-                }
-                match self.replay(record, history) {
-                    Ok(l) => live = Some(l),
-                    Err(err) => {
-                        warn!(instance = id, error = %err, "instance cannot run here; its messages stay stored");
-                        unrunnable = true;
+                    awaiting_start = true;
+                } else {
+                    match self.replay(record, history) {
+                        Ok(l) => live = Some(l),
+                        Err(err) => {
+                            warn!(instance = id, error = %err, "instance cannot run here; its messages stay stored");
+                            unrunnable = true;
+                        }
                     }
                 }
             }
@@ -227,6 +243,8 @@ impl Orchestrations {
         slot.loaded = true;
         slot.live = live;
         slot.ended = ended;
+        slot.end_committed = ended;
+        slot.awaiting_start = awaiting_start;
         slot.unrunnable = unrunnable;
         Ok(())
     }
@@ -242,16 +260,17 @@ impl Orchestrations {
             Event::Started { parent, .. } => Some(parent.clone()),
             _ => None,
         });
-        let mut live = self.create(record, parent.flatten())?;
+        let recorded = events
+            .iter()
+            .filter_map(|e| match e {
+                Event::Scheduled { seq, action } => Some((*seq, action.clone())),
+                _ => None,
+            })
+            .collect();
+        let mut live = self.create(record, parent.flatten(), Some(recorded))?;
         live.history_len = events.len() as u64;
-        {
-            let mut state = live.state.lock().unwrap_or_else(|e| e.into_inner());
-            state.replaying = true;
-            for event in &events {
-                if let Event::Scheduled { seq, action } = event {
-                    state.recorded.insert(*seq, action.clone());
-                }
-            }
+        for event in &events {
+            track_locks(&mut live.locks, event);
         }
         let mut turns: Vec<Vec<&Event>> = Vec::new();
         for event in &events {
@@ -296,8 +315,14 @@ impl Orchestrations {
         Ok(live)
     }
 
-    /// A new in-memory instance with its future, not yet polled.
-    fn create(&self, record: InstanceRecord, parent: Option<ReplyTo>) -> Result<Live, String> {
+    /// A new in-memory instance with its future, not yet polled; with the steps of its
+    /// history when it is to be replayed.
+    fn create(
+        &self,
+        record: InstanceRecord,
+        parent: Option<ReplyTo>,
+        recorded: Option<HashMap<u64, Action>>,
+    ) -> Result<Live, String> {
         let function = self
             .shared
             .registry
@@ -305,18 +330,27 @@ impl Orchestrations {
             .get(&record.name)
             .cloned()
             .ok_or_else(|| format!("no orchestration named `{}` is registered", record.name))?;
-        let state = Arc::new(Mutex::new(OrchState::new(
-            record.id.clone(),
-            self.shared.registry.clone(),
-        )));
-        let future = function.start(
-            OrchestrationContext::new(state.clone()),
-            record.input.clone(),
-        );
+        let mut state = OrchState::new(record.id.clone(), self.shared.registry.clone());
+        if let Some(recorded) = recorded {
+            state.replaying = true;
+            state.recorded = recorded;
+        }
+        let state = Arc::new(Mutex::new(state));
+        let ctx = OrchestrationContext::new(state.clone());
+        let input = record.input.clone();
+        let future = std::panic::catch_unwind(AssertUnwindSafe(|| function.start(ctx, input)))
+            .map_err(|panic| {
+                format!(
+                    "orchestration `{}` panicked when started: {}",
+                    record.name,
+                    panic_message(&panic)
+                )
+            })?;
         Ok(Live {
             record,
             parent,
             history_len: 0,
+            locks: None,
             state,
             future: Some(future),
         })
@@ -333,6 +367,25 @@ impl Orchestrations {
         let now = now_millis();
         let mut events = vec![Event::Turn { time: now }];
         let mut terminate = None;
+        let mut messages = messages;
+        if slot.awaiting_start {
+            match messages
+                .iter()
+                .position(|m| matches!(m.body, Body::Start { .. }))
+            {
+                // The start runs first; the rest of the turn follows it.
+                Some(i) => {
+                    let start = messages.remove(i);
+                    messages.insert(0, start);
+                }
+                // Not here yet: everything waits for it, stored and queued.
+                None => {
+                    slot.queue.extend(messages);
+                    return false;
+                }
+            }
+        }
+        let mut ended_now = false;
         for message in messages {
             batch.consumed.push(message.id);
             if slot.ended || (slot.live.is_none() && !matches!(message.body, Body::Start { .. })) {
@@ -361,10 +414,19 @@ impl Orchestrations {
                         created: now,
                         updated: now,
                     };
-                    match self.create(record.clone(), parent.clone()) {
+                    slot.awaiting_start = false;
+                    match self.create(record.clone(), parent.clone(), None) {
                         Ok(live) => slot.live = Some(live),
                         Err(err) => {
-                            // Unknown name: record the instance as failed.
+                            // Unknown name (or a panic): the instance fails at once.
+                            if let Some(ReplyTo::Instance { id: parent, seq }) = parent {
+                                batch.produced.push(completion(
+                                    &self.shared,
+                                    parent,
+                                    seq,
+                                    Outcome::Err(FailureKind::Orchestration, err.clone()),
+                                ));
+                            }
                             let mut record = record;
                             record.status = RuntimeStatus::Failed;
                             record.output = Some(Value::String(err));
@@ -375,7 +437,8 @@ impl Orchestrations {
                                 create: false,
                             });
                             slot.ended = true;
-                            return true;
+                            ended_now = true;
+                            continue;
                         }
                     }
                     events.push(Event::Started {
@@ -397,7 +460,7 @@ impl Orchestrations {
             }
         }
         let Some(live) = slot.live.as_mut() else {
-            return false;
+            return ended_now;
         };
         let result = match terminate {
             Some(reason) => Some(Err(Error::Terminated(reason))),
@@ -422,7 +485,9 @@ impl Orchestrations {
                             batch
                                 .produced
                                 .extend(action_messages(&self.shared, id, seq, &action));
-                            events.push(Event::Scheduled { seq, action });
+                            let event = Event::Scheduled { seq, action };
+                            track_locks(&mut live.locks, &event);
+                            events.push(event);
                         }
                         result
                     }
@@ -453,16 +518,19 @@ impl Orchestrations {
 
     /// Ends an instance: records its status, releases its locks, answers its parent.
     fn finish(&self, id: &str, live: &mut Live, result: Result<Value, Error>, batch: &mut Batch) {
-        let held = {
+        // Release every entity of the open section, granted or not: a release from a
+        // non-holder does nothing, and a grant that arrives after the end is released then.
+        let mut held = {
             let mut state = live.state.lock().unwrap_or_else(|e| e.into_inner());
             state.closed = true;
-            state.section.take().filter(|_| state.section_held)
+            state.section.take().unwrap_or_default()
         };
+        held.extend(live.locks.take().unwrap_or_default());
+        held.sort();
+        held.dedup();
         live.future = None; // drops guards: `closed` keeps them from scheduling anything
-        if let Some(ids) = held {
-            for entity in ids {
-                batch.produced.push(release(&self.shared, id, entity));
-            }
+        for entity in held {
+            batch.produced.push(release(&self.shared, id, entity));
         }
         let (status, output, reply) = match result {
             Ok(value) => (RuntimeStatus::Completed, value.clone(), Outcome::Ok(value)),
@@ -484,15 +552,9 @@ impl Orchestrations {
         live.record.status = status;
         live.record.output = Some(output);
         if let Some(ReplyTo::Instance { id: parent, seq }) = &live.parent {
-            batch.produced.push(Message {
-                id: self.shared.next_message_id(),
-                target: Target::Instance(parent.clone()),
-                deliver_at: None,
-                body: Body::Completion {
-                    seq: *seq,
-                    result: reply,
-                },
-            });
+            batch
+                .produced
+                .push(completion(&self.shared, parent.clone(), *seq, reply));
         }
     }
 
@@ -505,6 +567,20 @@ impl Orchestrations {
                     batch.produced.push(release(&self.shared, id, entity));
                 }
             }
+            // A sub-orchestration whose id is taken by an ended instance: its parent must not
+            // wait forever.
+            Body::Start {
+                parent: Some(ReplyTo::Instance { id: parent, seq }),
+                ..
+            } => batch.produced.push(completion(
+                &self.shared,
+                parent,
+                seq,
+                Outcome::Err(
+                    FailureKind::Orchestration,
+                    format!("instance `{id}` exists already and has ended"),
+                ),
+            )),
             body => {
                 debug!(instance = id, message = ?body, "message for an ended or unknown instance dropped")
             }
@@ -515,12 +591,12 @@ impl Orchestrations {
     pub(crate) fn finished(&mut self, instances: Vec<InstanceRecord>) {
         for record in instances {
             let id = record.id.clone();
-            if self
-                .slots
-                .get(&id)
-                .is_some_and(|s| s.queue.is_empty() && !s.in_ready)
-            {
-                self.slots.remove(&id);
+            match self.slots.get_mut(&id) {
+                Some(slot) if slot.queue.is_empty() && !slot.in_ready => {
+                    self.slots.remove(&id);
+                }
+                Some(slot) => slot.end_committed = true,
+                None => {}
             }
             for done in self.watchers.remove(&id).unwrap_or_default() {
                 let _ = done.send(record.clone());
@@ -568,7 +644,32 @@ fn poll(live: &mut Live) -> Option<Result<Value, Error>> {
     }
 }
 
-fn release(shared: &Shared, owner: &str, entity: crate::id::EntityId) -> Message {
+/// Follows the lock steps of a history: the entities locked by the last lock step that no
+/// release step followed.
+fn track_locks(locks: &mut Option<Vec<EntityId>>, event: &Event) {
+    match event {
+        Event::Scheduled {
+            action: Action::Lock { ids },
+            ..
+        } => *locks = Some(ids.clone()),
+        Event::Scheduled {
+            action: Action::Release { .. },
+            ..
+        } => *locks = None,
+        _ => {}
+    }
+}
+
+fn completion(shared: &Shared, instance: String, seq: u64, result: Outcome) -> Message {
+    Message {
+        id: shared.next_message_id(),
+        target: Target::Instance(instance),
+        deliver_at: None,
+        body: Body::Completion { seq, result },
+    }
+}
+
+fn release(shared: &Shared, owner: &str, entity: EntityId) -> Message {
     Message {
         id: shared.next_message_id(),
         target: Target::Entity(entity),
