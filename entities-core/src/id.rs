@@ -2,6 +2,7 @@
 
 use std::fmt;
 use std::str::FromStr;
+use std::sync::Arc;
 
 use serde::{Deserialize, Serialize};
 
@@ -12,8 +13,10 @@ use crate::error::Error;
 #[derive(Clone, Debug, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
 #[serde(try_from = "String", into = "String")]
 pub struct EntityId {
-    name: String,
-    key: String,
+    // Shared, so that the many copies the runtime makes (one per message and operation) cost
+    // no allocation.
+    name: Arc<str>,
+    key: Arc<str>,
 }
 
 impl EntityId {
@@ -38,8 +41,8 @@ impl EntityId {
             )));
         }
         Ok(Self {
-            name: name.to_lowercase(),
-            key: key.into(),
+            name: name.to_lowercase().into(),
+            key: key.into().into(),
         })
     }
 

@@ -36,12 +36,19 @@ impl Target {
         }
     }
 
-    /// The text the store indexes messages by: `@name@key` for entities, `!id` for instances.
+    /// The text the store indexes messages by (the `Display` form): `@name@key` for
+    /// entities, `!id` for instances, `~activity` for the activity workers.
     pub fn key(&self) -> String {
+        self.to_string()
+    }
+}
+
+impl std::fmt::Display for Target {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         match self {
-            Target::Entity(id) => id.to_string(),
-            Target::Instance(id) => format!("!{id}"),
-            Target::Activity => "~activity".to_string(),
+            Target::Entity(id) => write!(f, "{id}"),
+            Target::Instance(id) => write!(f, "!{id}"),
+            Target::Activity => f.write_str("~activity"),
         }
     }
 }

@@ -1,6 +1,7 @@
 //! The writer thread: the only one that writes. It takes every request queued at the moment
 //! and applies them in one transaction (group commit), then answers each.
 
+use std::fmt::Write;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::mpsc::{Receiver, TryRecvError};
 use std::sync::{Arc, Mutex};
@@ -180,17 +181,17 @@ fn apply_batch(tx: &Connection, batch: &Batch) -> rusqlite::Result<()> {
         let mut insert = tx.prepare_cached(
             "INSERT INTO messages (id, target, deliver_at, body) VALUES (?1, ?2, ?3, ?4)",
         )?;
-        let mut body = Vec::with_capacity(256);
+        let (mut body, mut target) = (Vec::with_capacity(256), String::with_capacity(64));
         for message in &batch.produced {
             body.clear();
-            serde_json::to_writer(&mut body, &message.body)
-                .map_err(|e| rusqlite::Error::ToSqlConversionFailure(Box::new(e)))?;
-            let body = std::str::from_utf8(&body).expect("serde_json writes UTF-8");
+            serde_json::to_writer(&mut body, &message.body).map_err(conversion)?;
+            target.clear();
+            write!(target, "{}", message.target).expect("writing to a String");
             insert.execute(params![
                 message.id as i64,
-                message.target.key(),
+                target,
                 message.deliver_at.map(|t| t as i64),
-                body
+                std::str::from_utf8(&body).expect("serde_json writes UTF-8")
             ])?;
         }
     }
@@ -201,13 +202,16 @@ fn apply_batch(tx: &Connection, batch: &Batch) -> rusqlite::Result<()> {
              ON CONFLICT (name, key) DO UPDATE SET state = excluded.state, \
              lock_owner = excluded.lock_owner, last_modified = excluded.last_modified",
         )?;
+        let mut state = Vec::with_capacity(256);
         for entity in &batch.entities {
-            let state = entity
-                .state
-                .as_ref()
-                .map(serde_json::to_string)
-                .transpose()
-                .map_err(|e| rusqlite::Error::ToSqlConversionFailure(Box::new(e)))?;
+            let state = match &entity.state {
+                None => None,
+                Some(value) => {
+                    state.clear();
+                    serde_json::to_writer(&mut state, value).map_err(conversion)?;
+                    Some(std::str::from_utf8(&state).expect("serde_json writes UTF-8"))
+                }
+            };
             upsert.execute(params![
                 entity.id.name(),
                 entity.id.key(),
@@ -221,6 +225,10 @@ fn apply_batch(tx: &Connection, batch: &Batch) -> rusqlite::Result<()> {
         write_instance(tx, instance)?;
     }
     Ok(())
+}
+
+fn conversion(err: serde_json::Error) -> rusqlite::Error {
+    rusqlite::Error::ToSqlConversionFailure(Box::new(err))
 }
 
 fn write_instance(tx: &Connection, write: &InstanceWrite) -> rusqlite::Result<()> {
