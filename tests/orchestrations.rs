@@ -198,6 +198,24 @@ async fn runtime() -> Runtime {
 
 const WAIT: Duration = Duration::from_secs(30);
 
+/// Waits until the recorder `key` has state and is locked by some orchestration.
+async fn wait_until_locked(client: &Client, key: &str) {
+    let deadline = tokio::time::Instant::now() + WAIT;
+    while client
+        .get_entity::<Recorder>(key)
+        .await
+        .unwrap()
+        .and_then(|m| m.locked_by)
+        .is_none()
+    {
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "{key} never got locked"
+        );
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
+}
+
 #[tokio::test]
 async fn the_api_transfer_moves_money_under_a_lock() {
     let runtime = runtime().await;
@@ -411,17 +429,7 @@ async fn terminate_ends_the_instance_and_releases_its_locks() {
     let runtime = runtime().await;
     let client = runtime.client();
     let instance = client.start_orchestration("hold_lock", &"t").await.unwrap();
-    let deadline = tokio::time::Instant::now() + WAIT;
-    while client
-        .get_entity::<Recorder>("t")
-        .await
-        .unwrap()
-        .and_then(|m| m.locked_by)
-        .is_none()
-    {
-        assert!(tokio::time::Instant::now() < deadline);
-        tokio::time::sleep(Duration::from_millis(5)).await;
-    }
+    wait_until_locked(&client, "t").await;
     client
         .signal::<Recorder>("t")
         .record("after".into())
@@ -681,17 +689,7 @@ async fn terminating_an_instance_waiting_for_a_lock_leaves_nothing_locked() {
         .start_orchestration("hold_lock", &"contended")
         .await
         .unwrap();
-    let deadline = tokio::time::Instant::now() + WAIT;
-    while client
-        .get_entity::<Recorder>("contended")
-        .await
-        .unwrap()
-        .and_then(|m| m.locked_by)
-        .is_none()
-    {
-        assert!(tokio::time::Instant::now() < deadline);
-        tokio::time::sleep(Duration::from_millis(5)).await;
-    }
+    wait_until_locked(&client, "contended").await;
     // A second instance asks for the same lock and waits behind the first.
     let waiter = client
         .start_orchestration("hold_lock", &"contended")
