@@ -120,7 +120,7 @@ impl Client {
     ) -> Result<R> {
         let input = serde_json::to_value(input)?;
         let value = self.send_call(id, operation, Some(input)).await?;
-        crate::proxy::decode_result(value)
+        crate::proxy::decode_with(value, |v| R::deserialize(v))
     }
 
     /// The last committed state of the entity `E` with `key`, or `None` if it has no state.

@@ -108,8 +108,8 @@ impl Shared {
         self.next_id.fetch_add(1, Ordering::Relaxed)
     }
 
-    /// Builds the message for an outgoing entity signal or orchestration start.
-    pub(crate) fn outgoing_message(&self, out: Outgoing, sender: Option<&str>) -> Message {
+    /// Builds the message for a signal or orchestration start sent by an entity operation.
+    pub(crate) fn outgoing_message(&self, out: Outgoing) -> Message {
         match out {
             Outgoing::Signal {
                 target,
@@ -124,7 +124,7 @@ impl Shared {
                     name: operation,
                     input,
                     reply: None,
-                    sender: sender.map(str::to_string),
+                    sender: None,
                 },
             },
             Outgoing::StartOrchestration {
@@ -601,7 +601,7 @@ async fn run_entity(shared: &Arc<Shared>, id: &EntityId, slot: &mut Slot, cap: u
                     slot.last_modified = now_millis();
                 }
                 for out in finished.outgoing {
-                    part.produced.push(shared.outgoing_message(out, None));
+                    part.produced.push(shared.outgoing_message(out));
                 }
                 if let (Err(err), None) = (&finished.result, &reply) {
                     warn!(entity = %id, operation, error = %err, "signalled operation failed");

@@ -25,7 +25,7 @@ pub enum Target {
 }
 
 impl Target {
-    /// The target whose [`Target::key`] is `key`.
+    /// The target whose `Display` form (its key in the store) is `key`.
     pub fn from_key(key: &str) -> Result<Self, crate::error::Error> {
         if let Some(id) = key.strip_prefix('!') {
             Ok(Target::Instance(id.to_string()))
@@ -35,14 +35,10 @@ impl Target {
             key.parse().map(Target::Entity)
         }
     }
-
-    /// The text the store indexes messages by (the `Display` form): `@name@key` for
-    /// entities, `!id` for instances, `~activity` for the activity workers.
-    pub fn key(&self) -> String {
-        self.to_string()
-    }
 }
 
+/// The text the store indexes messages by: `@name@key` for entities, `!id` for instances,
+/// `~activity` for the activity workers.
 impl std::fmt::Display for Target {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         match self {

@@ -2,7 +2,6 @@
 //! [`Invoker`] that decides what a method call does (signal or call, from where).
 
 use futures::future::BoxFuture;
-use serde::de::DeserializeOwned;
 use serde_json::Value;
 
 use crate::client::Client;
@@ -113,14 +112,6 @@ pub type Decode<R> = fn(&Value) -> Result<R, serde_json::Error>;
 /// Decodes an operation result (`None` for an operation that set none) with `decode`.
 pub(crate) fn decode_with<R>(value: Option<Value>, decode: Decode<R>) -> Result<R, Error> {
     decode(value.as_ref().unwrap_or(&Value::Null)).map_err(|err| {
-        Error::Serialization(format!("the operation result does not deserialize: {err}"))
-    })
-}
-
-/// Decodes an operation result (`None` for an operation that set none) into `R`.
-pub(crate) fn decode_result<R: DeserializeOwned>(value: Option<Value>) -> Result<R, Error> {
-    let value = value.unwrap_or(Value::Null);
-    R::deserialize(&value).map_err(|err| {
         Error::Serialization(format!("the operation result does not deserialize: {err}"))
     })
 }

@@ -8,11 +8,6 @@ use entities_core::EntityId;
 use rusqlite::{params, Connection, OptionalExtension, Row};
 use serde_json::Value;
 
-/// The message target text of an entity (as `Target::key` writes it).
-pub(crate) fn entity_target(name: &str, key: &str) -> String {
-    format!("@{name}@{key}")
-}
-
 pub(crate) fn status_text(status: RuntimeStatus) -> &'static str {
     match status {
         RuntimeStatus::Running => "Running",
@@ -101,18 +96,15 @@ pub(crate) fn read_entity(
          (SELECT COUNT(*) FROM messages WHERE target = ?3 AND substr(target, 1, 1) = '@') \
          FROM entities WHERE name = ?1 AND key = ?2",
     )?;
-    stmt.query_row(
-        params![id.name(), id.key(), entity_target(id.name(), id.key())],
-        |row| {
-            Ok(EntityRecord {
-                id: id.clone(),
-                state: parse_json(row.get(0)?)?,
-                lock_owner: row.get(1)?,
-                last_modified: row.get::<_, i64>(2)? as u64,
-                pending_messages: row.get::<_, i64>(3)? as u64,
-            })
-        },
-    )
+    stmt.query_row(params![id.name(), id.key(), id.to_string()], |row| {
+        Ok(EntityRecord {
+            id: id.clone(),
+            state: parse_json(row.get(0)?)?,
+            lock_owner: row.get(1)?,
+            last_modified: row.get::<_, i64>(2)? as u64,
+            pending_messages: row.get::<_, i64>(3)? as u64,
+        })
+    })
     .optional()
 }
 
