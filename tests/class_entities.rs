@@ -145,6 +145,43 @@ impl Milestone {
     }
 }
 
+/// Synchronous and `async` operations on one entity: they must run in the order sent even when
+/// they share a batch (the synchronous ones run at once, the `async` ones suspend).
+#[derive(Default, Serialize, Deserialize)]
+pub struct Journal {
+    entries: Vec<u32>,
+}
+
+#[entity]
+impl Journal {
+    pub fn push(&mut self, entry: u32) {
+        self.entries.push(entry);
+    }
+    pub async fn push_later(&mut self, entry: u32) {
+        tokio::time::sleep(Duration::from_millis(2)).await;
+        self.entries.push(entry);
+    }
+    pub fn fail(&mut self, entry: u32) -> Result<(), String> {
+        self.entries.push(entry);
+        Err(format!("refused {entry}"))
+    }
+    pub fn entries(&self) -> Vec<u32> {
+        self.entries.clone()
+    }
+    /// Sends `push`/`push_later`/`fail` in one operation, so that the journal receives them
+    /// together, in this order.
+    pub fn fill(&self, ctx: &EntityContext, journal: String) -> Result<(), Error> {
+        let target = ctx.signal::<Journal>(journal);
+        target.push(1)?;
+        target.push_later(2)?;
+        target.fail(99)?;
+        target.push(3)?;
+        target.push_later(4)?;
+        target.push_later(5)?;
+        target.push(6)
+    }
+}
+
 async fn runtime() -> Runtime {
     Runtime::builder()
         .store(SqliteStore::in_memory().unwrap())
@@ -152,6 +189,7 @@ async fn runtime() -> Runtime {
         .entity::<Account>()
         .entity::<Sticky>()
         .entity::<Milestone>()
+        .entity::<Journal>()
         .entity_fn("Monitor", monitor)
         .start()
         .await
@@ -273,6 +311,33 @@ async fn context_parameters_async_and_typed_signals_between_entities() {
     })
     .await;
     assert_eq!(tips.get().await.unwrap(), 11);
+    runtime.shutdown().await.unwrap();
+}
+
+#[tokio::test]
+async fn sync_and_async_operations_keep_their_order_in_one_batch() {
+    let runtime = runtime().await;
+    let client = runtime.client();
+    for j in 0..8 {
+        client
+            .signal::<Journal>("driver")
+            .fill(format!("j{j}"))
+            .await
+            .unwrap();
+    }
+    let c = client.clone();
+    for j in 0..8 {
+        let c = c.clone();
+        let entries = eventually(move || {
+            let c = c.clone();
+            Box::pin(async move {
+                let e = c.call::<Journal>(format!("j{j}")).entries().await.unwrap();
+                (e.len() == 6).then_some(e)
+            })
+        })
+        .await;
+        assert_eq!(entries, [1, 2, 3, 4, 5, 6], "journal j{j}");
+    }
     runtime.shutdown().await.unwrap();
 }
 

@@ -24,6 +24,7 @@ use tokio::sync::{mpsc, oneshot};
 use tracing::{debug, error, warn};
 
 use crate::context::{EntityContext, Outgoing};
+use crate::entity::EntityFunction;
 use crate::error::{OperationError, StoreError};
 use crate::id::EntityId;
 use crate::message::{
@@ -203,7 +204,8 @@ struct Part {
     consumed: Vec<MessageId>,
     produced: Vec<Message>,
     replies: Vec<(u64, CallReply)>,
-    write: Option<EntityRecord>,
+    /// Whether its state or lock changed, so that its row must be written.
+    written: bool,
 }
 
 /// Effects released once a batch has committed.
@@ -466,18 +468,43 @@ impl Engine {
             .collect();
         let shared = self.shared.clone();
         let cap = self.config.max_batch;
-        let parts = join_all(
-            work.iter_mut()
-                .map(|(id, slot)| run_entity(&shared, id, slot, cap)),
-        )
-        .await;
+        // Operations that finish without suspending run here, one entity after the other; an
+        // entity reaching an `async` operation goes on below, concurrently with the others.
+        let mut parts = Vec::with_capacity(work.len());
+        let mut suspended = Vec::new();
+        for (i, (id, slot)) in work.iter_mut().enumerate() {
+            let mut part = Part::default();
+            if let Some(function) = shared.registry.entity(id.name()) {
+                if let Some(op) = run_entity_now(&shared, function, id, slot, cap, &mut part) {
+                    suspended.push((i, op));
+                }
+            }
+            parts.push(part);
+        }
+        if !suspended.is_empty() {
+            let mut suspended = suspended.into_iter().peekable();
+            let mut resumed = Vec::new();
+            for (i, ((id, slot), part)) in work.iter_mut().zip(parts.iter_mut()).enumerate() {
+                if let Some((_, op)) = suspended.next_if(|(j, _)| *j == i) {
+                    resumed.push(run_entity_async(&shared, id, slot, cap, part, op));
+                }
+            }
+            join_all(resumed).await;
+        }
         for ((id, mut slot), part) in work.into_iter().zip(parts) {
             round.consumed.extend(part.consumed);
             round.produced.extend(part.produced);
             replies.extend(part.replies);
-            if let Some(write) = part.write {
+            if part.written {
                 slot.last_write = self.batch_no;
-                writes.insert(id.clone(), write);
+                let record = EntityRecord {
+                    id: id.clone(),
+                    state: slot.state.clone(),
+                    lock_owner: slot.lock.clone(),
+                    last_modified: slot.last_modified,
+                    pending_messages: 0,
+                };
+                writes.insert(id.clone(), record);
             }
             if slot.runnable().is_some() {
                 slot.in_ready = true;
@@ -558,14 +585,24 @@ impl Engine {
     }
 }
 
-/// Runs the runnable messages of one entity, in order.
-async fn run_entity(shared: &Arc<Shared>, id: &EntityId, slot: &mut Slot, cap: usize) -> Part {
-    let mut part = Part::default();
-    let Some(function) = shared.registry.entity(id.name()).cloned() else {
-        return part;
-    };
-    let mut written = false;
-    for _ in 0..cap {
+/// An operation that suspended: it goes on in the asynchronous pass of its round.
+struct Suspended {
+    ctx: EntityContext,
+    reply: Option<ReplyTo>,
+}
+
+/// Runs the runnable messages of one entity, in order, as long as they finish without
+/// suspending. Returns the operation that suspended, if one did; the entity's later messages
+/// wait for it.
+fn run_entity_now(
+    shared: &Arc<Shared>,
+    function: &Arc<dyn EntityFunction>,
+    id: &EntityId,
+    slot: &mut Slot,
+    cap: usize,
+    part: &mut Part,
+) -> Option<Suspended> {
+    while part.consumed.len() < cap {
         let Some(index) = slot.runnable() else { break };
         let message = slot.queue.remove(index).expect("runnable index");
         part.consumed.push(message.id);
@@ -583,47 +620,14 @@ async fn run_entity(shared: &Arc<Shared>, id: &EntityId, slot: &mut Slot, cap: u
                     slot.state.take(),
                     shared.registry.clone(),
                 );
-                let outcome = AssertUnwindSafe(function.run(&mut ctx))
-                    .catch_unwind()
-                    .await
-                    .unwrap_or_else(|panic| {
-                        Err(OperationError::new(format!(
-                            "operation `{}` panicked: {}",
-                            ctx.operation_name(),
-                            panic_message(&panic)
-                        )))
-                    });
-                let operation = ctx.operation_name().to_string();
-                let finished = ctx.finish(outcome);
-                slot.state = finished.state;
-                if finished.state_written {
-                    written = true;
-                    slot.last_modified = now_millis();
-                }
-                for out in finished.outgoing {
-                    part.produced.push(shared.outgoing_message(out));
-                }
-                if let (Err(err), None) = (&finished.result, &reply) {
-                    warn!(entity = %id, operation, error = %err, "signalled operation failed");
-                }
-                match reply {
-                    None => {}
-                    Some(ReplyTo::Client(waiter)) => part.replies.push((waiter, finished.result)),
-                    Some(ReplyTo::Instance { id: instance, seq }) => {
-                        let result = match finished.result {
-                            Ok(value) => Outcome::Ok(value.unwrap_or(Value::Null)),
-                            Err(err) => {
-                                Outcome::Err(FailureKind::Operation, err.message().to_string())
-                            }
-                        };
-                        part.produced.push(Message {
-                            id: shared.next_message_id(),
-                            target: Target::Instance(instance),
-                            deliver_at: None,
-                            body: Body::Completion { seq, result },
-                        });
-                    }
-                }
+                let outcome =
+                    match std::panic::catch_unwind(AssertUnwindSafe(|| function.run_now(&mut ctx)))
+                    {
+                        Ok(Some(outcome)) => outcome,
+                        Ok(None) => return Some(Suspended { ctx, reply }),
+                        Err(panic) => Err(panicked(&ctx, &panic)),
+                    };
+                finish_operation(shared, id, slot, ctx, outcome, reply, part);
             }
             Body::LockRequest {
                 owner,
@@ -632,7 +636,7 @@ async fn run_entity(shared: &Arc<Shared>, id: &EntityId, slot: &mut Slot, cap: u
                 seq,
             } => {
                 slot.lock = Some(owner.clone());
-                written = true;
+                part.written = true;
                 let next = if position + 1 < ids.len() {
                     Message {
                         id: shared.next_message_id(),
@@ -658,7 +662,7 @@ async fn run_entity(shared: &Arc<Shared>, id: &EntityId, slot: &mut Slot, cap: u
             Body::Release { owner } => {
                 if slot.lock.as_deref() == Some(owner.as_str()) {
                     slot.lock = None;
-                    written = true;
+                    part.written = true;
                 }
             }
             other => {
@@ -666,16 +670,84 @@ async fn run_entity(shared: &Arc<Shared>, id: &EntityId, slot: &mut Slot, cap: u
             }
         }
     }
-    if written {
-        part.write = Some(EntityRecord {
-            id: id.clone(),
-            state: slot.state.clone(),
-            lock_owner: slot.lock.clone(),
-            last_modified: slot.last_modified,
-            pending_messages: 0,
-        });
+    None
+}
+
+/// Awaits an operation that suspended, then runs the entity's next messages, suspending again
+/// as often as they do.
+async fn run_entity_async(
+    shared: &Arc<Shared>,
+    id: &EntityId,
+    slot: &mut Slot,
+    cap: usize,
+    part: &mut Part,
+    mut op: Suspended,
+) {
+    let Some(function) = shared.registry.entity(id.name()).cloned() else {
+        return;
+    };
+    loop {
+        let outcome = AssertUnwindSafe(function.run(&mut op.ctx))
+            .catch_unwind()
+            .await
+            .unwrap_or_else(|panic| Err(panicked(&op.ctx, &panic)));
+        finish_operation(shared, id, slot, op.ctx, outcome, op.reply, part);
+        match run_entity_now(shared, &function, id, slot, cap, part) {
+            Some(next) => op = next,
+            None => return,
+        }
     }
-    part
+}
+
+/// The error of an operation that panicked.
+fn panicked(ctx: &EntityContext, panic: &Box<dyn std::any::Any + Send>) -> OperationError {
+    OperationError::new(format!(
+        "operation `{}` panicked: {}",
+        ctx.operation_name(),
+        panic_message(panic)
+    ))
+}
+
+/// Applies a finished operation to its entity: the new state, the messages it sends and the
+/// reply to its caller.
+fn finish_operation(
+    shared: &Arc<Shared>,
+    id: &EntityId,
+    slot: &mut Slot,
+    ctx: EntityContext,
+    outcome: Result<(), OperationError>,
+    reply: Option<ReplyTo>,
+    part: &mut Part,
+) {
+    let finished = ctx.finish(outcome);
+    slot.state = finished.state;
+    if finished.state_written {
+        part.written = true;
+        slot.last_modified = now_millis();
+    }
+    for out in finished.outgoing {
+        part.produced.push(shared.outgoing_message(out));
+    }
+    match reply {
+        None => {
+            if let Err(err) = &finished.result {
+                warn!(entity = %id, error = %err, "signalled operation failed");
+            }
+        }
+        Some(ReplyTo::Client(waiter)) => part.replies.push((waiter, finished.result)),
+        Some(ReplyTo::Instance { id: instance, seq }) => {
+            let result = match finished.result {
+                Ok(value) => Outcome::Ok(value.unwrap_or(Value::Null)),
+                Err(err) => Outcome::Err(FailureKind::Operation, err.message().to_string()),
+            };
+            part.produced.push(Message {
+                id: shared.next_message_id(),
+                target: Target::Instance(instance),
+                deliver_at: None,
+                body: Body::Completion { seq, result },
+            });
+        }
+    }
 }
 
 /// The text of a panic payload.

@@ -16,6 +16,14 @@ use crate::proxy::Invoker;
 pub trait EntityFunction: Send + Sync + 'static {
     /// Runs one operation. An `Err` rolls back the operation's state change and signals.
     async fn run(&self, ctx: &mut EntityContext) -> Result<(), OperationError>;
+
+    /// Runs the operation to its end without suspending, if it can be run that way; `None`
+    /// (the default) means it must go through [`run`](Self::run), and `ctx` is untouched. The
+    /// runtime tries this first: a synchronous operation then costs no future.
+    fn run_now(&self, ctx: &mut EntityContext) -> Option<Result<(), OperationError>> {
+        let _ = ctx;
+        None
+    }
 }
 
 #[async_trait]
@@ -25,6 +33,10 @@ where
 {
     async fn run(&self, ctx: &mut EntityContext) -> Result<(), OperationError> {
         self(ctx)
+    }
+
+    fn run_now(&self, ctx: &mut EntityContext) -> Option<Result<(), OperationError>> {
+        Some(self(ctx))
     }
 }
 
@@ -48,6 +60,10 @@ pub trait Entity: Send + 'static {
 
     /// Runs the operation named by `ctx.operation_name()` on the state in `ctx`.
     fn dispatch(ctx: &mut EntityContext) -> BoxFuture<'_, Result<(), OperationError>>;
+
+    /// Runs the operation at once if it is not `async` (and answers unknown operations);
+    /// `None` for an `async` operation, which must go through [`dispatch`](Self::dispatch).
+    fn dispatch_now(ctx: &mut EntityContext) -> Option<Result<(), OperationError>>;
 }
 
 /// Adapts a class-based entity to [`EntityFunction`].
@@ -63,5 +79,9 @@ impl<E> ClassEntity<E> {
 impl<E: Entity> EntityFunction for ClassEntity<E> {
     async fn run(&self, ctx: &mut EntityContext) -> Result<(), OperationError> {
         E::dispatch(ctx).await
+    }
+
+    fn run_now(&self, ctx: &mut EntityContext) -> Option<Result<(), OperationError>> {
+        E::dispatch_now(ctx)
     }
 }

@@ -18,7 +18,19 @@ pub(crate) fn expand(model: &Model) -> syn::Result<TokenStream> {
     let p = quote!(#krate::__private);
     let proxy = format_ident!("{}Proxy", type_ident);
 
-    let branches = operations.iter().map(|op| dispatch_branch(model, op));
+    let sync_branches = operations
+        .iter()
+        .filter(|op| !op.is_async)
+        .map(|op| dispatch_branch(model, op));
+    let async_branches: Vec<_> = operations
+        .iter()
+        .filter(|op| op.is_async)
+        .map(|op| dispatch_branch(model, op))
+        .collect();
+    let async_names = operations
+        .iter()
+        .filter(|op| op.is_async)
+        .map(|op| op.name.to_lowercase());
     let defines_delete = operations
         .iter()
         .any(|op| op.name.eq_ignore_ascii_case("delete"));
@@ -70,12 +82,35 @@ pub(crate) fn expand(model: &Model) -> syn::Result<TokenStream> {
                 ctx: &mut #p::EntityContext,
             ) -> #p::BoxFuture<'_, ::core::result::Result<(), #p::OperationError>> {
                 ::std::boxed::Box::pin(async move {
-                    #(#branches)*
-                    #builtin_delete
+                    if let ::core::option::Option::Some(__done) =
+                        <Self as #p::Entity>::dispatch_now(&mut *ctx)
+                    {
+                        return __done;
+                    }
+                    #(#async_branches)*
                     ::core::result::Result::Err(#p::OperationError::unknown_operation(
                         ctx.operation_name(),
                     ))
                 })
+            }
+
+            fn dispatch_now(
+                ctx: &mut #p::EntityContext,
+            ) -> ::core::option::Option<::core::result::Result<(), #p::OperationError>> {
+                #(
+                    if #p::is_operation(ctx.operation_name(), #async_names) {
+                        return ::core::option::Option::None;
+                    }
+                )*
+                #[allow(unused_mut)]
+                let mut __run = move || -> ::core::result::Result<(), #p::OperationError> {
+                    #(#sync_branches)*
+                    #builtin_delete
+                    ::core::result::Result::Err(#p::OperationError::unknown_operation(
+                        ctx.operation_name(),
+                    ))
+                };
+                ::core::option::Option::Some(__run())
             }
         }
     })

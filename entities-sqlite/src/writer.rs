@@ -1,6 +1,6 @@
-//! The writer thread: the only one that writes. It takes every request queued at the moment
-//! and applies them in one transaction (group commit), then answers each.
-
+//! The writer thread: the only one that writes. It takes every request queued at the moment,
+//! and those arriving while it writes them, and applies them in one transaction (group
+//! commit), then answers each.
 use std::fmt::Write;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::mpsc::{Receiver, TryRecvError};
@@ -8,7 +8,7 @@ use std::sync::{Arc, Mutex};
 
 use entities_core::store::{Batch, InstanceWrite};
 use entities_core::StoreError;
-use rusqlite::{params, Connection};
+use rusqlite::{params, CachedStatement, Connection};
 use tokio::sync::oneshot;
 use tracing::{debug, error};
 
@@ -51,7 +51,7 @@ pub(crate) fn run(
                 if closed.load(Ordering::SeqCst) {
                     Err("the store is closed".to_string())
                 } else {
-                    apply_group(&mut conn, &group)
+                    apply_group(&mut conn, &mut group, &rx, &closed)
                 }
             }
         };
@@ -81,49 +81,60 @@ impl WriteRequest {
 /// What one request of a group came to.
 type Outcome = Result<u64, StoreError>;
 
-/// Applies every request in one transaction; an isolated request runs in a savepoint of its
-/// own, so that its failure leaves the others applied. Returns each request's result (counts
+/// Applies every request in one transaction, taking in those that arrive meanwhile (until the
+/// queue is empty, the group full or the store closed); an isolated request runs in a
+/// savepoint of its own, so that its failure leaves the others applied. Returns each request's result (counts
 /// for deletes); `Err` if the group fails as a whole: then nothing was applied.
-fn apply_group(conn: &mut Connection, group: &[WriteRequest]) -> Result<Vec<Outcome>, String> {
-    let mut tx = conn.transaction().map_err(|e| e.to_string())?;
+fn apply_group(
+    conn: &mut Connection,
+    group: &mut Vec<WriteRequest>,
+    rx: &Receiver<WriteRequest>,
+    closed: &AtomicBool,
+) -> Result<Vec<Outcome>, String> {
+    let tx = conn.transaction().map_err(|e| e.to_string())?;
     let mut results = Vec::with_capacity(group.len());
-    for request in group {
-        if !request.isolated() {
-            // Any failure here fails the whole group: nothing of it is written.
-            let n = apply(&tx, request).map_err(|e| e.to_string())?;
-            results.push(Ok(n));
-            continue;
-        }
-        let sp = tx.savepoint().map_err(|e| e.to_string())?;
-        match apply(&sp, request) {
-            Ok(n) => {
-                sp.commit().map_err(|e| e.to_string())?;
-                results.push(Ok(n));
+    {
+        let mut writes = Writes::new(&tx);
+        let mut next = 0;
+        loop {
+            // Requests that arrived while this group was being written join it: the commit
+            // (and its sync) is paid once for all of them.
+            if next == group.len() {
+                if group.len() >= MAX_GROUP || closed.load(Ordering::SeqCst) {
+                    break;
+                }
+                match rx.try_recv() {
+                    Ok(request) => group.push(request),
+                    Err(_) => break,
+                }
             }
-            Err(err) => {
-                drop(sp); // rolls this request back; the others stand
-                results.push(Err(request_error(err)));
+            let request = &group[next];
+            next += 1;
+            if !request.isolated() {
+                // Any failure here fails the whole group: nothing of it is written.
+                let n = writes.apply(request).map_err(|e| e.to_string())?;
+                results.push(Ok(n));
+                continue;
+            }
+            tx.execute_batch("SAVEPOINT isolated")
+                .map_err(|e| e.to_string())?;
+            match writes.apply(request) {
+                Ok(n) => {
+                    tx.execute_batch("RELEASE isolated")
+                        .map_err(|e| e.to_string())?;
+                    results.push(Ok(n));
+                }
+                Err(err) => {
+                    // Rolls this request back; the others stand.
+                    tx.execute_batch("ROLLBACK TO isolated; RELEASE isolated")
+                        .map_err(|e| e.to_string())?;
+                    results.push(Err(request_error(err)));
+                }
             }
         }
     }
     tx.commit().map_err(|e| e.to_string())?;
     Ok(results)
-}
-
-/// Applies one request; returns a count for deletes.
-fn apply(conn: &Connection, request: &WriteRequest) -> rusqlite::Result<u64> {
-    match request {
-        WriteRequest::Commit(batch, _) => apply_batch(conn, batch).map(|()| 0),
-        WriteRequest::DeleteEmptyEntities(_) => conn
-            .execute(
-                "DELETE FROM entities WHERE state IS NULL AND lock_owner IS NULL AND NOT EXISTS \
-                 (SELECT 1 FROM messages WHERE target = '@' || entities.name || '@' || entities.key \
-                  AND substr(target, 1, 1) = '@')",
-                [],
-            )
-            .map(|n| n as u64),
-        WriteRequest::PurgeInstance(id, _) => purge(conn, id),
-    }
 }
 
 fn request_error(err: rusqlite::Error) -> StoreError {
@@ -166,65 +177,120 @@ fn answer(group: impl Iterator<Item = WriteRequest>, outcome: Result<Vec<Outcome
     }
 }
 
-fn apply_batch(tx: &Connection, batch: &Batch) -> rusqlite::Result<()> {
-    // Creations first: a conflict fails the request before anything else is written.
-    for instance in batch.instances.iter().filter(|i| i.create) {
-        write_instance(tx, instance)?;
-    }
-    if !batch.consumed.is_empty() {
-        let mut delete = tx.prepare_cached("DELETE FROM messages WHERE id = ?1")?;
-        for id in &batch.consumed {
-            delete.execute([*id as i64])?;
+/// The statements of the hot path, prepared once per group, with reused buffers.
+struct Writes<'c> {
+    conn: &'c Connection,
+    delete: Option<CachedStatement<'c>>,
+    insert: Option<CachedStatement<'c>>,
+    upsert: Option<CachedStatement<'c>>,
+    text: Vec<u8>,
+    target: String,
+}
+
+impl<'c> Writes<'c> {
+    fn new(conn: &'c Connection) -> Self {
+        Self {
+            conn,
+            delete: None,
+            insert: None,
+            upsert: None,
+            text: Vec::with_capacity(256),
+            target: String::with_capacity(64),
         }
     }
-    if !batch.produced.is_empty() {
-        let mut insert = tx.prepare_cached(
-            "INSERT INTO messages (id, target, deliver_at, body) VALUES (?1, ?2, ?3, ?4)",
-        )?;
-        let (mut body, mut target) = (Vec::with_capacity(256), String::with_capacity(64));
-        for message in &batch.produced {
-            body.clear();
-            serde_json::to_writer(&mut body, &message.body).map_err(conversion)?;
-            target.clear();
-            write!(target, "{}", message.target).expect("writing to a String");
-            insert.execute(params![
-                message.id as i64,
-                target,
-                message.deliver_at.map(|t| t as i64),
-                std::str::from_utf8(&body).expect("serde_json writes UTF-8")
-            ])?;
+
+    /// Applies one request; returns a count for deletes.
+    fn apply(&mut self, request: &WriteRequest) -> rusqlite::Result<u64> {
+        match request {
+            WriteRequest::Commit(batch, _) => self.batch(batch).map(|()| 0),
+            WriteRequest::DeleteEmptyEntities(_) => self
+                .conn
+                .execute(
+                    "DELETE FROM entities WHERE state IS NULL AND lock_owner IS NULL AND NOT EXISTS \
+                     (SELECT 1 FROM messages WHERE target = '@' || entities.name || '@' || entities.key \
+                      AND substr(target, 1, 1) = '@')",
+                    [],
+                )
+                .map(|n| n as u64),
+            WriteRequest::PurgeInstance(id, _) => purge(self.conn, id),
         }
     }
-    if !batch.entities.is_empty() {
-        let mut upsert = tx.prepare_cached(
-            "INSERT INTO entities (name, key, state, lock_owner, last_modified) \
-             VALUES (?1, ?2, ?3, ?4, ?5) \
-             ON CONFLICT (name, key) DO UPDATE SET state = excluded.state, \
-             lock_owner = excluded.lock_owner, last_modified = excluded.last_modified",
-        )?;
-        let mut state = Vec::with_capacity(256);
-        for entity in &batch.entities {
-            let state = match &entity.state {
-                None => None,
-                Some(value) => {
-                    state.clear();
-                    serde_json::to_writer(&mut state, value).map_err(conversion)?;
-                    Some(std::str::from_utf8(&state).expect("serde_json writes UTF-8"))
-                }
-            };
-            upsert.execute(params![
-                entity.id.name(),
-                entity.id.key(),
-                state,
-                entity.lock_owner,
-                entity.last_modified as i64
-            ])?;
+
+    fn batch(&mut self, batch: &Batch) -> rusqlite::Result<()> {
+        let conn = self.conn;
+        // Creations first: a conflict fails the request before anything else is written.
+        for instance in batch.instances.iter().filter(|i| i.create) {
+            write_instance(conn, instance)?;
         }
+        if !batch.consumed.is_empty() {
+            let delete = prepared(conn, &mut self.delete, "DELETE FROM messages WHERE id = ?1")?;
+            for id in &batch.consumed {
+                delete.execute([*id as i64])?;
+            }
+        }
+        if !batch.produced.is_empty() {
+            let insert = prepared(
+                conn,
+                &mut self.insert,
+                "INSERT INTO messages (id, target, deliver_at, body) VALUES (?1, ?2, ?3, ?4)",
+            )?;
+            for message in &batch.produced {
+                self.text.clear();
+                serde_json::to_writer(&mut self.text, &message.body).map_err(conversion)?;
+                self.target.clear();
+                write!(self.target, "{}", message.target).expect("writing to a String");
+                insert.execute(params![
+                    message.id as i64,
+                    self.target,
+                    message.deliver_at.map(|t| t as i64),
+                    std::str::from_utf8(&self.text).expect("serde_json writes UTF-8")
+                ])?;
+            }
+        }
+        if !batch.entities.is_empty() {
+            let upsert = prepared(
+                conn,
+                &mut self.upsert,
+                "INSERT INTO entities (name, key, state, lock_owner, last_modified) \
+                 VALUES (?1, ?2, ?3, ?4, ?5) \
+                 ON CONFLICT (name, key) DO UPDATE SET state = excluded.state, \
+                 lock_owner = excluded.lock_owner, last_modified = excluded.last_modified",
+            )?;
+            for entity in &batch.entities {
+                let state = match &entity.state {
+                    None => None,
+                    Some(value) => {
+                        self.text.clear();
+                        serde_json::to_writer(&mut self.text, value).map_err(conversion)?;
+                        Some(std::str::from_utf8(&self.text).expect("serde_json writes UTF-8"))
+                    }
+                };
+                upsert.execute(params![
+                    entity.id.name(),
+                    entity.id.key(),
+                    state,
+                    entity.lock_owner,
+                    entity.last_modified as i64
+                ])?;
+            }
+        }
+        for instance in batch.instances.iter().filter(|i| !i.create) {
+            write_instance(conn, instance)?;
+        }
+        Ok(())
     }
-    for instance in batch.instances.iter().filter(|i| !i.create) {
-        write_instance(tx, instance)?;
+}
+
+/// The statement in `slot`, prepared on first use.
+fn prepared<'a, 'c>(
+    conn: &'c Connection,
+    slot: &'a mut Option<CachedStatement<'c>>,
+    sql: &str,
+) -> rusqlite::Result<&'a mut CachedStatement<'c>> {
+    if slot.is_none() {
+        *slot = Some(conn.prepare_cached(sql)?);
     }
-    Ok(())
+    Ok(slot.as_mut().expect("prepared above"))
 }
 
 fn conversion(err: serde_json::Error) -> rusqlite::Error {
