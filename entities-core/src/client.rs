@@ -451,7 +451,7 @@ impl Client {
         }
     }
 
-    /// Stores messages durably, then hands them to the engine.
+    /// Stores messages durably and hands them to the engine; resolves once they are stored.
     pub(crate) async fn store_and_deliver(
         &self,
         messages: Vec<Message>,
@@ -467,7 +467,14 @@ impl Client {
         self.commit_and_deliver(batch, waiter).await
     }
 
-    /// Commits a batch durably, then hands its messages to the engine.
+    /// Commits a batch durably and hands its messages to the engine; resolves once the batch
+    /// is committed.
+    ///
+    /// The messages go to the engine as soon as the batch is queued: the store applies batches
+    /// in queue order, so whatever the engine commits after running them lands with or after
+    /// this batch, and nothing it does is seen outside before its own commit. Only a batch
+    /// creating an instance waits for its commit, since it alone may fail by itself (the id is
+    /// taken) while later batches land.
     async fn commit_and_deliver(
         &self,
         batch: Batch,
@@ -476,13 +483,20 @@ impl Client {
         if self.shared.stopped.load(Ordering::SeqCst) {
             return Err(Error::Shutdown);
         }
-        let batch = self.shared.store.commit(batch).await?;
-        self.shared
-            .commands
-            .send(Command::Deliver {
-                messages: batch.produced,
-                waiter,
-            })
-            .map_err(|_| Error::Shutdown)
+        let deliver = |messages| {
+            self.shared
+                .commands
+                .send(Command::Deliver { messages, waiter })
+                .map_err(|_| Error::Shutdown)
+        };
+        if batch.instances.iter().any(|i| i.create) {
+            let batch = self.shared.store.commit(batch).await?;
+            return deliver(batch.produced);
+        }
+        let messages = batch.produced.clone();
+        let committed = self.shared.store.commit(batch);
+        let delivered = deliver(messages);
+        committed.await?;
+        delivered
     }
 }

@@ -1,9 +1,10 @@
 //! The engine: one task that owns the in-memory queues and cached states of active entities,
 //! runs their operations batch by batch, and hands each batch to the store as one commit.
 //!
-//! Every message from outside is stored before it is delivered here, and is deleted in the
-//! commit that records its effect, so a crash at any moment loses nothing and applies nothing
-//! twice. Messages the engine produces are delivered at once: they commit in the batch that
+//! Every message from outside is queued for storage before it is delivered here, and is
+//! deleted in the commit that records its effect; the store applies commits in queue order, so
+//! that commit lands with or after the one storing the message, and a crash at any moment
+//! loses nothing and applies nothing twice. Messages the engine produces are delivered at once: they commit in the batch that
 //! produced them, and whatever consumes them commits in the same or a later batch. Commits are
 //! pipelined and complete in batch order; a failed commit stops the engine, and the store
 //! refuses the writes queued after it, so no batch built on a lost one can land. Effects seen
@@ -63,7 +64,7 @@ pub(crate) type CallReply = Result<Option<Value>, OperationError>;
 
 /// What clients ask of the engine.
 pub(crate) enum Command {
-    /// Messages now durably stored, to be delivered; with a waiter for a call's reply.
+    /// Messages queued for storage, to be delivered; with a waiter for a call's reply.
     Deliver {
         messages: Vec<Message>,
         waiter: Option<(u64, oneshot::Sender<CallReply>)>,
@@ -430,10 +431,10 @@ impl Engine {
         if batch.is_empty() && effects.replies.is_empty() && effects.finished_instances.is_empty() {
             return Ok(());
         }
-        let store = self.shared.store.clone();
-        self.inflight.push_back(Box::pin(
-            async move { (store.commit(batch).await, effects) },
-        ));
+        // Queued now, so batches (and client messages queued before them) commit in order.
+        let commit = self.shared.store.commit(batch);
+        self.inflight
+            .push_back(Box::pin(async move { (commit.await, effects) }));
         Ok(())
     }
 

@@ -3,6 +3,7 @@
 //! into one transaction (group commit).
 
 use async_trait::async_trait;
+use futures::future::BoxFuture;
 use serde::{Deserialize, Serialize};
 use serde_json::Value;
 
@@ -153,16 +154,19 @@ pub struct Recovery {
 /// The storage backend of a runtime. One runtime process owns a store at a time.
 ///
 /// Reads must see committed data only. `commit` must apply a batch atomically and durably, and
-/// commit batches in the order `commit` was called; implementations should merge batches that
-/// are queued together into one transaction, a failing batch leaving the others unaffected.
+/// apply batches in the order `commit` was called (the runtime hands a message to the engine
+/// as soon as the batch storing it is queued, so the batch that consumes it is always queued
+/// after it); implementations should merge batches that are queued together into one
+/// transaction.
 #[async_trait]
 pub trait Store: Send + Sync + 'static {
     /// Loads what the runtime needs to resume: every stored message.
     async fn recover(&self) -> Result<Recovery, StoreError>;
 
-    /// Commits a batch atomically and durably, then hands it back (so its messages can be
-    /// delivered without a copy).
-    async fn commit(&self, batch: Batch) -> Result<Batch, StoreError>;
+    /// Queues a batch for commit and returns a future that resolves, with the batch, once it
+    /// is committed atomically and durably. The batch is queued when this returns, before the
+    /// future is polled: batches apply in the order of these calls.
+    fn commit(&self, batch: Batch) -> BoxFuture<'static, Result<Batch, StoreError>>;
 
     /// Reads several entities (missing ones are left out).
     async fn load_entities(&self, ids: Vec<EntityId>) -> Result<Vec<EntityRecord>, StoreError>;

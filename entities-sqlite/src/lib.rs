@@ -19,6 +19,7 @@ use entities_core::store::{
     Batch, EntityQuery, EntityRecord, EntityRecordPage, InstanceRecord, Recovery, Store,
 };
 use entities_core::{EntityId, Error, StoreError};
+use futures::future::BoxFuture;
 use rusqlite::{Connection, OpenFlags};
 use serde_json::Value;
 use tokio::sync::oneshot;
@@ -67,7 +68,7 @@ pub struct SqliteStore {
 }
 
 struct Inner {
-    writer: Mutex<mpsc::Sender<WriteRequest>>,
+    writer: mpsc::Sender<WriteRequest>,
     writer_conn: Arc<Mutex<Connection>>,
     closed: Arc<AtomicBool>,
     readers: Vec<Arc<Mutex<Connection>>>,
@@ -152,7 +153,7 @@ impl SqliteStore {
             .expect("spawning the sqlite writer thread");
         Self {
             inner: Arc::new(Inner {
-                writer: Mutex::new(tx),
+                writer: tx,
                 writer_conn,
                 closed,
                 readers,
@@ -183,20 +184,21 @@ impl SqliteStore {
         .map_err(|e| StoreError::new(format!("sqlite read task failed: {e}")))?
     }
 
-    /// Sends a request to the writer thread and waits for its answer.
-    async fn write<T>(
+    /// Queues a request for the writer thread now; the returned future waits for its answer.
+    fn queue<T>(
         &self,
         request: impl FnOnce(oneshot::Sender<Result<T, StoreError>>) -> WriteRequest,
-    ) -> Result<T, StoreError> {
+    ) -> impl std::future::Future<Output = Result<T, StoreError>> + Send + 'static
+    where
+        T: Send + 'static,
+    {
         let (tx, rx) = oneshot::channel();
-        self.inner
-            .writer
-            .lock()
-            .unwrap_or_else(|e| e.into_inner())
-            .send(request(tx))
-            .map_err(|_| StoreError::new("the sqlite writer thread has stopped"))?;
-        rx.await
-            .map_err(|_| StoreError::new("the sqlite writer thread has stopped"))?
+        let sent = self.inner.writer.send(request(tx));
+        async move {
+            let stopped = || StoreError::new("the sqlite writer thread has stopped");
+            sent.map_err(|_| stopped())?;
+            rx.await.map_err(|_| stopped())?
+        }
     }
 }
 
@@ -206,8 +208,9 @@ impl Store for SqliteStore {
         self.read(sql::recover).await
     }
 
-    async fn commit(&self, batch: Batch) -> Result<Batch, StoreError> {
-        self.write(|tx| WriteRequest::Commit(batch, tx)).await
+    fn commit(&self, batch: Batch) -> BoxFuture<'static, Result<Batch, StoreError>> {
+        let answer = self.queue(|tx| WriteRequest::Commit(batch, tx));
+        Box::pin(answer)
     }
 
     async fn load_entities(&self, ids: Vec<EntityId>) -> Result<Vec<EntityRecord>, StoreError> {
@@ -226,7 +229,7 @@ impl Store for SqliteStore {
     }
 
     async fn delete_empty_entities(&self) -> Result<u64, StoreError> {
-        self.write(WriteRequest::DeleteEmptyEntities).await
+        self.queue(WriteRequest::DeleteEmptyEntities).await
     }
 
     async fn read_instance(&self, id: &str) -> Result<Option<InstanceRecord>, StoreError> {
@@ -241,7 +244,7 @@ impl Store for SqliteStore {
 
     async fn purge_instance(&self, id: &str) -> Result<bool, StoreError> {
         let id = id.to_string();
-        self.write(|tx| WriteRequest::PurgeInstance(id, tx)).await
+        self.queue(|tx| WriteRequest::PurgeInstance(id, tx)).await
     }
 
     async fn running_instances(&self) -> Result<Vec<InstanceRecord>, StoreError> {
@@ -330,6 +333,21 @@ mod tests {
             [1],
             "nothing of the failed batch or after it was written"
         );
+    }
+
+    #[tokio::test]
+    async fn batches_apply_in_the_order_commit_was_called() {
+        let store = SqliteStore::in_memory().unwrap();
+        // Queue a batch storing message 1, then one consuming it; await them the other way
+        // round. Applied out of order, the delete would find nothing and message 1 would stay.
+        let store_it = store.commit(batch(vec![signal(1)]));
+        let consume_it = store.commit(Batch {
+            consumed: vec![1],
+            ..Batch::default()
+        });
+        consume_it.await.unwrap();
+        store_it.await.unwrap();
+        assert!(store.recover().await.unwrap().messages.is_empty());
     }
 
     #[tokio::test]
