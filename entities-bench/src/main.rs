@@ -102,9 +102,20 @@ impl Bench {
 /// Sends `total` signals from `senders` concurrent tasks, `keys` distinct entities, and waits
 /// until all are processed and committed. Returns signals per second.
 async fn signals(sync: Synchronous, total: usize, keys: usize, senders: usize) -> f64 {
+    signals_with_cpu(sync, total, keys, senders).await.0
+}
+
+/// [`signals`], also returning the CPU time spent per signal (all threads), in microseconds.
+async fn signals_with_cpu(
+    sync: Synchronous,
+    total: usize,
+    keys: usize,
+    senders: usize,
+) -> (f64, f64) {
     let bench = Bench::new(sync);
     let runtime = bench.runtime().await;
     let client = runtime.client();
+    let cpu = cpu_seconds();
     let start = Instant::now();
     let per_sender = total / senders;
     let tasks: Vec<_> = (0..senders)
@@ -153,8 +164,9 @@ async fn signals(sync: Synchronous, total: usize, keys: usize, senders: usize) -
         tokio::time::sleep(Duration::from_millis(1)).await;
     }
     let elapsed = start.elapsed();
+    let cpu = cpu_seconds() - cpu;
     runtime.shutdown().await.unwrap();
-    sent as f64 / elapsed.as_secs_f64()
+    (sent as f64 / elapsed.as_secs_f64(), cpu * 1e6 / sent as f64)
 }
 
 async fn bank(sync: Synchronous, total: usize, in_flight: usize, accounts: usize) -> (f64, usize) {
@@ -278,6 +290,24 @@ fn median(values: &mut [f64]) -> f64 {
     values[values.len() / 2]
 }
 
+/// CPU time used by this process so far (all threads, user and system), in seconds.
+fn cpu_seconds() -> f64 {
+    let stat = std::fs::read_to_string("/proc/self/stat").unwrap_or_default();
+    // Fields after the command name (which ends with ')'): utime and stime are the 12th and
+    // 13th, in clock ticks (100 per second on Linux).
+    let fields: Vec<&str> = stat
+        .rsplit_once(')')
+        .map(|(_, rest)| rest.split_whitespace().collect())
+        .unwrap_or_default();
+    let ticks = |i: usize| {
+        fields
+            .get(i)
+            .and_then(|v| v.parse::<f64>().ok())
+            .unwrap_or(0.0)
+    };
+    (ticks(11) + ticks(12)) / 100.0
+}
+
 fn rss_mb() -> f64 {
     let status = std::fs::read_to_string("/proc/self/status").unwrap_or_default();
     status
@@ -354,7 +384,7 @@ async fn at_rest(
 
 /// Raw rusqlite: the rows of the spread workload (a message inserted per signal, deleted when
 /// processed, an entity row upserted), in transactions of `batch` signals.
-fn raw(sync: Synchronous, total: usize, keys: usize, batch: usize) -> f64 {
+fn raw(sync: Synchronous, total: usize, keys: usize, batch: usize) -> (f64, f64) {
     let dir = tempfile::tempdir().unwrap();
     let path = dir.path().join("raw.db");
     let conn = rusqlite::Connection::open(&path).unwrap();
@@ -371,7 +401,9 @@ fn raw(sync: Synchronous, total: usize, keys: usize, batch: usize) -> f64 {
            last_modified INTEGER NOT NULL, PRIMARY KEY (name, key)) WITHOUT ROWID;"
     ))
     .unwrap();
-    run_raw(conn, Path::new(&path), total, keys, batch)
+    let cpu = cpu_seconds();
+    let rate = run_raw(conn, Path::new(&path), total, keys, batch);
+    (rate, (cpu_seconds() - cpu) * 1e6 / total as f64)
 }
 
 fn run_raw(
@@ -481,11 +513,11 @@ async fn main() {
             .max(1);
         let (mut rates, mut raws, mut shares) = (Vec::new(), Vec::new(), Vec::new());
         for round in 1..=rounds {
-            let rate = signals(sync, 300_000, 1000, senders).await;
-            let raw_rate = raw(sync, 300_000, 1000, 4096);
+            let (rate, cpu) = signals_with_cpu(sync, 300_000, 1000, senders).await;
+            let (raw_rate, raw_cpu) = raw(sync, 300_000, 1000, 4096);
             let share = 100.0 * rate / raw_rate;
             println!(
-                "  round {round}: spread {rate:>8.0} signals/s, raw {raw_rate:>8.0} signals/s, share {share:>5.1} %"
+                "  round {round}: spread {rate:>8.0} signals/s ({cpu:.1} us CPU each), raw {raw_rate:>8.0} signals/s ({raw_cpu:.1} us CPU each), share {share:>5.1} %"
             );
             rates.push(rate);
             raws.push(raw_rate);
