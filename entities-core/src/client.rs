@@ -457,9 +457,6 @@ impl Client {
         messages: Vec<Message>,
         waiter: Option<(u64, oneshot::Sender<crate::engine::CallReply>)>,
     ) -> Result<()> {
-        if self.shared.stopped.load(Ordering::SeqCst) {
-            return Err(Error::Shutdown);
-        }
         let batch = Batch {
             produced: messages,
             ..Batch::default()

@@ -4,8 +4,9 @@
 //! Every message from outside is queued for storage before it is delivered here, and is
 //! deleted in the commit that records its effect; the store applies commits in queue order, so
 //! that commit lands with or after the one storing the message, and a crash at any moment
-//! loses nothing and applies nothing twice. Messages the engine produces are delivered at once: they commit in the batch that
-//! produced them, and whatever consumes them commits in the same or a later batch. Commits are
+//! loses nothing and applies nothing twice. Messages the engine produces are delivered at
+//! once: they commit in the batch that produced them, and whatever consumes them commits in
+//! the same or a later batch. Commits are
 //! pipelined and complete in batch order; a failed commit stops the engine, and the store
 //! refuses the writes queued after it, so no batch built on a lost one can land. Effects seen
 //! outside (replies to clients, ended instances, activities) wait for their commit.
@@ -588,6 +589,7 @@ impl Engine {
 
 /// An operation that suspended: it goes on in the asynchronous pass of its round.
 struct Suspended {
+    function: Arc<dyn EntityFunction>,
     ctx: EntityContext,
     reply: Option<ReplyTo>,
 }
@@ -625,7 +627,13 @@ fn run_entity_now(
                     match std::panic::catch_unwind(AssertUnwindSafe(|| function.run_now(&mut ctx)))
                     {
                         Ok(Some(outcome)) => outcome,
-                        Ok(None) => return Some(Suspended { ctx, reply }),
+                        Ok(None) => {
+                            return Some(Suspended {
+                                function: function.clone(),
+                                ctx,
+                                reply,
+                            })
+                        }
                         Err(panic) => Err(panicked(&ctx, &panic)),
                     };
                 finish_operation(shared, id, slot, ctx, outcome, reply, part);
@@ -684,16 +692,13 @@ async fn run_entity_async(
     part: &mut Part,
     mut op: Suspended,
 ) {
-    let Some(function) = shared.registry.entity(id.name()).cloned() else {
-        return;
-    };
     loop {
-        let outcome = AssertUnwindSafe(function.run(&mut op.ctx))
+        let outcome = AssertUnwindSafe(op.function.run(&mut op.ctx))
             .catch_unwind()
             .await
             .unwrap_or_else(|panic| Err(panicked(&op.ctx, &panic)));
         finish_operation(shared, id, slot, op.ctx, outcome, op.reply, part);
-        match run_entity_now(shared, &function, id, slot, cap, part) {
+        match run_entity_now(shared, &op.function, id, slot, cap, part) {
             Some(next) => op = next,
             None => return,
         }

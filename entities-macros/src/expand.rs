@@ -18,19 +18,11 @@ pub(crate) fn expand(model: &Model) -> syn::Result<TokenStream> {
     let p = quote!(#krate::__private);
     let proxy = format_ident!("{}Proxy", type_ident);
 
-    let sync_branches = operations
-        .iter()
-        .filter(|op| !op.is_async)
-        .map(|op| dispatch_branch(model, op));
-    let async_branches: Vec<_> = operations
-        .iter()
-        .filter(|op| op.is_async)
-        .map(|op| dispatch_branch(model, op))
-        .collect();
-    let async_names = operations
-        .iter()
-        .filter(|op| op.is_async)
-        .map(|op| op.name.to_lowercase());
+    let (async_ops, sync_ops): (Vec<&Operation>, Vec<&Operation>) =
+        operations.iter().partition(|op| op.is_async);
+    let sync_branches = sync_ops.iter().map(|op| dispatch_branch(model, op));
+    let async_branches = async_ops.iter().map(|op| dispatch_branch(model, op));
+    let async_names = async_ops.iter().map(|op| op.name.to_lowercase());
     let defines_delete = operations
         .iter()
         .any(|op| op.name.eq_ignore_ascii_case("delete"));

@@ -1,9 +1,10 @@
 //! The writer thread: the only one that writes. It takes every request queued at the moment,
 //! and those arriving while it writes them, and applies them in one transaction (group
 //! commit), then answers each.
+
 use std::fmt::Write;
 use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::mpsc::{Receiver, TryRecvError};
+use std::sync::mpsc::Receiver;
 use std::sync::{Arc, Mutex};
 
 use entities_core::store::{Batch, InstanceWrite};
@@ -35,13 +36,8 @@ pub(crate) fn run(
     let mut group = Vec::new();
     let mut poisoned: Option<String> = None;
     while let Ok(first) = rx.recv() {
+        // The group takes in more requests as it is written (see `apply_group`).
         group.push(first);
-        while group.len() < MAX_GROUP {
-            match rx.try_recv() {
-                Ok(next) => group.push(next),
-                Err(TryRecvError::Empty | TryRecvError::Disconnected) => break,
-            }
-        }
         let outcome = match &poisoned {
             Some(cause) => Err(format!(
                 "an earlier write failed ({cause}); writes are refused"
@@ -83,8 +79,8 @@ type Outcome = Result<u64, StoreError>;
 
 /// Applies every request in one transaction, taking in those that arrive meanwhile (until the
 /// queue is empty, the group full or the store closed); an isolated request runs in a
-/// savepoint of its own, so that its failure leaves the others applied. Returns each request's result (counts
-/// for deletes); `Err` if the group fails as a whole: then nothing was applied.
+/// savepoint of its own, so that its failure leaves the others applied. Returns each request's
+/// result (counts for deletes); `Err` if the group fails as a whole: then nothing was applied.
 fn apply_group(
     conn: &mut Connection,
     group: &mut Vec<WriteRequest>,
