@@ -46,7 +46,7 @@ pub use entities_core::{
     OrchestrationStatus, Result, Runtime, RuntimeBuilder, RuntimeStatus, Store, StoreError, Uuid,
 };
 pub use entities_macros::entity;
-pub use entities_sqlite::{SqliteOptions, SqliteStore, Synchronous};
+pub use entities_sqlite::{SqliteOptions, SqliteStore, Synchronous, WriteStats};
 
 /// What most programs need: `use entities::prelude::*;`.
 pub mod prelude {

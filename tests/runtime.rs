@@ -635,3 +635,147 @@ async fn a_dropped_runtime_restarted_in_process_applies_nothing_twice() {
     assert_eq!(sorted, (0..sent).collect::<Vec<_>>());
     runtime.shutdown().await.unwrap();
 }
+
+/// An entity whose `wait` operation holds its batch until the test opens the gate.
+struct Gate {
+    started: Arc<tokio::sync::Notify>,
+    open: Arc<tokio::sync::Notify>,
+}
+
+#[async_trait]
+impl EntityFunction for Gate {
+    async fn run(&self, ctx: &mut EntityContext) -> Result<(), OperationError> {
+        match ctx.operation_name() {
+            "wait" => {
+                self.started.notify_one();
+                self.open.notified().await;
+                ctx.set_state(&"opened")?;
+                Ok(())
+            }
+            other => Err(OperationError::unknown_operation(other)),
+        }
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_long_async_operation_does_not_hold_back_other_senders() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("gate.db");
+    let started = Arc::new(tokio::sync::Notify::new());
+    let open = Arc::new(tokio::sync::Notify::new());
+    let runtime = Runtime::builder()
+        .store(SqliteStore::open(&path).unwrap())
+        .entity_fn("Counter", counter)
+        .entity_fn(
+            "Gate",
+            Gate {
+                started: started.clone(),
+                open: open.clone(),
+            },
+        )
+        .start()
+        .await
+        .unwrap();
+    let client = runtime.client();
+    let patience = Duration::from_secs(10);
+    // The signal that starts the long operation is stored without waiting for it.
+    tokio::time::timeout(
+        patience,
+        client.signal_entity(&EntityId::new("Gate", "g"), "wait", &()),
+    )
+    .await
+    .expect("the signal was acknowledged while its operation runs")
+    .unwrap();
+    started.notified().await;
+    // Signals sent while it runs are stored too, and run once it is done.
+    for _ in 0..3 {
+        tokio::time::timeout(
+            patience,
+            client.signal_entity(&EntityId::new("Counter", "c"), "add", &1),
+        )
+        .await
+        .expect("a signal was acknowledged while another entity's operation runs")
+        .unwrap();
+    }
+    let stored = client
+        .get_entity_raw(&EntityId::new("Counter", "c"))
+        .await
+        .unwrap();
+    assert_eq!(
+        stored, None,
+        "the counter's operations have not run: the signals were acknowledged once stored"
+    );
+    open.notify_one();
+    let c = client.clone();
+    wait_for("the waiting signals", || {
+        let c = c.clone();
+        Box::pin(async move {
+            state_of(&c, &EntityId::new("Counter", "c"))
+                .await
+                .filter(|v| v == &json!(3))
+        })
+    })
+    .await;
+    assert_eq!(
+        state_of(&client, &EntityId::new("Gate", "g")).await,
+        Some(json!("opened"))
+    );
+    runtime.shutdown().await.unwrap();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn signals_acknowledged_around_a_shutdown_are_kept() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("shutdown.db");
+    let id = EntityId::new("Recorder", "r");
+    let acknowledged = {
+        let runtime = start(SqliteStore::open(&path).unwrap()).await;
+        let client = runtime.client();
+        let sends: Vec<_> = (0..2000u64)
+            .map(|i| {
+                let (client, id) = (client.clone(), id.clone());
+                tokio::spawn(
+                    async move { client.signal_entity(&id, "record", &i).await.map(|()| i) },
+                )
+            })
+            .collect();
+        tokio::task::yield_now().await;
+        runtime.shutdown().await.unwrap();
+        let mut acknowledged = Vec::new();
+        for send in sends {
+            match send.await.unwrap() {
+                Ok(i) => acknowledged.push(i),
+                Err(err) => assert!(matches!(err, Error::Shutdown), "{err:?}"),
+            }
+        }
+        acknowledged
+    };
+    assert!(!acknowledged.is_empty());
+    let runtime = start(SqliteStore::open(&path).unwrap()).await;
+    let client = runtime.client();
+    let c = client.clone();
+    let i = id.clone();
+    let seen: Vec<u64> = wait_for("the acknowledged signals", || {
+        let (c, i) = (c.clone(), i.clone());
+        Box::pin(async move {
+            let meta = c.get_entity_raw(&i).await.unwrap()?;
+            (meta.pending_messages == 0).then(|| serde_json::from_value(meta.state).unwrap())
+        })
+    })
+    .await;
+    let mut seen_sorted = seen.clone();
+    seen_sorted.sort();
+    seen_sorted.dedup();
+    assert_eq!(
+        seen_sorted.len(),
+        seen.len(),
+        "an operation was applied twice"
+    );
+    for i in &acknowledged {
+        assert!(
+            seen_sorted.binary_search(i).is_ok(),
+            "acknowledged signal {i} was lost"
+        );
+    }
+    runtime.shutdown().await.unwrap();
+}

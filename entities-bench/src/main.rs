@@ -11,7 +11,7 @@ use std::sync::Mutex;
 use std::time::{Duration, Instant};
 
 use entities::prelude::*;
-use entities::{SqliteOptions, Synchronous};
+use entities::{SqliteOptions, Synchronous, WriteStats};
 use serde::{Deserialize, Serialize};
 
 #[derive(Default, Serialize, Deserialize)]
@@ -80,6 +80,11 @@ impl Bench {
     }
 
     async fn runtime(&self) -> Runtime {
+        self.runtime_and_store().await.0
+    }
+
+    /// The runtime and a handle on its store (for its write counts).
+    async fn runtime_and_store(&self) -> (Runtime, SqliteStore) {
         let store = SqliteStore::open_with(
             &self.path,
             SqliteOptions {
@@ -88,14 +93,20 @@ impl Bench {
             },
         )
         .expect("open store");
-        Runtime::builder()
-            .store(store)
+        let inflight = std::env::var("INFLIGHT")
+            .ok()
+            .and_then(|v| v.parse().ok())
+            .unwrap_or(2);
+        let runtime = Runtime::builder()
+            .max_inflight_commits(inflight)
+            .store(store.clone())
             .entity::<Counter>()
             .orchestration("transfer", transfer)
             .orchestration("caller", caller)
             .start()
             .await
-            .expect("start runtime")
+            .expect("start runtime");
+        (runtime, store)
     }
 }
 
@@ -105,15 +116,16 @@ async fn signals(sync: Synchronous, total: usize, keys: usize, senders: usize) -
     signals_with_cpu(sync, total, keys, senders).await.0
 }
 
-/// [`signals`], also returning the CPU time spent per signal (all threads), in microseconds.
+/// [`signals`], also returning the CPU time spent per signal (all threads), in microseconds,
+/// and what the store wrote.
 async fn signals_with_cpu(
     sync: Synchronous,
     total: usize,
     keys: usize,
     senders: usize,
-) -> (f64, f64) {
+) -> (f64, f64, WriteStats) {
     let bench = Bench::new(sync);
-    let runtime = bench.runtime().await;
+    let (runtime, store) = bench.runtime_and_store().await;
     let client = runtime.client();
     let cpu = cpu_seconds();
     let start = Instant::now();
@@ -166,7 +178,11 @@ async fn signals_with_cpu(
     let elapsed = start.elapsed();
     let cpu = cpu_seconds() - cpu;
     runtime.shutdown().await.unwrap();
-    (sent as f64 / elapsed.as_secs_f64(), cpu * 1e6 / sent as f64)
+    (
+        sent as f64 / elapsed.as_secs_f64(),
+        cpu * 1e6 / sent as f64,
+        store.stats(),
+    )
 }
 
 async fn bank(sync: Synchronous, total: usize, in_flight: usize, accounts: usize) -> (f64, usize) {
@@ -513,11 +529,19 @@ async fn main() {
             .max(1);
         let (mut rates, mut raws, mut shares) = (Vec::new(), Vec::new(), Vec::new());
         for round in 1..=rounds {
-            let (rate, cpu) = signals_with_cpu(sync, 300_000, 1000, senders).await;
+            let (rate, cpu, stats) = signals_with_cpu(sync, 300_000, 1000, senders).await;
             let (raw_rate, raw_cpu) = raw(sync, 300_000, 1000, 4096);
             let share = 100.0 * rate / raw_rate;
             println!(
                 "  round {round}: spread {rate:>8.0} signals/s ({cpu:.1} us CPU each), raw {raw_rate:>8.0} signals/s ({raw_cpu:.1} us CPU each), share {share:>5.1} %"
+            );
+            println!(
+                "           spread wrote {} transactions, {} message rows ({} never written), {} deletes, {} entity rows",
+                stats.transactions,
+                stats.messages_written,
+                stats.messages_elided,
+                stats.messages_deleted,
+                stats.entity_rows_written
             );
             rates.push(rate);
             raws.push(raw_rate);

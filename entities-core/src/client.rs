@@ -464,14 +464,13 @@ impl Client {
         self.commit_and_deliver(batch, waiter).await
     }
 
-    /// Commits a batch durably and hands its messages to the engine; resolves once the batch
-    /// is committed.
+    /// Has a batch committed durably and its messages delivered; resolves once it is
+    /// committed.
     ///
-    /// The messages go to the engine as soon as the batch is queued: the store applies batches
-    /// in queue order, so whatever the engine commits after running them lands with or after
-    /// this batch, and nothing it does is seen outside before its own commit. Only a batch
-    /// creating an instance waits for its commit, since it alone may fail by itself (the id is
-    /// taken) while later batches land.
+    /// A batch of messages only goes to the engine, whose next batch stores the messages
+    /// together with whatever it does with them: a message consumed in that batch is never
+    /// written, only its effects are. A batch creating an instance is committed first, since
+    /// it alone may fail by itself (the id is taken); its messages are delivered after.
     async fn commit_and_deliver(
         &self,
         batch: Batch,
@@ -480,20 +479,29 @@ impl Client {
         if self.shared.stopped.load(Ordering::SeqCst) {
             return Err(Error::Shutdown);
         }
-        let deliver = |messages| {
+        let send = |command| {
             self.shared
                 .commands
-                .send(Command::Deliver { messages, waiter })
+                .send(command)
                 .map_err(|_| Error::Shutdown)
         };
-        if batch.instances.iter().any(|i| i.create) {
+        if !batch.instances.is_empty() || !batch.consumed.is_empty() || !batch.entities.is_empty() {
             let batch = self.shared.store.commit(batch).await?;
-            return deliver(batch.produced);
+            return send(Command::Deliver {
+                messages: batch.produced,
+                waiter,
+                stored: None,
+            });
         }
-        let messages = batch.produced.clone();
-        let committed = self.shared.store.commit(batch);
-        let delivered = deliver(messages);
-        committed.await?;
-        delivered
+        let (stored, done) = oneshot::channel();
+        send(Command::Deliver {
+            messages: batch.produced,
+            waiter,
+            stored: Some(stored),
+        })?;
+        match done.await {
+            Ok(result) => Ok(result?),
+            Err(_) => Err(Error::Shutdown),
+        }
     }
 }

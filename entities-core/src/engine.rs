@@ -63,12 +63,19 @@ impl Default for EngineConfig {
 /// The reply to a client's call.
 pub(crate) type CallReply = Result<Option<Value>, OperationError>;
 
+/// Tells a client that the messages it handed to the engine are stored (or their effects
+/// committed).
+pub(crate) type Stored = oneshot::Sender<Result<(), StoreError>>;
+
 /// What clients ask of the engine.
 pub(crate) enum Command {
-    /// Messages queued for storage, to be delivered; with a waiter for a call's reply.
+    /// Messages to deliver, with a waiter for a call's reply. With `stored`, the messages are
+    /// not stored yet: the engine's next batch stores them (or, if it consumes them, only
+    /// their effects) and answers `stored` once it has committed. Without, they are stored.
     Deliver {
         messages: Vec<Message>,
         waiter: Option<(u64, oneshot::Sender<CallReply>)>,
+        stored: Option<Stored>,
     },
     /// An activity finished.
     ActivityDone(crate::orchestration::engine::ActivityDone),
@@ -211,7 +218,10 @@ struct Part {
 }
 
 /// Effects released once a batch has committed.
+#[derive(Default)]
 pub(crate) struct Effects {
+    /// Clients whose messages the batch stores.
+    pub stored: Vec<Stored>,
     pub replies: Vec<(u64, CallReply)>,
     /// Messages delivered only after the commit (activities: side effects outside).
     pub deferred: Vec<Message>,
@@ -229,6 +239,11 @@ pub(crate) struct Engine {
     ready: VecDeque<EntityId>,
     timers: BinaryHeap<Reverse<Timer>>,
     waiters: HashMap<u64, oneshot::Sender<CallReply>>,
+    /// Client messages delivered but not stored yet: the next batch stores them.
+    ingested: Vec<Message>,
+    ingested_acks: Vec<Stored>,
+    /// Commands received while a batch waited on `async` operations, handled after it.
+    postponed: VecDeque<Command>,
     inflight: FuturesOrdered<Commit>,
     batch_no: u64,
     committed_no: u64,
@@ -251,6 +266,9 @@ impl Engine {
             ready: VecDeque::new(),
             timers: BinaryHeap::new(),
             waiters: HashMap::new(),
+            ingested: Vec::new(),
+            ingested_acks: Vec::new(),
+            postponed: VecDeque::new(),
             inflight: FuturesOrdered::new(),
             batch_no: 0,
             committed_no: 0,
@@ -265,6 +283,9 @@ impl Engine {
             self.deliver(message);
         }
         loop {
+            while let Some(command) = self.postponed.pop_front() {
+                self.handle(command);
+            }
             let can_run = self.has_work() && self.inflight.len() < self.config.max_inflight_commits;
             if self.shutdown.is_some() && self.inflight.is_empty() {
                 break;
@@ -298,6 +319,9 @@ impl Engine {
                 break;
             }
             self.fire_timers();
+            if self.shutdown.is_some() && !self.ingested.is_empty() {
+                self.store_ingested_alone();
+            }
             if self.shutdown.is_none()
                 && self.has_work()
                 && self.inflight.len() < self.config.max_inflight_commits
@@ -316,14 +340,38 @@ impl Engine {
     }
 
     fn has_work(&self) -> bool {
-        !self.ready.is_empty() || self.orchestrations.has_work()
+        !self.ready.is_empty() || !self.ingested.is_empty() || self.orchestrations.has_work()
+    }
+
+    /// Stores the client messages taken in since the last batch in a commit of their own (when
+    /// stopping: they are recovered at the next start).
+    fn store_ingested_alone(&mut self) {
+        let effects = Effects {
+            stored: std::mem::take(&mut self.ingested_acks),
+            ..Effects::default()
+        };
+        let batch = Batch {
+            produced: std::mem::take(&mut self.ingested),
+            ..Batch::default()
+        };
+        let commit = self.shared.store.commit(batch);
+        self.inflight
+            .push_back(Box::pin(async move { (commit.await, effects) }));
     }
 
     fn handle(&mut self, command: Command) {
         match command {
-            Command::Deliver { messages, waiter } => {
+            Command::Deliver {
+                messages,
+                waiter,
+                stored,
+            } => {
                 if let Some((id, tx)) = waiter {
                     self.waiters.insert(id, tx);
+                }
+                if let Some(stored) = stored {
+                    self.ingested.extend(messages.iter().cloned());
+                    self.ingested_acks.push(stored);
                 }
                 for message in messages {
                     self.deliver(message);
@@ -383,17 +431,23 @@ impl Engine {
     /// entities and turns of orchestrations, then those made ready by the messages the round
     /// produced, and so on. A message produced and consumed in one batch commits (or is lost)
     /// with its producer, so it never needs storing; only effects seen outside (client replies,
-    /// ended instances, activities) wait for the commit.
+    /// ended instances, activities) wait for the commit. Client messages taken in since the
+    /// last batch count as produced by this one: their senders hear back after its commit.
     async fn run_batch(&mut self) -> Result<(), StoreError> {
         self.batch_no += 1;
-        let mut batch = Batch::default();
-        let mut local: HashSet<MessageId> = HashSet::new();
-        let mut dropped: HashSet<MessageId> = HashSet::new();
-        let mut writes: HashMap<EntityId, EntityRecord> = HashMap::new();
-        let mut effects = Effects {
-            replies: Vec::new(),
-            finished_instances: Vec::new(),
-            deferred: Vec::new(),
+        let ingested: Vec<MessageId> = self.ingested.iter().map(|m| m.id).collect();
+        let mut b = Building {
+            local: ingested.iter().copied().collect(),
+            ingested,
+            batch: Batch {
+                produced: std::mem::take(&mut self.ingested),
+                ..Batch::default()
+            },
+            effects: Effects {
+                stored: std::mem::take(&mut self.ingested_acks),
+                ..Effects::default()
+            },
+            ..Building::default()
         };
         let mut ops = 0;
         for _ in 0..MAX_ROUNDS {
@@ -401,50 +455,123 @@ impl Engine {
                 break;
             }
             let mut round = Batch::default();
-            self.run_entities(&mut round, &mut writes, &mut effects.replies)
-                .await?;
+            self.run_entities(&mut round, &mut b).await?;
             let ended = self.orchestrations.run_steps(&mut round).await?;
-            effects.finished_instances.extend(ended);
+            b.effects.finished_instances.extend(ended);
             if round.is_empty() {
                 break; // only entities waiting for a lock were ready
             }
             ops += round.consumed.len();
             for id in round.consumed {
-                if local.remove(&id) {
-                    dropped.insert(id);
+                if b.local.remove(&id) {
+                    b.dropped.insert(id);
                 } else {
-                    batch.consumed.push(id);
+                    b.batch.consumed.push(id);
                 }
             }
             for message in round.produced {
                 if matches!(message.target, Target::Activity) {
-                    effects.deferred.push(message.clone());
+                    b.effects.deferred.push(message.clone());
                 } else {
-                    local.insert(message.id);
+                    b.local.insert(message.id);
                     self.deliver(message.clone());
                 }
-                batch.produced.push(message);
+                b.batch.produced.push(message);
             }
-            batch.instances.extend(round.instances);
+            b.batch.instances.extend(round.instances);
         }
+        let Building {
+            mut batch,
+            dropped,
+            writes,
+            effects,
+            ..
+        } = b;
         batch.produced.retain(|m| !dropped.contains(&m.id));
         batch.entities = writes.into_values().collect();
-        if batch.is_empty() && effects.replies.is_empty() && effects.finished_instances.is_empty() {
+        if batch.is_empty()
+            && effects.stored.is_empty()
+            && effects.replies.is_empty()
+            && effects.finished_instances.is_empty()
+        {
             return Ok(());
         }
-        // Queued now, so batches (and client messages queued before them) commit in order.
+        // Queued now, so batches commit in order.
         let commit = self.shared.store.commit(batch);
         self.inflight
             .push_back(Box::pin(async move { (commit.await, effects) }));
         Ok(())
     }
 
+    /// Keeps a command for after the round under way; stores client messages now, answering
+    /// their senders when that commit lands.
+    fn postpone(&mut self, command: Command) {
+        let command = match command {
+            Command::Deliver {
+                messages,
+                waiter,
+                stored: Some(ack),
+            } => {
+                self.store_now(messages.clone(), vec![ack]);
+                Command::Deliver {
+                    messages,
+                    waiter,
+                    stored: None,
+                }
+            }
+            other => other,
+        };
+        self.postponed.push_back(command);
+    }
+
+    /// Queues a commit of these messages alone and answers `acks` when it lands.
+    fn store_now(&self, messages: Vec<Message>, acks: Vec<Stored>) {
+        let commit = self.shared.store.commit(Batch {
+            produced: messages,
+            ..Batch::default()
+        });
+        tokio::spawn(async move {
+            let result = commit.await;
+            for ack in acks {
+                let _ = ack.send(match &result {
+                    Ok(_) => Ok(()),
+                    Err(err) => Err(StoreError::new(format!(
+                        "storing the messages failed: {err}"
+                    ))),
+                });
+            }
+        });
+    }
+
+    /// Before the batch waits on `async` operations, which may take long: stores the client
+    /// messages it took in, in a commit of their own queued ahead of the batch, and answers
+    /// their senders when that lands. The batch then deletes those it consumes.
+    fn store_ingested_now(&self, b: &mut Building) {
+        if b.ingested.is_empty() {
+            return;
+        }
+        let ids: HashSet<MessageId> = std::mem::take(&mut b.ingested).into_iter().collect();
+        let mut messages = Vec::with_capacity(ids.len());
+        b.batch.produced.retain_mut(|m| {
+            if !ids.contains(&m.id) {
+                return true;
+            }
+            messages.push(m.clone());
+            false
+        });
+        for id in ids {
+            if !b.local.remove(&id) && b.dropped.remove(&id) {
+                b.batch.consumed.push(id); // consumed by an earlier round
+            }
+        }
+        self.store_now(messages, std::mem::take(&mut b.effects.stored));
+    }
+
     /// Runs the ready entities' operations once, into `round`.
     async fn run_entities(
         &mut self,
         round: &mut Batch,
-        writes: &mut HashMap<EntityId, EntityRecord>,
-        replies: &mut Vec<(u64, CallReply)>,
+        b: &mut Building,
     ) -> Result<(), StoreError> {
         let mut ids = Vec::new();
         let mut budget = 0usize;
@@ -484,6 +611,7 @@ impl Engine {
             parts.push(part);
         }
         if !suspended.is_empty() {
+            self.store_ingested_now(b);
             let mut suspended = suspended.into_iter().peekable();
             let mut resumed = Vec::new();
             for (i, ((id, slot), part)) in work.iter_mut().zip(parts.iter_mut()).enumerate() {
@@ -491,12 +619,21 @@ impl Engine {
                     resumed.push(run_entity_async(&shared, id, slot, cap, part, op));
                 }
             }
-            join_all(resumed).await;
+            // Commands go on arriving while the operations run: client messages are stored at
+            // once (their senders must not wait on these operations), everything is handled
+            // after the round, in order.
+            let mut resumed = join_all(resumed);
+            loop {
+                tokio::select! {
+                    _ = &mut resumed => break,
+                    Some(command) = self.rx.recv() => self.postpone(command),
+                }
+            }
         }
         for ((id, mut slot), part) in work.into_iter().zip(parts) {
             round.consumed.extend(part.consumed);
             round.produced.extend(part.produced);
-            replies.extend(part.replies);
+            b.effects.replies.extend(part.replies);
             if part.written {
                 slot.last_write = self.batch_no;
                 let record = EntityRecord {
@@ -506,7 +643,7 @@ impl Engine {
                     last_modified: slot.last_modified,
                     pending_messages: 0,
                 };
-                writes.insert(id.clone(), record);
+                b.writes.insert(id.clone(), record);
             }
             if slot.runnable().is_some() {
                 slot.in_ready = true;
@@ -550,6 +687,9 @@ impl Engine {
         match result {
             Ok(_) => {
                 self.committed_no += 1;
+                for ack in effects.stored {
+                    let _ = ack.send(Ok(()));
+                }
                 for message in effects.deferred {
                     self.deliver(message);
                 }
@@ -563,6 +703,11 @@ impl Engine {
                 true
             }
             Err(err) => {
+                for ack in effects.stored {
+                    let _ = ack.send(Err(StoreError::new(format!(
+                        "storing the messages failed: {err}"
+                    ))));
+                }
                 self.fail(err);
                 false
             }
@@ -584,7 +729,28 @@ impl Engine {
     fn fail(&mut self, err: StoreError) {
         error!(error = %err, "store commit failed; the runtime stops (stored messages are kept)");
         self.waiters.clear();
+        for ack in self.ingested_acks.drain(..) {
+            let _ = ack.send(Err(StoreError::new(format!(
+                "not stored: an earlier commit failed ({err})"
+            ))));
+        }
     }
+}
+
+/// A batch being built: what it will commit, and what waits for the commit.
+#[derive(Default)]
+struct Building {
+    batch: Batch,
+    /// Messages produced in this batch (and client messages it took in): stored with it
+    /// unless consumed in it.
+    local: HashSet<MessageId>,
+    /// Messages of `local` consumed in the batch: never stored.
+    dropped: HashSet<MessageId>,
+    /// The last record of each entity the batch changed.
+    writes: HashMap<EntityId, EntityRecord>,
+    effects: Effects,
+    /// The client messages the batch took in, while their senders wait for this batch.
+    ingested: Vec<MessageId>,
 }
 
 /// An operation that suspended: it goes on in the asynchronous pass of its round.

@@ -1,6 +1,7 @@
-//! Messages: everything that travels between clients, entities and orchestrations is a message
-//! that is durably stored before it is delivered, and deleted in the same transaction that
-//! records its effect.
+//! Messages: everything that travels between clients, entities and orchestrations is a message.
+//! A message is stored in the same transaction as the operation that sends it (or, from a
+//! client, before the send returns) and deleted in the same transaction that records its
+//! effect; when both happen in one transaction, it is never written at all.
 
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 

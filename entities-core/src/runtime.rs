@@ -111,6 +111,13 @@ impl RuntimeBuilder {
         self
     }
 
+    /// Most batches committing at once: the engine runs the next batch while these commit.
+    /// Default 2.
+    pub fn max_inflight_commits(mut self, max: usize) -> Self {
+        self.config.max_inflight_commits = max.max(1);
+        self
+    }
+
     /// Entities kept in memory; past this, idle ones are unloaded. Default 20,000.
     pub fn cache_capacity(mut self, capacity: usize) -> Self {
         self.config.cache_capacity = capacity;

@@ -154,10 +154,9 @@ pub struct Recovery {
 /// The storage backend of a runtime. One runtime process owns a store at a time.
 ///
 /// Reads must see committed data only. `commit` must apply a batch atomically and durably, and
-/// apply batches in the order `commit` was called (the runtime hands a message to the engine
-/// as soon as the batch storing it is queued, so the batch that consumes it is always queued
-/// after it); implementations should merge batches that are queued together into one
-/// transaction.
+/// apply batches in the order `commit` was called (the runtime queues a batch that consumes a
+/// message as soon as the batch storing it is queued, before either has committed);
+/// implementations should merge batches that are queued together into one transaction.
 #[async_trait]
 pub trait Store: Send + Sync + 'static {
     /// Loads what the runtime needs to resume: every stored message.

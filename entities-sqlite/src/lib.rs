@@ -24,7 +24,7 @@ use rusqlite::{Connection, OpenFlags};
 use serde_json::Value;
 use tokio::sync::oneshot;
 
-use crate::writer::WriteRequest;
+use crate::writer::{Counters, WriteRequest};
 
 /// How hard SQLite syncs to disk at each commit.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
@@ -61,6 +61,23 @@ impl Default for SqliteOptions {
     }
 }
 
+/// What the writer has written since the store was opened (see [`SqliteStore::stats`]).
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct WriteStats {
+    /// Transactions committed.
+    pub transactions: u64,
+    /// Requests (batches and clean-ups) applied in them.
+    pub requests: u64,
+    /// Message rows inserted.
+    pub messages_written: u64,
+    /// Messages never written: produced and consumed within one transaction.
+    pub messages_elided: u64,
+    /// Message rows deleted.
+    pub messages_deleted: u64,
+    /// Entity rows written (one per entity per transaction, however many batches changed it).
+    pub entity_rows_written: u64,
+}
+
 /// The embedded SQLite store. Cheap to clone; clones share the database.
 #[derive(Clone)]
 pub struct SqliteStore {
@@ -71,6 +88,7 @@ struct Inner {
     writer: mpsc::Sender<WriteRequest>,
     writer_conn: Arc<Mutex<Connection>>,
     closed: Arc<AtomicBool>,
+    counters: Arc<Counters>,
     readers: Vec<Arc<Mutex<Connection>>>,
     next_reader: AtomicUsize,
     path: Option<PathBuf>,
@@ -146,16 +164,18 @@ impl SqliteStore {
     ) -> Self {
         let (tx, rx) = mpsc::channel();
         let closed = Arc::new(AtomicBool::new(false));
-        let (conn, flag) = (writer_conn.clone(), closed.clone());
+        let counters = Arc::new(Counters::default());
+        let (conn, flag, count) = (writer_conn.clone(), closed.clone(), counters.clone());
         std::thread::Builder::new()
             .name("entities-sqlite-writer".into())
-            .spawn(move || writer::run(conn, rx, flag))
+            .spawn(move || writer::run(conn, rx, flag, count))
             .expect("spawning the sqlite writer thread");
         Self {
             inner: Arc::new(Inner {
                 writer: tx,
                 writer_conn,
                 closed,
+                counters,
                 readers,
                 next_reader: AtomicUsize::new(0),
                 path,
@@ -166,6 +186,21 @@ impl SqliteStore {
     /// The database file, or `None` for an in-memory store.
     pub fn path(&self) -> Option<&Path> {
         self.inner.path.as_deref()
+    }
+
+    /// Counts of what the writer has written since the store was opened, committed
+    /// transactions only.
+    pub fn stats(&self) -> WriteStats {
+        let c = &self.inner.counters;
+        let get = |n: &std::sync::atomic::AtomicU64| n.load(Ordering::Relaxed);
+        WriteStats {
+            transactions: get(&c.transactions),
+            requests: get(&c.requests),
+            messages_written: get(&c.messages_written),
+            messages_elided: get(&c.messages_elided),
+            messages_deleted: get(&c.messages_deleted),
+            entity_rows_written: get(&c.entity_rows_written),
+        }
     }
 
     /// Runs a read on one of the read connections, off the async executor.
@@ -267,7 +302,9 @@ impl Store for SqliteStore {
 #[cfg(test)]
 mod tests {
     use entities_core::message::{Body, Message, Target};
-    use entities_core::store::{Batch, InstanceRecord, InstanceWrite, RuntimeStatus, Store};
+    use entities_core::store::{
+        Batch, EntityRecord, InstanceRecord, InstanceWrite, RuntimeStatus, Store,
+    };
     use entities_core::EntityId;
 
     use super::*;
@@ -347,6 +384,100 @@ mod tests {
         });
         consume_it.await.unwrap();
         store_it.await.unwrap();
+        assert!(store.recover().await.unwrap().messages.is_empty());
+    }
+
+    fn entity(key: &str, value: i64) -> EntityRecord {
+        EntityRecord {
+            id: EntityId::new("Counter", key),
+            state: Some(serde_json::json!(value)),
+            lock_owner: None,
+            last_modified: 0,
+            pending_messages: 0,
+        }
+    }
+
+    /// Queues the batches while the writer is held, so that they land in one transaction.
+    async fn in_one_group(store: &SqliteStore, batches: Vec<Batch>) -> Vec<Result<(), StoreError>> {
+        let held = store.inner.writer_conn.lock().unwrap();
+        let commits: Vec<_> = batches.into_iter().map(|b| store.commit(b)).collect();
+        drop(held);
+        let mut results = Vec::new();
+        for commit in commits {
+            results.push(commit.await.map(|_| ()));
+        }
+        results
+    }
+
+    #[tokio::test]
+    async fn a_message_consumed_in_the_transaction_that_stores_it_is_never_written() {
+        let store = SqliteStore::in_memory().unwrap();
+        let results = in_one_group(
+            &store,
+            vec![
+                batch(vec![signal(1), signal(2)]),
+                Batch {
+                    consumed: vec![1],
+                    entities: vec![entity("k", 1)],
+                    ..Batch::default()
+                },
+            ],
+        )
+        .await;
+        assert!(results.iter().all(Result::is_ok), "{results:?}");
+        let stats = store.stats();
+        assert_eq!(stats.transactions, 1);
+        assert_eq!(
+            (
+                stats.messages_written,
+                stats.messages_elided,
+                stats.messages_deleted
+            ),
+            (1, 1, 0)
+        );
+        let ids: Vec<u64> = store
+            .recover()
+            .await
+            .unwrap()
+            .messages
+            .iter()
+            .map(|m| m.id)
+            .collect();
+        assert_eq!(ids, [2]);
+    }
+
+    #[tokio::test]
+    async fn an_entity_written_by_several_batches_of_a_group_is_written_once_with_the_last() {
+        let store = SqliteStore::in_memory().unwrap();
+        let write = |value| Batch {
+            entities: vec![entity("k", value)],
+            ..Batch::default()
+        };
+        let results = in_one_group(&store, vec![write(1), write(2), write(3)]).await;
+        assert!(results.iter().all(Result::is_ok), "{results:?}");
+        assert_eq!(store.stats().entity_rows_written, 1);
+        let id = EntityId::new("Counter", "k");
+        let record = store.read_entity(&id).await.unwrap().unwrap();
+        assert_eq!(record.state, Some(serde_json::json!(3)));
+    }
+
+    #[tokio::test]
+    async fn an_isolated_batch_sees_the_rows_held_back_before_it() {
+        let store = SqliteStore::in_memory().unwrap();
+        // The second batch deletes the message the first stores: it must find it written.
+        let mut consume = create("a");
+        consume.consumed = vec![5];
+        let results = in_one_group(&store, vec![batch(vec![signal(5)]), consume]).await;
+        assert!(results.iter().all(Result::is_ok), "{results:?}");
+        assert!(store.recover().await.unwrap().messages.is_empty());
+    }
+
+    #[tokio::test]
+    async fn a_message_stored_twice_in_one_group_fails_the_group() {
+        let store = SqliteStore::in_memory().unwrap();
+        let results =
+            in_one_group(&store, vec![batch(vec![signal(1)]), batch(vec![signal(1)])]).await;
+        assert!(results.iter().all(Result::is_err), "{results:?}");
         assert!(store.recover().await.unwrap().messages.is_empty());
     }
 

@@ -1,14 +1,22 @@
 //! The writer thread: the only one that writes. It takes every request queued at the moment,
 //! and those arriving while it writes them, and applies them in one transaction (group
 //! commit), then answers each.
+//!
+//! Within a group, message inserts and entity rows are held back until the group is complete:
+//! a message consumed by a later batch of the same group is never written (the transaction
+//! that would insert it also deletes it), and an entity written by several batches is written
+//! once, with its last record. The group commits atomically, so what lands is the same.
 
+use std::collections::{BTreeMap, HashMap};
 use std::fmt::Write;
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::mpsc::Receiver;
 use std::sync::{Arc, Mutex};
 
-use entities_core::store::{Batch, InstanceWrite};
-use entities_core::StoreError;
+use entities_core::message::Message;
+use entities_core::message::MessageId;
+use entities_core::store::{Batch, EntityRecord, InstanceWrite};
+use entities_core::{EntityId, StoreError};
 use rusqlite::{params, CachedStatement, Connection};
 use tokio::sync::oneshot;
 use tracing::{debug, error};
@@ -25,6 +33,17 @@ pub(crate) enum WriteRequest {
     PurgeInstance(String, oneshot::Sender<Result<bool, StoreError>>),
 }
 
+/// Counts of what the writer did, shared with [`crate::SqliteStore::stats`].
+#[derive(Debug, Default)]
+pub(crate) struct Counters {
+    pub(crate) transactions: AtomicU64,
+    pub(crate) requests: AtomicU64,
+    pub(crate) messages_written: AtomicU64,
+    pub(crate) messages_elided: AtomicU64,
+    pub(crate) messages_deleted: AtomicU64,
+    pub(crate) entity_rows_written: AtomicU64,
+}
+
 /// Runs until every sender is gone. After a write fails in a way that is not confined to its
 /// own request, every later request is refused: later batches may build on the lost one.
 /// Once `closed` is set, nothing more is written.
@@ -32,6 +51,7 @@ pub(crate) fn run(
     conn: Arc<Mutex<Connection>>,
     rx: Receiver<WriteRequest>,
     closed: Arc<AtomicBool>,
+    counters: Arc<Counters>,
 ) {
     let mut group = Vec::new();
     let mut poisoned: Option<String> = None;
@@ -47,7 +67,7 @@ pub(crate) fn run(
                 if closed.load(Ordering::SeqCst) {
                     Err("the store is closed".to_string())
                 } else {
-                    apply_group(&mut conn, &mut group, &rx, &closed)
+                    apply_group(&mut conn, &mut group, &rx, &closed, &counters)
                 }
             }
         };
@@ -86,10 +106,11 @@ fn apply_group(
     group: &mut Vec<WriteRequest>,
     rx: &Receiver<WriteRequest>,
     closed: &AtomicBool,
+    counters: &Counters,
 ) -> Result<Vec<Outcome>, String> {
     let tx = conn.transaction().map_err(|e| e.to_string())?;
     let mut results = Vec::with_capacity(group.len());
-    {
+    let count = {
         let mut writes = Writes::new(&tx);
         let mut next = 0;
         loop {
@@ -104,17 +125,20 @@ fn apply_group(
                     Err(_) => break,
                 }
             }
-            let request = &group[next];
+            let index = next;
             next += 1;
-            if !request.isolated() {
+            if !group[index].isolated() {
                 // Any failure here fails the whole group: nothing of it is written.
-                let n = writes.apply(request).map_err(|e| e.to_string())?;
+                let n = writes.defer(group, index).map_err(|e| e.to_string())?;
                 results.push(Ok(n));
                 continue;
             }
+            // What is held back goes first, outside the savepoint: a rollback of this request
+            // must not take it along, and this request may read or consume it.
+            writes.flush(group).map_err(|e| e.to_string())?;
             tx.execute_batch("SAVEPOINT isolated")
                 .map_err(|e| e.to_string())?;
-            match writes.apply(request) {
+            match writes.apply(&group[index]) {
                 Ok(n) => {
                     tx.execute_batch("RELEASE isolated")
                         .map_err(|e| e.to_string())?;
@@ -128,8 +152,11 @@ fn apply_group(
                 }
             }
         }
-    }
+        writes.flush(group).map_err(|e| e.to_string())?;
+        writes.count
+    };
     tx.commit().map_err(|e| e.to_string())?;
+    count.add_to(counters, group.len());
     Ok(results)
 }
 
@@ -173,7 +200,38 @@ fn answer(group: impl Iterator<Item = WriteRequest>, outcome: Result<Vec<Outcome
     }
 }
 
-/// The statements of the hot path, prepared once per group, with reused buffers.
+/// What a group wrote, added to the [`Counters`] once it committed.
+#[derive(Default)]
+struct Count {
+    messages_written: u64,
+    messages_elided: u64,
+    messages_deleted: u64,
+    entity_rows_written: u64,
+}
+
+impl Count {
+    fn add_to(&self, counters: &Counters, requests: usize) {
+        counters.transactions.fetch_add(1, Ordering::Relaxed);
+        counters
+            .requests
+            .fetch_add(requests as u64, Ordering::Relaxed);
+        for (counter, n) in [
+            (&counters.messages_written, self.messages_written),
+            (&counters.messages_elided, self.messages_elided),
+            (&counters.messages_deleted, self.messages_deleted),
+            (&counters.entity_rows_written, self.entity_rows_written),
+        ] {
+            counter.fetch_add(n, Ordering::Relaxed);
+        }
+    }
+}
+
+/// Where a held-back row comes from: the request's index in the group and the row's index in
+/// its batch.
+type Source = (usize, usize);
+
+/// The writes of one group: the statements of the hot path, prepared once per group, reused
+/// buffers, and the rows held back until the group is complete.
 struct Writes<'c> {
     conn: &'c Connection,
     delete: Option<CachedStatement<'c>>,
@@ -181,6 +239,11 @@ struct Writes<'c> {
     upsert: Option<CachedStatement<'c>>,
     text: Vec<u8>,
     target: String,
+    /// Messages produced in this group and not consumed in it (yet).
+    messages: BTreeMap<MessageId, Source>,
+    /// The last record of each entity written in this group.
+    entities: HashMap<EntityId, Source>,
+    count: Count,
 }
 
 impl<'c> Writes<'c> {
@@ -192,10 +255,13 @@ impl<'c> Writes<'c> {
             upsert: None,
             text: Vec::with_capacity(256),
             target: String::with_capacity(64),
+            messages: BTreeMap::new(),
+            entities: HashMap::new(),
+            count: Count::default(),
         }
     }
 
-    /// Applies one request; returns a count for deletes.
+    /// Applies one request now; returns a count for deletes.
     fn apply(&mut self, request: &WriteRequest) -> rusqlite::Result<u64> {
         match request {
             WriteRequest::Commit(batch, _) => self.batch(batch).map(|()| 0),
@@ -212,69 +278,138 @@ impl<'c> Writes<'c> {
         }
     }
 
-    fn batch(&mut self, batch: &Batch) -> rusqlite::Result<()> {
-        let conn = self.conn;
-        // Creations first: a conflict fails the request before anything else is written.
-        for instance in batch.instances.iter().filter(|i| i.create) {
-            write_instance(conn, instance)?;
-        }
-        if !batch.consumed.is_empty() {
-            let delete = prepared(conn, &mut self.delete, "DELETE FROM messages WHERE id = ?1")?;
-            for id in &batch.consumed {
-                delete.execute([*id as i64])?;
+    /// Applies request `index` of the group, holding back its message inserts and entity rows
+    /// (see [`Writes::flush`]). Not for isolated requests: their writes must land in their
+    /// savepoint.
+    fn defer(&mut self, group: &[WriteRequest], index: usize) -> rusqlite::Result<u64> {
+        let WriteRequest::Commit(batch, _) = &group[index] else {
+            return self.apply(&group[index]);
+        };
+        for id in &batch.consumed {
+            if self.messages.remove(id).is_some() {
+                self.count.messages_elided += 1;
+            } else {
+                self.delete(*id)?;
             }
         }
-        if !batch.produced.is_empty() {
-            let insert = prepared(
-                conn,
-                &mut self.insert,
-                "INSERT INTO messages (id, target, deliver_at, body) VALUES (?1, ?2, ?3, ?4)",
-            )?;
-            for message in &batch.produced {
-                self.text.clear();
-                serde_json::to_writer(&mut self.text, &message.body).map_err(conversion)?;
-                self.target.clear();
-                write!(self.target, "{}", message.target).expect("writing to a String");
-                insert.execute(params![
-                    message.id as i64,
-                    self.target,
-                    message.deliver_at.map(|t| t as i64),
-                    std::str::from_utf8(&self.text).expect("serde_json writes UTF-8")
-                ])?;
+        for (i, message) in batch.produced.iter().enumerate() {
+            if self.messages.insert(message.id, (index, i)).is_some() {
+                return Err(duplicate_message(message.id));
             }
         }
-        if !batch.entities.is_empty() {
-            let upsert = prepared(
-                conn,
-                &mut self.upsert,
-                "INSERT INTO entities (name, key, state, lock_owner, last_modified) \
-                 VALUES (?1, ?2, ?3, ?4, ?5) \
-                 ON CONFLICT (name, key) DO UPDATE SET state = excluded.state, \
-                 lock_owner = excluded.lock_owner, last_modified = excluded.last_modified",
-            )?;
-            for entity in &batch.entities {
-                let state = match &entity.state {
-                    None => None,
-                    Some(value) => {
-                        self.text.clear();
-                        serde_json::to_writer(&mut self.text, value).map_err(conversion)?;
-                        Some(std::str::from_utf8(&self.text).expect("serde_json writes UTF-8"))
-                    }
-                };
-                upsert.execute(params![
-                    entity.id.name(),
-                    entity.id.key(),
-                    state,
-                    entity.lock_owner,
-                    entity.last_modified as i64
-                ])?;
-            }
+        for (i, entity) in batch.entities.iter().enumerate() {
+            self.entities.insert(entity.id.clone(), (index, i));
         }
-        for instance in batch.instances.iter().filter(|i| !i.create) {
-            write_instance(conn, instance)?;
+        for instance in &batch.instances {
+            write_instance(self.conn, instance)?;
+        }
+        Ok(0)
+    }
+
+    /// Writes the rows held back: the messages still unconsumed, and each entity's last record.
+    fn flush(&mut self, group: &[WriteRequest]) -> rusqlite::Result<()> {
+        let batch = |request: usize| match &group[request] {
+            WriteRequest::Commit(batch, _) => batch,
+            _ => unreachable!("only batches hold rows back"),
+        };
+        for (_, (request, i)) in std::mem::take(&mut self.messages) {
+            self.insert(&batch(request).produced[i])?;
+        }
+        let mut entities: Vec<_> = self.entities.drain().collect();
+        // In key order: neighbouring rows share pages.
+        entities.sort_unstable_by(|a, b| a.0.cmp(&b.0));
+        for (_, (request, i)) in entities {
+            self.upsert(&batch(request).entities[i])?;
         }
         Ok(())
     }
+
+    fn batch(&mut self, batch: &Batch) -> rusqlite::Result<()> {
+        // Creations first: a conflict fails the request before anything else is written.
+        for instance in batch.instances.iter().filter(|i| i.create) {
+            write_instance(self.conn, instance)?;
+        }
+        for id in &batch.consumed {
+            self.delete(*id)?;
+        }
+        for message in &batch.produced {
+            self.insert(message)?;
+        }
+        for entity in &batch.entities {
+            self.upsert(entity)?;
+        }
+        for instance in batch.instances.iter().filter(|i| !i.create) {
+            write_instance(self.conn, instance)?;
+        }
+        Ok(())
+    }
+
+    fn delete(&mut self, id: MessageId) -> rusqlite::Result<()> {
+        let delete = prepared(
+            self.conn,
+            &mut self.delete,
+            "DELETE FROM messages WHERE id = ?1",
+        )?;
+        delete.execute([id as i64])?;
+        self.count.messages_deleted += 1;
+        Ok(())
+    }
+
+    fn insert(&mut self, message: &Message) -> rusqlite::Result<()> {
+        let insert = prepared(
+            self.conn,
+            &mut self.insert,
+            "INSERT INTO messages (id, target, deliver_at, body) VALUES (?1, ?2, ?3, ?4)",
+        )?;
+        self.text.clear();
+        serde_json::to_writer(&mut self.text, &message.body).map_err(conversion)?;
+        self.target.clear();
+        write!(self.target, "{}", message.target).expect("writing to a String");
+        insert.execute(params![
+            message.id as i64,
+            self.target,
+            message.deliver_at.map(|t| t as i64),
+            std::str::from_utf8(&self.text).expect("serde_json writes UTF-8")
+        ])?;
+        self.count.messages_written += 1;
+        Ok(())
+    }
+
+    fn upsert(&mut self, entity: &EntityRecord) -> rusqlite::Result<()> {
+        let upsert = prepared(
+            self.conn,
+            &mut self.upsert,
+            "INSERT INTO entities (name, key, state, lock_owner, last_modified) \
+             VALUES (?1, ?2, ?3, ?4, ?5) \
+             ON CONFLICT (name, key) DO UPDATE SET state = excluded.state, \
+             lock_owner = excluded.lock_owner, last_modified = excluded.last_modified",
+        )?;
+        let state = match &entity.state {
+            None => None,
+            Some(value) => {
+                self.text.clear();
+                serde_json::to_writer(&mut self.text, value).map_err(conversion)?;
+                Some(std::str::from_utf8(&self.text).expect("serde_json writes UTF-8"))
+            }
+        };
+        upsert.execute(params![
+            entity.id.name(),
+            entity.id.key(),
+            state,
+            entity.lock_owner,
+            entity.last_modified as i64
+        ])?;
+        self.count.entity_rows_written += 1;
+        Ok(())
+    }
+}
+
+/// The error SQLite gives for a message id used twice, for a duplicate within one group.
+fn duplicate_message(id: MessageId) -> rusqlite::Error {
+    rusqlite::Error::SqliteFailure(
+        rusqlite::ffi::Error::new(rusqlite::ffi::SQLITE_CONSTRAINT_PRIMARYKEY),
+        Some(format!("message {id} is stored twice")),
+    )
 }
 
 /// The statement in `slot`, prepared on first use.
