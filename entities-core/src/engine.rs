@@ -530,17 +530,7 @@ impl Engine {
             produced: messages,
             ..Batch::default()
         });
-        tokio::spawn(async move {
-            let result = commit.await;
-            for ack in acks {
-                let _ = ack.send(match &result {
-                    Ok(_) => Ok(()),
-                    Err(err) => Err(StoreError::new(format!(
-                        "storing the messages failed: {err}"
-                    ))),
-                });
-            }
-        });
+        tokio::spawn(async move { answer_stored(acks, commit.await.err().as_ref()) });
     }
 
     /// Before the batch waits on `async` operations, which may take long: stores the client
@@ -687,9 +677,7 @@ impl Engine {
         match result {
             Ok(_) => {
                 self.committed_no += 1;
-                for ack in effects.stored {
-                    let _ = ack.send(Ok(()));
-                }
+                answer_stored(effects.stored, None);
                 for message in effects.deferred {
                     self.deliver(message);
                 }
@@ -703,11 +691,7 @@ impl Engine {
                 true
             }
             Err(err) => {
-                for ack in effects.stored {
-                    let _ = ack.send(Err(StoreError::new(format!(
-                        "storing the messages failed: {err}"
-                    ))));
-                }
+                answer_stored(effects.stored, Some(&err));
                 self.fail(err);
                 false
             }
@@ -729,11 +713,19 @@ impl Engine {
     fn fail(&mut self, err: StoreError) {
         error!(error = %err, "store commit failed; the runtime stops (stored messages are kept)");
         self.waiters.clear();
-        for ack in self.ingested_acks.drain(..) {
-            let _ = ack.send(Err(StoreError::new(format!(
-                "not stored: an earlier commit failed ({err})"
-            ))));
-        }
+        answer_stored(std::mem::take(&mut self.ingested_acks), Some(&err));
+    }
+}
+
+/// Tells clients that the commit storing their messages landed, or why it did not.
+fn answer_stored(acks: Vec<Stored>, failure: Option<&StoreError>) {
+    for ack in acks {
+        let _ = ack.send(match failure {
+            None => Ok(()),
+            Some(err) => Err(StoreError::new(format!(
+                "storing the messages failed: {err}"
+            ))),
+        });
     }
 }
 
