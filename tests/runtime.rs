@@ -7,7 +7,7 @@ use std::time::{Duration, SystemTime};
 
 use async_trait::async_trait;
 use entities::prelude::*;
-use entities::{Error, SqliteStore};
+use entities::{Error, SqliteStore, Store, StoreError};
 use serde_json::json;
 
 /// A counter that can also fail, panic, forward and record its inputs.
@@ -778,4 +778,108 @@ async fn signals_acknowledged_around_a_shutdown_are_kept() {
         );
     }
     runtime.shutdown().await.unwrap();
+}
+
+/// A store whose commits are answered only once the test opens the gate, and whose entity
+/// loads fail for keys starting with `bad`.
+struct GatedStore {
+    inner: SqliteStore,
+    committing: Arc<tokio::sync::Notify>,
+    gate: Arc<tokio::sync::Semaphore>,
+}
+
+#[async_trait]
+impl Store for GatedStore {
+    async fn recover(&self) -> Result<entities::store::Recovery, StoreError> {
+        self.inner.recover().await
+    }
+    fn commit(
+        &self,
+        batch: entities::store::Batch,
+    ) -> futures::future::BoxFuture<'static, Result<entities::store::Batch, StoreError>> {
+        let commit = self.inner.commit(batch);
+        self.committing.notify_one();
+        let gate = self.gate.clone();
+        Box::pin(async move {
+            let _pass = gate.acquire().await;
+            commit.await
+        })
+    }
+    async fn load_entities(
+        &self,
+        ids: Vec<EntityId>,
+    ) -> Result<Vec<entities::store::EntityRecord>, StoreError> {
+        if ids.iter().any(|id| id.key().starts_with("bad")) {
+            return Err(StoreError::new("read failed on purpose"));
+        }
+        self.inner.load_entities(ids).await
+    }
+    async fn read_entity(
+        &self,
+        id: &EntityId,
+    ) -> Result<Option<entities::store::EntityRecord>, StoreError> {
+        self.inner.read_entity(id).await
+    }
+    async fn query_entities(
+        &self,
+        query: &EntityQuery,
+    ) -> Result<entities::store::EntityRecordPage, StoreError> {
+        self.inner.query_entities(query).await
+    }
+    async fn delete_empty_entities(&self) -> Result<u64, StoreError> {
+        self.inner.delete_empty_entities().await
+    }
+    async fn read_instance(
+        &self,
+        id: &str,
+    ) -> Result<Option<entities::store::InstanceRecord>, StoreError> {
+        self.inner.read_instance(id).await
+    }
+    async fn read_history(&self, id: &str) -> Result<Vec<serde_json::Value>, StoreError> {
+        self.inner.read_history(id).await
+    }
+    async fn purge_instance(&self, id: &str) -> Result<bool, StoreError> {
+        self.inner.purge_instance(id).await
+    }
+    async fn running_instances(&self) -> Result<Vec<entities::store::InstanceRecord>, StoreError> {
+        self.inner.running_instances().await
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_sender_whose_message_commits_after_the_engine_stopped_hears_it_was_stored() {
+    let committing = Arc::new(tokio::sync::Notify::new());
+    let gate = Arc::new(tokio::sync::Semaphore::new(0));
+    let inner = SqliteStore::in_memory().unwrap();
+    let runtime = Runtime::builder()
+        .store(GatedStore {
+            inner: inner.clone(),
+            committing: committing.clone(),
+            gate: gate.clone(),
+        })
+        .entity_fn("Counter", counter)
+        .start()
+        .await
+        .unwrap();
+    let client = runtime.client();
+    // A scheduled signal: its batch stores it without running it, and the commit is held.
+    let later = SystemTime::now() + Duration::from_secs(3600);
+    let c = client.clone();
+    let scheduled = tokio::spawn(async move {
+        c.signal_entity_at(&EntityId::new("Counter", "later"), "add", &1, later)
+            .await
+    });
+    committing.notified().await;
+    // The next batch fails reading an entity: the engine stops.
+    let err = client
+        .signal_entity(&EntityId::new("Counter", "bad"), "add", &1)
+        .await
+        .unwrap_err();
+    assert!(matches!(err, Error::Shutdown), "{err:?}");
+    // The held commit lands after the engine stopped: its sender hears it was stored.
+    gate.add_permits(100);
+    scheduled.await.unwrap().unwrap();
+    let stored = inner.recover().await.unwrap().messages;
+    assert_eq!(stored.len(), 1, "the scheduled signal is stored");
+    drop(runtime);
 }

@@ -1,10 +1,12 @@
 //! The engine: one task that owns the in-memory queues and cached states of active entities,
 //! runs their operations batch by batch, and hands each batch to the store as one commit.
 //!
-//! Every message from outside is queued for storage before it is delivered here, and is
-//! deleted in the commit that records its effect; the store applies commits in queue order, so
-//! that commit lands with or after the one storing the message, and a crash at any moment
-//! loses nothing and applies nothing twice. Messages the engine produces are delivered at
+//! A client's message is stored by the engine's next batch, together with what that batch does
+//! with it (if the batch consumes it, only its effect is written), and its sender hears back
+//! after that commit; a batch about to wait on `async` operations first stores the client
+//! messages it holds in a commit of its own. A stored message is deleted in the commit that
+//! records its effect; the store applies commits in queue order, so a crash at any moment
+//! loses nothing acknowledged and applies nothing twice. Messages the engine produces are delivered at
 //! once: they commit in the batch that produced them, and whatever consumes them commits in
 //! the same or a later batch. Commits are
 //! pipelined and complete in batch order; a failed commit stops the engine, and the store
@@ -332,6 +334,11 @@ impl Engine {
                 }
             }
         }
+        // Commits still queued may land (a failed read stops the engine, not the store): their
+        // senders hear how they ended, not that the runtime stopped.
+        while let Some((result, effects)) = self.inflight.next().await {
+            answer_stored(effects.stored, result.as_ref().err());
+        }
         self.shared.stopped.store(true, Ordering::SeqCst);
         if let Some(done) = self.shutdown.take() {
             let _ = done.send(());
@@ -550,8 +557,11 @@ impl Engine {
             false
         });
         for id in ids {
+            // Still unconsumed (or consumed in this round, not yet counted): a later consumption
+            // goes to `consumed` now that it is no longer local. Consumed by an earlier round:
+            // its effect is in this batch, so this batch deletes it.
             if !b.local.remove(&id) && b.dropped.remove(&id) {
-                b.batch.consumed.push(id); // consumed by an earlier round
+                b.batch.consumed.push(id);
             }
         }
         self.store_now(messages, std::mem::take(&mut b.effects.stored));

@@ -61,7 +61,8 @@ pub enum Error {
     /// Waiting took longer than allowed.
     #[error("timed out after {0:?}")]
     Timeout(std::time::Duration),
-    /// The runtime has shut down (or stopped after a store failure).
+    /// The runtime has shut down (or stopped after a store failure). A send under way when a
+    /// runtime was dropped without `shutdown` may still have been stored.
     #[error("the runtime is shut down")]
     Shutdown,
     /// The runtime was configured wrongly.

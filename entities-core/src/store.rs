@@ -156,7 +156,9 @@ pub struct Recovery {
 /// Reads must see committed data only. `commit` must apply a batch atomically and durably, and
 /// apply batches in the order `commit` was called (the runtime queues a batch that consumes a
 /// message as soon as the batch storing it is queued, before either has committed);
-/// implementations should merge batches that are queued together into one transaction.
+/// implementations should merge batches that are queued together into one transaction. Once a
+/// commit has failed, every batch queued after it must fail too: the runtime may already have
+/// acted on the messages of a batch whose failure it only learns later.
 #[async_trait]
 pub trait Store: Send + Sync + 'static {
     /// Loads what the runtime needs to resume: every stored message.

@@ -138,6 +138,7 @@ fn apply_group(
             writes.flush(group).map_err(|e| e.to_string())?;
             tx.execute_batch("SAVEPOINT isolated")
                 .map_err(|e| e.to_string())?;
+            let count = writes.count;
             match writes.apply(&group[index]) {
                 Ok(n) => {
                     tx.execute_batch("RELEASE isolated")
@@ -148,6 +149,7 @@ fn apply_group(
                     // Rolls this request back; the others stand.
                     tx.execute_batch("ROLLBACK TO isolated; RELEASE isolated")
                         .map_err(|e| e.to_string())?;
+                    writes.count = count;
                     results.push(Err(request_error(err)));
                 }
             }
@@ -201,7 +203,7 @@ fn answer(group: impl Iterator<Item = WriteRequest>, outcome: Result<Vec<Outcome
 }
 
 /// What a group wrote, added to the [`Counters`] once it committed.
-#[derive(Default)]
+#[derive(Clone, Copy, Default)]
 struct Count {
     messages_written: u64,
     messages_elided: u64,
