@@ -442,10 +442,9 @@ impl Engine {
     /// last batch count as produced by this one: their senders hear back after its commit.
     async fn run_batch(&mut self) -> Result<(), StoreError> {
         self.batch_no += 1;
-        let ingested: Vec<MessageId> = self.ingested.iter().map(|m| m.id).collect();
         let mut b = Building {
-            local: ingested.iter().copied().collect(),
-            ingested,
+            local: self.ingested.iter().map(|m| m.id).collect(),
+            ingested: self.ingested.len(),
             batch: Batch {
                 produced: std::mem::take(&mut self.ingested),
                 ..Batch::default()
@@ -544,19 +543,13 @@ impl Engine {
     /// messages it took in, in a commit of their own queued ahead of the batch, and answers
     /// their senders when that lands. The batch then deletes those it consumes.
     fn store_ingested_now(&self, b: &mut Building) {
-        if b.ingested.is_empty() {
+        if b.ingested == 0 {
             return;
         }
-        let ids: HashSet<MessageId> = std::mem::take(&mut b.ingested).into_iter().collect();
-        let mut messages = Vec::with_capacity(ids.len());
-        b.batch.produced.retain_mut(|m| {
-            if !ids.contains(&m.id) {
-                return true;
-            }
-            messages.push(m.clone());
-            false
-        });
-        for id in ids {
+        // The client messages open `produced`: nothing is removed from it before the end.
+        let messages: Vec<Message> = b.batch.produced.drain(..b.ingested).collect();
+        b.ingested = 0;
+        for id in messages.iter().map(|m| m.id) {
             // Still unconsumed (or consumed in this round, not yet counted): a later consumption
             // goes to `consumed` now that it is no longer local. Consumed by an earlier round:
             // its effect is in this batch, so this batch deletes it.
@@ -751,8 +744,9 @@ struct Building {
     /// The last record of each entity the batch changed.
     writes: HashMap<EntityId, EntityRecord>,
     effects: Effects,
-    /// The client messages the batch took in, while their senders wait for this batch.
-    ingested: Vec<MessageId>,
+    /// How many client messages open `batch.produced`: taken in by this batch, while their
+    /// senders wait for it.
+    ingested: usize,
 }
 
 /// An operation that suspended: it goes on in the asynchronous pass of its round.

@@ -24,7 +24,7 @@ use rusqlite::{Connection, OpenFlags};
 use serde_json::Value;
 use tokio::sync::oneshot;
 
-use crate::writer::{Counters, WriteRequest};
+use crate::writer::WriteRequest;
 
 /// How hard SQLite syncs to disk at each commit.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
@@ -78,6 +78,18 @@ pub struct WriteStats {
     pub entity_rows_written: u64,
 }
 
+impl WriteStats {
+    /// Adds `other`'s counts to these.
+    fn add(&mut self, other: &WriteStats) {
+        self.transactions += other.transactions;
+        self.requests += other.requests;
+        self.messages_written += other.messages_written;
+        self.messages_elided += other.messages_elided;
+        self.messages_deleted += other.messages_deleted;
+        self.entity_rows_written += other.entity_rows_written;
+    }
+}
+
 /// The embedded SQLite store. Cheap to clone; clones share the database.
 #[derive(Clone)]
 pub struct SqliteStore {
@@ -88,7 +100,7 @@ struct Inner {
     writer: mpsc::Sender<WriteRequest>,
     writer_conn: Arc<Mutex<Connection>>,
     closed: Arc<AtomicBool>,
-    counters: Arc<Counters>,
+    stats: Arc<Mutex<WriteStats>>,
     readers: Vec<Arc<Mutex<Connection>>>,
     next_reader: AtomicUsize,
     path: Option<PathBuf>,
@@ -164,8 +176,8 @@ impl SqliteStore {
     ) -> Self {
         let (tx, rx) = mpsc::channel();
         let closed = Arc::new(AtomicBool::new(false));
-        let counters = Arc::new(Counters::default());
-        let (conn, flag, count) = (writer_conn.clone(), closed.clone(), counters.clone());
+        let stats = Arc::new(Mutex::new(WriteStats::default()));
+        let (conn, flag, count) = (writer_conn.clone(), closed.clone(), stats.clone());
         std::thread::Builder::new()
             .name("entities-sqlite-writer".into())
             .spawn(move || writer::run(conn, rx, flag, count))
@@ -175,7 +187,7 @@ impl SqliteStore {
                 writer: tx,
                 writer_conn,
                 closed,
-                counters,
+                stats,
                 readers,
                 next_reader: AtomicUsize::new(0),
                 path,
@@ -191,16 +203,7 @@ impl SqliteStore {
     /// Counts of what the writer has written since the store was opened, committed
     /// transactions only.
     pub fn stats(&self) -> WriteStats {
-        let c = &self.inner.counters;
-        let get = |n: &std::sync::atomic::AtomicU64| n.load(Ordering::Relaxed);
-        WriteStats {
-            transactions: get(&c.transactions),
-            requests: get(&c.requests),
-            messages_written: get(&c.messages_written),
-            messages_elided: get(&c.messages_elided),
-            messages_deleted: get(&c.messages_deleted),
-            entity_rows_written: get(&c.entity_rows_written),
-        }
+        *self.inner.stats.lock().unwrap_or_else(|e| e.into_inner())
     }
 
     /// Runs a read on one of the read connections, off the async executor.

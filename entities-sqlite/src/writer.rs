@@ -9,7 +9,7 @@
 
 use std::collections::{BTreeMap, HashMap};
 use std::fmt::Write;
-use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::mpsc::Receiver;
 use std::sync::{Arc, Mutex};
 
@@ -22,6 +22,7 @@ use tokio::sync::oneshot;
 use tracing::{debug, error};
 
 use crate::sql::status_text;
+use crate::WriteStats;
 
 /// Most requests merged into one transaction.
 const MAX_GROUP: usize = 4096;
@@ -33,17 +34,6 @@ pub(crate) enum WriteRequest {
     PurgeInstance(String, oneshot::Sender<Result<bool, StoreError>>),
 }
 
-/// Counts of what the writer did, shared with [`crate::SqliteStore::stats`].
-#[derive(Debug, Default)]
-pub(crate) struct Counters {
-    pub(crate) transactions: AtomicU64,
-    pub(crate) requests: AtomicU64,
-    pub(crate) messages_written: AtomicU64,
-    pub(crate) messages_elided: AtomicU64,
-    pub(crate) messages_deleted: AtomicU64,
-    pub(crate) entity_rows_written: AtomicU64,
-}
-
 /// Runs until every sender is gone. After a write fails in a way that is not confined to its
 /// own request, every later request is refused: later batches may build on the lost one.
 /// Once `closed` is set, nothing more is written.
@@ -51,7 +41,7 @@ pub(crate) fn run(
     conn: Arc<Mutex<Connection>>,
     rx: Receiver<WriteRequest>,
     closed: Arc<AtomicBool>,
-    counters: Arc<Counters>,
+    stats: Arc<Mutex<WriteStats>>,
 ) {
     let mut group = Vec::new();
     let mut poisoned: Option<String> = None;
@@ -67,7 +57,7 @@ pub(crate) fn run(
                 if closed.load(Ordering::SeqCst) {
                     Err("the store is closed".to_string())
                 } else {
-                    apply_group(&mut conn, &mut group, &rx, &closed, &counters)
+                    apply_group(&mut conn, &mut group, &rx, &closed, &stats)
                 }
             }
         };
@@ -106,7 +96,7 @@ fn apply_group(
     group: &mut Vec<WriteRequest>,
     rx: &Receiver<WriteRequest>,
     closed: &AtomicBool,
-    counters: &Counters,
+    stats: &Mutex<WriteStats>,
 ) -> Result<Vec<Outcome>, String> {
     let tx = conn.transaction().map_err(|e| e.to_string())?;
     let mut results = Vec::with_capacity(group.len());
@@ -158,7 +148,12 @@ fn apply_group(
         writes.count
     };
     tx.commit().map_err(|e| e.to_string())?;
-    count.add_to(counters, group.len());
+    let mut stats = stats.lock().unwrap_or_else(|e| e.into_inner());
+    stats.add(&WriteStats {
+        transactions: 1,
+        requests: group.len() as u64,
+        ..count
+    });
     Ok(results)
 }
 
@@ -202,32 +197,6 @@ fn answer(group: impl Iterator<Item = WriteRequest>, outcome: Result<Vec<Outcome
     }
 }
 
-/// What a group wrote, added to the [`Counters`] once it committed.
-#[derive(Clone, Copy, Default)]
-struct Count {
-    messages_written: u64,
-    messages_elided: u64,
-    messages_deleted: u64,
-    entity_rows_written: u64,
-}
-
-impl Count {
-    fn add_to(&self, counters: &Counters, requests: usize) {
-        counters.transactions.fetch_add(1, Ordering::Relaxed);
-        counters
-            .requests
-            .fetch_add(requests as u64, Ordering::Relaxed);
-        for (counter, n) in [
-            (&counters.messages_written, self.messages_written),
-            (&counters.messages_elided, self.messages_elided),
-            (&counters.messages_deleted, self.messages_deleted),
-            (&counters.entity_rows_written, self.entity_rows_written),
-        ] {
-            counter.fetch_add(n, Ordering::Relaxed);
-        }
-    }
-}
-
 /// Where a held-back row comes from: the request's index in the group and the row's index in
 /// its batch.
 type Source = (usize, usize);
@@ -245,7 +214,8 @@ struct Writes<'c> {
     messages: BTreeMap<MessageId, Source>,
     /// The last record of each entity written in this group.
     entities: HashMap<EntityId, Source>,
-    count: Count,
+    /// What this group wrote so far (its rows only).
+    count: WriteStats,
 }
 
 impl<'c> Writes<'c> {
@@ -259,7 +229,7 @@ impl<'c> Writes<'c> {
             target: String::with_capacity(64),
             messages: BTreeMap::new(),
             entities: HashMap::new(),
-            count: Count::default(),
+            count: WriteStats::default(),
         }
     }
 
