@@ -125,37 +125,88 @@ impl From<serde_json::Error> for OperationError {
     }
 }
 
-/// An error of the store (database I/O, corruption, a schema from a newer version).
-#[derive(Debug, thiserror::Error)]
+/// What kind of failure a [`StoreError`] is, so that callers can act on it without parsing
+/// messages.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+#[non_exhaustive]
+pub enum StoreErrorKind {
+    /// Any other failure (see the message and the source).
+    Other,
+    /// A batch created something that exists already; none of it was applied.
+    Conflict,
+    /// A stored value cannot be decoded; [`StoreError::raw_value`] holds it as stored.
+    Corrupt,
+    /// Another runtime owns the database.
+    InUse,
+    /// The disk (or the database's size limit) is full.
+    DiskFull,
+    /// The database cannot be written: read-only file, directory or mount.
+    ReadOnly,
+    /// An I/O error of the operating system.
+    Io,
+    /// The store has been closed (its runtime stopped) or its writer is gone.
+    Closed,
+}
+
+/// An error of the store (database I/O, corruption, a schema from a newer version). Cheap to
+/// clone: the cause is shared, so every sender of a failed commit gets it.
+#[derive(Clone, Debug, thiserror::Error)]
 #[error("{message}")]
 pub struct StoreError {
     message: String,
-    conflict: bool,
+    kind: StoreErrorKind,
+    raw: Option<String>,
     #[source]
-    source: Option<Box<dyn std::error::Error + Send + Sync>>,
+    source: Option<std::sync::Arc<dyn std::error::Error + Send + Sync>>,
 }
 
 impl StoreError {
     /// An error with a message only.
     pub fn new(message: impl fmt::Display) -> Self {
+        Self::of_kind(StoreErrorKind::Other, message)
+    }
+
+    /// An error of this kind with a message only.
+    pub fn of_kind(kind: StoreErrorKind, message: impl fmt::Display) -> Self {
         Self {
             message: message.to_string(),
-            conflict: false,
+            kind,
+            raw: None,
             source: None,
         }
     }
 
     /// The error of a batch that creates something that exists already.
     pub fn conflict(message: impl fmt::Display) -> Self {
+        Self::of_kind(StoreErrorKind::Conflict, message)
+    }
+
+    /// A stored value that cannot be decoded: `what` names it (the entity, message or
+    /// instance), `raw` is the value as stored.
+    pub fn corrupt(
+        what: impl fmt::Display,
+        raw: impl Into<String>,
+        source: impl std::error::Error + Send + Sync + 'static,
+    ) -> Self {
         Self {
-            conflict: true,
-            ..Self::new(message)
+            raw: Some(raw.into()),
+            ..Self::with_kind(StoreErrorKind::Corrupt, what, source)
         }
     }
 
     /// Whether the batch failed because it creates something that exists already.
     pub fn is_conflict(&self) -> bool {
-        self.conflict
+        self.kind == StoreErrorKind::Conflict
+    }
+
+    /// What kind of failure this is.
+    pub fn kind(&self) -> StoreErrorKind {
+        self.kind
+    }
+
+    /// For a [`StoreErrorKind::Corrupt`] error, the stored value that cannot be decoded.
+    pub fn raw_value(&self) -> Option<&str> {
+        self.raw.as_deref()
     }
 
     /// An error with a message and the underlying cause.
@@ -163,10 +214,26 @@ impl StoreError {
         message: impl fmt::Display,
         source: impl std::error::Error + Send + Sync + 'static,
     ) -> Self {
+        Self::with_kind(StoreErrorKind::Other, message, source)
+    }
+
+    /// An error of this kind with a message and the underlying cause.
+    pub fn with_kind(
+        kind: StoreErrorKind,
+        message: impl fmt::Display,
+        source: impl std::error::Error + Send + Sync + 'static,
+    ) -> Self {
         Self {
             message: format!("{message}: {source}"),
-            conflict: false,
-            source: Some(Box::new(source)),
+            kind,
+            raw: None,
+            source: Some(std::sync::Arc::new(source)),
         }
+    }
+
+    /// The same error with `context` put before its message (kind, raw value and cause kept).
+    pub fn context(mut self, context: impl fmt::Display) -> Self {
+        self.message = format!("{context}: {}", self.message);
+        self
     }
 }

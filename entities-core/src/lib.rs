@@ -20,7 +20,7 @@ pub mod store;
 pub use client::{CleanResult, Client, EntityMetadata, EntityPage};
 pub use context::EntityContext;
 pub use entity::{Entity, EntityFunction};
-pub use error::{Error, OperationError, Result, StoreError};
+pub use error::{Error, OperationError, Result, StoreError, StoreErrorKind};
 pub use id::EntityId;
 pub use orchestration::{
     ActivityFn, CriticalSection, OrchestrationCall, OrchestrationContext, OrchestrationFn,
