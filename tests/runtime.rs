@@ -636,7 +636,7 @@ async fn a_dropped_runtime_restarted_in_process_applies_nothing_twice() {
     runtime.shutdown().await.unwrap();
 }
 
-/// An entity whose `wait` operation holds its batch until the test opens the gate.
+/// An entity whose `wait` operation waits until the test opens the gate.
 struct Gate {
     started: Arc<tokio::sync::Notify>,
     open: Arc<tokio::sync::Notify>,
@@ -697,22 +697,28 @@ async fn a_long_async_operation_does_not_hold_back_other_senders() {
         .expect("a signal was acknowledged while another entity's operation runs")
         .unwrap();
     }
-    let stored = client
-        .get_entity_raw(&EntityId::new("Counter", "c"))
-        .await
-        .unwrap();
+    // The other entity's operations run and commit while the gate's operation waits.
+    let value: i64 = tokio::time::timeout(
+        patience,
+        client.call_entity(&EntityId::new("Counter", "c"), "get", &()),
+    )
+    .await
+    .expect("a call to another entity answered while the gate waits")
+    .unwrap();
+    assert_eq!(value, 3);
     assert_eq!(
-        stored, None,
-        "the counter's operations have not run: the signals were acknowledged once stored"
+        state_of(&client, &EntityId::new("Gate", "g")).await,
+        None,
+        "the gate's operation is still waiting"
     );
     open.notify_one();
     let c = client.clone();
-    wait_for("the waiting signals", || {
+    wait_for("the gate's operation", || {
         let c = c.clone();
         Box::pin(async move {
-            state_of(&c, &EntityId::new("Counter", "c"))
+            state_of(&c, &EntityId::new("Gate", "g"))
                 .await
-                .filter(|v| v == &json!(3))
+                .filter(|v| v == &json!("opened"))
         })
     })
     .await;
@@ -790,8 +796,16 @@ struct GatedStore {
 
 #[async_trait]
 impl Store for GatedStore {
-    async fn recover(&self) -> Result<entities::store::Recovery, StoreError> {
-        self.inner.recover().await
+    async fn recover(&self, horizon: u64) -> Result<entities::store::Recovery, StoreError> {
+        self.inner.recover(horizon).await
+    }
+    async fn scheduled_messages(
+        &self,
+        after: (u64, u64),
+        until: u64,
+        limit: usize,
+    ) -> Result<Vec<entities::message::Message>, StoreError> {
+        self.inner.scheduled_messages(after, until, limit).await
     }
     fn commit(
         &self,
@@ -847,7 +861,7 @@ impl Store for GatedStore {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_sender_whose_message_commits_after_the_engine_stopped_hears_it_was_stored() {
+async fn a_failed_read_is_survived_and_a_held_commit_still_answers_its_sender() {
     let committing = Arc::new(tokio::sync::Notify::new());
     let gate = Arc::new(tokio::sync::Semaphore::new(0));
     let inner = SqliteStore::in_memory().unwrap();
@@ -870,16 +884,24 @@ async fn a_sender_whose_message_commits_after_the_engine_stopped_hears_it_was_st
             .await
     });
     committing.notified().await;
-    // The next batch fails reading an entity: the engine stops.
+    // The next batch fails reading an entity: a fault. Its sender hears the cause.
     let err = client
         .signal_entity(&EntityId::new("Counter", "bad"), "add", &1)
         .await
         .unwrap_err();
-    assert!(matches!(err, Error::Shutdown), "{err:?}");
-    // The held commit lands after the engine stopped: its sender hears it was stored.
-    gate.add_permits(100);
+    assert!(
+        matches!(&err, Error::Store(e) if e.to_string().contains("read failed on purpose")),
+        "{err:?}"
+    );
+    // The held commit lands while the engine recovers: its sender hears it was stored.
+    gate.add_permits(1_000_000);
     scheduled.await.unwrap().unwrap();
-    let stored = inner.recover().await.unwrap().messages;
+    let stored = inner.recover(u64::MAX).await.unwrap().messages;
     assert_eq!(stored.len(), 1, "the scheduled signal is stored");
-    drop(runtime);
+    // The runtime recovered by itself: other entities work.
+    let good = EntityId::new("Counter", "good");
+    client.signal_entity(&good, "add", &2).await.unwrap();
+    let value: i64 = client.call_entity(&good, "get", &()).await.unwrap();
+    assert_eq!(value, 2);
+    runtime.shutdown().await.unwrap();
 }

@@ -493,6 +493,14 @@ impl Client {
                 stored: None,
             });
         }
+        // Messages held by the engine until stored are bounded: past the bound, wait here.
+        let wanted = batch.produced.len().clamp(1, self.shared.intake_bound) as u32;
+        let _permit = self
+            .shared
+            .intake
+            .acquire_many(wanted)
+            .await
+            .map_err(|_| Error::Shutdown)?;
         let (stored, done) = oneshot::channel();
         send(Command::Deliver {
             messages: batch.produced,

@@ -2,6 +2,7 @@
 
 use std::future::Future;
 use std::sync::Arc;
+use std::time::Duration;
 
 use serde::de::DeserializeOwned;
 use serde::Serialize;
@@ -124,6 +125,45 @@ impl RuntimeBuilder {
         self
     }
 
+    /// How long an entity operation may take before it fails (its state change and signals
+    /// rolled back) and its entity moves on. Default 5 minutes. Applies to operations that
+    /// await; one that blocks its thread without awaiting cannot be stopped.
+    pub fn operation_timeout(mut self, timeout: Duration) -> Self {
+        self.config.timeouts.default = timeout;
+        self
+    }
+
+    /// The operation timeout of the entities named `name`, overriding
+    /// [`operation_timeout`](Self::operation_timeout).
+    pub fn entity_operation_timeout(mut self, name: &str, timeout: Duration) -> Self {
+        self.config
+            .timeouts
+            .by_name
+            .insert(name.to_lowercase(), timeout);
+        self
+    }
+
+    /// How long [`Runtime::shutdown`] waits for operations under way before it stops them
+    /// (they run again at the next start). Default 30 seconds.
+    pub fn shutdown_grace(mut self, grace: Duration) -> Self {
+        self.config.shutdown_grace = grace;
+        self
+    }
+
+    /// Scheduled messages due within this time are held in memory; later ones stay in the
+    /// store and are read in as their time approaches. Default 60 seconds.
+    pub fn schedule_horizon(mut self, horizon: Duration) -> Self {
+        self.config.schedule_horizon = horizon.max(Duration::from_millis(2));
+        self
+    }
+
+    /// Most client messages held in memory while they wait to be stored; past this, sends
+    /// wait. Default 65,536.
+    pub fn max_pending_client_messages(mut self, max: usize) -> Self {
+        self.config.intake_bound = max.clamp(1, tokio::sync::Semaphore::MAX_PERMITS);
+        self
+    }
+
     /// Recovers stored messages and starts processing. Must be called inside a Tokio runtime.
     pub async fn start(self) -> Result<Runtime> {
         if !self.errors.is_empty() {
@@ -132,7 +172,9 @@ impl RuntimeBuilder {
         let store = self.store.ok_or_else(|| {
             Error::Config("no store: call `.store(SqliteStore::open(path)?)`".into())
         })?;
-        let recovery = store.recover().await?;
+        let loaded_until = crate::message::now_millis()
+            .saturating_add(self.config.schedule_horizon.as_millis() as u64);
+        let recovery = store.recover(loaded_until).await?;
         info!(
             messages = recovery.messages.len(),
             "runtime starting with stored messages"
@@ -143,8 +185,9 @@ impl RuntimeBuilder {
             Arc::new(self.registry),
             tx,
             recovery.max_message_id + 1,
+            self.config.intake_bound,
         ));
-        let engine = Engine::new(shared.clone(), self.config, rx);
+        let engine = Engine::new(shared.clone(), self.config, rx, loaded_until);
         let task = tokio::spawn(engine.run(recovery.messages));
         Ok(Runtime {
             shared,
@@ -176,8 +219,10 @@ impl Runtime {
         Client::new(self.shared.clone())
     }
 
-    /// Finishes the commits under way and stops. Messages not yet processed stay stored and
-    /// are processed by the next runtime on the same store.
+    /// Stops: waits for the operations under way (at most the grace period, see
+    /// [`RuntimeBuilder::shutdown_grace`]) and the commits under way. Messages not yet
+    /// processed, and those of operations stopped at the end of the grace period, stay
+    /// stored and are processed by the next runtime on the same store.
     pub async fn shutdown(mut self) -> Result<()> {
         let (tx, rx) = oneshot::channel();
         if self.shared.commands.send(Command::Shutdown(tx)).is_ok() {

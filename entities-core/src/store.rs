@@ -161,8 +161,27 @@ pub struct Recovery {
 /// acted on the messages of a batch whose failure it only learns later.
 #[async_trait]
 pub trait Store: Send + Sync + 'static {
-    /// Loads what the runtime needs to resume: every stored message.
-    async fn recover(&self) -> Result<Recovery, StoreError>;
+    /// Loads what the runtime needs to resume: every stored message that is not scheduled or
+    /// is due at or before `horizon` (milliseconds since the Unix epoch), in id order, and the
+    /// highest message id ever used.
+    async fn recover(&self, horizon: u64) -> Result<Recovery, StoreError>;
+
+    /// Stored scheduled messages due after the `(deliver_at, id)` cursor `after` and at or
+    /// before `until`, ordered by `(deliver_at, id)`, at most `limit`.
+    async fn scheduled_messages(
+        &self,
+        after: (u64, MessageId),
+        until: u64,
+        limit: usize,
+    ) -> Result<Vec<Message>, StoreError>;
+
+    /// After a failed commit, the store refuses every batch queued until `resume` is called;
+    /// `resume` waits until no batch queued before it is pending, then accepts new batches
+    /// again and checks that the database accepts writes (returning the error otherwise, and
+    /// refusing still).
+    fn resume(&self) -> BoxFuture<'static, Result<(), StoreError>> {
+        Box::pin(async { Ok(()) })
+    }
 
     /// Queues a batch for commit and returns a future that resolves, with the batch, once it
     /// is committed atomically and durably. The batch is queued when this returns, before the

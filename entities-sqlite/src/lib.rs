@@ -15,6 +15,7 @@ use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::{mpsc, Arc, Mutex};
 
 use async_trait::async_trait;
+use entities_core::message::{Message, MessageId};
 use entities_core::store::{
     Batch, EntityQuery, EntityRecord, EntityRecordPage, InstanceRecord, Recovery, Store,
 };
@@ -242,8 +243,18 @@ impl SqliteStore {
 
 #[async_trait]
 impl Store for SqliteStore {
-    async fn recover(&self) -> Result<Recovery, StoreError> {
-        self.read(sql::recover).await
+    async fn recover(&self, horizon: u64) -> Result<Recovery, StoreError> {
+        self.read(move |conn| sql::recover(conn, horizon)).await
+    }
+
+    async fn scheduled_messages(
+        &self,
+        after: (u64, MessageId),
+        until: u64,
+        limit: usize,
+    ) -> Result<Vec<Message>, StoreError> {
+        self.read(move |conn| sql::scheduled_messages(conn, after, until, limit))
+            .await
     }
 
     fn commit(&self, batch: Batch) -> BoxFuture<'static, Result<Batch, StoreError>> {
@@ -366,7 +377,7 @@ mod tests {
         assert!(bad.is_err());
         assert!(good.is_err(), "a batch after a failed one must not land");
         assert!(store.commit(batch(vec![signal(4)])).await.is_err());
-        let recovered = store.recover().await.unwrap();
+        let recovered = store.recover(u64::MAX).await.unwrap();
         let ids: Vec<u64> = recovered.messages.iter().map(|m| m.id).collect();
         assert_eq!(
             ids,
@@ -387,7 +398,7 @@ mod tests {
         });
         consume_it.await.unwrap();
         store_it.await.unwrap();
-        assert!(store.recover().await.unwrap().messages.is_empty());
+        assert!(store.recover(u64::MAX).await.unwrap().messages.is_empty());
     }
 
     fn entity(key: &str, value: i64) -> EntityRecord {
@@ -439,7 +450,7 @@ mod tests {
             (1, 1, 0)
         );
         let ids: Vec<u64> = store
-            .recover()
+            .recover(u64::MAX)
             .await
             .unwrap()
             .messages
@@ -472,7 +483,7 @@ mod tests {
         consume.consumed = vec![5];
         let results = in_one_group(&store, vec![batch(vec![signal(5)]), consume]).await;
         assert!(results.iter().all(Result::is_ok), "{results:?}");
-        assert!(store.recover().await.unwrap().messages.is_empty());
+        assert!(store.recover(u64::MAX).await.unwrap().messages.is_empty());
     }
 
     #[tokio::test]
@@ -481,7 +492,7 @@ mod tests {
         let results =
             in_one_group(&store, vec![batch(vec![signal(1)]), batch(vec![signal(1)])]).await;
         assert!(results.iter().all(Result::is_err), "{results:?}");
-        assert!(store.recover().await.unwrap().messages.is_empty());
+        assert!(store.recover(u64::MAX).await.unwrap().messages.is_empty());
     }
 
     #[tokio::test]
@@ -495,7 +506,7 @@ mod tests {
         assert!(dup.unwrap_err().is_conflict());
         other.unwrap();
         store.commit(batch(vec![signal(8)])).await.unwrap();
-        assert_eq!(store.recover().await.unwrap().messages.len(), 2);
+        assert_eq!(store.recover(u64::MAX).await.unwrap().messages.len(), 2);
     }
 
     #[tokio::test]

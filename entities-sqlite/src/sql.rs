@@ -35,25 +35,49 @@ fn parse_json(text: Option<String>) -> rusqlite::Result<Option<Value>> {
         .transpose()
 }
 
-pub(crate) fn recover(conn: &Connection) -> rusqlite::Result<Recovery> {
-    let mut stmt = conn.prepare("SELECT id, target, deliver_at, body FROM messages ORDER BY id")?;
+fn message_from_row(row: &Row<'_>) -> rusqlite::Result<Message> {
+    let target: String = row.get(1)?;
+    let body: String = row.get(3)?;
+    Ok(Message {
+        id: row.get::<_, i64>(0)? as u64,
+        target: Target::from_key(&target).map_err(bad_data)?,
+        deliver_at: row.get::<_, Option<i64>>(2)?.map(|t| t as u64),
+        body: serde_json::from_str(&body).map_err(bad_data)?,
+    })
+}
+
+pub(crate) fn recover(conn: &Connection, horizon: u64) -> rusqlite::Result<Recovery> {
+    let mut stmt = conn.prepare(
+        "SELECT id, target, deliver_at, body FROM messages \
+         WHERE deliver_at IS NULL OR deliver_at <= ?1 ORDER BY id",
+    )?;
     let messages = stmt
-        .query_map([], |row| {
-            let target: String = row.get(1)?;
-            let body: String = row.get(3)?;
-            Ok(Message {
-                id: row.get::<_, i64>(0)? as u64,
-                target: Target::from_key(&target).map_err(bad_data)?,
-                deliver_at: row.get::<_, Option<i64>>(2)?.map(|t| t as u64),
-                body: serde_json::from_str(&body).map_err(bad_data)?,
-            })
-        })?
+        .query_map([horizon.min(i64::MAX as u64) as i64], message_from_row)?
         .collect::<rusqlite::Result<Vec<_>>>()?;
     let max: Option<i64> = conn.query_row("SELECT MAX(id) FROM messages", [], |r| r.get(0))?;
     Ok(Recovery {
         messages,
         max_message_id: max.unwrap_or(0) as u64,
     })
+}
+
+pub(crate) fn scheduled_messages(
+    conn: &Connection,
+    after: (u64, u64),
+    until: u64,
+    limit: usize,
+) -> rusqlite::Result<Vec<Message>> {
+    let clamp = |v: u64| v.min(i64::MAX as u64) as i64;
+    conn.prepare_cached(
+        "SELECT id, target, deliver_at, body FROM messages \
+         WHERE deliver_at IS NOT NULL AND (deliver_at, id) > (?1, ?2) AND deliver_at <= ?3 \
+         ORDER BY deliver_at, id LIMIT ?4",
+    )?
+    .query_map(
+        params![clamp(after.0), clamp(after.1), clamp(until), limit as i64],
+        message_from_row,
+    )?
+    .collect()
 }
 
 pub(crate) fn load_entities(

@@ -16,12 +16,12 @@ use futures::future::BoxFuture;
 use futures::FutureExt;
 use serde_json::Value;
 use tokio::sync::oneshot;
-use tracing::{debug, warn};
+use tracing::{debug, error, warn};
 
 use super::context::{OrchState, OrchestrationContext};
 use super::history::{Action, Event};
 use crate::engine::{panic_message, Command, Shared};
-use crate::error::{Error, StoreError};
+use crate::error::{Error, StoreError, StoreErrorKind};
 use crate::id::EntityId;
 use crate::message::{now_millis, Body, FailureKind, Message, MessageId, Outcome, ReplyTo, Target};
 use crate::store::{Batch, InstanceRecord, InstanceWrite, RuntimeStatus};
@@ -60,6 +60,9 @@ struct Slot {
 
 /// An activity that finished, to be recorded.
 pub(crate) struct ActivityDone {
+    /// The engine generation the activity started in: results from before a recovery are
+    /// dropped (the recovered activity message runs again).
+    pub generation: u64,
     pub message: MessageId,
     pub instance: String,
     pub seq: u64,
@@ -73,6 +76,8 @@ pub(crate) struct Orchestrations {
     ready: VecDeque<String>,
     watchers: HashMap<String, Vec<oneshot::Sender<InstanceRecord>>>,
     activities_done: Vec<ActivityDone>,
+    /// Counts recoveries (see [`ActivityDone::generation`]).
+    generation: u64,
 }
 
 impl Orchestrations {
@@ -83,7 +88,16 @@ impl Orchestrations {
             ready: VecDeque::new(),
             watchers: HashMap::new(),
             activities_done: Vec::new(),
+            generation: 0,
         }
+    }
+
+    /// Drops every instance in memory (after a store fault); watchers stay.
+    pub(crate) fn reset(&mut self) {
+        self.slots.clear();
+        self.ready.clear();
+        self.activities_done.clear();
+        self.generation += 1;
     }
 
     pub(crate) fn has_work(&self) -> bool {
@@ -121,6 +135,7 @@ impl Orchestrations {
         };
         let function = self.shared.registry.activities.get(&name).cloned();
         let commands = self.shared.commands.clone();
+        let generation = self.generation;
         tokio::spawn(async move {
             let outcome = match function {
                 None => Outcome::Err(
@@ -139,6 +154,7 @@ impl Orchestrations {
                 }
             };
             let _ = commands.send(Command::ActivityDone(ActivityDone {
+                generation,
                 message: message.id,
                 instance,
                 seq,
@@ -148,7 +164,9 @@ impl Orchestrations {
     }
 
     pub(crate) fn activity_done(&mut self, done: ActivityDone) {
-        self.activities_done.push(done);
+        if done.generation == self.generation {
+            self.activities_done.push(done);
+        }
     }
 
     pub(crate) fn watch(&mut self, id: String, done: oneshot::Sender<InstanceRecord>) {
@@ -165,12 +183,10 @@ impl Orchestrations {
     ) -> Result<Vec<InstanceRecord>, StoreError> {
         for done in self.activities_done.drain(..) {
             batch.consumed.push(done.message);
-            batch.produced.push(completion(
-                &self.shared,
-                done.instance,
-                done.seq,
-                done.outcome,
-            ));
+            batch.produced.push(
+                self.shared
+                    .completion(done.instance, done.seq, done.outcome),
+            );
         }
         let mut ids = Vec::new();
         while ids.len() < MAX_INSTANCES_PER_BATCH {
@@ -215,7 +231,13 @@ impl Orchestrations {
         if self.slots.get(id).is_none_or(|s| s.loaded) {
             return Ok(());
         }
-        let record = self.shared.store.read_instance(id).await?;
+        let record = match self.shared.store.read_instance(id).await {
+            Err(err) if err.kind() == StoreErrorKind::Corrupt => {
+                self.unrunnable(id, &err);
+                return Ok(());
+            }
+            other => other?,
+        };
         let mut live = None;
         let mut ended = false;
         let mut unrunnable = false;
@@ -224,7 +246,13 @@ impl Orchestrations {
             None => {}
             Some(record) if record.status.is_terminal() => ended = true,
             Some(record) => {
-                let history = self.shared.store.read_history(id).await?;
+                let history = match self.shared.store.read_history(id).await {
+                    Err(err) if err.kind() == StoreErrorKind::Corrupt => {
+                        self.unrunnable(id, &err);
+                        return Ok(());
+                    }
+                    other => other?,
+                };
                 if history.is_empty() {
                     // Recorded by the client with its start message, which has not run yet.
                     awaiting_start = true;
@@ -247,6 +275,15 @@ impl Orchestrations {
         slot.awaiting_start = awaiting_start;
         slot.unrunnable = unrunnable;
         Ok(())
+    }
+
+    /// Marks an instance whose stored record or history cannot be decoded: its messages stay
+    /// stored and it does not run; every other instance goes on.
+    fn unrunnable(&mut self, id: &str, err: &StoreError) {
+        error!(instance = id, error = %err, "the instance's stored record or history cannot be decoded; it does not run until repaired, its messages stay stored");
+        let slot = self.slots.get_mut(id).expect("slot");
+        slot.loaded = true;
+        slot.unrunnable = true;
     }
 
     /// Rebuilds a running instance from its history, turn by turn.
@@ -420,8 +457,7 @@ impl Orchestrations {
                         Err(err) => {
                             // Unknown name (or a panic): the instance fails at once.
                             if let Some(ReplyTo::Instance { id: parent, seq }) = parent {
-                                batch.produced.push(completion(
-                                    &self.shared,
+                                batch.produced.push(self.shared.completion(
                                     parent,
                                     seq,
                                     Outcome::Err(FailureKind::Orchestration, err.clone()),
@@ -484,7 +520,7 @@ impl Orchestrations {
                         for (seq, action) in state.new_actions.drain(..) {
                             batch
                                 .produced
-                                .extend(action_messages(&self.shared, id, seq, &action));
+                                .extend(self.shared.action_messages(id, seq, &action));
                             let event = Event::Scheduled { seq, action };
                             track_locks(&mut live.locks, &event);
                             events.push(event);
@@ -530,7 +566,7 @@ impl Orchestrations {
         held.dedup();
         live.future = None; // drops guards: `closed` keeps them from scheduling anything
         for entity in held {
-            batch.produced.push(release(&self.shared, id, entity));
+            batch.produced.push(self.shared.release(id, entity));
         }
         let (status, output, reply) = match result {
             Ok(value) => (RuntimeStatus::Completed, value.clone(), Outcome::Ok(value)),
@@ -554,7 +590,7 @@ impl Orchestrations {
         if let Some(ReplyTo::Instance { id: parent, seq }) = &live.parent {
             batch
                 .produced
-                .push(completion(&self.shared, parent.clone(), *seq, reply));
+                .push(self.shared.completion(parent.clone(), *seq, reply));
         }
     }
 
@@ -564,7 +600,7 @@ impl Orchestrations {
         match message.body {
             Body::LockGranted { ids, .. } => {
                 for entity in ids {
-                    batch.produced.push(release(&self.shared, id, entity));
+                    batch.produced.push(self.shared.release(id, entity));
                 }
             }
             // A sub-orchestration whose id is taken by an ended instance: its parent must not
@@ -572,8 +608,7 @@ impl Orchestrations {
             Body::Start {
                 parent: Some(ReplyTo::Instance { id: parent, seq }),
                 ..
-            } => batch.produced.push(completion(
-                &self.shared,
+            } => batch.produced.push(self.shared.completion(
                 parent,
                 seq,
                 Outcome::Err(
@@ -657,117 +692,5 @@ fn track_locks(locks: &mut Option<Vec<EntityId>>, event: &Event) {
             ..
         } => *locks = None,
         _ => {}
-    }
-}
-
-fn completion(shared: &Shared, instance: String, seq: u64, result: Outcome) -> Message {
-    Message {
-        id: shared.next_message_id(),
-        target: Target::Instance(instance),
-        deliver_at: None,
-        body: Body::Completion { seq, result },
-    }
-}
-
-fn release(shared: &Shared, owner: &str, entity: EntityId) -> Message {
-    Message {
-        id: shared.next_message_id(),
-        target: Target::Entity(entity),
-        deliver_at: None,
-        body: Body::Release {
-            owner: owner.to_string(),
-        },
-    }
-}
-
-/// The messages that carry out a scheduled step.
-fn action_messages(shared: &Shared, instance: &str, seq: u64, action: &Action) -> Vec<Message> {
-    let message = |target, deliver_at, body| Message {
-        id: shared.next_message_id(),
-        target,
-        deliver_at,
-        body,
-    };
-    match action.clone() {
-        Action::Activity { name, input } => vec![message(
-            Target::Activity,
-            None,
-            Body::Activity {
-                instance: instance.to_string(),
-                seq,
-                name,
-                input,
-            },
-        )],
-        Action::CallEntity {
-            id,
-            operation,
-            input,
-        } => vec![message(
-            Target::Entity(id),
-            None,
-            Body::Operation {
-                name: operation,
-                input,
-                reply: Some(ReplyTo::Instance {
-                    id: instance.to_string(),
-                    seq,
-                }),
-                sender: Some(instance.to_string()),
-            },
-        )],
-        Action::SignalEntity {
-            id,
-            operation,
-            input,
-            at,
-        } => vec![message(
-            Target::Entity(id),
-            at,
-            Body::Operation {
-                name: operation,
-                input,
-                reply: None,
-                sender: Some(instance.to_string()),
-            },
-        )],
-        Action::Timer { fire_at } => vec![message(
-            Target::Instance(instance.to_string()),
-            Some(fire_at),
-            Body::Completion {
-                seq,
-                result: Outcome::Ok(Value::Null),
-            },
-        )],
-        Action::SubOrchestration {
-            name,
-            instance: child,
-            input,
-        } => vec![message(
-            Target::Instance(child),
-            None,
-            Body::Start {
-                name,
-                input,
-                parent: Some(ReplyTo::Instance {
-                    id: instance.to_string(),
-                    seq,
-                }),
-            },
-        )],
-        Action::Lock { ids } => vec![message(
-            Target::Entity(ids[0].clone()),
-            None,
-            Body::LockRequest {
-                owner: instance.to_string(),
-                ids,
-                position: 0,
-                seq,
-            },
-        )],
-        Action::Release { ids } => ids
-            .into_iter()
-            .map(|entity| release(shared, instance, entity))
-            .collect(),
     }
 }

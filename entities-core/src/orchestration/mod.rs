@@ -4,7 +4,7 @@
 
 mod context;
 pub(crate) mod engine;
-mod history;
+pub(crate) mod history;
 mod status;
 
 pub use context::{CriticalSection, OrchestrationCall, OrchestrationContext, OrchestrationSignal};

@@ -1,0 +1,124 @@
+//! Building a batch: rounds of entity operations and orchestration turns whose effects commit
+//! together.
+
+use std::collections::{HashMap, HashSet};
+
+use super::commits::Effects;
+use super::entities::RoundOutput;
+use super::protocol::answer_stored;
+use super::Engine;
+use crate::error::StoreError;
+use crate::id::EntityId;
+use crate::message::{MessageId, Target};
+use crate::store::{Batch, EntityRecord};
+
+/// Most rounds in one batch (a round runs what the previous round made ready).
+const MAX_ROUNDS: usize = 32;
+
+/// A batch being built: what it will commit, and what waits for the commit.
+#[derive(Default)]
+struct Building {
+    batch: Batch,
+    /// Messages produced in this batch (and client messages it took in): stored with it
+    /// unless consumed in it.
+    local: HashSet<MessageId>,
+    /// Messages of `local` consumed in the batch: never stored.
+    dropped: HashSet<MessageId>,
+    /// The last record of each entity the batch changed.
+    writes: HashMap<EntityId, EntityRecord>,
+    effects: Effects,
+}
+
+impl Engine {
+    /// Runs one batch, then queues its commit. A batch runs in rounds: the operations that
+    /// finished on their own tasks and the ready operations of entities and turns of
+    /// orchestrations, then those made ready by the messages the round produced, and so on. A
+    /// message produced and consumed in one batch commits (or is lost) with its producer, so
+    /// it is never stored; only effects seen outside (client replies, ended instances,
+    /// activities) wait for the commit. Client messages taken in since the last batch count
+    /// as produced by this one: their senders hear back after its commit.
+    ///
+    /// With `only_finished` (when stopping), it records finished operations and stores the
+    /// client messages taken in, and runs nothing else.
+    pub(super) async fn run_batch(&mut self, only_finished: bool) -> Result<(), StoreError> {
+        self.batch_no += 1;
+        let mut b = Building {
+            local: self.ingested.iter().map(|m| m.id).collect(),
+            batch: Batch {
+                produced: std::mem::take(&mut self.ingested),
+                ..Batch::default()
+            },
+            effects: Effects {
+                stored: std::mem::take(&mut self.ingested_acks),
+                ..Effects::default()
+            },
+            ..Building::default()
+        };
+        if let Err(err) = self.run_rounds(&mut b, only_finished).await {
+            // The senders of the client messages it took in hear why they are not stored.
+            answer_stored(std::mem::take(&mut b.effects.stored), Some(&err));
+            return Err(err);
+        }
+        let Building {
+            mut batch,
+            dropped,
+            writes,
+            effects,
+            ..
+        } = b;
+        batch.produced.retain(|m| !dropped.contains(&m.id));
+        batch.entities = writes.into_values().collect();
+        // Queued now, so batches commit in order.
+        self.commits.queue(batch, effects);
+        Ok(())
+    }
+
+    /// Runs the rounds of a batch into `b`.
+    async fn run_rounds(
+        &mut self,
+        b: &mut Building,
+        only_finished: bool,
+    ) -> Result<(), StoreError> {
+        let mut ops = 0;
+        for _ in 0..MAX_ROUNDS {
+            if ops >= self.config.max_batch || !self.has_work() {
+                break;
+            }
+            let mut round = Batch::default();
+            let out = RoundOutput {
+                round: &mut round,
+                writes: &mut b.writes,
+                replies: &mut b.effects.replies,
+            };
+            self.entities
+                .run_round(out, self.batch_no, self.config.max_batch, only_finished)
+                .await?;
+            if !only_finished {
+                let ended = self.orchestrations.run_steps(&mut round).await?;
+                b.effects.finished_instances.extend(ended);
+            }
+            if round.is_empty() {
+                break; // only entities waiting for a lock or an operation were ready
+            }
+            ops += round.consumed.len();
+            for id in round.consumed {
+                if b.local.remove(&id) {
+                    b.dropped.insert(id);
+                } else {
+                    b.batch.consumed.push(id);
+                }
+            }
+            for message in round.produced {
+                if matches!(message.target, Target::Activity) {
+                    b.effects.deferred.push(message.clone());
+                } else if self.ownership.owns(&message.target) {
+                    b.local.insert(message.id);
+                    self.deliver(message.clone());
+                }
+                b.batch.produced.push(message);
+            }
+            b.batch.instances.extend(round.instances);
+        }
+        Ok(())
+    }
+}

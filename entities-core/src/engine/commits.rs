@@ -1,0 +1,88 @@
+//! The commit pipeline: the one owner of the engine's writes. Batches are queued with the
+//! store in order and complete in that order; what waits for a commit (answers to senders,
+//! replies, ended instances, activities) travels with it as its [`Effects`].
+
+use std::sync::Arc;
+
+use futures::future::BoxFuture;
+use futures::stream::FuturesOrdered;
+use futures::{FutureExt, StreamExt};
+
+use super::protocol::{CallReply, Stored};
+use crate::error::StoreError;
+use crate::message::Message;
+use crate::store::{Batch, InstanceRecord, Store};
+
+/// Effects released once a batch has committed.
+#[derive(Default)]
+pub(crate) struct Effects {
+    /// Clients whose messages the batch stores.
+    pub stored: Vec<Stored>,
+    /// Replies to client calls.
+    pub replies: Vec<(u64, CallReply)>,
+    /// Messages delivered only after the commit (activities: side effects outside).
+    pub deferred: Vec<Message>,
+    /// The final records of instances that ended.
+    pub finished_instances: Vec<InstanceRecord>,
+}
+
+impl Effects {
+    fn is_empty(&self) -> bool {
+        self.stored.is_empty()
+            && self.replies.is_empty()
+            && self.deferred.is_empty()
+            && self.finished_instances.is_empty()
+    }
+}
+
+/// A commit that finished, with its effects.
+pub(crate) type Done = (Result<(), StoreError>, Effects);
+
+/// Commits queued with the store and not finished yet, in queue order.
+pub(crate) struct Commits {
+    store: Arc<dyn Store>,
+    inflight: FuturesOrdered<BoxFuture<'static, Done>>,
+}
+
+impl Commits {
+    pub(crate) fn new(store: Arc<dyn Store>) -> Self {
+        Self {
+            store,
+            inflight: FuturesOrdered::new(),
+        }
+    }
+
+    /// Queues `batch` with the store now (so commits apply in call order); its effects are
+    /// released when it is done. A batch that changes nothing and waits for nothing is skipped.
+    pub(crate) fn queue(&mut self, batch: Batch, effects: Effects) {
+        if batch.is_empty() && effects.is_empty() {
+            return;
+        }
+        let commit = self.store.commit(batch);
+        self.inflight.push_back(Box::pin(
+            commit.map(move |result| (result.map(drop), effects)),
+        ));
+    }
+
+    /// Commits under way.
+    pub(crate) fn len(&self) -> usize {
+        self.inflight.len()
+    }
+
+    pub(crate) fn is_empty(&self) -> bool {
+        self.inflight.is_empty()
+    }
+
+    /// The next commit to finish (pending forever when none is under way).
+    pub(crate) async fn next(&mut self) -> Done {
+        match self.inflight.next().await {
+            Some(done) => done,
+            None => std::future::pending().await,
+        }
+    }
+
+    /// The next commit if it has finished already.
+    pub(crate) fn try_next(&mut self) -> Option<Done> {
+        self.inflight.next().now_or_never().flatten()
+    }
+}

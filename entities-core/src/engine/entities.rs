@@ -1,0 +1,535 @@
+//! The entity side of the engine: active entities in memory, running their operations, and
+//! the entity side of critical sections.
+//!
+//! Operations that finish without suspending run inline, one entity after the other. An
+//! operation that suspends (an `async` operation that awaits) goes on on a task of its own,
+//! under its entity's timeout, while its entity's later messages wait behind it; every other
+//! entity keeps running. When it finishes, the next batch records it: its consumed message,
+//! new state, sent messages and reply commit together, as for any operation.
+
+use std::collections::{HashMap, VecDeque};
+use std::panic::AssertUnwindSafe;
+use std::sync::Arc;
+use std::time::Duration;
+
+use futures::FutureExt;
+use serde_json::Value;
+use tokio::task::JoinSet;
+use tracing::{error, warn};
+
+use super::protocol::CallReply;
+use super::shared::Shared;
+use crate::context::EntityContext;
+use crate::entity::EntityFunction;
+use crate::error::{OperationError, StoreError, StoreErrorKind};
+use crate::id::EntityId;
+use crate::message::{now_millis, Body, Message, MessageId, ReplyTo};
+use crate::store::{Batch, EntityRecord};
+
+/// An entity in memory.
+#[derive(Default)]
+struct Slot {
+    loaded: bool,
+    state: Option<Value>,
+    lock: Option<String>,
+    last_modified: u64,
+    queue: VecDeque<Message>,
+    in_ready: bool,
+    /// The last batch that wrote this entity; it may be unloaded once that batch committed.
+    last_write: u64,
+    /// One of its operations runs on a task of its own; its later messages wait.
+    busy: bool,
+    /// Its stored state cannot be decoded: its operations fail with this error, and the
+    /// stored value is never overwritten.
+    poisoned: Option<String>,
+}
+
+impl Slot {
+    /// The index of the next message that may run: the first one, or while locked the first
+    /// one from the lock holder. None while an operation is under way.
+    fn runnable(&self) -> Option<usize> {
+        if self.busy {
+            return None;
+        }
+        let index = match &self.lock {
+            None => (!self.queue.is_empty()).then_some(0),
+            Some(owner) => self.queue.iter().position(|m| match &m.body {
+                Body::Operation { sender, .. } => sender.as_deref() == Some(owner),
+                Body::Release { owner: o } => o == owner,
+                Body::LockRequest { owner: o, .. } => o == owner,
+                _ => false,
+            }),
+        }?;
+        // A poisoned entity cannot record a lock: its lock messages wait for a repair.
+        let lock_message = matches!(
+            self.queue[index].body,
+            Body::LockRequest { .. } | Body::Release { .. }
+        );
+        (!(lock_message && self.poisoned.is_some())).then_some(index)
+    }
+
+    fn idle(&self) -> bool {
+        self.queue.is_empty() && !self.in_ready && !self.busy
+    }
+}
+
+/// What one entity's share of a round produced.
+#[derive(Default)]
+struct Part {
+    consumed: Vec<MessageId>,
+    produced: Vec<Message>,
+    replies: Vec<(u64, CallReply)>,
+    /// Whether its state or lock changed, so that its row must be written.
+    written: bool,
+}
+
+/// An operation that suspended: it goes on on a task of its own.
+struct Suspended {
+    function: Arc<dyn EntityFunction>,
+    message: MessageId,
+    ctx: EntityContext,
+    reply: Option<ReplyTo>,
+}
+
+/// An operation that finished on its own task.
+pub(crate) struct OperationDone {
+    id: EntityId,
+    message: MessageId,
+    ctx: EntityContext,
+    outcome: Result<(), OperationError>,
+    reply: Option<ReplyTo>,
+}
+
+/// What a round of entity operations adds to the batch being built.
+pub(crate) struct RoundOutput<'a> {
+    pub round: &'a mut Batch,
+    pub writes: &'a mut HashMap<EntityId, EntityRecord>,
+    pub replies: &'a mut Vec<(u64, CallReply)>,
+}
+
+/// Operation timeouts: one for all entities, overridden per entity name.
+#[derive(Clone, Debug)]
+pub(crate) struct Timeouts {
+    pub default: Duration,
+    pub by_name: HashMap<String, Duration>,
+}
+
+impl Timeouts {
+    fn of(&self, id: &EntityId) -> Duration {
+        self.by_name.get(id.name()).copied().unwrap_or(self.default)
+    }
+}
+
+/// Active entities, their queues, and their operations under way.
+pub(crate) struct Entities {
+    shared: Arc<Shared>,
+    slots: HashMap<EntityId, Slot>,
+    ready: VecDeque<EntityId>,
+    running: JoinSet<OperationDone>,
+    finished: Vec<OperationDone>,
+    timeouts: Timeouts,
+}
+
+impl Entities {
+    pub(crate) fn new(shared: Arc<Shared>, timeouts: Timeouts) -> Self {
+        Self {
+            shared,
+            slots: HashMap::new(),
+            ready: VecDeque::new(),
+            running: JoinSet::new(),
+            finished: Vec::new(),
+            timeouts,
+        }
+    }
+
+    /// Whether a round would do something.
+    pub(crate) fn has_work(&self) -> bool {
+        !self.ready.is_empty() || !self.finished.is_empty()
+    }
+
+    /// Operations running on tasks of their own.
+    pub(crate) fn running(&self) -> usize {
+        self.running.len()
+    }
+
+    /// Entities in memory.
+    pub(crate) fn len(&self) -> usize {
+        self.slots.len()
+    }
+
+    /// Queues a due message for its entity.
+    pub(crate) fn deliver(&mut self, id: EntityId, message: Message) {
+        if self.shared.registry.entity(id.name()).is_none() {
+            warn!(
+                entity = %id,
+                message = message.id,
+                "message for an entity name this runtime does not register; it stays stored"
+            );
+            return;
+        }
+        let slot = self.slots.entry(id.clone()).or_default();
+        slot.queue.push_back(message);
+        if !slot.in_ready && !slot.busy {
+            slot.in_ready = true;
+            self.ready.push_back(id);
+        }
+    }
+
+    /// The next operation that finished on its own task (pending while none runs).
+    pub(crate) async fn next_finished(&mut self) {
+        match self.running.join_next().await {
+            Some(Ok(done)) => self.finished.push(done),
+            Some(Err(err)) => error!(error = %err, "an entity operation task failed"),
+            None => std::future::pending().await,
+        }
+    }
+
+    /// Takes the operations that finished meanwhile, without waiting.
+    pub(crate) fn poll_finished(&mut self) {
+        while let Some(Some(joined)) = self.running.join_next().now_or_never() {
+            match joined {
+                Ok(done) => self.finished.push(done),
+                Err(err) => error!(error = %err, "an entity operation task failed"),
+            }
+        }
+    }
+
+    /// Records finished operations, then runs the ready entities' messages once, into `out`.
+    /// `only_finished` records finished operations without running anything else (when
+    /// stopping).
+    pub(crate) async fn run_round(
+        &mut self,
+        out: RoundOutput<'_>,
+        batch_no: u64,
+        max_batch: usize,
+        only_finished: bool,
+    ) -> Result<(), StoreError> {
+        let mut work: Vec<(EntityId, Slot, Part)> = Vec::new();
+        for done in std::mem::take(&mut self.finished) {
+            let Some(mut slot) = self.slots.remove(&done.id) else {
+                continue; // dropped by a recovery
+            };
+            slot.busy = false;
+            let mut part = Part::default();
+            part.consumed.push(done.message);
+            let id = done.id;
+            finish_operation(
+                &self.shared,
+                &id,
+                &mut slot,
+                done.ctx,
+                done.outcome,
+                done.reply,
+                &mut part,
+            );
+            work.push((id, slot, part));
+        }
+        let mut ids = Vec::new();
+        let mut budget = 0usize;
+        while !only_finished && budget < max_batch {
+            let Some(id) = self.ready.pop_front() else {
+                break;
+            };
+            if let Some(slot) = self.slots.get_mut(&id) {
+                slot.in_ready = false;
+                budget += slot.queue.len();
+                ids.push(id);
+            }
+        }
+        self.load(&ids).await?;
+        for id in ids {
+            let slot = self.slots.remove(&id).expect("ready entity has a slot");
+            work.push((id, slot, Part::default()));
+        }
+        for (id, slot, part) in &mut work {
+            if slot.busy {
+                continue;
+            }
+            let Some(function) = self.shared.registry.entity(id.name()).cloned() else {
+                continue;
+            };
+            if let Some(op) = run_entity_now(&self.shared, &function, id, slot, max_batch, part) {
+                slot.busy = true;
+                self.spawn(id.clone(), op);
+            }
+        }
+        for (id, mut slot, part) in work {
+            out.round.consumed.extend(part.consumed);
+            out.round.produced.extend(part.produced);
+            out.replies.extend(part.replies);
+            if part.written && slot.poisoned.is_none() {
+                slot.last_write = batch_no;
+                out.writes.insert(
+                    id.clone(),
+                    EntityRecord {
+                        id: id.clone(),
+                        state: slot.state.clone(),
+                        lock_owner: slot.lock.clone(),
+                        last_modified: slot.last_modified,
+                        pending_messages: 0,
+                    },
+                );
+            }
+            if slot.runnable().is_some() {
+                slot.in_ready = true;
+                self.ready.push_back(id.clone());
+            } else if slot.queue.is_empty() {
+                slot.queue = VecDeque::new(); // an idle entity keeps no queue memory
+            }
+            self.slots.insert(id, slot);
+        }
+        Ok(())
+    }
+
+    /// Runs a suspended operation on a task of its own, under its entity's timeout.
+    fn spawn(&mut self, id: EntityId, op: Suspended) {
+        let timeout = self.timeouts.of(&id);
+        self.running.spawn(async move {
+            let Suspended {
+                function,
+                message,
+                mut ctx,
+                reply,
+            } = op;
+            let result = tokio::time::timeout(
+                timeout,
+                AssertUnwindSafe(function.run(&mut ctx)).catch_unwind(),
+            )
+            .await;
+            let outcome = match result {
+                Ok(Ok(outcome)) => outcome,
+                Ok(Err(panic)) => Err(panicked(&ctx, &panic)),
+                Err(_) => {
+                    warn!(entity = %id, operation = ctx.operation_name(), ?timeout, "operation timed out; its changes are rolled back");
+                    Err(OperationError::new(format!(
+                        "operation `{}` of entity `{id}` timed out after {timeout:?}; its changes \
+                         are rolled back",
+                        ctx.operation_name()
+                    )))
+                }
+            };
+            OperationDone {
+                id,
+                message,
+                ctx,
+                outcome,
+                reply,
+            }
+        });
+    }
+
+    /// Loads the states of entities not in memory yet. A state that cannot be decoded
+    /// poisons its entity only.
+    async fn load(&mut self, ids: &[EntityId]) -> Result<(), StoreError> {
+        let missing: Vec<EntityId> = ids
+            .iter()
+            .filter(|id| !self.slots[*id].loaded)
+            .cloned()
+            .collect();
+        if missing.is_empty() {
+            return Ok(());
+        }
+        let records = match self.shared.store.load_entities(missing.clone()).await {
+            Ok(records) => records,
+            Err(err) if err.kind() == StoreErrorKind::Corrupt => {
+                // Find the entities whose rows cannot be read, one by one.
+                let mut records = Vec::new();
+                for id in &missing {
+                    match self.shared.store.load_entities(vec![id.clone()]).await {
+                        Ok(found) => records.extend(found),
+                        Err(err) if err.kind() == StoreErrorKind::Corrupt => {
+                            error!(entity = %id, error = %err, "the stored state cannot be decoded; the entity's operations fail until it is repaired");
+                            if let Some(slot) = self.slots.get_mut(id) {
+                                slot.poisoned = Some(err.to_string());
+                            }
+                        }
+                        Err(err) => return Err(err),
+                    }
+                }
+                records
+            }
+            Err(err) => return Err(err),
+        };
+        for record in records {
+            if let Some(slot) = self.slots.get_mut(&record.id) {
+                slot.state = record.state;
+                slot.lock = record.lock_owner;
+                slot.last_modified = record.last_modified;
+            }
+        }
+        for id in missing {
+            if let Some(slot) = self.slots.get_mut(&id) {
+                slot.loaded = true;
+            }
+        }
+        Ok(())
+    }
+
+    /// Unloads idle entities whose writes have all committed, once over `capacity`.
+    pub(crate) fn unload_idle(&mut self, capacity: usize, committed: u64) {
+        if self.slots.len() <= capacity {
+            return;
+        }
+        self.slots
+            .retain(|_, slot| !(slot.idle() && slot.last_write <= committed));
+    }
+
+    /// Drops everything in memory and stops the operations under way (their messages are
+    /// stored: they run again after the recovery).
+    pub(crate) async fn reset(&mut self) {
+        self.running.shutdown().await;
+        self.slots.clear();
+        self.ready.clear();
+        self.finished.clear();
+    }
+
+    /// Waits for the operations under way, at most `grace`; then stops those still running.
+    pub(crate) async fn settle(&mut self, grace: Duration) {
+        let deadline = tokio::time::Instant::now() + grace;
+        while !self.running.is_empty() {
+            match tokio::time::timeout_at(deadline, self.running.join_next()).await {
+                Ok(Some(Ok(done))) => self.finished.push(done),
+                Ok(Some(Err(err))) => error!(error = %err, "an entity operation task failed"),
+                Ok(None) => break,
+                Err(_) => {
+                    warn!(
+                        operations = self.running.len(),
+                        ?grace,
+                        "operations still running after the shutdown grace period are stopped; they run again at the next start"
+                    );
+                    self.running.shutdown().await;
+                }
+            }
+        }
+    }
+}
+
+/// Runs the runnable messages of one entity, in order, as long as they finish without
+/// suspending. Returns the operation that suspended, if one did; the entity's later messages
+/// wait for it.
+fn run_entity_now(
+    shared: &Arc<Shared>,
+    function: &Arc<dyn EntityFunction>,
+    id: &EntityId,
+    slot: &mut Slot,
+    cap: usize,
+    part: &mut Part,
+) -> Option<Suspended> {
+    while part.consumed.len() < cap {
+        let Some(index) = slot.runnable() else { break };
+        let message = slot.queue.remove(index).expect("runnable index");
+        match message.body {
+            Body::Operation {
+                name,
+                input,
+                reply,
+                sender: _,
+            } => {
+                let ctx = EntityContext::new(
+                    id.clone(),
+                    name,
+                    input,
+                    slot.state.take(),
+                    shared.registry.clone(),
+                );
+                let mut ctx = ctx;
+                let outcome = if let Some(poison) = &slot.poisoned {
+                    Err(OperationError::new(poison))
+                } else {
+                    match std::panic::catch_unwind(AssertUnwindSafe(|| function.run_now(&mut ctx)))
+                    {
+                        Ok(Some(outcome)) => outcome,
+                        Ok(None) => {
+                            return Some(Suspended {
+                                function: function.clone(),
+                                message: message.id,
+                                ctx,
+                                reply,
+                            })
+                        }
+                        Err(panic) => Err(panicked(&ctx, &panic)),
+                    }
+                };
+                part.consumed.push(message.id);
+                finish_operation(shared, id, slot, ctx, outcome, reply, part);
+            }
+            Body::LockRequest {
+                owner,
+                ids,
+                position,
+                seq,
+            } => {
+                part.consumed.push(message.id);
+                slot.lock = Some(owner.clone());
+                part.written = true;
+                part.produced
+                    .push(shared.next_lock_step(owner, ids, position, seq));
+            }
+            Body::Release { owner } => {
+                part.consumed.push(message.id);
+                if slot.lock.as_deref() == Some(owner.as_str()) {
+                    slot.lock = None;
+                    part.written = true;
+                }
+            }
+            other => {
+                part.consumed.push(message.id);
+                warn!(entity = %id, message = ?other, "message kind not meant for an entity; dropped")
+            }
+        }
+    }
+    None
+}
+
+/// The error of an operation that panicked.
+fn panicked(ctx: &EntityContext, panic: &Box<dyn std::any::Any + Send>) -> OperationError {
+    OperationError::new(format!(
+        "operation `{}` panicked: {}",
+        ctx.operation_name(),
+        panic_message(panic)
+    ))
+}
+
+/// Applies a finished operation to its entity: the new state, the messages it sends and the
+/// reply to its caller.
+fn finish_operation(
+    shared: &Arc<Shared>,
+    id: &EntityId,
+    slot: &mut Slot,
+    ctx: EntityContext,
+    outcome: Result<(), OperationError>,
+    reply: Option<ReplyTo>,
+    part: &mut Part,
+) {
+    let finished = ctx.finish(outcome);
+    slot.state = finished.state;
+    if finished.state_written {
+        part.written = true;
+        slot.last_modified = now_millis();
+    }
+    for out in finished.outgoing {
+        part.produced.push(shared.outgoing_message(out));
+    }
+    match reply {
+        None => {
+            if let Err(err) = &finished.result {
+                warn!(entity = %id, error = %err, "signalled operation failed");
+            }
+        }
+        Some(ReplyTo::Client(waiter)) => part.replies.push((waiter, finished.result)),
+        Some(ReplyTo::Instance { id: instance, seq }) => part
+            .produced
+            .push(shared.operation_completion(instance, seq, finished.result)),
+    }
+}
+
+/// The text of a panic payload.
+pub(crate) fn panic_message(panic: &Box<dyn std::any::Any + Send>) -> String {
+    if let Some(s) = panic.downcast_ref::<&str>() {
+        (*s).to_string()
+    } else if let Some(s) = panic.downcast_ref::<String>() {
+        s.clone()
+    } else {
+        "a non-string panic payload".to_string()
+    }
+}

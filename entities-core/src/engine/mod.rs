@@ -1,0 +1,377 @@
+//! The engine: one task that owns the in-memory queues and cached states of the active
+//! entities and orchestration instances of the partitions this runtime owns, runs their
+//! operations batch by batch, and hands each batch to the store as one commit.
+//!
+//! Data flows one way: commands come in (`protocol`), messages are routed to timers
+//! (`timers`), entities (`entities`) or instances (`orchestration::engine`), a batch runs them
+//! (`batch`) and goes to the commit pipeline (`commits`), whose finished commits release the
+//! batch's effects. Messages the engine sends are built in one place (`messages`).
+//!
+//! A client's message is stored by the engine's next batch, together with what that batch
+//! does with it, and its sender hears back after that commit. A stored message is deleted in
+//! the commit that records its effect; the store applies commits in queue order, so a crash
+//! at any moment loses nothing acknowledged and applies nothing twice. An operation that
+//! suspends runs on a task of its own: only its own entity waits for it.
+//!
+//! A failed commit or read is a fault: the engine answers the senders it holds with the
+//! cause, drops everything in memory, waits until the store accepts writes again, and
+//! recovers from it as at a start.
+
+mod batch;
+mod commits;
+mod entities;
+mod messages;
+pub(crate) mod partition;
+mod protocol;
+mod shared;
+mod timers;
+
+use std::collections::HashMap;
+use std::sync::atomic::Ordering;
+use std::sync::Arc;
+use std::time::Duration;
+
+use tokio::sync::{mpsc, oneshot};
+use tracing::{debug, error, info, warn};
+
+use self::commits::{Commits, Done};
+use self::entities::Entities;
+pub(crate) use self::entities::{panic_message, Timeouts};
+use self::partition::Ownership;
+pub(crate) use self::protocol::{answer_stored, CallReply, Command, Stored};
+pub(crate) use self::shared::Shared;
+use self::timers::Timers;
+use crate::error::StoreError;
+use crate::message::{now_millis, Message, Target};
+use crate::orchestration::engine::Orchestrations;
+
+/// Tuning of the engine.
+#[derive(Clone, Debug)]
+pub(crate) struct EngineConfig {
+    /// Most messages processed in one batch (one commit).
+    pub max_batch: usize,
+    /// Most batches committing at once.
+    pub max_inflight_commits: usize,
+    /// Entities kept in memory while idle; past this, idle ones are unloaded.
+    pub cache_capacity: usize,
+    /// How long an operation may take, per entity name.
+    pub timeouts: Timeouts,
+    /// How long `shutdown` waits for operations under way.
+    pub shutdown_grace: Duration,
+    /// Scheduled messages due within this time are held in memory; later ones stay stored.
+    pub schedule_horizon: Duration,
+    /// Most client messages held in memory before they are stored.
+    pub intake_bound: usize,
+}
+
+impl Default for EngineConfig {
+    fn default() -> Self {
+        Self {
+            max_batch: 8192,
+            max_inflight_commits: 2,
+            cache_capacity: 20_000,
+            timeouts: Timeouts {
+                default: Duration::from_secs(300),
+                by_name: HashMap::new(),
+            },
+            shutdown_grace: Duration::from_secs(30),
+            schedule_horizon: Duration::from_secs(60),
+            intake_bound: 65_536,
+        }
+    }
+}
+
+/// The engine task.
+pub(crate) struct Engine {
+    shared: Arc<Shared>,
+    config: EngineConfig,
+    rx: mpsc::UnboundedReceiver<Command>,
+    ownership: Ownership,
+    entities: Entities,
+    orchestrations: Orchestrations,
+    timers: Timers,
+    commits: Commits,
+    waiters: HashMap<u64, oneshot::Sender<CallReply>>,
+    /// Client messages delivered but not stored yet: the next batch stores them.
+    ingested: Vec<Message>,
+    ingested_acks: Vec<Stored>,
+    batch_no: u64,
+    committed_no: u64,
+    shutdown: Option<oneshot::Sender<()>>,
+}
+
+impl Engine {
+    /// An engine whose store was recovered up to `loaded_until` (see [`Timers`]).
+    pub(crate) fn new(
+        shared: Arc<Shared>,
+        config: EngineConfig,
+        rx: mpsc::UnboundedReceiver<Command>,
+        loaded_until: u64,
+    ) -> Self {
+        Self {
+            entities: Entities::new(shared.clone(), config.timeouts.clone()),
+            orchestrations: Orchestrations::new(shared.clone()),
+            timers: Timers::new(config.schedule_horizon, loaded_until),
+            commits: Commits::new(shared.store.clone()),
+            ownership: Ownership::All,
+            shared,
+            config,
+            rx,
+            waiters: HashMap::new(),
+            ingested: Vec::new(),
+            ingested_acks: Vec::new(),
+            batch_no: 0,
+            committed_no: 0,
+            shutdown: None,
+        }
+    }
+
+    /// Delivers recovered messages, then runs until shut down.
+    pub(crate) async fn run(mut self, recovered: Vec<Message>) {
+        for message in recovered {
+            self.deliver(message);
+        }
+        loop {
+            let step = match self.shutdown {
+                None => self.step().await,
+                Some(_) => self.stop().await.map(|()| false),
+            };
+            match step {
+                Ok(true) => {}
+                Ok(false) => break,
+                Err(fault) => {
+                    if !self.recover(fault).await {
+                        break;
+                    }
+                }
+            }
+        }
+        // Commits still queued may land: their senders hear how they ended.
+        while !self.commits.is_empty() {
+            let (result, effects) = self.commits.next().await;
+            answer_stored(effects.stored, result.as_ref().err());
+        }
+        self.shared.stopped.store(true, Ordering::SeqCst);
+        if let Some(done) = self.shutdown.take() {
+            let _ = done.send(());
+        }
+        debug!("engine stopped");
+    }
+
+    fn has_work(&self) -> bool {
+        self.entities.has_work() || !self.ingested.is_empty() || self.orchestrations.has_work()
+    }
+
+    /// One turn of the loop: waits for something to do if nothing is ready, takes in what
+    /// arrived, and runs a batch if the pipeline has room. Returns false to stop.
+    async fn step(&mut self) -> Result<bool, StoreError> {
+        let page = self.timers.page_due();
+        let room = self.commits.len() < self.config.max_inflight_commits;
+        let paging_now = page.is_some() && self.commits.is_empty();
+        if !paging_now && !(page.is_none() && room && self.has_work()) {
+            let deadline = self.timers.next_deadline();
+            tokio::select! {
+                command = self.rx.recv() => match command {
+                    Some(command) => self.handle(command),
+                    None => return Ok(false),
+                },
+                done = self.commits.next(), if !self.commits.is_empty() => self.committed(done)?,
+                () = self.entities.next_finished(), if self.entities.running() > 0 => {}
+                () = tokio::time::sleep(deadline) => {}
+            }
+        }
+        while let Ok(command) = self.rx.try_recv() {
+            self.handle(command);
+        }
+        while let Some(done) = self.commits.try_next() {
+            self.committed(done)?;
+        }
+        if self.shutdown.is_some() {
+            return Ok(true);
+        }
+        self.entities.poll_finished();
+        for message in self.timers.take_due() {
+            self.route(message);
+        }
+        if let Some(request) = self.timers.page_due() {
+            if !self.commits.is_empty() {
+                return Ok(true); // every commit that may hold a scheduled message lands first
+            }
+            let page = self
+                .shared
+                .store
+                .scheduled_messages(request.after, request.until, request.limit)
+                .await?;
+            debug!(messages = page.len(), "paged in scheduled messages");
+            for message in self.timers.paged(&request, page) {
+                self.route(message);
+            }
+        }
+        if self.has_work() && self.commits.len() < self.config.max_inflight_commits {
+            self.run_batch(false).await?;
+        }
+        Ok(true)
+    }
+
+    /// Stops: waits for the operations under way (at most the grace period), commits what
+    /// they did and the client messages taken in, and waits for the commits under way.
+    async fn stop(&mut self) -> Result<(), StoreError> {
+        self.entities.settle(self.config.shutdown_grace).await;
+        self.run_batch(true).await?;
+        while !self.commits.is_empty() {
+            let done = self.commits.next().await;
+            self.committed(done)?;
+        }
+        Ok(())
+    }
+
+    fn handle(&mut self, command: Command) {
+        match command {
+            Command::Deliver {
+                messages,
+                waiter,
+                stored,
+            } => {
+                if let Some((id, tx)) = waiter {
+                    self.waiters.insert(id, tx);
+                }
+                if let Some(stored) = stored {
+                    self.ingested.extend(messages.iter().cloned());
+                    self.ingested_acks.push(stored);
+                }
+                for message in messages {
+                    self.deliver(message);
+                }
+            }
+            Command::ActivityDone(done) => self.orchestrations.activity_done(done),
+            Command::WatchInstance { id, done } => self.orchestrations.watch(id, done),
+            Command::Shutdown(done) => self.shutdown = Some(done),
+        }
+    }
+
+    /// Routes one stored message: to the timers if it is not due, else to its receiver.
+    fn deliver(&mut self, message: Message) {
+        if let Some(message) = self.timers.schedule(message) {
+            self.route(message);
+        }
+    }
+
+    /// Hands a due message to its entity or instance.
+    fn route(&mut self, message: Message) {
+        match &message.target {
+            Target::Entity(id) => {
+                let id = id.clone();
+                self.entities.deliver(id, message);
+            }
+            Target::Instance(_) | Target::Activity => self.orchestrations.deliver(message),
+        }
+    }
+
+    /// Applies a finished commit: delivers what it produced and answers waiting clients. A
+    /// failed commit is a fault.
+    fn committed(&mut self, (result, effects): Done) -> Result<(), StoreError> {
+        if let Err(err) = result {
+            answer_stored(effects.stored, Some(&err));
+            return Err(err);
+        }
+        self.committed_no += 1;
+        answer_stored(effects.stored, None);
+        for message in effects.deferred {
+            self.deliver(message);
+        }
+        for (waiter, reply) in effects.replies {
+            if let Some(tx) = self.waiters.remove(&waiter) {
+                let _ = tx.send(reply);
+            }
+        }
+        self.orchestrations.finished(effects.finished_instances);
+        if self.entities.len() > self.config.cache_capacity {
+            self.entities
+                .unload_idle(self.config.cache_capacity, self.committed_no);
+            self.orchestrations.unload_idle();
+        }
+        Ok(())
+    }
+
+    /// After a fault: answers the senders it holds with the cause, drops everything in
+    /// memory, and recovers from the store once it accepts writes again. Returns false if
+    /// the runtime is to stop instead.
+    async fn recover(&mut self, fault: StoreError) -> bool {
+        error!(error = %fault, kind = ?fault.kind(), "store fault; the runtime drops what it holds in memory and recovers from the store once it accepts writes");
+        answer_stored(std::mem::take(&mut self.ingested_acks), Some(&fault));
+        self.ingested.clear();
+        // The store refuses every batch queued after a failed one; a commit that still
+        // landed releases its effects as usual.
+        while !self.commits.is_empty() {
+            let (result, effects) = self.commits.next().await;
+            match result {
+                Ok(()) => {
+                    let _ = self.committed((Ok(()), effects));
+                }
+                Err(err) => answer_stored(effects.stored, Some(&err)),
+            }
+        }
+        self.entities.reset().await;
+        self.orchestrations.reset();
+        if self.shutdown.is_some() {
+            return false; // stopping anyway: what is stored is recovered at the next start
+        }
+        // A call whose message is stored runs again after the recovery and answers then.
+        self.waiters.retain(|_, tx| !tx.is_closed());
+        let mut postponed = Vec::new();
+        let mut backoff = Duration::from_millis(20);
+        let recovered = loop {
+            match self.reload().await {
+                Ok(messages) => break messages,
+                Err(err) => {
+                    warn!(error = %err, retry_in = ?backoff, "the store does not accept writes yet")
+                }
+            }
+            // Commands wait for the recovery: handled before it, a new message could overtake
+            // older stored ones from its sender.
+            let sleep = tokio::time::sleep(backoff);
+            tokio::pin!(sleep);
+            loop {
+                tokio::select! {
+                    command = self.rx.recv() => match command {
+                        Some(Command::Shutdown(done)) => {
+                            self.shutdown = Some(done);
+                            for command in postponed {
+                                self.handle(command);
+                            }
+                            answer_stored(std::mem::take(&mut self.ingested_acks), Some(&fault));
+                            self.ingested.clear();
+                            return false;
+                        }
+                        Some(command) => postponed.push(command),
+                        None => return false,
+                    },
+                    () = &mut sleep => break,
+                }
+            }
+            backoff = (backoff * 2).min(Duration::from_secs(2));
+        };
+        info!(
+            messages = recovered.len(),
+            "recovered from the store after a fault"
+        );
+        for message in recovered {
+            self.deliver(message);
+        }
+        for command in postponed {
+            self.handle(command);
+        }
+        true
+    }
+
+    /// Resumes the store and reads what a start reads.
+    async fn reload(&mut self) -> Result<Vec<Message>, StoreError> {
+        self.shared.store.resume().await?;
+        let loaded_until =
+            now_millis().saturating_add(self.config.schedule_horizon.as_millis() as u64);
+        let recovery = self.shared.store.recover(loaded_until).await?;
+        self.shared.ids_above(recovery.max_message_id);
+        self.timers = Timers::new(self.config.schedule_horizon, loaded_until);
+        Ok(recovery.messages)
+    }
+}
