@@ -95,7 +95,7 @@ impl Client {
         operation: &str,
         input: &I,
     ) -> Result<()> {
-        let input = serde_json::to_value(input)?;
+        let input = crate::json::to_value(input)?;
         self.send_signal(id, operation, Some(input), None).await
     }
 
@@ -107,7 +107,7 @@ impl Client {
         input: &I,
         at: SystemTime,
     ) -> Result<()> {
-        let input = serde_json::to_value(input)?;
+        let input = crate::json::to_value(input)?;
         self.send_signal(id, operation, Some(input), Some(at)).await
     }
 
@@ -118,7 +118,7 @@ impl Client {
         operation: &str,
         input: &I,
     ) -> Result<R> {
-        let input = serde_json::to_value(input)?;
+        let input = crate::json::to_value(input)?;
         let value = self.send_call(id, operation, Some(input)).await?;
         crate::proxy::decode_with(value, |v| R::deserialize(v))
     }
@@ -258,7 +258,7 @@ impl Client {
         if instance_id.is_empty() {
             return Err(Error::Config("an instance id cannot be empty".into()));
         }
-        let input = serde_json::to_value(input)?;
+        let input = crate::json::to_value(input)?;
         let now = now_millis();
         // The record is written with the start message, so that the id is taken at once.
         let record = InstanceRecord {
@@ -353,7 +353,7 @@ impl Client {
         name: &str,
         data: &D,
     ) -> Result<()> {
-        let data = serde_json::to_value(data)?;
+        let data = crate::json::to_value(data)?;
         self.send_to_instance(
             instance_id,
             Body::Event {

@@ -144,9 +144,11 @@ impl EntityContext {
         self.current()
     }
 
-    /// Replaces the entity's state.
+    /// Replaces the entity's state. A state that could not be read back (a non-finite float, or
+    /// more than 100 levels of nesting; see [`Error::Serialization`]) is an error, and the
+    /// state stays as it was.
     pub fn set_state<T: Serialize + ?Sized>(&mut self, state: &T) -> Result<(), OperationError> {
-        let value = serde_json::to_value(state).map_err(|err| {
+        let value = crate::json::to_value(state).map_err(|err| {
             OperationError::new(format!(
                 "the new state of {} does not serialize: {err}",
                 self.id
@@ -173,7 +175,7 @@ impl EntityContext {
 
     /// Sets the operation's result, returned to a caller.
     pub fn set_result<T: Serialize + ?Sized>(&mut self, result: &T) -> Result<(), OperationError> {
-        self.result = Some(serde_json::to_value(result).map_err(|err| {
+        self.result = Some(crate::json::to_value(result).map_err(|err| {
             OperationError::new(format!(
                 "the result of operation `{}` does not serialize: {err}",
                 self.operation
@@ -189,7 +191,7 @@ impl EntityContext {
         operation: &str,
         input: &I,
     ) -> Result<(), Error> {
-        self.push_signal(target, operation, Some(serde_json::to_value(input)?), None)
+        self.push_signal(target, operation, Some(crate::json::to_value(input)?), None)
     }
 
     /// Signals an entity, delivered at or after `at`.
@@ -203,7 +205,7 @@ impl EntityContext {
         self.push_signal(
             target,
             operation,
-            Some(serde_json::to_value(input)?),
+            Some(crate::json::to_value(input)?),
             Some(at),
         )
     }
@@ -226,7 +228,7 @@ impl EntityContext {
             });
         }
         let instance = uuid::Uuid::new_v4().to_string();
-        let input = serde_json::to_value(input)?;
+        let input = crate::json::to_value(input)?;
         self.outbox().push(Outgoing::StartOrchestration {
             name: name.to_string(),
             instance: instance.clone(),

@@ -31,7 +31,10 @@ pub enum Error {
         /// The name asked for.
         name: String,
     },
-    /// A value could not be serialized or deserialized.
+    /// A value could not be serialized or deserialized. A value to be stored (a state, an
+    /// input, a result, an output, event data) is refused, and nothing is stored, when it could
+    /// not be read back: when it holds a non-finite `f32` or `f64` (NaN or an infinity, which
+    /// JSON cannot express), or nests arrays and objects more than 100 levels deep.
     #[error("serialization error: {0}")]
     Serialization(String),
     /// The store failed.

@@ -10,6 +10,7 @@ mod engine;
 mod entity;
 mod error;
 mod id;
+mod json;
 pub mod message;
 mod orchestration;
 mod proxy;

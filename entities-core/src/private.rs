@@ -29,7 +29,7 @@ impl<T> Clone for Codec<T> {
 impl<T> Copy for Codec<T> {}
 
 fn to_json<T: Serialize>(value: &T) -> Result<Value, serde_json::Error> {
-    serde_json::to_value(value)
+    crate::json::to_value(value)
 }
 
 fn from_json<T: DeserializeOwned>(value: &Value) -> Result<T, serde_json::Error> {

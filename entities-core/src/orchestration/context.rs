@@ -148,7 +148,7 @@ impl OrchestrationContext {
         name: &str,
         input: &(impl Serialize + ?Sized),
     ) -> BoxFuture<'static, Result<R, Error>> {
-        let input = serde_json::to_value(input).map_err(Error::from);
+        let input = crate::json::to_value(input).map_err(Error::from);
         self.run_step(|state| {
             if !state.registry.activities.contains_key(name) {
                 return Err(Error::UnknownFunction {
@@ -169,7 +169,7 @@ impl OrchestrationContext {
         name: &str,
         input: &(impl Serialize + ?Sized),
     ) -> BoxFuture<'static, Result<R, Error>> {
-        let input = serde_json::to_value(input).map_err(Error::from);
+        let input = crate::json::to_value(input).map_err(Error::from);
         self.run_step(|state| {
             if state.section.is_some() {
                 return Err(Error::LockingRulesViolation(
@@ -247,7 +247,7 @@ impl OrchestrationContext {
         operation: &str,
         input: &(impl Serialize + ?Sized),
     ) -> BoxFuture<'static, Result<R, Error>> {
-        let input = serde_json::to_value(input).map(Some).map_err(Error::from);
+        let input = crate::json::to_value(input).map(Some).map_err(Error::from);
         self.call_raw(id.clone(), operation, input, |v| R::deserialize(v))
     }
 
@@ -258,7 +258,7 @@ impl OrchestrationContext {
         operation: &str,
         input: &(impl Serialize + ?Sized),
     ) -> Result<(), Error> {
-        let input = serde_json::to_value(input)?;
+        let input = crate::json::to_value(input)?;
         self.signal_raw(id.clone(), operation, Some(input), None)
     }
 
@@ -270,7 +270,7 @@ impl OrchestrationContext {
         input: &(impl Serialize + ?Sized),
         at: SystemTime,
     ) -> Result<(), Error> {
-        let input = serde_json::to_value(input)?;
+        let input = crate::json::to_value(input)?;
         self.signal_raw(id.clone(), operation, Some(input), Some(to_millis_ceil(at)))
     }
 

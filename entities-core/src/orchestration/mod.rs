@@ -59,7 +59,7 @@ where
         let future = input.map(|input| (self.0)(ctx, input));
         Box::pin(async move {
             let output = future?.await?;
-            Ok(serde_json::to_value(output)?)
+            Ok(crate::json::to_value(&output)?)
         })
     }
 }
@@ -93,7 +93,7 @@ where
         let future = input.map(|input| (self.0)(input));
         Box::pin(async move {
             let output = future?.await.map_err(|err| err.to_string())?;
-            serde_json::to_value(output).map_err(|err| err.to_string())
+            crate::json::to_value(&output).map_err(|err| err.to_string())
         })
     }
 }
