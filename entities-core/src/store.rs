@@ -157,8 +157,8 @@ pub struct Recovery {
 /// apply batches in the order `commit` was called (the runtime queues a batch that consumes a
 /// message as soon as the batch storing it is queued, before either has committed);
 /// implementations should merge batches that are queued together into one transaction. Once a
-/// commit has failed, every batch queued after it must fail too: the runtime may already have
-/// acted on the messages of a batch whose failure it only learns later.
+/// commit has failed, every batch queued after it must fail too, until [`Store::resume`]: the
+/// runtime may already have acted on the messages of a batch whose failure it only learns later.
 #[async_trait]
 pub trait Store: Send + Sync + 'static {
     /// Loads what the runtime needs to resume: every stored message that is not scheduled or
@@ -217,4 +217,12 @@ pub trait Store: Send + Sync + 'static {
     /// when it stops, so that no write of a stopped runtime can land after another runtime has
     /// recovered from the same database.
     fn close(&self) {}
+
+    /// After a failed commit, the store refuses every batch queued until `resume` is called;
+    /// `resume` waits until no batch queued before it is pending, then accepts new batches
+    /// again and checks that the database accepts writes (returns the error otherwise, and
+    /// stays refusing). The default does nothing and returns `Ok`.
+    fn resume(&self) -> BoxFuture<'static, Result<(), StoreError>> {
+        Box::pin(std::future::ready(Ok(())))
+    }
 }

@@ -10,6 +10,7 @@ mod schema;
 mod sql;
 mod writer;
 
+use std::fs::{File, OpenOptions, TryLockError};
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::{mpsc, Arc, Mutex};
@@ -19,9 +20,9 @@ use entities_core::message::{Message, MessageId};
 use entities_core::store::{
     Batch, EntityQuery, EntityRecord, EntityRecordPage, InstanceRecord, Recovery, Store,
 };
-use entities_core::{EntityId, Error, StoreError};
+use entities_core::{EntityId, Error, StoreError, StoreErrorKind};
 use futures::future::BoxFuture;
-use rusqlite::{Connection, OpenFlags};
+use rusqlite::{Connection, ErrorCode, OpenFlags};
 use serde_json::Value;
 use tokio::sync::oneshot;
 
@@ -92,37 +93,152 @@ impl WriteStats {
 }
 
 /// The embedded SQLite store. Cheap to clone; clones share the database.
+///
+/// A store opened with [`SqliteStore::open`] owns its database file: no other store, in this
+/// process or another, can open it until this one is closed ([`Store::close`]) or its last
+/// clone is dropped, or its process ends.
 #[derive(Clone)]
 pub struct SqliteStore {
     inner: Arc<Inner>,
 }
 
 struct Inner {
-    writer: mpsc::Sender<WriteRequest>,
-    writer_conn: Arc<Mutex<Connection>>,
+    /// The writer thread; `None` for a store opened read-only.
+    writer: Option<Writer>,
     closed: Arc<AtomicBool>,
     stats: Arc<Mutex<WriteStats>>,
     readers: Vec<Arc<Mutex<Connection>>>,
     next_reader: AtomicUsize,
     path: Option<PathBuf>,
+    /// The locked lock file while this store owns the database (see [`own`]); taken out and
+    /// closed by `close`. The writer thread writes to it to check for free space.
+    lock: Arc<Mutex<Option<File>>>,
 }
 
-fn open_error(what: &str, err: impl std::fmt::Display) -> Error {
-    Error::Store(StoreError::new(format!("{what}: {err}")))
+/// The writer thread's queue and connection.
+struct Writer {
+    queue: mpsc::Sender<WriteRequest>,
+    conn: Arc<Mutex<Connection>>,
+}
+
+impl Inner {
+    /// Stops the writes, waits for the one under way and gives up the ownership.
+    fn close(&self) {
+        self.closed.store(true, Ordering::SeqCst);
+        if let Some(writer) = &self.writer {
+            // The writer holds the connection for a whole group: taking it waits for the
+            // group under way; later groups see the flag and write nothing.
+            drop(writer.conn.lock().unwrap_or_else(|e| e.into_inner()));
+        }
+        // Closing the file releases the lock: nothing of this store can be written any more.
+        drop(self.lock.lock().unwrap_or_else(|e| e.into_inner()).take());
+    }
+}
+
+impl Drop for Inner {
+    fn drop(&mut self) {
+        self.close();
+    }
+}
+
+/// The kind of a SQLite failure.
+fn sqlite_kind(err: &rusqlite::Error) -> StoreErrorKind {
+    match err.sqlite_error_code() {
+        Some(ErrorCode::DiskFull) => StoreErrorKind::DiskFull,
+        // Every SQLITE_READONLY_* code has this primary code.
+        Some(ErrorCode::ReadOnly) => StoreErrorKind::ReadOnly,
+        Some(ErrorCode::SystemIoFailure | ErrorCode::CannotOpen) => StoreErrorKind::Io,
+        _ => StoreErrorKind::Other,
+    }
+}
+
+/// A SQLite failure as a [`StoreError`] of its kind, with `err` as its source.
+pub(crate) fn sqlite_error(context: impl std::fmt::Display, err: rusqlite::Error) -> StoreError {
+    StoreError::with_kind(sqlite_kind(&err), context, err)
+}
+
+/// A file-system failure as a [`StoreError`] of its kind, with `err` as its source.
+pub(crate) fn io_error(context: impl std::fmt::Display, err: std::io::Error) -> StoreError {
+    let kind = match err.kind() {
+        std::io::ErrorKind::StorageFull => StoreErrorKind::DiskFull,
+        std::io::ErrorKind::ReadOnlyFilesystem | std::io::ErrorKind::PermissionDenied => {
+            StoreErrorKind::ReadOnly
+        }
+        _ => StoreErrorKind::Io,
+    };
+    StoreError::with_kind(kind, context, err)
+}
+
+/// The lock file of the database at `path`: `<path>-lock`.
+fn lock_path(path: &Path) -> PathBuf {
+    let mut name = path.as_os_str().to_owned();
+    name.push("-lock");
+    PathBuf::from(name)
+}
+
+/// Makes this store the only owner of the database at `path`: takes an exclusive lock on its
+/// lock file, held until the returned file is closed (or the process ends).
+///
+/// The lock is on a separate file, not on the database: SQLite locks the database with POSIX
+/// `fcntl` locks, and closing *any* descriptor of a file drops every such lock the process
+/// holds on it. A descriptor of our own on the database would have to stay open as long as
+/// any connection, in any store of this process, uses the file; a separate file has no such
+/// hazard; nor does it get in the way of SQLite's I/O where locks are mandatory (Windows).
+/// On Linux `flock`, which `File::try_lock` uses, is independent of `fcntl` locks, and it
+/// conflicts between two descriptors of one process, so that a second store of the same
+/// process is refused too. The lock file is never deleted: deleting it while another process
+/// is about to lock it would let two owners in.
+fn own(path: &Path) -> Result<File, StoreError> {
+    let lock_path = lock_path(path);
+    let file = OpenOptions::new()
+        .read(true)
+        .write(true)
+        .create(true)
+        .truncate(false)
+        .open(&lock_path)
+        .map_err(|e| {
+            io_error(
+                format!("cannot open the lock file `{}`", lock_path.display()),
+                e,
+            )
+        })?;
+    match file.try_lock() {
+        Ok(()) => Ok(file),
+        Err(TryLockError::WouldBlock) => Err(StoreError::of_kind(
+            StoreErrorKind::InUse,
+            format!(
+                "the database `{}` is in use: another runtime (in this process or another) \
+                 holds its lock file `{}`; stop that runtime first, or inspect the database \
+                 with `SqliteStore::open_read_only`",
+                path.display(),
+                lock_path.display()
+            ),
+        )),
+        Err(TryLockError::Error(e)) => Err(io_error(
+            format!("cannot lock the lock file `{}`", lock_path.display()),
+            e,
+        )),
+    }
 }
 
 impl SqliteStore {
     /// Opens (or creates) the database file at `path`, in WAL mode with `synchronous=FULL`.
+    ///
+    /// The store owns the file until it is closed or its last clone is dropped: opening it
+    /// again meanwhile, in this process or another, fails with a [`StoreErrorKind::InUse`]
+    /// store error. The ownership is a lock on the file `<path>-lock`, created next to it.
     pub fn open(path: impl AsRef<Path>) -> Result<Self, Error> {
         Self::open_with(path, SqliteOptions::default())
     }
 
-    /// Opens (or creates) the database file at `path` with these options.
+    /// Opens (or creates) the database file at `path` with these options; see
+    /// [`SqliteStore::open`].
     pub fn open_with(path: impl AsRef<Path>, options: SqliteOptions) -> Result<Self, Error> {
         let path = path.as_ref().to_path_buf();
+        let lock = own(&path)?;
         let context = |what: &str| format!("{what} `{}`", path.display());
         let mut conn = Connection::open(&path)
-            .map_err(|e| open_error(&context("cannot open the database"), e))?;
+            .map_err(|e| sqlite_error(context("cannot open the database"), e))?;
         let sync = match options.synchronous {
             Synchronous::Full => "FULL",
             Synchronous::Normal => "NORMAL",
@@ -132,66 +248,89 @@ impl SqliteStore {
              PRAGMA cache_size = -{};",
             options.writer_cache_mib as u64 * 1024
         ))
-        .map_err(|e| open_error(&context("cannot configure the database"), e))?;
+        .map_err(|e| sqlite_error(context("cannot configure the database"), e))?;
         schema::migrate(&mut conn)
-            .map_err(|e| open_error(&context("cannot migrate the database"), e))?;
-        let mut readers = Vec::new();
-        for _ in 0..options.readers.max(1) {
-            let reader = Connection::open_with_flags(
-                &path,
-                OpenFlags::SQLITE_OPEN_READ_ONLY | OpenFlags::SQLITE_OPEN_NO_MUTEX,
+            .map_err(|e| e.context(context("cannot migrate the database")))?;
+        let readers = open_readers(&path, &options)?;
+        Ok(Self::start(
+            Arc::new(Mutex::new(conn)),
+            readers,
+            Some(path),
+            Some(lock),
+        ))
+    }
+
+    /// Opens the existing database at `path` for reads only, without owning it: it can be
+    /// inspected while a runtime, in this process or another, owns it. Every write (commit,
+    /// clean-up, purge, resume) fails with a [`StoreErrorKind::ReadOnly`] store error.
+    ///
+    /// Neither creates nor migrates the file: fails if it does not exist or its schema is of
+    /// another version than this build's.
+    pub fn open_read_only(path: impl AsRef<Path>) -> Result<Self, Error> {
+        let path = path.as_ref().to_path_buf();
+        std::fs::metadata(&path).map_err(|e| {
+            io_error(
+                format!("cannot open the database `{}` read-only", path.display()),
+                e,
             )
-            .map_err(|e| open_error(&context("cannot open a read connection to"), e))?;
-            reader
-                .execute_batch(&format!(
-                    "PRAGMA busy_timeout = 10000; PRAGMA cache_size = -{};",
-                    options.reader_cache_mib as u64 * 1024
-                ))
-                .map_err(|e| open_error(&context("cannot configure"), e))?;
-            readers.push(Arc::new(Mutex::new(reader)));
-        }
-        Ok(Self::start(conn, readers, Some(path)))
+        })?;
+        let readers = open_readers(&path, &SqliteOptions::default())?;
+        schema::check(&readers[0].lock().unwrap_or_else(|e| e.into_inner()))
+            .map_err(|e| e.context(format!("cannot read the database `{}`", path.display())))?;
+        Ok(Self {
+            inner: Arc::new(Inner {
+                writer: None,
+                closed: Arc::new(AtomicBool::new(false)),
+                stats: Arc::new(Mutex::new(WriteStats::default())),
+                readers,
+                next_reader: AtomicUsize::new(0),
+                path: Some(path),
+                lock: Arc::new(Mutex::new(None)),
+            }),
+        })
     }
 
     /// A private in-memory database, for tests: nothing survives the process.
     pub fn in_memory() -> Result<Self, Error> {
         let mut conn = Connection::open_in_memory()
-            .map_err(|e| open_error("cannot open an in-memory database", e))?;
-        schema::migrate(&mut conn).map_err(|e| open_error("cannot create the schema", e))?;
+            .map_err(|e| sqlite_error("cannot open an in-memory database", e))?;
+        schema::migrate(&mut conn).map_err(|e| e.context("cannot create the schema"))?;
         let conn = Arc::new(Mutex::new(conn));
-        Ok(Self::start_shared(conn.clone(), vec![conn], None))
+        Ok(Self::start(conn.clone(), vec![conn], None, None))
     }
 
     fn start(
-        conn: Connection,
-        readers: Vec<Arc<Mutex<Connection>>>,
-        path: Option<PathBuf>,
-    ) -> Self {
-        Self::start_shared(Arc::new(Mutex::new(conn)), readers, path)
-    }
-
-    fn start_shared(
         writer_conn: Arc<Mutex<Connection>>,
         readers: Vec<Arc<Mutex<Connection>>>,
         path: Option<PathBuf>,
+        lock: Option<File>,
     ) -> Self {
         let (tx, rx) = mpsc::channel();
         let closed = Arc::new(AtomicBool::new(false));
         let stats = Arc::new(Mutex::new(WriteStats::default()));
-        let (conn, flag, count) = (writer_conn.clone(), closed.clone(), stats.clone());
+        let lock = Arc::new(Mutex::new(lock));
+        let writer = writer::Writer {
+            conn: writer_conn.clone(),
+            closed: closed.clone(),
+            stats: stats.clone(),
+            lock: lock.clone(),
+        };
         std::thread::Builder::new()
             .name("entities-sqlite-writer".into())
-            .spawn(move || writer::run(conn, rx, flag, count))
+            .spawn(move || writer.run(rx))
             .expect("spawning the sqlite writer thread");
         Self {
             inner: Arc::new(Inner {
-                writer: tx,
-                writer_conn,
+                writer: Some(Writer {
+                    queue: tx,
+                    conn: writer_conn,
+                }),
                 closed,
                 stats,
                 readers,
                 next_reader: AtomicUsize::new(0),
                 path,
+                lock,
             }),
         }
     }
@@ -217,7 +356,7 @@ impl SqliteStore {
         let conn = self.inner.readers[i].clone();
         tokio::task::spawn_blocking(move || {
             let conn = conn.lock().unwrap_or_else(|e| e.into_inner());
-            f(&conn).map_err(|e| StoreError::with_source("sqlite read failed", e))
+            f(&conn).map_err(|e| sqlite_error("sqlite read failed", e))
         })
         .await
         .map_err(|e| StoreError::new(format!("sqlite read task failed: {e}")))?
@@ -231,14 +370,53 @@ impl SqliteStore {
     where
         T: Send + 'static,
     {
+        let stopped = || {
+            StoreError::of_kind(
+                StoreErrorKind::Closed,
+                "the sqlite writer thread has stopped",
+            )
+        };
         let (tx, rx) = oneshot::channel();
-        let sent = self.inner.writer.send(request(tx));
+        let sent = match &self.inner.writer {
+            Some(writer) => writer.queue.send(request(tx)).map_err(|_| stopped()),
+            None => Err(StoreError::of_kind(
+                StoreErrorKind::ReadOnly,
+                format!(
+                    "the database `{}` was opened with `SqliteStore::open_read_only`: it cannot \
+                     be written",
+                    self.path().unwrap_or(Path::new("")).display()
+                ),
+            )),
+        };
         async move {
-            let stopped = || StoreError::new("the sqlite writer thread has stopped");
-            sent.map_err(|_| stopped())?;
+            sent?;
             rx.await.map_err(|_| stopped())?
         }
     }
+}
+
+/// Opens the read connections of a database.
+fn open_readers(
+    path: &Path,
+    options: &SqliteOptions,
+) -> Result<Vec<Arc<Mutex<Connection>>>, StoreError> {
+    let context = |what: &str| format!("{what} `{}`", path.display());
+    let mut readers = Vec::new();
+    for _ in 0..options.readers.max(1) {
+        let reader = Connection::open_with_flags(
+            path,
+            OpenFlags::SQLITE_OPEN_READ_ONLY | OpenFlags::SQLITE_OPEN_NO_MUTEX,
+        )
+        .map_err(|e| sqlite_error(context("cannot open a read connection to"), e))?;
+        reader
+            .execute_batch(&format!(
+                "PRAGMA busy_timeout = 10000; PRAGMA cache_size = -{};",
+                options.reader_cache_mib as u64 * 1024
+            ))
+            .map_err(|e| sqlite_error(context("cannot configure a read connection to"), e))?;
+        readers.push(Arc::new(Mutex::new(reader)));
+    }
+    Ok(readers)
 }
 
 #[async_trait]
@@ -300,16 +478,19 @@ impl Store for SqliteStore {
         self.read(sql::running_instances).await
     }
 
+    /// Stops the writes, waits for the one under way and gives up the ownership of the
+    /// database file: it can be opened again. Reads keep working.
     fn close(&self) {
-        self.inner.closed.store(true, Ordering::SeqCst);
-        // The writer holds the connection for a whole group: taking it waits for the group
-        // under way; later groups see the flag and write nothing.
-        drop(
-            self.inner
-                .writer_conn
-                .lock()
-                .unwrap_or_else(|e| e.into_inner()),
-        );
+        self.inner.close();
+    }
+
+    /// See [`Store::resume`]. The check (run even if no commit failed) commits a write that
+    /// changes nothing and, for a database file, writes and syncs 1 MiB to its lock file, then
+    /// empties it again: SQLite reuses the space of a failed commit, so that a small commit
+    /// can succeed on a full disk; only a write of new data tells. A read-only store fails
+    /// with [`StoreErrorKind::ReadOnly`], a closed one with [`StoreErrorKind::Closed`].
+    fn resume(&self) -> BoxFuture<'static, Result<(), StoreError>> {
+        Box::pin(self.queue(WriteRequest::Resume))
     }
 }
 
@@ -317,9 +498,9 @@ impl Store for SqliteStore {
 mod tests {
     use entities_core::message::{Body, Message, Target};
     use entities_core::store::{
-        Batch, EntityRecord, InstanceRecord, InstanceWrite, RuntimeStatus, Store,
+        Batch, EntityQuery, EntityRecord, InstanceRecord, InstanceWrite, RuntimeStatus, Store,
     };
-    use entities_core::EntityId;
+    use entities_core::{EntityId, StoreErrorKind};
 
     use super::*;
 
@@ -387,6 +568,104 @@ mod tests {
     }
 
     #[tokio::test]
+    async fn a_failed_commit_carries_its_cause_and_resume_accepts_writes_again() {
+        let store = SqliteStore::in_memory().unwrap();
+        store.commit(batch(vec![signal(1)])).await.unwrap();
+        let (bad, later) = tokio::join!(
+            store.commit(batch(vec![signal(2), signal(1)])),
+            store.commit(batch(vec![signal(3)]))
+        );
+        let bad = bad.unwrap_err();
+        let cause = std::error::Error::source(&bad).expect("the sqlite error is the source");
+        assert!(
+            cause.to_string().contains("UNIQUE constraint failed"),
+            "{cause}"
+        );
+        let later = later.unwrap_err();
+        assert!(
+            later.to_string().contains("UNIQUE constraint failed"),
+            "{later}"
+        );
+        assert!(std::error::Error::source(&later).is_some());
+
+        // A resume queued behind a refused batch: the batch is refused, the one after lands.
+        let refused = store.commit(batch(vec![signal(4)]));
+        let resumed = store.resume();
+        let accepted = store.commit(batch(vec![signal(5)]));
+        assert!(refused.await.is_err());
+        resumed.await.unwrap();
+        accepted.await.unwrap();
+        let recovered = store.recover().await.unwrap();
+        let ids: Vec<u64> = recovered.messages.iter().map(|m| m.id).collect();
+        assert_eq!(ids, [1, 5]);
+    }
+
+    #[tokio::test]
+    async fn a_closed_store_refuses_writes_as_closed() {
+        let store = SqliteStore::in_memory().unwrap();
+        store.close();
+        let err = store.commit(batch(vec![signal(1)])).await.unwrap_err();
+        assert_eq!(err.kind(), StoreErrorKind::Closed);
+        assert_eq!(
+            store.resume().await.unwrap_err().kind(),
+            StoreErrorKind::Closed
+        );
+    }
+
+    #[test]
+    fn sqlite_failures_are_classified() {
+        let failure = |code| rusqlite::Error::SqliteFailure(rusqlite::ffi::Error::new(code), None);
+        let kinds = [
+            (rusqlite::ffi::SQLITE_FULL, StoreErrorKind::DiskFull),
+            (rusqlite::ffi::SQLITE_READONLY, StoreErrorKind::ReadOnly),
+            (
+                rusqlite::ffi::SQLITE_READONLY_DIRECTORY,
+                StoreErrorKind::ReadOnly,
+            ),
+            (rusqlite::ffi::SQLITE_IOERR_WRITE, StoreErrorKind::Io),
+            (rusqlite::ffi::SQLITE_CANTOPEN, StoreErrorKind::Io),
+            (rusqlite::ffi::SQLITE_CORRUPT, StoreErrorKind::Other),
+        ];
+        for (code, kind) in kinds {
+            let err = sqlite_error("context", failure(code));
+            assert_eq!(err.kind(), kind, "code {code}");
+            assert!(std::error::Error::source(&err).is_some());
+        }
+    }
+
+    #[tokio::test]
+    async fn a_key_prefix_with_nul_matches_bytes() {
+        let store = SqliteStore::in_memory().unwrap();
+        let keys = ["a\0b", "a\0c", "a\0", "a", "ab", "a\u{1}"];
+        let entities = keys.iter().map(|key| entity(key, 1)).collect();
+        store
+            .commit(Batch {
+                entities,
+                ..Batch::default()
+            })
+            .await
+            .unwrap();
+        let keys_with = |prefix: &str| {
+            let query = EntityQuery {
+                key_prefix: Some(prefix.into()),
+                ..EntityQuery::default()
+            };
+            let store = store.clone();
+            async move {
+                let page = store.query_entities(&query).await.unwrap();
+                page.entities
+                    .iter()
+                    .map(|e| e.id.key().to_string())
+                    .collect::<Vec<_>>()
+            }
+        };
+        assert_eq!(keys_with("a\0").await, ["a\0", "a\0b", "a\0c"]);
+        assert_eq!(keys_with("a\0b").await, ["a\0b"]);
+        assert_eq!(keys_with("a").await.len(), keys.len());
+        assert_eq!(keys_with("a\u{1}").await, ["a\u{1}"]);
+    }
+
+    #[tokio::test]
     async fn batches_apply_in_the_order_commit_was_called() {
         let store = SqliteStore::in_memory().unwrap();
         // Queue a batch storing message 1, then one consuming it; await them the other way
@@ -413,7 +692,7 @@ mod tests {
 
     /// Queues the batches while the writer is held, so that they land in one transaction.
     async fn in_one_group(store: &SqliteStore, batches: Vec<Batch>) -> Vec<Result<(), StoreError>> {
-        let held = store.inner.writer_conn.lock().unwrap();
+        let held = store.inner.writer.as_ref().unwrap().conn.lock().unwrap();
         let commits: Vec<_> = batches.into_iter().map(|b| store.commit(b)).collect();
         drop(held);
         let mut results = Vec::new();

@@ -1,6 +1,9 @@
 //! The versioned schema and its migrations (tracked in `PRAGMA user_version`).
 
+use entities_core::StoreError;
 use rusqlite::Connection;
+
+use crate::sqlite_error;
 
 /// The schema version this crate writes.
 pub(crate) const CURRENT_VERSION: i64 = 1;
@@ -44,23 +47,45 @@ const MIGRATIONS: &[&str] = &[
      ) WITHOUT ROWID;",
 ];
 
+/// The schema version of the database.
+fn version(conn: &Connection) -> Result<i64, StoreError> {
+    conn.query_row("PRAGMA user_version", [], |row| row.get(0))
+        .map_err(|e| sqlite_error("cannot read the schema version", e))
+}
+
+/// The error for a database written by a newer version of this crate.
+fn newer(version: i64) -> StoreError {
+    StoreError::new(format!(
+        "the database has schema version {version}, newer than this build understands \
+         ({CURRENT_VERSION}); upgrade `entities-sqlite`"
+    ))
+}
+
 /// Brings the database to [`CURRENT_VERSION`], refusing one written by a newer version.
-pub(crate) fn migrate(conn: &mut Connection) -> Result<(), String> {
-    let version: i64 = conn
-        .query_row("PRAGMA user_version", [], |row| row.get(0))
-        .map_err(|e| e.to_string())?;
+pub(crate) fn migrate(conn: &mut Connection) -> Result<(), StoreError> {
+    let version = version(conn)?;
     if version > CURRENT_VERSION {
-        return Err(format!(
-            "the database has schema version {version}, newer than this build understands \
-             ({CURRENT_VERSION}); upgrade `entities-sqlite`"
-        ));
+        return Err(newer(version));
     }
+    let failed = |e| sqlite_error("cannot migrate the schema", e);
     for (from, sql) in MIGRATIONS.iter().enumerate().skip(version as usize) {
-        let tx = conn.transaction().map_err(|e| e.to_string())?;
-        tx.execute_batch(sql).map_err(|e| e.to_string())?;
+        let tx = conn.transaction().map_err(failed)?;
+        tx.execute_batch(sql).map_err(failed)?;
         tx.pragma_update(None, "user_version", (from + 1) as i64)
-            .map_err(|e| e.to_string())?;
-        tx.commit().map_err(|e| e.to_string())?;
+            .map_err(failed)?;
+        tx.commit().map_err(failed)?;
     }
     Ok(())
+}
+
+/// Checks, without changing anything, that the database has [`CURRENT_VERSION`].
+pub(crate) fn check(conn: &Connection) -> Result<(), StoreError> {
+    match version(conn)? {
+        CURRENT_VERSION => Ok(()),
+        version if version > CURRENT_VERSION => Err(newer(version)),
+        version => Err(StoreError::new(format!(
+            "the database has schema version {version}, older than this build's \
+             ({CURRENT_VERSION}); open it once with `SqliteStore::open` to migrate it"
+        ))),
+    }
 }

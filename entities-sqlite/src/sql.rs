@@ -132,6 +132,8 @@ pub(crate) fn read_entity(
     .optional()
 }
 
+/// A page of entities. The key prefix is compared as bytes: on text, SQLite's `length` and
+/// `substr` stop at a NUL character. `key >= ?3` starts the range scan of the primary key.
 pub(crate) fn query_entities(
     conn: &Connection,
     query: &EntityQuery,
@@ -147,7 +149,8 @@ pub(crate) fn query_entities(
             WHERE m.target = '@' || e.name || '@' || e.key AND substr(m.target, 1, 1) = '@') \
          FROM entities e \
          WHERE (?2 IS NULL OR name = ?2) \
-           AND (?3 IS NULL OR (key >= ?3 AND substr(key, 1, length(?3)) = ?3)) \
+           AND (?3 IS NULL OR (key >= ?3 \
+                AND substr(CAST(key AS BLOB), 1, length(CAST(?3 AS BLOB))) = CAST(?3 AS BLOB))) \
            AND (?4 OR state IS NOT NULL) \
            AND (?5 OR (name, key) > (?6, ?7)) \
          ORDER BY name, key LIMIT ?8",

@@ -8,7 +8,9 @@
 //! once, with its last record. The group commits atomically, so what lands is the same.
 
 use std::collections::{BTreeMap, HashMap};
-use std::fmt::Write;
+use std::fmt::Write as _;
+use std::fs::File;
+use std::io::{Seek, Write as _};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::mpsc::Receiver;
 use std::sync::{Arc, Mutex};
@@ -16,60 +18,189 @@ use std::sync::{Arc, Mutex};
 use entities_core::message::Message;
 use entities_core::message::MessageId;
 use entities_core::store::{Batch, EntityRecord, InstanceWrite};
-use entities_core::{EntityId, StoreError};
-use rusqlite::{params, CachedStatement, Connection};
+use entities_core::{EntityId, StoreError, StoreErrorKind};
+use rusqlite::{params, CachedStatement, Connection, TransactionBehavior};
 use tokio::sync::oneshot;
 use tracing::{debug, error};
 
 use crate::sql::status_text;
-use crate::WriteStats;
+use crate::{io_error, sqlite_error, WriteStats};
 
 /// Most requests merged into one transaction.
 const MAX_GROUP: usize = 4096;
+
+/// Bytes written to the lock file to check that the disk has space (see [`Writer::check`]).
+const SPACE_CHECK: usize = 1 << 20;
 
 /// A write asked of the writer thread.
 pub(crate) enum WriteRequest {
     Commit(Batch, oneshot::Sender<Result<Batch, StoreError>>),
     DeleteEmptyEntities(oneshot::Sender<Result<u64, StoreError>>),
     PurgeInstance(String, oneshot::Sender<Result<bool, StoreError>>),
+    /// Accept writes again after a failure (see `Store::resume`). Never part of a group.
+    Resume(oneshot::Sender<Result<(), StoreError>>),
 }
 
-/// Runs until every sender is gone. After a write fails in a way that is not confined to its
-/// own request, every later request is refused: later batches may build on the lost one.
-/// Once `closed` is set, nothing more is written.
-pub(crate) fn run(
-    conn: Arc<Mutex<Connection>>,
-    rx: Receiver<WriteRequest>,
-    closed: Arc<AtomicBool>,
-    stats: Arc<Mutex<WriteStats>>,
-) {
-    let mut group = Vec::new();
-    let mut poisoned: Option<String> = None;
-    while let Ok(first) = rx.recv() {
-        // The group takes in more requests as it is written (see `apply_group`).
-        group.push(first);
-        let outcome = match &poisoned {
-            Some(cause) => Err(format!(
-                "an earlier write failed ({cause}); writes are refused"
-            )),
-            None => {
-                let mut conn = conn.lock().unwrap_or_else(|e| e.into_inner());
-                if closed.load(Ordering::SeqCst) {
-                    Err("the store is closed".to_string())
-                } else {
-                    apply_group(&mut conn, &mut group, &rx, &closed, &stats)
+/// What the writer thread shares with its store.
+pub(crate) struct Writer {
+    /// The write connection, held for a whole group.
+    pub(crate) conn: Arc<Mutex<Connection>>,
+    /// Set when the store is closed: nothing more is written.
+    pub(crate) closed: Arc<AtomicBool>,
+    /// What was written.
+    pub(crate) stats: Arc<Mutex<WriteStats>>,
+    /// The lock file, while the store owns its database file.
+    pub(crate) lock: Arc<Mutex<Option<File>>>,
+}
+
+impl Writer {
+    /// Runs until every sender is gone. After a write fails in a way that is not confined to
+    /// its own request, every later request is refused (later batches may build on the lost
+    /// one) until a resume request finds the database writable; a resume request that does
+    /// not, refuses the requests after it too. Once `closed` is set, nothing more is written.
+    pub(crate) fn run(self, rx: Receiver<WriteRequest>) {
+        let mut group = Vec::new();
+        let mut poisoned: Option<StoreError> = None;
+        // A resume request that ended the last group.
+        let mut next = None;
+        while let Some(first) = next.take().or_else(|| rx.recv().ok()) {
+            if let WriteRequest::Resume(tx) = first {
+                let result = self.check();
+                poisoned = result.clone().err();
+                let _ = tx.send(result);
+                continue;
+            }
+            // The group takes in more requests as it is written (see `apply_group`).
+            group.push(first);
+            let outcome = match &poisoned {
+                Some(cause) => Err(cause.clone().context(
+                    "refused: an earlier sqlite write failed and the store has not resumed",
+                )),
+                None => {
+                    let mut conn = self.conn.lock().unwrap_or_else(|e| e.into_inner());
+                    if self.closed.load(Ordering::SeqCst) {
+                        Err(closed())
+                    } else {
+                        self.apply_group(&mut conn, &mut group, &rx, &mut next)
+                            .inspect_err(|e| error!(error = %e, "sqlite group commit failed"))
+                    }
+                }
+            };
+            if let (Err(cause), None) = (&outcome, &poisoned) {
+                poisoned = Some(cause.clone());
+            }
+            debug!(
+                requests = group.len(),
+                ok = outcome.is_ok(),
+                "group committed"
+            );
+            answer(group.drain(..), outcome);
+        }
+    }
+
+    /// Checks that the database accepts writes: commits a write that changes nothing, and, for
+    /// a database file, writes and syncs [`SPACE_CHECK`] bytes to the lock file, then empties
+    /// it. SQLite reuses the WAL space a failed commit took, so a small commit may succeed on a
+    /// full disk; new data written to another file fails there.
+    fn check(&self) -> Result<(), StoreError> {
+        let mut conn = self.conn.lock().unwrap_or_else(|e| e.into_inner());
+        if self.closed.load(Ordering::SeqCst) {
+            return Err(closed());
+        }
+        if let Some(file) = &mut *self.lock.lock().unwrap_or_else(|e| e.into_inner()) {
+            let written = file
+                .write_all(&[0; SPACE_CHECK])
+                .and_then(|()| file.sync_data());
+            // Emptied even if the write failed half-way: its bytes would hold the space.
+            let emptied = file.set_len(0).and_then(|()| file.rewind());
+            written.map_err(|e| io_error("the disk has no space for new writes", e))?;
+            emptied.map_err(|e| io_error("cannot empty the lock file", e))?;
+        }
+        let refused = |e| sqlite_error("the database does not accept writes", e);
+        let tx = conn
+            .transaction_with_behavior(TransactionBehavior::Immediate)
+            .map_err(refused)?;
+        // Writes the header page with what it holds: a real commit, changing nothing.
+        let version: i64 = tx
+            .query_row("PRAGMA user_version", [], |row| row.get(0))
+            .map_err(refused)?;
+        tx.pragma_update(None, "user_version", version)
+            .map_err(refused)?;
+        tx.commit().map_err(refused)
+    }
+
+    /// Applies every request in one transaction, taking in those that arrive meanwhile (until
+    /// the queue is empty, the group full, a resume request arrives, put in `next`, or the
+    /// store closed); an isolated request runs in a savepoint of its own, so that its failure
+    /// leaves the others applied. Returns each request's result (counts for deletes); `Err` if
+    /// the group fails as a whole: then nothing was applied.
+    fn apply_group(
+        &self,
+        conn: &mut Connection,
+        group: &mut Vec<WriteRequest>,
+        rx: &Receiver<WriteRequest>,
+        next: &mut Option<WriteRequest>,
+    ) -> Result<Vec<Outcome>, StoreError> {
+        let failed = |e| sqlite_error("sqlite group commit failed; nothing was written", e);
+        let tx = conn.transaction().map_err(failed)?;
+        let mut results = Vec::with_capacity(group.len());
+        let count = {
+            let mut writes = Writes::new(&tx);
+            let mut index = 0;
+            loop {
+                // Requests that arrived while this group was being written join it: the commit
+                // (and its sync) is paid once for all of them.
+                if index == group.len() {
+                    if group.len() >= MAX_GROUP || self.closed.load(Ordering::SeqCst) {
+                        break;
+                    }
+                    match rx.try_recv() {
+                        Ok(request @ WriteRequest::Resume(_)) => {
+                            *next = Some(request);
+                            break;
+                        }
+                        Ok(request) => group.push(request),
+                        Err(_) => break,
+                    }
+                }
+                let request = index;
+                index += 1;
+                if !group[request].isolated() {
+                    // Any failure here fails the whole group: nothing of it is written.
+                    let n = writes.defer(group, request).map_err(failed)?;
+                    results.push(Ok(n));
+                    continue;
+                }
+                // What is held back goes first, outside the savepoint: a rollback of this
+                // request must not take it along, and this request may read or consume it.
+                writes.flush(group).map_err(failed)?;
+                tx.execute_batch("SAVEPOINT isolated").map_err(failed)?;
+                let count = writes.count;
+                match writes.apply(&group[request]) {
+                    Ok(n) => {
+                        tx.execute_batch("RELEASE isolated").map_err(failed)?;
+                        results.push(Ok(n));
+                    }
+                    Err(err) => {
+                        // Rolls this request back; the others stand.
+                        tx.execute_batch("ROLLBACK TO isolated; RELEASE isolated")
+                            .map_err(failed)?;
+                        writes.count = count;
+                        results.push(Err(request_error(err)));
+                    }
                 }
             }
+            writes.flush(group).map_err(failed)?;
+            writes.count
         };
-        if let (Err(cause), None) = (&outcome, &poisoned) {
-            poisoned = Some(cause.clone());
-        }
-        debug!(
-            requests = group.len(),
-            ok = outcome.is_ok(),
-            "group committed"
-        );
-        answer(group.drain(..), outcome);
+        tx.commit().map_err(failed)?;
+        let mut stats = self.stats.lock().unwrap_or_else(|e| e.into_inner());
+        stats.add(&WriteStats {
+            transactions: 1,
+            requests: group.len() as u64,
+            ..count
+        });
+        Ok(results)
     }
 }
 
@@ -79,7 +210,9 @@ impl WriteRequest {
     fn isolated(&self) -> bool {
         match self {
             WriteRequest::Commit(batch, _) => batch.instances.iter().any(|i| i.create),
-            WriteRequest::DeleteEmptyEntities(_) | WriteRequest::PurgeInstance(..) => true,
+            WriteRequest::DeleteEmptyEntities(_)
+            | WriteRequest::PurgeInstance(..)
+            | WriteRequest::Resume(_) => true,
         }
     }
 }
@@ -87,102 +220,35 @@ impl WriteRequest {
 /// What one request of a group came to.
 type Outcome = Result<u64, StoreError>;
 
-/// Applies every request in one transaction, taking in those that arrive meanwhile (until the
-/// queue is empty, the group full or the store closed); an isolated request runs in a
-/// savepoint of its own, so that its failure leaves the others applied. Returns each request's
-/// result (counts for deletes); `Err` if the group fails as a whole: then nothing was applied.
-fn apply_group(
-    conn: &mut Connection,
-    group: &mut Vec<WriteRequest>,
-    rx: &Receiver<WriteRequest>,
-    closed: &AtomicBool,
-    stats: &Mutex<WriteStats>,
-) -> Result<Vec<Outcome>, String> {
-    let tx = conn.transaction().map_err(|e| e.to_string())?;
-    let mut results = Vec::with_capacity(group.len());
-    let count = {
-        let mut writes = Writes::new(&tx);
-        let mut next = 0;
-        loop {
-            // Requests that arrived while this group was being written join it: the commit
-            // (and its sync) is paid once for all of them.
-            if next == group.len() {
-                if group.len() >= MAX_GROUP || closed.load(Ordering::SeqCst) {
-                    break;
-                }
-                match rx.try_recv() {
-                    Ok(request) => group.push(request),
-                    Err(_) => break,
-                }
-            }
-            let index = next;
-            next += 1;
-            if !group[index].isolated() {
-                // Any failure here fails the whole group: nothing of it is written.
-                let n = writes.defer(group, index).map_err(|e| e.to_string())?;
-                results.push(Ok(n));
-                continue;
-            }
-            // What is held back goes first, outside the savepoint: a rollback of this request
-            // must not take it along, and this request may read or consume it.
-            writes.flush(group).map_err(|e| e.to_string())?;
-            tx.execute_batch("SAVEPOINT isolated")
-                .map_err(|e| e.to_string())?;
-            let count = writes.count;
-            match writes.apply(&group[index]) {
-                Ok(n) => {
-                    tx.execute_batch("RELEASE isolated")
-                        .map_err(|e| e.to_string())?;
-                    results.push(Ok(n));
-                }
-                Err(err) => {
-                    // Rolls this request back; the others stand.
-                    tx.execute_batch("ROLLBACK TO isolated; RELEASE isolated")
-                        .map_err(|e| e.to_string())?;
-                    writes.count = count;
-                    results.push(Err(request_error(err)));
-                }
-            }
-        }
-        writes.flush(group).map_err(|e| e.to_string())?;
-        writes.count
-    };
-    tx.commit().map_err(|e| e.to_string())?;
-    let mut stats = stats.lock().unwrap_or_else(|e| e.into_inner());
-    stats.add(&WriteStats {
-        transactions: 1,
-        requests: group.len() as u64,
-        ..count
-    });
-    Ok(results)
+/// The error of a write to a closed store.
+fn closed() -> StoreError {
+    StoreError::of_kind(StoreErrorKind::Closed, "the sqlite store is closed")
 }
 
 fn request_error(err: rusqlite::Error) -> StoreError {
-    match &err {
-        rusqlite::Error::SqliteFailure(e, _)
-            if e.code == rusqlite::ErrorCode::ConstraintViolation =>
-        {
-            StoreError::conflict(format!("sqlite write refused: {err}"))
+    match err.sqlite_error_code() {
+        Some(rusqlite::ErrorCode::ConstraintViolation) => {
+            StoreError::with_kind(StoreErrorKind::Conflict, "sqlite write refused", err)
         }
-        _ => StoreError::with_source("sqlite write failed", err),
+        _ => sqlite_error("sqlite write failed", err),
     }
 }
 
-/// Answers each request of a group.
-fn answer(group: impl Iterator<Item = WriteRequest>, outcome: Result<Vec<Outcome>, String>) {
-    let mut results = match outcome {
-        Ok(results) => results.into_iter(),
-        Err(e) => {
-            error!(error = %e, "sqlite group commit failed; nothing was written");
-            Vec::new().into_iter()
-        }
+/// Answers each request of a group: each gets its own result, or, if the group failed, the
+/// group's error.
+fn answer(group: impl Iterator<Item = WriteRequest>, outcome: Result<Vec<Outcome>, StoreError>) {
+    let (mut results, failure) = match outcome {
+        Ok(results) => (results.into_iter(), None),
+        Err(e) => (Vec::new().into_iter(), Some(e)),
     };
     for request in group {
-        let value = results.next().unwrap_or_else(|| {
-            Err(StoreError::new(
-                "sqlite group commit failed; nothing was written",
-            ))
-        });
+        let value = match (results.next(), &failure) {
+            (Some(value), _) => value,
+            (None, Some(e)) => Err(e.clone()),
+            (None, None) => Err(StoreError::new(
+                "the sqlite writer lost this request's result",
+            )),
+        };
         match request {
             WriteRequest::Commit(batch, tx) => {
                 let _ = tx.send(value.map(|_| batch));
@@ -192,6 +258,9 @@ fn answer(group: impl Iterator<Item = WriteRequest>, outcome: Result<Vec<Outcome
             }
             WriteRequest::PurgeInstance(_, tx) => {
                 let _ = tx.send(value.map(|n| n > 0));
+            }
+            WriteRequest::Resume(tx) => {
+                let _ = tx.send(value.map(|_| ()));
             }
         }
     }
@@ -236,6 +305,7 @@ impl<'c> Writes<'c> {
     /// Applies one request now; returns a count for deletes.
     fn apply(&mut self, request: &WriteRequest) -> rusqlite::Result<u64> {
         match request {
+            WriteRequest::Resume(_) => Ok(0),
             WriteRequest::Commit(batch, _) => self.batch(batch).map(|()| 0),
             WriteRequest::DeleteEmptyEntities(_) => self
                 .conn
