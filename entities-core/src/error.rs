@@ -153,14 +153,27 @@ pub enum StoreErrorKind {
 
 /// An error of the store (database I/O, corruption, a schema from a newer version). Cheap to
 /// clone: the cause is shared, so every sender of a failed commit gets it.
-#[derive(Clone, Debug, thiserror::Error)]
-#[error("{message}")]
+#[derive(Clone, Debug)]
 pub struct StoreError {
     message: String,
     kind: StoreErrorKind,
     raw: Option<String>,
-    #[source]
     source: Option<std::sync::Arc<dyn std::error::Error + Send + Sync>>,
+}
+
+impl fmt::Display for StoreError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(&self.message)
+    }
+}
+
+impl std::error::Error for StoreError {
+    /// The cause itself (not the `Arc` sharing it), so that it can be downcast.
+    fn source(&self) -> Option<&(dyn std::error::Error + 'static)> {
+        self.source
+            .as_deref()
+            .map(|e| e as &(dyn std::error::Error + 'static))
+    }
 }
 
 impl StoreError {

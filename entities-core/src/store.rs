@@ -175,14 +175,6 @@ pub trait Store: Send + Sync + 'static {
         limit: usize,
     ) -> Result<Vec<Message>, StoreError>;
 
-    /// After a failed commit, the store refuses every batch queued until `resume` is called;
-    /// `resume` waits until no batch queued before it is pending, then accepts new batches
-    /// again and checks that the database accepts writes (returning the error otherwise, and
-    /// refusing still).
-    fn resume(&self) -> BoxFuture<'static, Result<(), StoreError>> {
-        Box::pin(async { Ok(()) })
-    }
-
     /// Queues a batch for commit and returns a future that resolves, with the batch, once it
     /// is committed atomically and durably. The batch is queued when this returns, before the
     /// future is polled: batches apply in the order of these calls.

@@ -595,7 +595,7 @@ mod tests {
         assert!(refused.await.is_err());
         resumed.await.unwrap();
         accepted.await.unwrap();
-        let recovered = store.recover().await.unwrap();
+        let recovered = store.recover(u64::MAX).await.unwrap();
         let ids: Vec<u64> = recovered.messages.iter().map(|m| m.id).collect();
         assert_eq!(ids, [1, 5]);
     }

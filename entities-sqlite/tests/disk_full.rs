@@ -79,19 +79,11 @@ fn message(id: u64, size: usize) -> Batch {
     }
 }
 
-/// The SQLite error code found in the error's chain of sources.
+/// The SQLite error code of the error's direct cause, a `rusqlite::Error`.
 fn sqlite_code(err: &StoreError) -> Option<rusqlite::ErrorCode> {
-    let mut source = std::error::Error::source(err);
-    while let Some(cause) = source {
-        if let Some(e) = cause.downcast_ref::<rusqlite::Error>() {
-            return e.sqlite_error_code();
-        }
-        if let Some(e) = cause.downcast_ref::<rusqlite::ffi::Error>() {
-            return Some(e.code);
-        }
-        source = cause.source();
-    }
-    None
+    std::error::Error::source(err)?
+        .downcast_ref::<rusqlite::Error>()?
+        .sqlite_error_code()
 }
 
 #[tokio::test]
@@ -140,7 +132,7 @@ async fn a_full_disk_fails_commits_with_their_cause_until_resumed() {
     store.resume().await.unwrap();
     store.commit(message(failed + 3, 10)).await.unwrap();
 
-    let recovered = store.recover().await.unwrap();
+    let recovered = store.recover(u64::MAX).await.unwrap();
     let ids: Vec<u64> = recovered.messages.iter().map(|m| m.id).collect();
     stored.push(failed + 3);
     assert_eq!(

@@ -38,7 +38,7 @@ fn messages(ids: impl IntoIterator<Item = u64>) -> Batch {
 }
 
 async fn stored_ids(store: &SqliteStore) -> Vec<u64> {
-    let recovered = store.recover().await.unwrap();
+    let recovered = store.recover(u64::MAX).await.unwrap();
     recovered.messages.iter().map(|m| m.id).collect()
 }
 
