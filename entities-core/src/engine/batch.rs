@@ -92,7 +92,7 @@ impl Engine {
             };
             self.entities
                 .run_round(out, self.batch_no, self.config.max_batch, only_finished)
-                .await?;
+                .await;
             if !only_finished {
                 let ended = self.orchestrations.run_steps(&mut round).await?;
                 b.effects.finished_instances.extend(ended);

@@ -7,7 +7,7 @@
 //! entity keeps running. When it finishes, the next batch records it: its consumed message,
 //! new state, sent messages and reply commit together, as for any operation.
 
-use std::collections::{HashMap, VecDeque};
+use std::collections::{HashMap, HashSet, VecDeque};
 use std::panic::AssertUnwindSafe;
 use std::sync::Arc;
 use std::time::Duration;
@@ -21,10 +21,13 @@ use super::protocol::CallReply;
 use super::shared::Shared;
 use crate::context::EntityContext;
 use crate::entity::EntityFunction;
-use crate::error::{OperationError, StoreError, StoreErrorKind};
+use crate::error::{OperationError, StoreErrorKind};
 use crate::id::EntityId;
 use crate::message::{now_millis, Body, Message, MessageId, ReplyTo};
 use crate::store::{Batch, EntityRecord};
+
+/// How long an entity whose read failed waits before it is read again.
+const LOAD_RETRY: Duration = Duration::from_millis(200);
 
 /// An entity in memory.
 #[derive(Default)]
@@ -128,6 +131,8 @@ pub(crate) struct Entities {
     running: JoinSet<OperationDone>,
     finished: Vec<OperationDone>,
     timeouts: Timeouts,
+    /// Entities whose read failed, and when to read them again.
+    retries: Vec<(tokio::time::Instant, EntityId)>,
 }
 
 impl Entities {
@@ -139,6 +144,7 @@ impl Entities {
             running: JoinSet::new(),
             finished: Vec::new(),
             timeouts,
+            retries: Vec::new(),
         }
     }
 
@@ -203,7 +209,7 @@ impl Entities {
         batch_no: u64,
         max_batch: usize,
         only_finished: bool,
-    ) -> Result<(), StoreError> {
+    ) {
         let mut work: Vec<(EntityId, Slot, Part)> = Vec::new();
         for done in std::mem::take(&mut self.finished) {
             let Some(mut slot) = self.slots.remove(&done.id) else {
@@ -236,8 +242,7 @@ impl Entities {
                 ids.push(id);
             }
         }
-        self.load(&ids).await?;
-        for id in ids {
+        for id in self.load(ids).await {
             let slot = self.slots.remove(&id).expect("ready entity has a slot");
             work.push((id, slot, Part::default()));
         }
@@ -278,7 +283,6 @@ impl Entities {
             }
             self.slots.insert(id, slot);
         }
-        Ok(())
     }
 
     /// Runs a suspended operation on a task of its own, under its entity's timeout.
@@ -318,20 +322,22 @@ impl Entities {
         });
     }
 
-    /// Loads the states of entities not in memory yet. A state that cannot be decoded
-    /// poisons its entity only.
-    async fn load(&mut self, ids: &[EntityId]) -> Result<(), StoreError> {
+    /// Loads the states of entities not in memory yet; returns those that can run. A state
+    /// that cannot be decoded poisons its entity only; an entity whose read fails otherwise
+    /// keeps its messages and is read again later, while the others run.
+    async fn load(&mut self, ids: Vec<EntityId>) -> Vec<EntityId> {
         let missing: Vec<EntityId> = ids
             .iter()
             .filter(|id| !self.slots[*id].loaded)
             .cloned()
             .collect();
         if missing.is_empty() {
-            return Ok(());
+            return ids;
         }
+        let mut unreadable = HashSet::new();
         let records = match self.shared.store.load_entities(missing.clone()).await {
             Ok(records) => records,
-            Err(err) if err.kind() == StoreErrorKind::Corrupt => {
+            Err(_) => {
                 // Find the entities whose rows cannot be read, one by one.
                 let mut records = Vec::new();
                 for id in &missing {
@@ -343,12 +349,14 @@ impl Entities {
                                 slot.poisoned = Some(err.to_string());
                             }
                         }
-                        Err(err) => return Err(err),
+                        Err(err) => {
+                            warn!(entity = %id, error = %err, retry_in = ?LOAD_RETRY, "reading the entity failed; its messages wait and it is read again later");
+                            unreadable.insert(id.clone());
+                        }
                     }
                 }
                 records
             }
-            Err(err) => return Err(err),
         };
         for record in records {
             if let Some(slot) = self.slots.get_mut(&record.id) {
@@ -357,12 +365,39 @@ impl Entities {
                 slot.last_modified = record.last_modified;
             }
         }
-        for id in missing {
-            if let Some(slot) = self.slots.get_mut(&id) {
+        let retry_at = tokio::time::Instant::now() + LOAD_RETRY;
+        for id in &missing {
+            if unreadable.contains(id) {
+                self.retries.push((retry_at, id.clone()));
+            } else if let Some(slot) = self.slots.get_mut(id) {
                 slot.loaded = true;
             }
         }
-        Ok(())
+        ids.into_iter()
+            .filter(|id| !unreadable.contains(id))
+            .collect()
+    }
+
+    /// When the next entity whose read failed is to be read again.
+    pub(crate) fn next_retry(&self) -> Option<tokio::time::Instant> {
+        self.retries.iter().map(|(at, _)| *at).min()
+    }
+
+    /// Makes the entities whose read failed ready again once their time has come.
+    pub(crate) fn wake_retries(&mut self) {
+        let now = tokio::time::Instant::now();
+        let (due, wait): (Vec<_>, Vec<_>) = std::mem::take(&mut self.retries)
+            .into_iter()
+            .partition(|(at, _)| *at <= now);
+        self.retries = wait;
+        for (_, id) in due {
+            if let Some(slot) = self.slots.get_mut(&id) {
+                if !slot.in_ready && slot.runnable().is_some() {
+                    slot.in_ready = true;
+                    self.ready.push_back(id);
+                }
+            }
+        }
     }
 
     /// Unloads idle entities whose writes have all committed, once over `capacity`.
@@ -381,6 +416,7 @@ impl Entities {
         self.slots.clear();
         self.ready.clear();
         self.finished.clear();
+        self.retries.clear();
     }
 
     /// Waits for the operations under way, at most `grace`; then stops those still running.

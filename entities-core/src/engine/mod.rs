@@ -169,7 +169,10 @@ impl Engine {
         let room = self.commits.len() < self.config.max_inflight_commits;
         let paging_now = page.is_some() && self.commits.is_empty();
         if !paging_now && !(page.is_none() && room && self.has_work()) {
-            let deadline = self.timers.next_deadline();
+            let mut deadline = tokio::time::Instant::now() + self.timers.next_deadline();
+            if let Some(retry) = self.entities.next_retry() {
+                deadline = deadline.min(retry);
+            }
             tokio::select! {
                 command = self.rx.recv() => match command {
                     Some(command) => self.handle(command),
@@ -177,7 +180,7 @@ impl Engine {
                 },
                 done = self.commits.next(), if !self.commits.is_empty() => self.committed(done)?,
                 () = self.entities.next_finished(), if self.entities.running() > 0 => {}
-                () = tokio::time::sleep(deadline) => {}
+                () = tokio::time::sleep_until(deadline) => {}
             }
         }
         while let Ok(command) = self.rx.try_recv() {
@@ -190,6 +193,7 @@ impl Engine {
             return Ok(true);
         }
         self.entities.poll_finished();
+        self.entities.wake_retries();
         for message in self.timers.take_due() {
             self.route(message);
         }
