@@ -1,7 +1,7 @@
 //! Benchmarks of `entities` on the embedded SQLite store.
 //!
 //! `cargo run --release -p entities-bench -- <workload> [--normal]`, where workload is one of
-//! `hot`, `spread`, `bank`, `call`, `rest`, `raw`, or `all`. `--normal` runs with
+//! `hot`, `spread`, `bank`, `call`, `rest`, `raw`, `isolated`, `backlog`, or `all`. `--normal` runs with
 //! `synchronous=NORMAL` instead of the default `FULL`. `spread` alternates with the raw
 //! rusqlite baseline for `ROUNDS` rounds (default 5) and reports medians. Every figure is durable: a signal counts
 //! once it is processed and its effect committed.
@@ -292,6 +292,121 @@ async fn client_calls(
     (percentile(&lat, 50.0), percentile(&lat, 99.0), rate)
 }
 
+/// An entity whose `sleep` operation awaits the input in milliseconds.
+struct Sleeper;
+
+#[async_trait::async_trait]
+impl EntityFunction for Sleeper {
+    async fn run(&self, ctx: &mut EntityContext) -> Result<(), OperationError> {
+        let ms: u64 = ctx.input()?;
+        tokio::time::sleep(Duration::from_millis(ms)).await;
+        Ok(())
+    }
+}
+
+/// Latency of `calls` sequential client calls to a free entity while another entity has
+/// `queued` operations of 1 ms each waiting.
+async fn isolated(sync: Synchronous, queued: usize, calls: usize) -> (Duration, Duration) {
+    let bench = Bench::new(sync);
+    let store = SqliteStore::open_with(
+        &bench.path,
+        SqliteOptions {
+            synchronous: sync,
+            ..SqliteOptions::default()
+        },
+    )
+    .expect("open store");
+    let runtime = Runtime::builder()
+        .store(store)
+        .entity::<Counter>()
+        .entity_fn("Sleeper", Sleeper)
+        .shutdown_grace(Duration::from_millis(100))
+        .start()
+        .await
+        .expect("start runtime");
+    let client = runtime.client();
+    let slow = EntityId::new("Sleeper", "slow");
+    let sends = (0..queued).map(|_| client.signal_entity(&slow, "sleep", &1u64));
+    for result in futures::future::join_all(sends).await {
+        result.unwrap();
+    }
+    let mut lat = Vec::with_capacity(calls);
+    for _ in 0..calls {
+        let start = Instant::now();
+        client.call::<Counter>("free").add(1).await.unwrap();
+        lat.push(start.elapsed());
+    }
+    lat.sort();
+    runtime.shutdown().await.unwrap();
+    (percentile(&lat, 50.0), percentile(&lat, 99.0))
+}
+
+/// Stores `count` signals scheduled a day ahead into a new database at `path`.
+async fn fill_backlog(path: &Path, count: u64) {
+    use entities::message::{Body, Message, Target};
+    use entities::store::Batch;
+    use entities::Store;
+    let store = SqliteStore::open(path).expect("open store");
+    let at = entities::message::now_millis() + 86_400_000;
+    let mut commits = Vec::new();
+    for chunk in 0..count.div_ceil(10_000) {
+        let produced = (chunk * 10_000..((chunk + 1) * 10_000).min(count))
+            .map(|i| Message {
+                id: i + 1,
+                target: Target::Entity(EntityId::new("Counter", format!("k{}", i % 1000))),
+                deliver_at: Some(at + i),
+                body: Body::Operation {
+                    name: "add".into(),
+                    input: Some(serde_json::json!(1)),
+                    reply: None,
+                    sender: None,
+                },
+            })
+            .collect();
+        commits.push(store.commit(Batch {
+            produced,
+            ..Batch::default()
+        }));
+    }
+    for commit in commits {
+        commit.await.expect("commit");
+    }
+    store.close();
+}
+
+/// In a process of its own: starts a runtime on a database with a stored backlog and prints
+/// how long `start` took and the process's peak and current RSS.
+async fn backlog_child(path: &str) {
+    let start = Instant::now();
+    let runtime = Runtime::builder()
+        .store(SqliteStore::open(path).expect("open store"))
+        .entity::<Counter>()
+        .start()
+        .await
+        .expect("start runtime");
+    let started = start.elapsed();
+    // Serve something, so that the figure is of a working runtime.
+    runtime.client().call::<Counter>("probe").add(1).await.unwrap();
+    println!(
+        "backlog-child {:.3} {:.1} {:.1}",
+        started.as_secs_f64(),
+        status_mb("VmHWM:"),
+        status_mb("VmRSS:")
+    );
+    runtime.shutdown().await.unwrap();
+}
+
+fn status_mb(field: &str) -> f64 {
+    let status = std::fs::read_to_string("/proc/self/status").unwrap_or_default();
+    status
+        .lines()
+        .find(|l| l.starts_with(field))
+        .and_then(|l| l.split_whitespace().nth(1))
+        .and_then(|kb| kb.parse::<f64>().ok())
+        .map(|kb| kb / 1024.0)
+        .unwrap_or(0.0)
+}
+
 fn percentile(sorted: &[Duration], p: f64) -> Duration {
     if sorted.is_empty() {
         return Duration::ZERO;
@@ -490,6 +605,9 @@ fn run_raw(
 #[tokio::main]
 async fn main() {
     let args: Vec<String> = std::env::args().skip(1).collect();
+    if args.first().map(String::as_str) == Some("backlog-child") {
+        return backlog_child(&args[1]).await;
+    }
     let sync = if args.iter().any(|a| a == "--normal") {
         Synchronous::Normal
     } else {
@@ -579,6 +697,37 @@ async fn main() {
             p99.as_secs_f64() * 1e3
         );
         println!("ccall    client calls to one key, 64 in flight:    {rate:>10.0} calls/s");
+    }
+    if all || workload == "isolated" {
+        let (p50, p99) = isolated(sync, 10_000, 2_000).await;
+        println!(
+            "isolated client call to a free entity, another with 10,000 slow ops queued: p50 {:>8.3} ms, p99 {:>8.3} ms",
+            p50.as_secs_f64() * 1e3,
+            p99.as_secs_f64() * 1e3
+        );
+    }
+    if all || workload == "backlog" {
+        let dir = tempfile::tempdir().expect("temp dir");
+        let path = dir.path().join("backlog.db");
+        fill_backlog(&path, 1_000_000).await;
+        let output = std::process::Command::new(std::env::current_exe().expect("own path"))
+            .arg("backlog-child")
+            .arg(&path)
+            .output()
+            .expect("run the start-up child");
+        let text = String::from_utf8_lossy(&output.stdout);
+        let figures: Vec<f64> = text
+            .lines()
+            .find_map(|l| l.strip_prefix("backlog-child "))
+            .map(|l| l.split(' ').filter_map(|v| v.parse().ok()).collect())
+            .unwrap_or_default();
+        match figures[..] {
+            [secs, peak, rss] => println!(
+                "backlog  start with 1,000,000 scheduled signals stored: {:.0} ms, RSS {rss:.0} MB (peak {peak:.0} MB)",
+                secs * 1e3
+            ),
+            _ => println!("backlog  the start-up child failed: {text} {}", String::from_utf8_lossy(&output.stderr)),
+        }
     }
     if all || workload == "rest" {
         let (before, rss, p50, p99) = at_rest(sync, 1_000_000, 20_000).await;
