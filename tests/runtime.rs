@@ -790,8 +790,16 @@ struct GatedStore {
 
 #[async_trait]
 impl Store for GatedStore {
-    async fn recover(&self) -> Result<entities::store::Recovery, StoreError> {
-        self.inner.recover().await
+    async fn recover(&self, horizon: u64) -> Result<entities::store::Recovery, StoreError> {
+        self.inner.recover(horizon).await
+    }
+    async fn scheduled_messages(
+        &self,
+        after: (u64, u64),
+        until: u64,
+        limit: usize,
+    ) -> Result<Vec<entities::message::Message>, StoreError> {
+        self.inner.scheduled_messages(after, until, limit).await
     }
     fn commit(
         &self,
@@ -879,7 +887,7 @@ async fn a_sender_whose_message_commits_after_the_engine_stopped_hears_it_was_st
     // The held commit lands after the engine stopped: its sender hears it was stored.
     gate.add_permits(100);
     scheduled.await.unwrap().unwrap();
-    let stored = inner.recover().await.unwrap().messages;
+    let stored = inner.recover(u64::MAX).await.unwrap().messages;
     assert_eq!(stored.len(), 1, "the scheduled signal is stored");
     drop(runtime);
 }

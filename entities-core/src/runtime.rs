@@ -132,7 +132,7 @@ impl RuntimeBuilder {
         let store = self.store.ok_or_else(|| {
             Error::Config("no store: call `.store(SqliteStore::open(path)?)`".into())
         })?;
-        let recovery = store.recover().await?;
+        let recovery = store.recover(u64::MAX).await?;
         info!(
             messages = recovery.messages.len(),
             "runtime starting with stored messages"

@@ -10,13 +10,18 @@ mod schema;
 mod sql;
 mod writer;
 
+#[cfg(test)]
+mod recovery_tests;
+
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::{mpsc, Arc, Mutex};
 
 use async_trait::async_trait;
+use entities_core::message::{Message, MessageId};
 use entities_core::store::{
-    Batch, EntityQuery, EntityRecord, EntityRecordPage, InstanceRecord, Recovery, Store,
+    Batch, EntityQuery, EntityRecord, EntityRecordPage, InstanceRecord, Recovery, SetAsideMessage,
+    Store,
 };
 use entities_core::{EntityId, Error, StoreError};
 use futures::future::BoxFuture;
@@ -210,16 +215,29 @@ impl SqliteStore {
     async fn read<T, F>(&self, f: F) -> Result<T, StoreError>
     where
         T: Send + 'static,
-        F: FnOnce(&Connection) -> rusqlite::Result<T> + Send + 'static,
+        F: FnOnce(&Connection) -> Result<T, sql::ReadError> + Send + 'static,
     {
         let i = self.inner.next_reader.fetch_add(1, Ordering::Relaxed) % self.inner.readers.len();
         let conn = self.inner.readers[i].clone();
         tokio::task::spawn_blocking(move || {
             let conn = conn.lock().unwrap_or_else(|e| e.into_inner());
-            f(&conn).map_err(|e| StoreError::with_source("sqlite read failed", e))
+            f(&conn).map_err(StoreError::from)
         })
         .await
         .map_err(|e| StoreError::new(format!("sqlite read task failed: {e}")))?
+    }
+
+    /// Sets aside the messages that cannot be decoded, through the writer; returns how many
+    /// it moved.
+    async fn set_aside(&self, messages: Vec<sql::Undecodable>) -> Result<usize, StoreError> {
+        if messages.is_empty() {
+            return Ok(0);
+        }
+        let moved = self
+            .queue(|tx| WriteRequest::SetAside(messages, tx))
+            .await
+            .map_err(|e| e.context("cannot set aside stored messages that cannot be decoded"))?;
+        Ok(moved as usize)
     }
 
     /// Queues a request for the writer thread now; the returned future waits for its answer.
@@ -242,8 +260,31 @@ impl SqliteStore {
 
 #[async_trait]
 impl Store for SqliteStore {
-    async fn recover(&self) -> Result<Recovery, StoreError> {
-        self.read(sql::recover).await
+    async fn recover(&self, horizon: u64) -> Result<Recovery, StoreError> {
+        let (rows, max_message_id) = self.read(move |conn| sql::recover(conn, horizon)).await?;
+        let set_aside = self.set_aside(rows.undecodable).await?;
+        Ok(Recovery {
+            messages: rows.messages,
+            max_message_id,
+            set_aside,
+        })
+    }
+
+    async fn scheduled_messages(
+        &self,
+        after: (u64, MessageId),
+        until: u64,
+        limit: usize,
+    ) -> Result<Vec<Message>, StoreError> {
+        let rows = self
+            .read(move |conn| sql::scheduled_messages(conn, after, until, limit))
+            .await?;
+        self.set_aside(rows.undecodable).await?;
+        Ok(rows.messages)
+    }
+
+    async fn set_aside_messages(&self) -> Result<Vec<SetAsideMessage>, StoreError> {
+        self.read(sql::set_aside_messages).await
     }
 
     fn commit(&self, batch: Batch) -> BoxFuture<'static, Result<Batch, StoreError>> {
@@ -366,7 +407,7 @@ mod tests {
         assert!(bad.is_err());
         assert!(good.is_err(), "a batch after a failed one must not land");
         assert!(store.commit(batch(vec![signal(4)])).await.is_err());
-        let recovered = store.recover().await.unwrap();
+        let recovered = store.recover(u64::MAX).await.unwrap();
         let ids: Vec<u64> = recovered.messages.iter().map(|m| m.id).collect();
         assert_eq!(
             ids,
@@ -387,7 +428,7 @@ mod tests {
         });
         consume_it.await.unwrap();
         store_it.await.unwrap();
-        assert!(store.recover().await.unwrap().messages.is_empty());
+        assert!(store.recover(u64::MAX).await.unwrap().messages.is_empty());
     }
 
     fn entity(key: &str, value: i64) -> EntityRecord {
@@ -439,7 +480,7 @@ mod tests {
             (1, 1, 0)
         );
         let ids: Vec<u64> = store
-            .recover()
+            .recover(u64::MAX)
             .await
             .unwrap()
             .messages
@@ -472,7 +513,7 @@ mod tests {
         consume.consumed = vec![5];
         let results = in_one_group(&store, vec![batch(vec![signal(5)]), consume]).await;
         assert!(results.iter().all(Result::is_ok), "{results:?}");
-        assert!(store.recover().await.unwrap().messages.is_empty());
+        assert!(store.recover(u64::MAX).await.unwrap().messages.is_empty());
     }
 
     #[tokio::test]
@@ -481,7 +522,7 @@ mod tests {
         let results =
             in_one_group(&store, vec![batch(vec![signal(1)]), batch(vec![signal(1)])]).await;
         assert!(results.iter().all(Result::is_err), "{results:?}");
-        assert!(store.recover().await.unwrap().messages.is_empty());
+        assert!(store.recover(u64::MAX).await.unwrap().messages.is_empty());
     }
 
     #[tokio::test]
@@ -495,7 +536,7 @@ mod tests {
         assert!(dup.unwrap_err().is_conflict());
         other.unwrap();
         store.commit(batch(vec![signal(8)])).await.unwrap();
-        assert_eq!(store.recover().await.unwrap().messages.len(), 2);
+        assert_eq!(store.recover(u64::MAX).await.unwrap().messages.len(), 2);
     }
 
     #[tokio::test]
