@@ -386,7 +386,12 @@ async fn backlog_child(path: &str) {
         .expect("start runtime");
     let started = start.elapsed();
     // Serve something, so that the figure is of a working runtime.
-    runtime.client().call::<Counter>("probe").add(1).await.unwrap();
+    runtime
+        .client()
+        .call::<Counter>("probe")
+        .add(1)
+        .await
+        .unwrap();
     println!(
         "backlog-child {:.3} {:.1} {:.1}",
         started.as_secs_f64(),

@@ -142,13 +142,35 @@ impl Default for EntityQuery {
     }
 }
 
-/// What a store recovers at start-up.
+/// What a store recovers at start-up (see [`Store::recover`]).
 #[derive(Debug, Default)]
 pub struct Recovery {
-    /// Every stored message, in id order.
+    /// Every stored message that is unscheduled or due by the horizon, in id order.
     pub messages: Vec<Message>,
-    /// The highest message id ever used (0 if none).
+    /// The highest message id ever used (0 if none), counting messages set aside and
+    /// messages scheduled after the horizon.
     pub max_message_id: MessageId,
+    /// How many stored messages this recovery set aside because they cannot be decoded (see
+    /// [`Store::set_aside_messages`]).
+    pub set_aside: usize,
+}
+
+/// A stored message that could not be decoded, moved out of the way so that it stops nothing
+/// (see [`Store::set_aside_messages`]). Its fields are the stored text, not decoded.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct SetAsideMessage {
+    /// The message number.
+    pub id: MessageId,
+    /// The receiver, as stored (the `Display` form of a [`Target`](crate::message::Target)).
+    pub target: String,
+    /// The delivery time as stored (milliseconds since the Unix epoch), `None` if unscheduled.
+    pub deliver_at: Option<u64>,
+    /// The body, as stored (JSON, unless that is what went wrong).
+    pub body: String,
+    /// Why it could not be decoded.
+    pub error: String,
+    /// When it was set aside, in milliseconds since the Unix epoch.
+    pub set_aside_at: u64,
 }
 
 /// The storage backend of a runtime. One runtime process owns a store at a time.
@@ -159,15 +181,32 @@ pub struct Recovery {
 /// implementations should merge batches that are queued together into one transaction. Once a
 /// commit has failed, every batch queued after it must fail too, until [`Store::resume`]: the
 /// runtime may already have acted on the messages of a batch whose failure it only learns later.
+///
+/// A stored value that cannot be decoded (bit rot, a manual edit, a value nested too deep to
+/// read back) must stop as little as possible. A message that cannot be decoded is set aside
+/// by the reads that return messages ([`Store::recover`], [`Store::scheduled_messages`]): left
+/// out of their result, kept with its stored text (see [`Store::set_aside_messages`]) and never
+/// returned again. The other reads fail with an error of kind
+/// [`StoreErrorKind::Corrupt`](crate::StoreErrorKind::Corrupt) that names the entity or
+/// instance and holds the stored text ([`StoreError::raw_value`]), so that the runtime can fail
+/// only that entity or instance.
 #[async_trait]
 pub trait Store: Send + Sync + 'static {
-    /// Loads what the runtime needs to resume: every stored message that is not scheduled or
-    /// is due at or before `horizon` (milliseconds since the Unix epoch), in id order, and the
-    /// highest message id ever used.
+    /// Loads what the runtime needs to resume: every stored message that is unscheduled
+    /// (`deliver_at` is `None`) or due at or before `horizon` (milliseconds since the Unix
+    /// epoch), in id order, and the highest message id ever used. Messages scheduled after
+    /// `horizon` stay in the store: read them with [`Store::scheduled_messages`].
+    ///
+    /// A message that cannot be decoded is set aside (atomically moved out of the stored
+    /// messages, kept for [`Store::set_aside_messages`]), logged, left out and counted in
+    /// [`Recovery::set_aside`]; the next recovery does not see it again.
     async fn recover(&self, horizon: u64) -> Result<Recovery, StoreError>;
 
-    /// Stored scheduled messages due after the `(deliver_at, id)` cursor `after` and at or
-    /// before `until`, ordered by `(deliver_at, id)`, at most `limit`.
+    /// Stored messages scheduled strictly after the cursor `after` (a `(deliver_at, id)` pair,
+    /// compared as a pair) and at or before `until` (milliseconds since the Unix epoch),
+    /// ordered by `(deliver_at, id)`, at most `limit` of them. The next page starts after the
+    /// last message's `(deliver_at, id)`. Messages that cannot be decoded are set aside as by
+    /// [`Store::recover`] and do not count against `limit`.
     async fn scheduled_messages(
         &self,
         after: (u64, MessageId),
@@ -175,34 +214,51 @@ pub trait Store: Send + Sync + 'static {
         limit: usize,
     ) -> Result<Vec<Message>, StoreError>;
 
+    /// Lists the messages set aside because they could not be decoded, by id, with their
+    /// stored text. A store that never sets messages aside returns none (the default).
+    async fn set_aside_messages(&self) -> Result<Vec<SetAsideMessage>, StoreError> {
+        Ok(Vec::new())
+    }
+
     /// Queues a batch for commit and returns a future that resolves, with the batch, once it
     /// is committed atomically and durably. The batch is queued when this returns, before the
     /// future is polled: batches apply in the order of these calls.
     fn commit(&self, batch: Batch) -> BoxFuture<'static, Result<Batch, StoreError>>;
 
-    /// Reads several entities (missing ones are left out).
+    /// Reads several entities (missing ones are left out). A state that cannot be decoded
+    /// fails the read with kind [`StoreErrorKind::Corrupt`](crate::StoreErrorKind::Corrupt),
+    /// naming the entity.
     async fn load_entities(&self, ids: Vec<EntityId>) -> Result<Vec<EntityRecord>, StoreError>;
 
-    /// Reads one entity with its count of pending messages.
+    /// Reads one entity with its count of pending messages. A state that cannot be decoded
+    /// fails the read with kind [`StoreErrorKind::Corrupt`](crate::StoreErrorKind::Corrupt),
+    /// naming the entity.
     async fn read_entity(&self, id: &EntityId) -> Result<Option<EntityRecord>, StoreError>;
 
-    /// Lists entities, page by page.
+    /// Lists entities, page by page. A loaded state that cannot be decoded fails the page with
+    /// kind [`StoreErrorKind::Corrupt`](crate::StoreErrorKind::Corrupt), naming the entity.
     async fn query_entities(&self, query: &EntityQuery) -> Result<EntityRecordPage, StoreError>;
 
     /// Deletes entity rows that have no state, no lock and no pending message; returns how
     /// many it removed.
     async fn delete_empty_entities(&self) -> Result<u64, StoreError>;
 
-    /// Reads an orchestration instance.
+    /// Reads an orchestration instance. An input or output that cannot be decoded fails the
+    /// read with kind [`StoreErrorKind::Corrupt`](crate::StoreErrorKind::Corrupt), naming the
+    /// instance.
     async fn read_instance(&self, id: &str) -> Result<Option<InstanceRecord>, StoreError>;
 
-    /// Reads an instance's history events, in order.
+    /// Reads an instance's history events, in order. An event that cannot be decoded fails
+    /// the read with kind [`StoreErrorKind::Corrupt`](crate::StoreErrorKind::Corrupt), naming
+    /// the instance and the event's sequence number.
     async fn read_history(&self, id: &str) -> Result<Vec<Value>, StoreError>;
 
     /// Deletes an instance and its history; returns whether it existed.
     async fn purge_instance(&self, id: &str) -> Result<bool, StoreError>;
 
-    /// Lists instances that have not ended (for recovery).
+    /// Lists instances that have not ended (for recovery). An input or output that cannot be
+    /// decoded fails the list with kind
+    /// [`StoreErrorKind::Corrupt`](crate::StoreErrorKind::Corrupt), naming the instance.
     async fn running_instances(&self) -> Result<Vec<InstanceRecord>, StoreError>;
 
     /// Stops accepting writes and waits for the write under way, if any. Called by the runtime

@@ -10,6 +10,9 @@ mod schema;
 mod sql;
 mod writer;
 
+#[cfg(test)]
+mod recovery_tests;
+
 use std::fs::{File, OpenOptions, TryLockError};
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
@@ -18,7 +21,8 @@ use std::sync::{mpsc, Arc, Mutex};
 use async_trait::async_trait;
 use entities_core::message::{Message, MessageId};
 use entities_core::store::{
-    Batch, EntityQuery, EntityRecord, EntityRecordPage, InstanceRecord, Recovery, Store,
+    Batch, EntityQuery, EntityRecord, EntityRecordPage, InstanceRecord, Recovery, SetAsideMessage,
+    Store,
 };
 use entities_core::{EntityId, Error, StoreError, StoreErrorKind};
 use futures::future::BoxFuture;
@@ -350,16 +354,29 @@ impl SqliteStore {
     async fn read<T, F>(&self, f: F) -> Result<T, StoreError>
     where
         T: Send + 'static,
-        F: FnOnce(&Connection) -> rusqlite::Result<T> + Send + 'static,
+        F: FnOnce(&Connection) -> Result<T, sql::ReadError> + Send + 'static,
     {
         let i = self.inner.next_reader.fetch_add(1, Ordering::Relaxed) % self.inner.readers.len();
         let conn = self.inner.readers[i].clone();
         tokio::task::spawn_blocking(move || {
             let conn = conn.lock().unwrap_or_else(|e| e.into_inner());
-            f(&conn).map_err(|e| sqlite_error("sqlite read failed", e))
+            f(&conn).map_err(StoreError::from)
         })
         .await
         .map_err(|e| StoreError::new(format!("sqlite read task failed: {e}")))?
+    }
+
+    /// Sets aside the messages that cannot be decoded, through the writer; returns how many
+    /// it moved.
+    async fn set_aside(&self, messages: Vec<sql::Undecodable>) -> Result<usize, StoreError> {
+        if messages.is_empty() {
+            return Ok(0);
+        }
+        let moved = self
+            .queue(|tx| WriteRequest::SetAside(messages, tx))
+            .await
+            .map_err(|e| e.context("cannot set aside stored messages that cannot be decoded"))?;
+        Ok(moved as usize)
     }
 
     /// Queues a request for the writer thread now; the returned future waits for its answer.
@@ -422,7 +439,13 @@ fn open_readers(
 #[async_trait]
 impl Store for SqliteStore {
     async fn recover(&self, horizon: u64) -> Result<Recovery, StoreError> {
-        self.read(move |conn| sql::recover(conn, horizon)).await
+        let (rows, max_message_id) = self.read(move |conn| sql::recover(conn, horizon)).await?;
+        let set_aside = self.set_aside(rows.undecodable).await?;
+        Ok(Recovery {
+            messages: rows.messages,
+            max_message_id,
+            set_aside,
+        })
     }
 
     async fn scheduled_messages(
@@ -431,8 +454,15 @@ impl Store for SqliteStore {
         until: u64,
         limit: usize,
     ) -> Result<Vec<Message>, StoreError> {
-        self.read(move |conn| sql::scheduled_messages(conn, after, until, limit))
-            .await
+        let rows = self
+            .read(move |conn| sql::scheduled_messages(conn, after, until, limit))
+            .await?;
+        self.set_aside(rows.undecodable).await?;
+        Ok(rows.messages)
+    }
+
+    async fn set_aside_messages(&self) -> Result<Vec<SetAsideMessage>, StoreError> {
+        self.read(sql::set_aside_messages).await
     }
 
     fn commit(&self, batch: Batch) -> BoxFuture<'static, Result<Batch, StoreError>> {

@@ -6,10 +6,10 @@ use rusqlite::Connection;
 use crate::sqlite_error;
 
 /// The schema version this crate writes.
-pub(crate) const CURRENT_VERSION: i64 = 1;
+pub(crate) const CURRENT_VERSION: i64 = 2;
 
 /// Migrations, in order: `MIGRATIONS[n]` takes the schema from version `n` to `n + 1`.
-const MIGRATIONS: &[&str] = &[
+pub(crate) const MIGRATIONS: &[&str] = &[
     // 0 -> 1: entities, messages, orchestration instances and their histories. Instances and
     // histories are keyed by a sequential number, so that the rows written together (recent
     // instances) share pages; only entity messages are indexed by target (for their counts).
@@ -45,6 +45,21 @@ const MIGRATIONS: &[&str] = &[
         event TEXT NOT NULL,
         PRIMARY KEY (instance, seq)
      ) WITHOUT ROWID;",
+    // 1 -> 2: messages that cannot be decoded are moved to `set_aside_messages` (as stored,
+    // with the reason), so that one bad row stops nothing. Two partial indexes let recovery
+    // and the paging of scheduled messages read only the rows they return: one over scheduled
+    // messages by time, one over unscheduled messages (by id, the rowid every index ends
+    // with). Each message has an entry in exactly one of them.
+    "CREATE TABLE set_aside_messages (
+        id INTEGER PRIMARY KEY,
+        target TEXT NOT NULL,
+        deliver_at INTEGER,
+        body TEXT NOT NULL,
+        error TEXT NOT NULL,
+        set_aside_at INTEGER NOT NULL
+     );
+     CREATE INDEX messages_scheduled ON messages (deliver_at) WHERE deliver_at IS NOT NULL;
+     CREATE INDEX messages_unscheduled ON messages (deliver_at) WHERE deliver_at IS NULL;",
 ];
 
 /// The schema version of the database.

@@ -1,11 +1,16 @@
-//! Reads, run on the read connections.
+//! Reads, run on the read connections. A stored value that cannot be decoded fails only what
+//! needs it: a message is returned as [`Undecodable`] (for the caller to set aside), an entity
+//! state, instance input or output, or history event gives an error of kind `Corrupt` naming
+//! its owner.
 
-use entities_core::message::{Message, Target};
+use entities_core::message::{Body, Message, MessageId, Target};
 use entities_core::store::{
-    EntityQuery, EntityRecord, EntityRecordPage, InstanceRecord, Recovery, RuntimeStatus,
+    EntityQuery, EntityRecord, EntityRecordPage, InstanceRecord, RuntimeStatus, SetAsideMessage,
 };
-use entities_core::EntityId;
-use rusqlite::{params, Connection, OptionalExtension, Row};
+use entities_core::{EntityId, StoreError};
+use rusqlite::types::ValueRef;
+use rusqlite::{params, Connection, OptionalExtension, Params, Row};
+use serde::de::DeserializeOwned;
 use serde_json::Value;
 
 pub(crate) fn status_text(status: RuntimeStatus) -> &'static str {
@@ -26,110 +31,310 @@ fn parse_status(text: &str) -> RuntimeStatus {
     }
 }
 
-fn bad_data(e: impl std::error::Error + Send + Sync + 'static) -> rusqlite::Error {
-    rusqlite::Error::FromSqlConversionFailure(0, rusqlite::types::Type::Text, Box::new(e))
+/// The error of a read: SQLite's, or a stored value that cannot be decoded.
+pub(crate) enum ReadError {
+    Sqlite(rusqlite::Error),
+    Store(StoreError),
 }
 
-fn parse_json(text: Option<String>) -> rusqlite::Result<Option<Value>> {
-    text.map(|t| serde_json::from_str(&t).map_err(bad_data))
-        .transpose()
+impl From<rusqlite::Error> for ReadError {
+    fn from(err: rusqlite::Error) -> Self {
+        ReadError::Sqlite(err)
+    }
 }
 
-fn message_from_row(row: &Row<'_>) -> rusqlite::Result<Message> {
-    let target: String = row.get(1)?;
-    let body: String = row.get(3)?;
-    Ok(Message {
-        id: row.get::<_, i64>(0)? as u64,
-        target: Target::from_key(&target).map_err(bad_data)?,
-        deliver_at: row.get::<_, Option<i64>>(2)?.map(|t| t as u64),
-        body: serde_json::from_str(&body).map_err(bad_data)?,
-    })
+impl From<StoreError> for ReadError {
+    fn from(err: StoreError) -> Self {
+        ReadError::Store(err)
+    }
 }
 
-pub(crate) fn recover(conn: &Connection, horizon: u64) -> rusqlite::Result<Recovery> {
-    let mut stmt = conn.prepare(
-        "SELECT id, target, deliver_at, body FROM messages \
-         WHERE deliver_at IS NULL OR deliver_at <= ?1 ORDER BY id",
-    )?;
-    let messages = stmt
-        .query_map([horizon.min(i64::MAX as u64) as i64], message_from_row)?
-        .collect::<rusqlite::Result<Vec<_>>>()?;
-    let max: Option<i64> = conn.query_row("SELECT MAX(id) FROM messages", [], |r| r.get(0))?;
-    Ok(Recovery {
-        messages,
-        max_message_id: max.unwrap_or(0) as u64,
-    })
+impl From<ReadError> for StoreError {
+    fn from(err: ReadError) -> Self {
+        match err {
+            ReadError::Sqlite(err) => crate::sqlite_error("sqlite read failed", err),
+            ReadError::Store(err) => err,
+        }
+    }
 }
 
+type ReadResult<T> = Result<T, ReadError>;
+
+/// A stored value as text, whatever its type (lossily if it is not UTF-8).
+fn lossy(value: ValueRef<'_>) -> String {
+    match value {
+        ValueRef::Null => String::new(),
+        ValueRef::Integer(i) => i.to_string(),
+        ValueRef::Real(f) => f.to_string(),
+        ValueRef::Text(bytes) | ValueRef::Blob(bytes) => {
+            String::from_utf8_lossy(bytes).into_owned()
+        }
+    }
+}
+
+/// Parses a stored JSON value.
+fn parse<T: DeserializeOwned>(value: ValueRef<'_>) -> serde_json::Result<T> {
+    match value {
+        ValueRef::Text(bytes) | ValueRef::Blob(bytes) => serde_json::from_slice(bytes),
+        other => serde_json::from_str(&lossy(other)),
+    }
+}
+
+/// Parses a stored JSON value; `what` names it in the `Corrupt` error if it cannot be decoded.
+fn json<T: DeserializeOwned>(
+    value: ValueRef<'_>,
+    what: impl FnOnce() -> String,
+) -> Result<T, StoreError> {
+    parse(value).map_err(|err| StoreError::corrupt(what(), lossy(value), err))
+}
+
+/// [`json`] for a nullable column.
+fn optional_json<T: DeserializeOwned>(
+    value: ValueRef<'_>,
+    what: impl FnOnce() -> String,
+) -> Result<Option<T>, StoreError> {
+    match value {
+        ValueRef::Null => Ok(None),
+        value => json(value, what).map(Some),
+    }
+}
+
+/// A millisecond time or message id as SQLite stores it (past `i64::MAX`, `i64::MAX`).
+fn sql_int(value: u64) -> i64 {
+    value.min(i64::MAX as u64) as i64
+}
+
+/// A stored message that cannot be decoded, to be set aside.
+pub(crate) struct Undecodable {
+    /// The message id.
+    pub(crate) id: MessageId,
+    /// Its stored target, as text.
+    pub(crate) target: String,
+    /// Why it cannot be decoded.
+    pub(crate) error: String,
+}
+
+/// Messages read: those decoded and those that cannot be.
+#[derive(Default)]
+pub(crate) struct MessageRows {
+    pub(crate) messages: Vec<Message>,
+    pub(crate) undecodable: Vec<Undecodable>,
+}
+
+/// Every unscheduled message, by id (through the partial index `messages_unscheduled`).
+const UNSCHEDULED: &str =
+    "SELECT id, target, deliver_at, body FROM messages WHERE deliver_at IS NULL ORDER BY id";
+
+/// Messages due by `?1` (through `messages_scheduled`; sorted by id afterwards).
+const DUE: &str = "SELECT id, target, deliver_at, body FROM messages \
+                   WHERE deliver_at <= ?1 ORDER BY deliver_at, id";
+
+/// Messages scheduled at `?1` with an id above `?2`: the rest of the cursor's time.
+const SCHEDULED_AT: &str = "SELECT id, target, deliver_at, body FROM messages \
+                            WHERE deliver_at = ?1 AND id > ?2 ORDER BY id";
+
+/// Messages scheduled after `?1` and by `?2`, by time then id.
+const SCHEDULED_AFTER: &str = "SELECT id, target, deliver_at, body FROM messages \
+                               WHERE deliver_at > ?1 AND deliver_at <= ?2 ORDER BY deliver_at, id";
+
+/// The highest message id in either table.
+const MAX_MESSAGE_ID: &str = "SELECT MAX(m) FROM (SELECT MAX(id) AS m FROM messages \
+                              UNION ALL SELECT MAX(id) FROM set_aside_messages)";
+
+/// The queries on `messages` of recovery and paging, for the query plan test.
+#[cfg(test)]
+pub(crate) const MESSAGE_QUERIES: [&str; 5] = [
+    UNSCHEDULED,
+    DUE,
+    SCHEDULED_AT,
+    SCHEDULED_AFTER,
+    MAX_MESSAGE_ID,
+];
+
+/// Decodes a message row (`id, target, deliver_at, body`).
+fn decode_message(row: &Row<'_>) -> rusqlite::Result<Result<Message, Undecodable>> {
+    let id = row.get::<_, i64>(0)? as u64;
+    let (target, deliver_at, body) = (row.get_ref(1)?, row.get_ref(2)?, row.get_ref(3)?);
+    let decoded = (|| {
+        let key = match target {
+            ValueRef::Text(bytes) => std::str::from_utf8(bytes)
+                .map_err(|e| format!("the target is not valid UTF-8: {e}"))?,
+            other => return Err(format!("the target is a {}, not text", other.data_type())),
+        };
+        let target = Target::from_key(key).map_err(|e| format!("bad target: {e}"))?;
+        let deliver_at = match deliver_at {
+            ValueRef::Null => None,
+            ValueRef::Integer(at) if at >= 0 => Some(at as u64),
+            other => return Err(format!("bad delivery time `{}`", lossy(other))),
+        };
+        let body: Body = parse(body).map_err(|e| format!("the body cannot be decoded: {e}"))?;
+        Ok(Message {
+            id,
+            target,
+            deliver_at,
+            body,
+        })
+    })();
+    Ok(decoded.map_err(|error| Undecodable {
+        id,
+        target: lossy(target),
+        error,
+    }))
+}
+
+/// Reads the messages of `sql` into `rows`, until `rows` holds `limit` decoded messages.
+fn read_messages(
+    conn: &Connection,
+    sql: &str,
+    params: impl Params,
+    limit: usize,
+    rows: &mut MessageRows,
+) -> rusqlite::Result<()> {
+    let mut stmt = conn.prepare_cached(sql)?;
+    let mut cursor = stmt.query(params)?;
+    while rows.messages.len() < limit {
+        let Some(row) = cursor.next()? else {
+            break;
+        };
+        match decode_message(row)? {
+            Ok(message) => rows.messages.push(message),
+            Err(bad) => rows.undecodable.push(bad),
+        }
+    }
+    Ok(())
+}
+
+/// The stored messages that are unscheduled or due by `horizon`, in id order, and the highest
+/// message id of either table, read in one snapshot.
+pub(crate) fn recover(conn: &Connection, horizon: u64) -> ReadResult<(MessageRows, MessageId)> {
+    let tx = conn.unchecked_transaction()?;
+    let mut rows = MessageRows::default();
+    read_messages(&tx, UNSCHEDULED, [], usize::MAX, &mut rows)?;
+    read_messages(&tx, DUE, [sql_int(horizon)], usize::MAX, &mut rows)?;
+    // Both parts are in id order already: a merge.
+    rows.messages.sort_by_key(|m| m.id);
+    let max: Option<i64> = tx.query_row(MAX_MESSAGE_ID, [], |row| row.get(0))?;
+    Ok((rows, max.unwrap_or(0) as u64))
+}
+
+/// Stored messages scheduled after the `(deliver_at, id)` cursor `after` and by `until`, by
+/// time then id, until `limit` of them decode.
 pub(crate) fn scheduled_messages(
     conn: &Connection,
-    after: (u64, u64),
+    after: (u64, MessageId),
     until: u64,
     limit: usize,
-) -> rusqlite::Result<Vec<Message>> {
-    let clamp = |v: u64| v.min(i64::MAX as u64) as i64;
-    conn.prepare_cached(
-        "SELECT id, target, deliver_at, body FROM messages \
-         WHERE deliver_at IS NOT NULL AND (deliver_at, id) > (?1, ?2) AND deliver_at <= ?3 \
-         ORDER BY deliver_at, id LIMIT ?4",
-    )?
-    .query_map(
-        params![clamp(after.0), clamp(after.1), clamp(until), limit as i64],
-        message_from_row,
-    )?
-    .collect()
+) -> ReadResult<MessageRows> {
+    let (at, id, until) = (sql_int(after.0), sql_int(after.1), sql_int(until));
+    let tx = conn.unchecked_transaction()?;
+    let mut rows = MessageRows::default();
+    // Two ranges rather than one row-value comparison: SQLite would seek on the time only and
+    // step over every message of the cursor's time already read.
+    if at <= until {
+        read_messages(&tx, SCHEDULED_AT, [at, id], limit, &mut rows)?;
+    }
+    read_messages(&tx, SCHEDULED_AFTER, [at, until], limit, &mut rows)?;
+    Ok(rows)
 }
 
-pub(crate) fn load_entities(
-    conn: &Connection,
-    ids: &[EntityId],
-) -> rusqlite::Result<Vec<EntityRecord>> {
+/// The messages set aside, by id.
+pub(crate) fn set_aside_messages(conn: &Connection) -> ReadResult<Vec<SetAsideMessage>> {
+    let mut stmt = conn.prepare_cached(
+        "SELECT id, target, deliver_at, body, error, set_aside_at FROM set_aside_messages \
+         ORDER BY id",
+    )?;
+    let rows = stmt.query_map([], |row| {
+        Ok(SetAsideMessage {
+            id: row.get::<_, i64>(0)? as u64,
+            target: lossy(row.get_ref(1)?),
+            deliver_at: match row.get_ref(2)? {
+                ValueRef::Null => None,
+                ValueRef::Integer(at) => Some(at.max(0) as u64),
+                other => lossy(other).parse().ok(),
+            },
+            body: lossy(row.get_ref(3)?),
+            error: lossy(row.get_ref(4)?),
+            set_aside_at: row.get::<_, i64>(5)?.max(0) as u64,
+        })
+    })?;
+    Ok(rows.collect::<rusqlite::Result<_>>()?)
+}
+
+/// The record of entity `id` from the columns `state, lock_owner, last_modified` starting at
+/// `first`, with its count of pending messages from column `pending`, if given.
+fn entity_record(
+    id: EntityId,
+    row: &Row<'_>,
+    first: usize,
+    pending: Option<usize>,
+) -> rusqlite::Result<Result<EntityRecord, StoreError>> {
+    let state = optional_json(row.get_ref(first)?, || {
+        format!("the stored state of entity `{id}` cannot be decoded")
+    });
+    let state = match state {
+        Ok(state) => state,
+        Err(err) => return Ok(Err(err)),
+    };
+    Ok(Ok(EntityRecord {
+        id,
+        state,
+        lock_owner: row.get(first + 1)?,
+        last_modified: row.get::<_, i64>(first + 2)? as u64,
+        pending_messages: match pending {
+            Some(column) => row.get::<_, i64>(column)? as u64,
+            None => 0,
+        },
+    }))
+}
+
+pub(crate) fn load_entities(conn: &Connection, ids: &[EntityId]) -> ReadResult<Vec<EntityRecord>> {
     let mut stmt = conn.prepare_cached(
         "SELECT state, lock_owner, last_modified FROM entities WHERE name = ?1 AND key = ?2",
     )?;
     let mut records = Vec::with_capacity(ids.len());
     for id in ids {
-        let row = stmt
+        let record = stmt
             .query_row(params![id.name(), id.key()], |row| {
-                Ok((
-                    row.get::<_, Option<String>>(0)?,
-                    row.get::<_, Option<String>>(1)?,
-                    row.get::<_, i64>(2)?,
-                ))
+                entity_record(id.clone(), row, 0, None)
             })
             .optional()?;
-        if let Some((state, lock_owner, last_modified)) = row {
-            records.push(EntityRecord {
-                id: id.clone(),
-                state: parse_json(state)?,
-                lock_owner,
-                last_modified: last_modified as u64,
-                pending_messages: 0,
-            });
+        if let Some(record) = record {
+            records.push(record?);
         }
     }
     Ok(records)
 }
 
-pub(crate) fn read_entity(
-    conn: &Connection,
-    id: &EntityId,
-) -> rusqlite::Result<Option<EntityRecord>> {
+pub(crate) fn read_entity(conn: &Connection, id: &EntityId) -> ReadResult<Option<EntityRecord>> {
     let mut stmt = conn.prepare_cached(
         "SELECT state, lock_owner, last_modified, \
          (SELECT COUNT(*) FROM messages WHERE target = ?3 AND substr(target, 1, 1) = '@') \
          FROM entities WHERE name = ?1 AND key = ?2",
     )?;
-    stmt.query_row(params![id.name(), id.key(), id.to_string()], |row| {
-        Ok(EntityRecord {
-            id: id.clone(),
-            state: parse_json(row.get(0)?)?,
-            lock_owner: row.get(1)?,
-            last_modified: row.get::<_, i64>(2)? as u64,
-            pending_messages: row.get::<_, i64>(3)? as u64,
+    let record = stmt
+        .query_row(params![id.name(), id.key(), id.to_string()], |row| {
+            entity_record(id.clone(), row, 0, Some(3))
         })
-    })
-    .optional()
+        .optional()?;
+    Ok(record.transpose()?)
+}
+
+/// An entity row of a query page (`name, key, state, lock_owner, last_modified, pending`).
+fn queried_entity(row: &Row<'_>) -> rusqlite::Result<Result<EntityRecord, StoreError>> {
+    let name: String = row.get(0)?;
+    let key: String = row.get(1)?;
+    let id = match EntityId::try_new(&name, key.clone()) {
+        Ok(id) => id,
+        Err(err) => {
+            let what = format!("the stored entity id `@{name}@{key}` is not valid");
+            return Ok(Err(StoreError::corrupt(
+                what,
+                format!("@{name}@{key}"),
+                err,
+            )));
+        }
+    };
+    entity_record(id, row, 2, Some(5))
 }
 
 /// A page of entities. The key prefix is compared as bytes: on text, SQLite's `length` and
@@ -137,9 +342,10 @@ pub(crate) fn read_entity(
 pub(crate) fn query_entities(
     conn: &Connection,
     query: &EntityQuery,
-) -> rusqlite::Result<EntityRecordPage> {
+) -> ReadResult<EntityRecordPage> {
     let (after_name, after_key) = match &query.continuation {
-        Some(token) => serde_json::from_str::<(String, String)>(token).map_err(bad_data)?,
+        Some(token) => serde_json::from_str::<(String, String)>(token)
+            .map_err(|e| StoreError::with_source("invalid continuation token", e))?,
         None => (String::new(), String::new()),
     };
     let first_page = query.continuation.is_none();
@@ -168,23 +374,15 @@ pub(crate) fn query_entities(
                 after_key,
                 limit
             ],
-            |row: &Row<'_>| {
-                let name: String = row.get(0)?;
-                let key: String = row.get(1)?;
-                Ok(EntityRecord {
-                    id: EntityId::try_new(&name, key).map_err(bad_data)?,
-                    state: parse_json(row.get(2)?)?,
-                    lock_owner: row.get(3)?,
-                    last_modified: row.get::<_, i64>(4)? as u64,
-                    pending_messages: row.get::<_, i64>(5)? as u64,
-                })
-            },
+            queried_entity,
         )?
-        .collect::<rusqlite::Result<Vec<_>>>()?;
+        .collect::<rusqlite::Result<Vec<_>>>()?
+        .into_iter()
+        .collect::<Result<Vec<_>, StoreError>>()?;
     let continuation = if entities.len() > query.page_size {
         entities.truncate(query.page_size);
         let last = entities.last().expect("page is not empty");
-        Some(serde_json::to_string(&(last.id.name(), last.id.key())).map_err(bad_data)?)
+        Some(serde_json::Value::from(vec![last.id.name(), last.id.key()]).to_string())
     } else {
         None
     };
@@ -194,47 +392,65 @@ pub(crate) fn query_entities(
     })
 }
 
-fn instance_from_row(row: &Row<'_>) -> rusqlite::Result<InstanceRecord> {
-    Ok(InstanceRecord {
-        id: row.get(0)?,
+fn instance_from_row(row: &Row<'_>) -> rusqlite::Result<Result<InstanceRecord, StoreError>> {
+    let id: String = row.get(0)?;
+    let what = |part: &str| {
+        format!("the stored {part} of orchestration instance `{id}` cannot be decoded")
+    };
+    let input = json(row.get_ref(3)?, || what("input"));
+    let output = optional_json(row.get_ref(4)?, || what("output"));
+    let (input, output) = match (input, output) {
+        (Ok(input), Ok(output)) => (input, output),
+        (Err(err), _) | (_, Err(err)) => return Ok(Err(err)),
+    };
+    Ok(Ok(InstanceRecord {
         name: row.get(1)?,
         status: parse_status(&row.get::<_, String>(2)?),
-        input: parse_json(Some(row.get(3)?))?.unwrap_or(Value::Null),
-        output: parse_json(row.get(4)?)?,
+        input,
+        output,
         created: row.get::<_, i64>(5)? as u64,
         updated: row.get::<_, i64>(6)? as u64,
-    })
+        id,
+    }))
 }
 
 const INSTANCE_COLUMNS: &str = "id, name, status, input, output, created, updated";
 
-pub(crate) fn read_instance(
-    conn: &Connection,
-    id: &str,
-) -> rusqlite::Result<Option<InstanceRecord>> {
-    conn.prepare_cached(&format!(
-        "SELECT {INSTANCE_COLUMNS} FROM instances WHERE id = ?1"
-    ))?
-    .query_row([id], instance_from_row)
-    .optional()
+pub(crate) fn read_instance(conn: &Connection, id: &str) -> ReadResult<Option<InstanceRecord>> {
+    let record = conn
+        .prepare_cached(&format!(
+            "SELECT {INSTANCE_COLUMNS} FROM instances WHERE id = ?1"
+        ))?
+        .query_row([id], instance_from_row)
+        .optional()?;
+    Ok(record.transpose()?)
 }
 
-pub(crate) fn running_instances(conn: &Connection) -> rusqlite::Result<Vec<InstanceRecord>> {
-    conn.prepare_cached(&format!(
-        "SELECT {INSTANCE_COLUMNS} FROM instances WHERE status = 'Running'"
-    ))?
-    .query_map([], instance_from_row)?
-    .collect()
+pub(crate) fn running_instances(conn: &Connection) -> ReadResult<Vec<InstanceRecord>> {
+    let records = conn
+        .prepare_cached(&format!(
+            "SELECT {INSTANCE_COLUMNS} FROM instances WHERE status = 'Running'"
+        ))?
+        .query_map([], instance_from_row)?
+        .collect::<rusqlite::Result<Vec<_>>>()?;
+    Ok(records.into_iter().collect::<Result<_, StoreError>>()?)
 }
 
-pub(crate) fn read_history(conn: &Connection, id: &str) -> rusqlite::Result<Vec<Value>> {
-    conn.prepare_cached(
-        "SELECT event FROM history WHERE instance = (SELECT num FROM instances WHERE id = ?1) \
-         ORDER BY seq",
-    )?
-    .query_map([id], |row| {
-        let text: String = row.get(0)?;
-        serde_json::from_str(&text).map_err(bad_data)
-    })?
-    .collect()
+pub(crate) fn read_history(conn: &Connection, id: &str) -> ReadResult<Vec<Value>> {
+    let events = conn
+        .prepare_cached(
+            "SELECT seq, event FROM history \
+             WHERE instance = (SELECT num FROM instances WHERE id = ?1) ORDER BY seq",
+        )?
+        .query_map([id], |row| {
+            let seq: i64 = row.get(0)?;
+            Ok(json(row.get_ref(1)?, || {
+                format!(
+                    "event {seq} of the history of orchestration instance `{id}` cannot be \
+                     decoded"
+                )
+            }))
+        })?
+        .collect::<rusqlite::Result<Vec<_>>>()?;
+    Ok(events.into_iter().collect::<Result<_, StoreError>>()?)
 }

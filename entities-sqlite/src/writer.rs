@@ -15,15 +15,14 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::mpsc::Receiver;
 use std::sync::{Arc, Mutex};
 
-use entities_core::message::Message;
-use entities_core::message::MessageId;
+use entities_core::message::{now_millis, Message, MessageId};
 use entities_core::store::{Batch, EntityRecord, InstanceWrite};
 use entities_core::{EntityId, StoreError, StoreErrorKind};
 use rusqlite::{params, CachedStatement, Connection, TransactionBehavior};
 use tokio::sync::oneshot;
-use tracing::{debug, error};
+use tracing::{debug, error, warn};
 
-use crate::sql::status_text;
+use crate::sql::{status_text, Undecodable};
 use crate::{io_error, sqlite_error, WriteStats};
 
 /// Most requests merged into one transaction.
@@ -39,6 +38,8 @@ pub(crate) enum WriteRequest {
     PurgeInstance(String, oneshot::Sender<Result<bool, StoreError>>),
     /// Accept writes again after a failure (see `Store::resume`). Never part of a group.
     Resume(oneshot::Sender<Result<(), StoreError>>),
+    /// Moves messages that cannot be decoded to `set_aside_messages`; answers how many moved.
+    SetAside(Vec<Undecodable>, oneshot::Sender<Result<u64, StoreError>>),
 }
 
 /// What the writer thread shares with its store.
@@ -206,13 +207,15 @@ impl Writer {
 
 impl WriteRequest {
     /// Whether a failure of this request is its own: creations that may conflict, and client
-    /// clean-ups. Engine batches are not: later batches may build on them.
+    /// clean-ups, setting messages aside. Engine batches are not: later batches may build on
+    /// them.
     fn isolated(&self) -> bool {
         match self {
             WriteRequest::Commit(batch, _) => batch.instances.iter().any(|i| i.create),
             WriteRequest::DeleteEmptyEntities(_)
             | WriteRequest::PurgeInstance(..)
-            | WriteRequest::Resume(_) => true,
+            | WriteRequest::Resume(_)
+            | WriteRequest::SetAside(..) => true,
         }
     }
 }
@@ -261,6 +264,9 @@ fn answer(group: impl Iterator<Item = WriteRequest>, outcome: Result<Vec<Outcome
             }
             WriteRequest::Resume(tx) => {
                 let _ = tx.send(value.map(|_| ()));
+            }
+            WriteRequest::SetAside(_, tx) => {
+                let _ = tx.send(value);
             }
         }
     }
@@ -317,6 +323,7 @@ impl<'c> Writes<'c> {
                 )
                 .map(|n| n as u64),
             WriteRequest::PurgeInstance(id, _) => purge(self.conn, id),
+            WriteRequest::SetAside(messages, _) => set_aside(self.conn, messages),
         }
     }
 
@@ -504,6 +511,33 @@ fn write_instance(tx: &Connection, write: &InstanceWrite) -> rusqlite::Result<()
         ])?;
     }
     Ok(())
+}
+
+/// Moves each message, as stored, from `messages` to `set_aside_messages` (one that is gone
+/// already is skipped), logging it; returns how many it moved.
+fn set_aside(tx: &Connection, messages: &[Undecodable]) -> rusqlite::Result<u64> {
+    let mut copy = tx.prepare_cached(
+        "INSERT OR REPLACE INTO set_aside_messages \
+         (id, target, deliver_at, body, error, set_aside_at) \
+         SELECT id, target, deliver_at, body, ?2, ?3 FROM messages WHERE id = ?1",
+    )?;
+    let mut delete = tx.prepare_cached("DELETE FROM messages WHERE id = ?1")?;
+    let now = now_millis() as i64;
+    let mut moved = 0;
+    for message in messages {
+        if copy.execute(params![message.id as i64, message.error, now])? == 0 {
+            continue;
+        }
+        delete.execute([message.id as i64])?;
+        moved += 1;
+        warn!(
+            id = message.id,
+            target = %message.target,
+            error = %message.error,
+            "a stored message cannot be decoded: set aside (see `Store::set_aside_messages`)"
+        );
+    }
+    Ok(moved)
 }
 
 fn purge(tx: &Connection, id: &str) -> rusqlite::Result<u64> {
