@@ -178,6 +178,12 @@ impl Client {
         })
     }
 
+    /// The stored messages that could not be decoded (bit rot, a manual edit) and were set
+    /// aside instead of stopping the runtime, with their stored text and the decode error.
+    pub async fn set_aside_messages(&self) -> Result<Vec<crate::store::SetAsideMessage>> {
+        Ok(self.shared.store.set_aside_messages().await?)
+    }
+
     /// Removes stored entities that have no state, no lock and no pending message, and
     /// releases locks held by orchestrations that have ended.
     pub async fn clean_entity_storage(&self) -> Result<CleanResult> {
