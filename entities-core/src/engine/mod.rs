@@ -167,8 +167,13 @@ impl Engine {
     async fn step(&mut self) -> Result<bool, StoreError> {
         let page = self.timers.page_due();
         let room = self.commits.len() < self.config.max_inflight_commits;
-        let paging_now = page.is_some() && self.commits.is_empty();
-        if !paging_now && !(page.is_none() && room && self.has_work()) {
+        // Something to do at once: read the next page of scheduled messages (once no commit
+        // is under way), or run a batch.
+        let ready = match page {
+            Some(_) => self.commits.is_empty(),
+            None => room && self.has_work(),
+        };
+        if !ready {
             let mut deadline = tokio::time::Instant::now() + self.timers.next_deadline();
             if let Some(retry) = self.entities.next_retry() {
                 deadline = deadline.min(retry);
