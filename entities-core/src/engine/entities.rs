@@ -476,12 +476,16 @@ fn run_entity_now(
                     {
                         Ok(Some(outcome)) => outcome,
                         Ok(None) => {
+                            // The operation took the state; the slot keeps a copy, which the
+                            // batch writes if earlier operations of this round changed it.
+                            // Until the operation finishes, the state stays what it was.
+                            slot.state = ctx.state_raw().cloned();
                             return Some(Suspended {
                                 function: function.clone(),
                                 message: message.id,
                                 ctx,
                                 reply,
-                            })
+                            });
                         }
                         Err(panic) => Err(panicked(&ctx, &panic)),
                     }
