@@ -247,7 +247,7 @@ impl Entities {
             work.push((id, slot, Part::default()));
         }
         for (id, slot, part) in &mut work {
-            if slot.busy {
+            if slot.busy || only_finished {
                 continue;
             }
             let Some(function) = self.shared.registry.entity(id.name()).cloned() else {
