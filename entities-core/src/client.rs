@@ -499,20 +499,22 @@ impl Client {
                 stored: None,
             });
         }
-        // Messages held by the engine until stored are bounded: past the bound, wait here.
-        let wanted = batch.produced.len().clamp(1, self.shared.intake_bound) as u32;
-        let _permit = self
+        // Messages held by the engine until stored are bounded: past the bound, wait here. The
+        // engine gives the permits back once they are stored (or failed).
+        let permits = batch.produced.len().clamp(1, self.shared.intake_bound) as u32;
+        let permit = self
             .shared
             .intake
-            .acquire_many(wanted)
+            .acquire_many(permits)
             .await
             .map_err(|_| Error::Shutdown)?;
-        let (stored, done) = oneshot::channel();
+        let (tx, done) = oneshot::channel();
         send(Command::Deliver {
             messages: batch.produced,
             waiter,
-            stored: Some(stored),
+            stored: Some(crate::engine::Stored { tx, permits }),
         })?;
+        permit.forget();
         match done.await {
             Ok(result) => Ok(result?),
             Err(_) => Err(Error::Shutdown),

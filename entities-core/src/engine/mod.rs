@@ -38,7 +38,8 @@ use self::commits::{Commits, Done};
 use self::entities::Entities;
 pub(crate) use self::entities::{panic_message, Timeouts};
 use self::partition::Ownership;
-pub(crate) use self::protocol::{answer_stored, CallReply, Command, Stored};
+pub(crate) use self::protocol::{CallReply, Command, Stored};
+use self::protocol::answer_stored;
 pub(crate) use self::shared::Shared;
 use self::timers::Timers;
 use crate::error::StoreError;
@@ -149,7 +150,7 @@ impl Engine {
         // Commits still queued may land: their senders hear how they ended.
         while !self.commits.is_empty() {
             let (result, effects) = self.commits.next().await;
-            answer_stored(effects.stored, result.as_ref().err());
+            answer_stored(&self.shared.intake, effects.stored, result.as_ref().err());
         }
         self.shared.stopped.store(true, Ordering::SeqCst);
         if let Some(done) = self.shutdown.take() {
@@ -280,11 +281,11 @@ impl Engine {
     /// failed commit is a fault.
     fn committed(&mut self, (result, effects): Done) -> Result<(), StoreError> {
         if let Err(err) = result {
-            answer_stored(effects.stored, Some(&err));
+            answer_stored(&self.shared.intake, effects.stored, Some(&err));
             return Err(err);
         }
         self.committed_no += 1;
-        answer_stored(effects.stored, None);
+        answer_stored(&self.shared.intake, effects.stored, None);
         for message in effects.deferred {
             self.deliver(message);
         }
@@ -307,7 +308,7 @@ impl Engine {
     /// the runtime is to stop instead.
     async fn recover(&mut self, fault: StoreError) -> bool {
         error!(error = %fault, kind = ?fault.kind(), "store fault; the runtime drops what it holds in memory and recovers from the store once it accepts writes");
-        answer_stored(std::mem::take(&mut self.ingested_acks), Some(&fault));
+        answer_stored(&self.shared.intake, std::mem::take(&mut self.ingested_acks), Some(&fault));
         self.ingested.clear();
         // The store refuses every batch queued after a failed one; a commit that still
         // landed releases its effects as usual.
@@ -317,7 +318,7 @@ impl Engine {
                 Ok(()) => {
                     let _ = self.committed((Ok(()), effects));
                 }
-                Err(err) => answer_stored(effects.stored, Some(&err)),
+                Err(err) => answer_stored(&self.shared.intake, effects.stored, Some(&err)),
             }
         }
         self.entities.reset().await;
@@ -348,7 +349,7 @@ impl Engine {
                             for command in postponed {
                                 self.handle(command);
                             }
-                            answer_stored(std::mem::take(&mut self.ingested_acks), Some(&fault));
+                            answer_stored(&self.shared.intake, std::mem::take(&mut self.ingested_acks), Some(&fault));
                             self.ingested.clear();
                             return false;
                         }

@@ -1,7 +1,7 @@
 //! What clients and tasks tell the engine, and how the engine answers them.
 
 use serde_json::Value;
-use tokio::sync::oneshot;
+use tokio::sync::{oneshot, Semaphore};
 
 use crate::error::{OperationError, StoreError};
 use crate::message::Message;
@@ -12,8 +12,12 @@ use crate::store::InstanceRecord;
 pub(crate) type CallReply = Result<Option<Value>, OperationError>;
 
 /// Tells a client that the messages it handed to the engine are stored (or their effects
-/// committed), or why they are not.
-pub(crate) type Stored = oneshot::Sender<Result<(), StoreError>>;
+/// committed), or why they are not; and gives back the intake permits they held (see
+/// [`Shared::intake`](super::Shared)).
+pub(crate) struct Stored {
+    pub tx: oneshot::Sender<Result<(), StoreError>>,
+    pub permits: u32,
+}
 
 /// What clients and tasks ask of the engine.
 pub(crate) enum Command {
@@ -36,12 +40,19 @@ pub(crate) enum Command {
     Shutdown(oneshot::Sender<()>),
 }
 
-/// Tells clients that the commit storing their messages landed, or why it did not.
-pub(crate) fn answer_stored(acks: Vec<Stored>, failure: Option<&StoreError>) {
+/// Tells clients that the commit storing their messages landed, or why it did not, and
+/// returns their intake permits to `intake` at once (one release per commit, not per sender:
+/// the semaphore locks on release).
+pub(crate) fn answer_stored(intake: &Semaphore, acks: Vec<Stored>, failure: Option<&StoreError>) {
+    let mut permits = 0usize;
     for ack in acks {
-        let _ = ack.send(match failure {
+        permits += ack.permits as usize;
+        let _ = ack.tx.send(match failure {
             None => Ok(()),
             Some(err) => Err(err.clone()),
         });
+    }
+    if permits > 0 {
+        intake.add_permits(permits);
     }
 }
