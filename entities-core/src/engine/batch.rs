@@ -56,7 +56,11 @@ impl Engine {
         };
         if let Err(err) = self.run_rounds(&mut b, only_finished).await {
             // The senders of the client messages it took in hear why they are not stored.
-            answer_stored(&self.shared.intake, std::mem::take(&mut b.effects.stored), Some(&err));
+            answer_stored(
+                &self.shared.intake,
+                std::mem::take(&mut b.effects.stored),
+                Some(&err),
+            );
             return Err(err);
         }
         let Building {

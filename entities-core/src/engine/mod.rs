@@ -38,8 +38,8 @@ use self::commits::{Commits, Done};
 use self::entities::Entities;
 pub(crate) use self::entities::{panic_message, Timeouts};
 use self::partition::Ownership;
-pub(crate) use self::protocol::{CallReply, Command, Stored};
 use self::protocol::answer_stored;
+pub(crate) use self::protocol::{CallReply, Command, Stored};
 pub(crate) use self::shared::Shared;
 use self::timers::Timers;
 use crate::error::StoreError;
@@ -308,7 +308,11 @@ impl Engine {
     /// the runtime is to stop instead.
     async fn recover(&mut self, fault: StoreError) -> bool {
         error!(error = %fault, kind = ?fault.kind(), "store fault; the runtime drops what it holds in memory and recovers from the store once it accepts writes");
-        answer_stored(&self.shared.intake, std::mem::take(&mut self.ingested_acks), Some(&fault));
+        answer_stored(
+            &self.shared.intake,
+            std::mem::take(&mut self.ingested_acks),
+            Some(&fault),
+        );
         self.ingested.clear();
         // The store refuses every batch queued after a failed one; a commit that still
         // landed releases its effects as usual.
