@@ -172,8 +172,7 @@ impl RuntimeBuilder {
         let store = self.store.ok_or_else(|| {
             Error::Config("no store: call `.store(SqliteStore::open(path)?)`".into())
         })?;
-        let loaded_until = crate::message::now_millis()
-            .saturating_add(self.config.schedule_horizon.as_millis() as u64);
+        let loaded_until = self.config.recovery_horizon();
         let recovery = store.recover(loaded_until).await?;
         info!(
             messages = recovery.messages.len(),

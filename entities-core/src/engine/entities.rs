@@ -246,14 +246,15 @@ impl Entities {
             let slot = self.slots.remove(&id).expect("ready entity has a slot");
             work.push((id, slot, Part::default()));
         }
+        let shared = self.shared.clone();
         for (id, slot, part) in &mut work {
             if slot.busy || only_finished {
                 continue;
             }
-            let Some(function) = self.shared.registry.entity(id.name()).cloned() else {
+            let Some(function) = shared.registry.entity(id.name()) else {
                 continue;
             };
-            if let Some(op) = run_entity_now(&self.shared, &function, id, slot, max_batch, part) {
+            if let Some(op) = run_entity_now(&shared, function, id, slot, max_batch, part) {
                 slot.busy = true;
                 self.spawn(id.clone(), op);
             }

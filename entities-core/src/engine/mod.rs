@@ -65,6 +65,13 @@ pub(crate) struct EngineConfig {
     pub intake_bound: usize,
 }
 
+impl EngineConfig {
+    /// How far a recovery reads scheduled messages from now: the rest is paged in later.
+    pub(crate) fn recovery_horizon(&self) -> u64 {
+        now_millis().saturating_add(self.schedule_horizon.as_millis() as u64)
+    }
+}
+
 impl Default for EngineConfig {
     fn default() -> Self {
         Self {
@@ -308,22 +315,12 @@ impl Engine {
     /// the runtime is to stop instead.
     async fn recover(&mut self, fault: StoreError) -> bool {
         error!(error = %fault, kind = ?fault.kind(), "store fault; the runtime drops what it holds in memory and recovers from the store once it accepts writes");
-        answer_stored(
-            &self.shared.intake,
-            std::mem::take(&mut self.ingested_acks),
-            Some(&fault),
-        );
-        self.ingested.clear();
-        // The store refuses every batch queued after a failed one; a commit that still
-        // landed releases its effects as usual.
+        self.fail_ingested(&fault);
+        // The store refuses every batch queued after a failed one (`committed` answers their
+        // senders with the cause); a commit that still landed releases its effects as usual.
         while !self.commits.is_empty() {
-            let (result, effects) = self.commits.next().await;
-            match result {
-                Ok(()) => {
-                    let _ = self.committed((Ok(()), effects));
-                }
-                Err(err) => answer_stored(&self.shared.intake, effects.stored, Some(&err)),
-            }
+            let done = self.commits.next().await;
+            let _ = self.committed(done);
         }
         self.entities.reset().await;
         self.orchestrations.reset();
@@ -353,8 +350,7 @@ impl Engine {
                             for command in postponed {
                                 self.handle(command);
                             }
-                            answer_stored(&self.shared.intake, std::mem::take(&mut self.ingested_acks), Some(&fault));
-                            self.ingested.clear();
+                            self.fail_ingested(&fault);
                             return false;
                         }
                         Some(command) => postponed.push(command),
@@ -378,11 +374,21 @@ impl Engine {
         true
     }
 
+    /// Tells the senders of the client messages taken in but not stored that they are not,
+    /// and why; drops the messages.
+    fn fail_ingested(&mut self, err: &StoreError) {
+        answer_stored(
+            &self.shared.intake,
+            std::mem::take(&mut self.ingested_acks),
+            Some(err),
+        );
+        self.ingested.clear();
+    }
+
     /// Resumes the store and reads what a start reads.
     async fn reload(&mut self) -> Result<Vec<Message>, StoreError> {
         self.shared.store.resume().await?;
-        let loaded_until =
-            now_millis().saturating_add(self.config.schedule_horizon.as_millis() as u64);
+        let loaded_until = self.config.recovery_horizon();
         let recovery = self.shared.store.recover(loaded_until).await?;
         self.shared.ids_above(recovery.max_message_id);
         self.timers = Timers::new(self.config.schedule_horizon, loaded_until);
