@@ -11,18 +11,11 @@ use entities::store::{Batch, EntityQuery, EntityRecord, EntityRecordPage, Instan
 use entities::{Error, SqliteStore, Store, StoreError, StoreErrorKind};
 use futures::future::BoxFuture;
 
+mod support;
+use support::{counter, state_of};
+
 /// Generous bound for something that must happen: only a hang fails it.
 const PATIENCE: Duration = Duration::from_secs(20);
-
-fn counter(ctx: &mut EntityContext) -> Result<(), OperationError> {
-    let value: i64 = ctx.state_or_default()?;
-    match ctx.operation_name() {
-        "add" => ctx.set_state(&(value + ctx.input::<i64>()?))?,
-        "get" => ctx.set_result(&value)?,
-        other => return Err(OperationError::unknown_operation(other)),
-    }
-    Ok(())
-}
 
 /// `hang` never returns; `sleep` awaits the input in milliseconds, then counts.
 struct Sleeper;
@@ -45,10 +38,6 @@ impl EntityFunction for Sleeper {
             other => Err(OperationError::unknown_operation(other)),
         }
     }
-}
-
-async fn state_of(client: &Client, id: &EntityId) -> Option<serde_json::Value> {
-    client.get_entity_raw(id).await.unwrap().map(|m| m.state)
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

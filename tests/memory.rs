@@ -12,17 +12,10 @@ use entities::prelude::*;
 use entities::store::Batch;
 use entities::{SqliteStore, Store};
 
-const CHILD_ENV: &str = "ENTITIES_MEMORY_CHILD";
+mod support;
+use support::counter;
 
-fn counter(ctx: &mut EntityContext) -> Result<(), OperationError> {
-    let value: i64 = ctx.state_or_default()?;
-    match ctx.operation_name() {
-        "add" => ctx.set_state(&(value + ctx.input::<i64>()?))?,
-        "get" => ctx.set_result(&value)?,
-        other => return Err(OperationError::unknown_operation(other)),
-    }
-    Ok(())
-}
+const CHILD_ENV: &str = "ENTITIES_MEMORY_CHILD";
 
 fn peak_rss_mb() -> f64 {
     let status = std::fs::read_to_string("/proc/self/status").unwrap();

@@ -7,15 +7,8 @@ use std::time::Duration;
 use entities::prelude::*;
 use entities::{Error, SqliteStore, StoreErrorKind};
 
-fn counter(ctx: &mut EntityContext) -> Result<(), OperationError> {
-    let value: i64 = ctx.state_or_default()?;
-    match ctx.operation_name() {
-        "add" => ctx.set_state(&(value + ctx.input::<i64>()?))?,
-        "get" => ctx.set_result(&value)?,
-        other => return Err(OperationError::unknown_operation(other)),
-    }
-    Ok(())
-}
+mod support;
+use support::counter;
 
 async fn waiter(ctx: OrchestrationContext, _: ()) -> Result<String, Error> {
     ctx.wait_for_event::<String>("go").await
