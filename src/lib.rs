@@ -49,6 +49,13 @@ pub use entities_core::{
 pub use entities_macros::entity;
 pub use entities_sqlite::{SqliteOptions, SqliteStore, Synchronous, WriteStats};
 
+/// Several processes sharing one PostgreSQL database (cargo feature `postgres`): see
+/// [`PostgresStore`](entities_postgres::PostgresStore).
+#[cfg(feature = "postgres")]
+pub mod postgres {
+    pub use entities_postgres::{Error, PostgresOptions, PostgresStore};
+}
+
 /// What most programs need: `use entities::prelude::*;`.
 pub mod prelude {
     pub use crate::{

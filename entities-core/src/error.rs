@@ -149,6 +149,9 @@ pub enum StoreErrorKind {
     Io,
     /// The store has been closed (its runtime stopped) or its writer is gone.
     Closed,
+    /// This process no longer owns a partition the batch writes (another process took it
+    /// over); none of the batch was applied.
+    Fenced,
 }
 
 /// An error of the store (database I/O, corruption, a schema from a newer version). Cheap to

@@ -20,7 +20,7 @@ pub mod store;
 
 pub use client::{CleanResult, Client, EntityMetadata, EntityPage};
 pub use context::EntityContext;
-pub use engine::partition::partition_of;
+pub use engine::partition::{partition_of, partition_of_instance, partition_of_message};
 pub use entity::{Entity, EntityFunction};
 pub use error::{Error, OperationError, Result, StoreError, StoreErrorKind};
 pub use id::EntityId;

@@ -186,7 +186,13 @@ impl RuntimeBuilder {
             recovery.max_message_id + 1,
             self.config.intake_bound,
         ));
-        let engine = Engine::new(shared.clone(), self.config, rx, loaded_until);
+        let engine = Engine::new(
+            shared.clone(),
+            self.config,
+            rx,
+            loaded_until,
+            recovery.partitions,
+        );
         let task = tokio::spawn(engine.run(recovery.messages));
         Ok(Runtime {
             shared,
@@ -234,7 +240,7 @@ impl Runtime {
             task.await
                 .map_err(|err| Error::Config(format!("the engine task failed: {err}")))?;
         }
-        self.shared.store.close();
+        self.shared.store.shutdown().await;
         Ok(())
     }
 }

@@ -2,10 +2,14 @@
 //! whole [`Batch`]es atomically; a good implementation also merges batches that arrive together
 //! into one transaction (group commit).
 
+use std::collections::HashSet;
+use std::sync::Arc;
+
 use async_trait::async_trait;
 use futures::future::BoxFuture;
 use serde::{Deserialize, Serialize};
 use serde_json::Value;
+use tokio::sync::{mpsc, oneshot, Notify};
 
 use crate::error::StoreError;
 use crate::id::EntityId;
@@ -90,6 +94,21 @@ pub struct Batch {
     pub produced: Vec<Message>,
     /// Orchestration instances written.
     pub instances: Vec<InstanceWrite>,
+    /// Ids of `produced` messages for partitions this runtime does not run: their owner picks
+    /// them up from the store. Stores without partitions ignore it.
+    pub remote: HashSet<MessageId>,
+    /// Replies to calls made from other processes (see [`Partitioned::take_replies`]).
+    /// Stores without partitions never receive any.
+    pub replies: Vec<RemoteReply>,
+}
+
+/// The reply to a call made by a client of another process, stored for that process.
+#[derive(Clone, Debug, PartialEq)]
+pub struct RemoteReply {
+    /// The waiting call (the id of its message).
+    pub waiter: u64,
+    /// The reply, as JSON.
+    pub reply: Value,
 }
 
 impl Batch {
@@ -99,6 +118,7 @@ impl Batch {
             && self.consumed.is_empty()
             && self.produced.is_empty()
             && self.instances.is_empty()
+            && self.replies.is_empty()
     }
 }
 
@@ -153,6 +173,9 @@ pub struct Recovery {
     /// How many stored messages this recovery set aside because they cannot be decoded (see
     /// [`Store::set_aside_messages`]).
     pub set_aside: usize,
+    /// The partitions this recovery covers, which the runtime now owns; `None` for all (a
+    /// store owned by one process).
+    pub partitions: Option<Vec<u32>>,
 }
 
 /// A stored message that could not be decoded, moved out of the way so that it stops nothing
@@ -273,4 +296,78 @@ pub trait Store: Send + Sync + 'static {
     fn resume(&self) -> BoxFuture<'static, Result<(), StoreError>> {
         Box::pin(std::future::ready(Ok(())))
     }
+
+    /// Stops as [`Store::close`] does, then lets go of what the process holds in a shared
+    /// database (partitions, membership) so that other processes take over at once. The
+    /// default calls `close`.
+    fn shutdown(&self) -> BoxFuture<'static, ()> {
+        self.close();
+        Box::pin(std::future::ready(()))
+    }
+
+    /// The partition side of a store shared by several processes, `None` (the default) for a
+    /// store that one process owns whole.
+    fn partitioned(&self) -> Option<Arc<dyn Partitioned>> {
+        None
+    }
+}
+
+/// A change of the partitions a process owns, told by a [`Partitioned`] store to its runtime.
+#[derive(Debug)]
+pub enum OwnershipEvent {
+    /// The process now owns these partitions: the runtime recovers their pending work.
+    Acquired(Vec<u32>),
+    /// The store wants to hand these partitions to another process: the runtime stops running
+    /// them, waits for its commits under way, and answers; the store then gives them up.
+    Release(Vec<u32>, oneshot::Sender<()>),
+    /// The process lost these partitions (its lease was taken over): the runtime drops what
+    /// it holds of them at once.
+    Lost(Vec<u32>),
+}
+
+/// A store shared by several processes: targets hash to partitions (see
+/// [`partition_of_message`](crate::partition_of_message)), each owned by one process at a
+/// time under a fenced lease. `commit` must fail (kind
+/// [`StoreErrorKind::Fenced`](crate::StoreErrorKind::Fenced)) a batch that writes an entity,
+/// updates an instance or consumes a message of a partition this process does not hold, and
+/// must store each produced message so that its partition's owner finds it: a message in
+/// [`Batch::remote`], or one whose partition this process does not hold at commit time, is
+/// returned by the owner's next [`Partitioned::arrivals`].
+#[async_trait]
+pub trait Partitioned: Send + Sync + 'static {
+    /// The number of partitions.
+    fn count(&self) -> u32;
+
+    /// The ownership changes, for the runtime; `None` after the first call.
+    fn take_events(&self) -> Option<mpsc::UnboundedReceiver<OwnershipEvent>>;
+
+    /// Notified (a hint only) when arrivals or replies may be waiting.
+    fn hint(&self) -> Arc<Notify>;
+
+    /// Claims the pending work of `parts` after they were acquired: every stored message of
+    /// those partitions that is unscheduled or scheduled at or before `until` (a
+    /// `(deliver_at, id)` pair), in the order stored; later ones are read by
+    /// [`Partitioned::scheduled_in`]. Messages returned are no longer arrivals. Fails with
+    /// kind `Fenced` if the process does not hold them.
+    async fn recover_partitions(
+        &self,
+        parts: &[u32],
+        until: (u64, MessageId),
+    ) -> Result<Recovery, StoreError>;
+
+    /// Claims messages stored for `parts` by other processes (or by this one for partitions it
+    /// did not run), in the order stored, at most `limit`. Each message is returned once.
+    async fn arrivals(&self, parts: &[u32], limit: usize) -> Result<Vec<Message>, StoreError>;
+
+    /// [`Store::scheduled_messages`] restricted to `parts`, leaving out unclaimed arrivals.
+    async fn scheduled_in(
+        &self,
+        parts: &[u32],
+        after: (u64, MessageId),
+        until: u64,
+        limit: usize,
+    ) -> Result<Vec<Message>, StoreError>;
+
+    /// Takes the replies stored for calls made from this process.
+    async fn take_replies(&self) -> Result<Vec<RemoteReply>, StoreError>;
 }

@@ -445,6 +445,7 @@ impl Store for SqliteStore {
             messages: rows.messages,
             max_message_id,
             set_aside,
+            partitions: None,
         })
     }
 

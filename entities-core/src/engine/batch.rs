@@ -10,7 +10,7 @@ use super::Engine;
 use crate::error::StoreError;
 use crate::id::EntityId;
 use crate::message::{MessageId, Target};
-use crate::store::{Batch, EntityRecord};
+use crate::store::{Batch, EntityRecord, RemoteReply};
 
 /// Most rounds in one batch (a round runs what the previous round made ready).
 const MAX_ROUNDS: usize = 32;
@@ -72,6 +72,28 @@ impl Engine {
         } = b;
         batch.produced.retain(|m| !dropped.contains(&m.id));
         batch.entities = writes.into_values().collect();
+        let mut effects = effects;
+        if self.partitioned.is_some() {
+            // Messages for partitions run elsewhere are picked up by their owner; replies to
+            // calls made elsewhere go back through the store.
+            batch.remote = batch
+                .produced
+                .iter()
+                .filter(|m| !self.ownership.owns(m))
+                .map(|m| m.id)
+                .collect();
+            let (here, elsewhere): (Vec<_>, Vec<_>) = std::mem::take(&mut effects.replies)
+                .into_iter()
+                .partition(|(waiter, _)| self.waiters.contains_key(waiter));
+            effects.replies = here;
+            batch.replies = elsewhere
+                .into_iter()
+                .map(|(waiter, reply)| RemoteReply {
+                    waiter,
+                    reply: serde_json::to_value(&reply).unwrap_or(serde_json::Value::Null),
+                })
+                .collect();
+        }
         // Queued now, so batches commit in order.
         self.commits.queue(batch, effects);
         Ok(())
@@ -115,7 +137,7 @@ impl Engine {
             for message in round.produced {
                 if matches!(message.target, Target::Activity) {
                     b.effects.deferred.push(message.clone());
-                } else if self.ownership.owns(&message.target) {
+                } else if self.ownership.owns(&message) {
                     b.local.insert(message.id);
                     self.deliver(message.clone());
                 }

@@ -31,7 +31,7 @@ use std::sync::atomic::Ordering;
 use std::sync::Arc;
 use std::time::Duration;
 
-use tokio::sync::{mpsc, oneshot};
+use tokio::sync::{mpsc, oneshot, Notify};
 use tracing::{debug, error, info, warn};
 
 use self::commits::{Commits, Done};
@@ -42,9 +42,17 @@ use self::protocol::answer_stored;
 pub(crate) use self::protocol::{CallReply, Command, Stored};
 pub(crate) use self::shared::Shared;
 use self::timers::Timers;
-use crate::error::StoreError;
+use crate::error::{StoreError, StoreErrorKind};
 use crate::message::{now_millis, Message, Target};
 use crate::orchestration::engine::Orchestrations;
+use crate::store::{OwnershipEvent, Partitioned};
+
+/// How often a runtime on a shared store looks for messages and replies from other
+/// processes when no hint arrives.
+const POLL_INTERVAL: Duration = Duration::from_millis(100);
+
+/// Most arrivals claimed at once.
+const ARRIVALS_PAGE: usize = 4096;
 
 /// Tuning of the engine.
 #[derive(Clone, Debug)]
@@ -106,6 +114,17 @@ pub(crate) struct Engine {
     batch_no: u64,
     committed_no: u64,
     shutdown: Option<oneshot::Sender<()>>,
+    /// The partition side of a shared store, if the store is one.
+    partitioned: Option<SharedStore>,
+}
+
+/// What the engine holds of a shared store's partition side.
+struct SharedStore {
+    store: Arc<dyn Partitioned>,
+    events: Option<mpsc::UnboundedReceiver<OwnershipEvent>>,
+    hint: Arc<Notify>,
+    /// When to look for arrivals and replies next.
+    poll_at: tokio::time::Instant,
 }
 
 impl Engine {
@@ -115,13 +134,26 @@ impl Engine {
         config: EngineConfig,
         rx: mpsc::UnboundedReceiver<Command>,
         loaded_until: u64,
+        partitions: Option<Vec<u32>>,
     ) -> Self {
+        let partitioned = shared.store.partitioned().map(|store| SharedStore {
+            events: store.take_events(),
+            hint: store.hint(),
+            poll_at: tokio::time::Instant::now(),
+            store,
+        });
+        let count = partitioned.as_ref().map_or(1, |p| p.store.count());
+        let ownership = match &partitioned {
+            Some(_) => Ownership::new(count, Some(partitions.as_deref().unwrap_or(&[]))),
+            None => Ownership::All,
+        };
         Self {
+            partitioned,
             entities: Entities::new(shared.clone(), config.timeouts.clone()),
             orchestrations: Orchestrations::new(shared.clone()),
             timers: Timers::new(config.schedule_horizon, loaded_until),
             commits: Commits::new(shared.store.clone()),
-            ownership: Ownership::All,
+            ownership,
             shared,
             config,
             rx,
@@ -186,7 +218,40 @@ impl Engine {
             if let Some(retry) = self.entities.next_retry() {
                 deadline = deadline.min(retry);
             }
+            let (hint, event) = match &mut self.partitioned {
+                Some(p) => {
+                    deadline = deadline.min(p.poll_at);
+                    (Some(p.hint.clone()), p.events.as_mut())
+                }
+                None => (None, None),
+            };
+            let has_events = event.is_some();
+            let next_event = async move {
+                match event {
+                    Some(rx) => rx.recv().await,
+                    None => std::future::pending().await,
+                }
+            };
+            let hinted = async move {
+                match hint {
+                    Some(hint) => hint.notified().await,
+                    None => std::future::pending().await,
+                }
+            };
             tokio::select! {
+                event = next_event, if has_events => match event {
+                    Some(event) => self.ownership_changed(event).await?,
+                    None => {
+                        if let Some(p) = &mut self.partitioned {
+                            p.events = None;
+                        }
+                    }
+                },
+                () = hinted => {
+                    if let Some(p) = &mut self.partitioned {
+                        p.poll_at = tokio::time::Instant::now();
+                    }
+                }
                 command = self.rx.recv() => match command {
                     Some(command) => self.handle(command),
                     None => return Ok(false),
@@ -205,6 +270,21 @@ impl Engine {
         if self.shutdown.is_some() {
             return Ok(true);
         }
+        while let Some(event) = self
+            .partitioned
+            .as_mut()
+            .and_then(|p| p.events.as_mut())
+            .and_then(|rx| rx.try_recv().ok())
+        {
+            self.ownership_changed(event).await?;
+        }
+        if self
+            .partitioned
+            .as_ref()
+            .is_some_and(|p| p.poll_at <= tokio::time::Instant::now())
+        {
+            self.poll_remote().await?;
+        }
         self.entities.poll_finished();
         self.entities.wake_retries();
         for message in self.timers.take_due() {
@@ -214,11 +294,19 @@ impl Engine {
             if !self.commits.is_empty() {
                 return Ok(true); // every commit that may hold a scheduled message lands first
             }
-            let page = self
-                .shared
-                .store
-                .scheduled_messages(request.after, request.until, request.limit)
-                .await?;
+            let page = match (&self.partitioned, self.ownership.partitions()) {
+                (Some(p), Some(parts)) => {
+                    p.store
+                        .scheduled_in(&parts, request.after, request.until, request.limit)
+                        .await?
+                }
+                _ => {
+                    self.shared
+                        .store
+                        .scheduled_messages(request.after, request.until, request.limit)
+                        .await?
+                }
+            };
             debug!(messages = page.len(), "paged in scheduled messages");
             for message in self.timers.paged(&request, page) {
                 self.route(message);
@@ -257,7 +345,10 @@ impl Engine {
                     self.ingested_acks.push(stored);
                 }
                 for message in messages {
-                    self.deliver(message);
+                    // A message for a partition run elsewhere is only stored, for its owner.
+                    if self.ownership.owns(&message) {
+                        self.deliver(message);
+                    }
                 }
             }
             Command::ActivityDone(done) => self.orchestrations.activity_done(done),
@@ -392,6 +483,118 @@ impl Engine {
         let recovery = self.shared.store.recover(loaded_until).await?;
         self.shared.ids_above(recovery.max_message_id);
         self.timers = Timers::new(self.config.schedule_horizon, loaded_until);
+        if let Some(p) = &self.partitioned {
+            self.ownership = Ownership::new(
+                p.store.count(),
+                Some(recovery.partitions.as_deref().unwrap_or(&[])),
+            );
+            info!(partitions = ?recovery.partitions, "running partitions");
+        }
         Ok(recovery.messages)
+    }
+
+    /// Applies a change of the partitions this process owns. New partitions: first the
+    /// arrivals already stored are taken (a sender that moved here sent them before its
+    /// messages to come), then their pending work is recovered. Partitions handed over: what
+    /// the engine holds is stored, the commits under way land, then everything in memory is
+    /// dropped and the partitions still owned are reloaded. A lost partition is a fault.
+    async fn ownership_changed(&mut self, event: OwnershipEvent) -> Result<(), StoreError> {
+        let Some(p) = &self.partitioned else {
+            return Ok(());
+        };
+        let store = p.store.clone();
+        match event {
+            OwnershipEvent::Acquired(parts) => {
+                let mut probe = self.ownership.clone();
+                let new = probe.add(&parts);
+                if new.is_empty() {
+                    return Ok(());
+                }
+                self.poll_remote().await?;
+                let recovery = store.recover_partitions(&new, self.timers.cursor()).await?;
+                self.ownership.add(&new);
+                self.shared.ids_above(recovery.max_message_id);
+                info!(partitions = ?new, messages = recovery.messages.len(), "took over partitions");
+                for message in recovery.messages {
+                    if self.ownership.owns(&message) {
+                        self.deliver(message);
+                    }
+                }
+            }
+            OwnershipEvent::Release(parts, done) => {
+                let mut probe = self.ownership.clone();
+                if !probe.remove(&parts).is_empty() {
+                    self.run_batch(true).await?;
+                    while !self.commits.is_empty() {
+                        let done = self.commits.next().await;
+                        self.committed(done)?;
+                    }
+                    self.ownership.remove(&parts);
+                    self.entities.reset().await;
+                    self.orchestrations.reset();
+                    let owned = self.ownership.partitions().unwrap_or_default();
+                    let until = (
+                        self.config.recovery_horizon(),
+                        crate::message::MessageId::MAX,
+                    );
+                    let recovery = store.recover_partitions(&owned, until).await?;
+                    self.timers = Timers::new(self.config.schedule_horizon, until.0);
+                    info!(partitions = ?parts, "handed partitions over");
+                    for message in recovery.messages {
+                        if self.ownership.owns(&message) {
+                            self.deliver(message);
+                        }
+                    }
+                }
+                let _ = done.send(());
+            }
+            OwnershipEvent::Lost(parts) => {
+                let mut probe = self.ownership.clone();
+                if !probe.remove(&parts).is_empty() {
+                    return Err(StoreError::of_kind(
+                        StoreErrorKind::Fenced,
+                        format!("this process lost partitions {parts:?} to another process"),
+                    ));
+                }
+            }
+        }
+        Ok(())
+    }
+
+    /// Takes the messages other processes stored for the partitions run here, and the
+    /// replies to calls made from here.
+    async fn poll_remote(&mut self) -> Result<(), StoreError> {
+        let Some(p) = &mut self.partitioned else {
+            return Ok(());
+        };
+        p.poll_at = tokio::time::Instant::now() + POLL_INTERVAL;
+        let store = p.store.clone();
+        let parts = self.ownership.partitions().unwrap_or_default();
+        if !parts.is_empty() {
+            loop {
+                let arrivals = store.arrivals(&parts, ARRIVALS_PAGE).await?;
+                let full = arrivals.len() >= ARRIVALS_PAGE;
+                for message in arrivals {
+                    if self.ownership.owns(&message) {
+                        self.deliver(message);
+                    }
+                }
+                if !full {
+                    break;
+                }
+            }
+        }
+        for reply in store.take_replies().await? {
+            let Some(tx) = self.waiters.remove(&reply.waiter) else {
+                continue;
+            };
+            let decoded = serde_json::from_value::<CallReply>(reply.reply).unwrap_or_else(|err| {
+                Err(crate::error::OperationError::new(format!(
+                    "the reply to this call could not be decoded: {err}"
+                )))
+            });
+            let _ = tx.send(decoded);
+        }
+        Ok(())
     }
 }

@@ -61,6 +61,12 @@ impl Timers {
         }
     }
 
+    /// How far the store has been read: every stored scheduled message at or before this
+    /// `(deliver_at, id)` pair is in memory or delivered.
+    pub(crate) fn cursor(&self) -> (u64, MessageId) {
+        self.cursor
+    }
+
     /// Takes a stored message: returns it if it is due, keeps it if it is due before the
     /// cursor, and forgets it otherwise (it is stored; a later page brings it back).
     pub(crate) fn schedule(&mut self, message: Message) -> Option<Message> {

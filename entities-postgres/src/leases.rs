@@ -1,0 +1,274 @@
+//! Partition leases: which process runs which partition. The database is the coordinator:
+//! every process keeps a membership row alive, renews the leases it holds, and from the live
+//! members computes its fair share of the partitions. A process over its share hands the
+//! extra partitions over (after its runtime has stored what it holds of them); a process
+//! under its share takes free or expired ones, incrementing their epoch. Taking or giving up a
+//! partition takes its exclusive advisory lock, so it waits for the commits under way, which
+//! hold it shared (see the writer).
+
+use std::collections::BTreeMap;
+use std::sync::Arc;
+use std::time::Duration;
+
+use entities_core::store::OwnershipEvent;
+use entities_core::StoreError;
+use tokio::sync::oneshot;
+use tracing::{debug, info, warn};
+
+use crate::schema::LOCK_CLASS;
+use crate::{pg_error, Inner};
+
+/// The partitions held, with their epochs.
+pub(crate) type Held = BTreeMap<u32, i64>;
+
+/// Millisecond count for SQL intervals.
+fn ms(d: Duration) -> i64 {
+    d.as_millis().min(i64::MAX as u128) as i64
+}
+
+/// The share of `count` partitions of member `index` out of `members`.
+pub(crate) fn share(count: u32, members: usize, index: usize) -> usize {
+    let members = members.max(1);
+    let base = count as usize / members;
+    base + usize::from(index < count as usize % members)
+}
+
+impl Inner {
+    /// One round: keeps membership, renews leases (reporting the lost ones), and takes or
+    /// hands over partitions towards this process's share.
+    pub(crate) async fn sync_leases(&self) -> Result<(), StoreError> {
+        let _round = self.lease_round.lock().await;
+        let failed = |e| pg_error("lease renewal failed", e);
+        let lease = ms(self.options.lease);
+        let conn = self.connection().await?;
+        conn.execute(
+            "INSERT INTO entities_members (node, expires_at) \
+             VALUES ($1, now() + $2::bigint * interval '1 millisecond') \
+             ON CONFLICT (node) DO UPDATE SET expires_at = excluded.expires_at",
+            &[&self.node, &lease],
+        )
+        .await
+        .map_err(failed)?;
+        let renewed = conn
+            .query(
+                "UPDATE entities_leases SET expires_at = now() + $2::bigint * interval '1 millisecond' \
+                 WHERE owner = $1 RETURNING part, epoch",
+                &[&self.node, &lease],
+            )
+            .await
+            .map_err(failed)?;
+        let renewed: Held = renewed
+            .iter()
+            .map(|row| (row.get::<_, i32>(0) as u32, row.get::<_, i64>(1)))
+            .collect();
+        let lost: Vec<u32> = {
+            let mut held = self.held.lock().expect("held");
+            let lost: Vec<u32> = held
+                .iter()
+                .filter(|(p, epoch)| renewed.get(p) != Some(epoch))
+                .map(|(p, _)| *p)
+                .collect();
+            for p in &lost {
+                held.remove(p);
+            }
+            lost
+        };
+        if !lost.is_empty() {
+            warn!(partitions = ?lost, "lost partitions to another process (the lease expired)");
+            let _ = self.events.send(OwnershipEvent::Lost(lost));
+        }
+        if self.is_closed() {
+            return Ok(());
+        }
+        let members: Vec<i64> = conn
+            .query(
+                "SELECT node FROM entities_members WHERE expires_at > now() ORDER BY node",
+                &[],
+            )
+            .await
+            .map_err(failed)?
+            .iter()
+            .map(|row| row.get(0))
+            .collect();
+        // Replies for processes that are gone are never taken.
+        conn.execute(
+            "DELETE FROM entities_replies r WHERE NOT EXISTS \
+             (SELECT 1 FROM entities_members m WHERE m.node = r.node) \
+             AND r.created < now() - $1::bigint * interval '1 millisecond'",
+            &[&lease],
+        )
+        .await
+        .map_err(failed)?;
+        drop(conn);
+        let index = members.iter().position(|n| *n == self.node).unwrap_or(0);
+        let target = share(self.count, members.len(), index);
+        let holding = self.held.lock().expect("held").len();
+        if holding > target {
+            self.hand_over(holding - target).await?;
+        } else if holding < target {
+            self.take(target - holding).await?;
+        }
+        Ok(())
+    }
+
+    /// Hands `n` partitions over: the runtime first stores what it holds of them.
+    async fn hand_over(&self, n: usize) -> Result<(), StoreError> {
+        let parts: Vec<u32> = {
+            let held = self.held.lock().expect("held");
+            held.keys().rev().take(n).copied().collect()
+        };
+        let (tx, rx) = oneshot::channel();
+        if self
+            .events
+            .send(OwnershipEvent::Release(parts.clone(), tx))
+            .is_err()
+        {
+            return Ok(());
+        }
+        if tokio::time::timeout(self.options.lease, rx).await.is_err() {
+            warn!(partitions = ?parts, "the runtime did not release partitions in time; keeping them");
+            return Ok(());
+        }
+        self.release(&parts).await?;
+        info!(partitions = ?parts, "handed partitions over");
+        Ok(())
+    }
+
+    /// Gives up `parts` in the database (after the runtime let go of them).
+    pub(crate) async fn release(&self, parts: &[u32]) -> Result<(), StoreError> {
+        let failed = |e| pg_error("cannot hand partitions over", e);
+        let mut sorted: Vec<i32> = parts.iter().map(|p| *p as i32).collect();
+        sorted.sort_unstable();
+        {
+            let mut held = self.held.lock().expect("held");
+            for p in parts {
+                held.remove(p);
+            }
+        }
+        let mut conn = self.connection().await?;
+        let tx = conn.transaction().await.map_err(failed)?;
+        tx.execute(
+            "SELECT pg_advisory_xact_lock($1, p) FROM unnest($2::int[]) p",
+            &[&LOCK_CLASS, &sorted],
+        )
+        .await
+        .map_err(failed)?;
+        tx.execute(
+            "UPDATE entities_leases SET owner = NULL, expires_at = '-infinity' \
+             WHERE part = ANY($1) AND owner = $2",
+            &[&sorted, &self.node],
+        )
+        .await
+        .map_err(failed)?;
+        tx.execute("SELECT pg_notify('entities_leases', '')", &[])
+            .await
+            .map_err(failed)?;
+        tx.commit().await.map_err(failed)?;
+        Ok(())
+    }
+
+    /// Takes up to `n` free or expired partitions.
+    async fn take(&self, n: usize) -> Result<(), StoreError> {
+        let failed = |e| pg_error("cannot take partitions", e);
+        let lease = ms(self.options.lease);
+        let mut conn = self.connection().await?;
+        let tx = conn.transaction().await.map_err(failed)?;
+        let free: Vec<i32> = tx
+            .query(
+                "SELECT part FROM entities_leases \
+                 WHERE (owner IS NULL OR expires_at < now()) AND owner IS DISTINCT FROM $2 \
+                 ORDER BY part LIMIT $1 FOR UPDATE SKIP LOCKED",
+                &[&(n as i64), &self.node],
+            )
+            .await
+            .map_err(failed)?
+            .iter()
+            .map(|row| row.get(0))
+            .collect();
+        if free.is_empty() {
+            return Ok(());
+        }
+        // Waits for the commits under way of the previous owner.
+        tx.execute(
+            "SELECT pg_advisory_xact_lock($1, p) FROM unnest($2::int[]) p",
+            &[&LOCK_CLASS, &free],
+        )
+        .await
+        .map_err(failed)?;
+        let taken = tx
+            .query(
+                "UPDATE entities_leases SET owner = $1, epoch = epoch + 1, \
+                   expires_at = now() + $3::bigint * interval '1 millisecond' \
+                 WHERE part = ANY($2) RETURNING part, epoch",
+                &[&self.node, &free, &lease],
+            )
+            .await
+            .map_err(failed)?;
+        tx.commit().await.map_err(failed)?;
+        let taken: Held = taken
+            .iter()
+            .map(|row| (row.get::<_, i32>(0) as u32, row.get::<_, i64>(1)))
+            .collect();
+        let parts: Vec<u32> = taken.keys().copied().collect();
+        self.held.lock().expect("held").extend(taken);
+        info!(partitions = ?parts, "took partitions");
+        let _ = self.events.send(OwnershipEvent::Acquired(parts));
+        Ok(())
+    }
+
+    /// Renews and balances every quarter lease, and at once when another process joins or
+    /// leaves, until the store closes.
+    pub(crate) async fn run_leases(self: Arc<Self>) {
+        let tick = self.options.lease / 4;
+        loop {
+            tokio::select! {
+                () = tokio::time::sleep(tick) => {}
+                () = self.leases_changed.notified() => {}
+            }
+            if self.is_closed() {
+                return;
+            }
+            if let Err(err) = self.sync_leases().await {
+                warn!(error = %err, "lease round failed; retrying");
+            } else {
+                debug!("lease round done");
+            }
+        }
+    }
+
+    /// Lets go of every partition and of membership (a graceful stop).
+    pub(crate) async fn leave(&self) -> Result<(), StoreError> {
+        let parts: Vec<u32> = self.held.lock().expect("held").keys().copied().collect();
+        if !parts.is_empty() {
+            self.release(&parts).await?;
+        }
+        let conn = self.connection().await?;
+        conn.execute(
+            "DELETE FROM entities_members WHERE node = $1",
+            &[&self.node],
+        )
+        .await
+        .map_err(|e| pg_error("cannot leave", e))?;
+        conn.execute("SELECT pg_notify('entities_leases', '')", &[])
+            .await
+            .map_err(|e| pg_error("cannot leave", e))?;
+        Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::share;
+
+    #[test]
+    fn shares_add_up() {
+        for count in [1u32, 7, 32, 64] {
+            for members in 1..6 {
+                let total: usize = (0..members).map(|i| share(count, members, i)).sum();
+                assert_eq!(total, count as usize);
+            }
+        }
+        assert_eq!(share(32, 3, 0), 11);
+        assert_eq!(share(32, 3, 2), 10);
+    }
+}

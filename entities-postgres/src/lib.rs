@@ -1,0 +1,559 @@
+//! `entities-postgres`: a PostgreSQL store for `entities` that several processes share.
+//!
+//! Entities and orchestration instances hash to partitions (the count is fixed when the
+//! schema is created, [`PostgresOptions::partitions`]). Each running process owns a share of
+//! them through leases in the database: a lease has an owner, an epoch and an expiry, is
+//! renewed while its owner lives and taken over (epoch + 1) once expired. Every commit takes a
+//! shared advisory lock on the partitions its process holds and checks, in the same
+//! transaction, that it still holds their current epochs; a process that lost a partition can
+//! never commit for it. Messages to a partition run elsewhere are written in the producer's
+//! commit and claimed by the owner, woken by `LISTEN`/`NOTIFY` (sent after the commit, never
+//! inside it) and, without it, by polling.
+//!
+//! The client is `tokio-postgres` (with a `deadpool-postgres` pool): it pipelines queries and
+//! binds arrays, so a whole group of batches is written with a few `unnest` statements per
+//! transaction, and it is maintained alongside the async PostgreSQL ecosystem it belongs to.
+//!
+//! ```no_run
+//! # async fn run() -> Result<(), Box<dyn std::error::Error>> {
+//! use std::time::Duration;
+//! use entities_postgres::{PostgresOptions, PostgresStore};
+//!
+//! let store = PostgresStore::connect_with(
+//!     "postgres://app@127.0.0.1:5432/app",
+//!     PostgresOptions { lease: Duration::from_secs(10), ..Default::default() },
+//! )
+//! .await?;
+//! # let _ = store;
+//! # Ok(())
+//! # }
+//! ```
+
+mod leases;
+mod reads;
+mod rows;
+mod schema;
+mod writer;
+
+#[cfg(feature = "test-server")]
+pub mod test_server;
+
+use std::collections::{BTreeSet, HashSet};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use async_trait::async_trait;
+use deadpool_postgres::{Manager, ManagerConfig, Object, Pool, RecyclingMethod};
+use entities_core::message::{Message, MessageId};
+use entities_core::store::{
+    Batch, EntityQuery, EntityRecord, EntityRecordPage, InstanceRecord, OwnershipEvent,
+    Partitioned, Recovery, RemoteReply, SetAsideMessage,
+};
+use entities_core::{EntityId, Store, StoreError, StoreErrorKind};
+use futures::future::BoxFuture;
+use futures::FutureExt;
+use tokio::sync::{mpsc, oneshot, Mutex as AsyncMutex, Notify};
+use tokio_postgres::{AsyncMessage, NoTls};
+use tracing::{debug, warn};
+
+use crate::leases::Held;
+use crate::schema::LOCK_CLASS;
+
+/// Message ids are `node << NODE_SHIFT | counter`: unique across processes without
+/// coordination, and a call's id tells which process waits for its reply.
+pub(crate) const NODE_SHIFT: u32 = 40;
+
+/// Errors of connecting.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum Error {
+    /// The connection URL cannot be parsed.
+    #[error("invalid PostgreSQL URL: {0}")]
+    Url(#[source] tokio_postgres::Error),
+    /// The database refused or failed.
+    #[error(transparent)]
+    Store(#[from] StoreError),
+}
+
+/// Options of [`PostgresStore::connect_with`].
+#[derive(Clone, Debug)]
+pub struct PostgresOptions {
+    /// Partitions, used when the schema is created (later connections use the stored count).
+    /// More partitions spread finer over more processes; each costs a lease row. Default 32.
+    pub partitions: u32,
+    /// How long a process's partitions wait after it stopped renewing before another process
+    /// takes them (leases are renewed every quarter of it). Default 10 seconds.
+    pub lease: Duration,
+    /// Connections in the pool (reads, claims, leases; commits use one at a time). Default 8.
+    pub pool_size: usize,
+}
+
+impl Default for PostgresOptions {
+    fn default() -> Self {
+        Self {
+            partitions: 32,
+            lease: Duration::from_secs(10),
+            pool_size: 8,
+        }
+    }
+}
+
+/// A store in a PostgreSQL database that several runtime processes share. See the crate
+/// documentation.
+#[derive(Clone)]
+pub struct PostgresStore {
+    inner: Arc<Inner>,
+    writer: mpsc::UnboundedSender<writer::Request>,
+}
+
+impl std::fmt::Debug for PostgresStore {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("PostgresStore")
+            .field("node", &self.inner.node)
+            .field("partitions", &self.inner.count)
+            .finish_non_exhaustive()
+    }
+}
+
+/// What the store's tasks share.
+pub(crate) struct Inner {
+    pool: Pool,
+    /// This process's number in the database (new at every connect).
+    pub(crate) node: i64,
+    pub(crate) count: u32,
+    pub(crate) options: PostgresOptions,
+    /// Partitions held and their epochs.
+    pub(crate) held: Mutex<Held>,
+    pub(crate) events: mpsc::UnboundedSender<OwnershipEvent>,
+    events_rx: Mutex<Option<mpsc::UnboundedReceiver<OwnershipEvent>>>,
+    /// Arrivals or replies may be waiting.
+    hint: Arc<Notify>,
+    /// Another process joined or left.
+    pub(crate) leases_changed: Notify,
+    /// One lease round at a time.
+    pub(crate) lease_round: AsyncMutex<()>,
+    leasing: AtomicBool,
+    closed: AtomicBool,
+}
+
+/// A database error as a [`StoreError`] with `what` as context, classified by kind.
+pub(crate) fn pg_error(what: &str, err: tokio_postgres::Error) -> StoreError {
+    let kind = match err.code().map(|c| c.code()) {
+        Some("53100") => StoreErrorKind::DiskFull,
+        Some("25006") => StoreErrorKind::ReadOnly,
+        Some("58030") => StoreErrorKind::Io,
+        _ => StoreErrorKind::Other,
+    };
+    StoreError::with_kind(kind, what, err)
+}
+
+fn pool_error(err: deadpool_postgres::PoolError) -> StoreError {
+    StoreError::with_kind(
+        StoreErrorKind::Io,
+        "cannot get a PostgreSQL connection",
+        err,
+    )
+}
+
+impl PostgresStore {
+    /// Connects with default options, creating or migrating the schema.
+    pub async fn connect(url: &str) -> Result<Self, Error> {
+        Self::connect_with(url, PostgresOptions::default()).await
+    }
+
+    /// Connects with `options`, creating or migrating the schema (safe when several processes
+    /// connect at once).
+    pub async fn connect_with(url: &str, options: PostgresOptions) -> Result<Self, Error> {
+        let config: tokio_postgres::Config = url.parse().map_err(Error::Url)?;
+        if options.partitions == 0 || options.partitions > 4096 {
+            return Err(StoreError::new("`partitions` must be between 1 and 4096").into());
+        }
+        if options.lease < Duration::from_millis(200) {
+            return Err(StoreError::new("`lease` must be at least 200 ms").into());
+        }
+        let manager = Manager::from_config(
+            config.clone(),
+            NoTls,
+            ManagerConfig {
+                recycling_method: RecyclingMethod::Fast,
+            },
+        );
+        let pool = Pool::builder(manager)
+            .max_size(options.pool_size.max(2))
+            .build()
+            .map_err(|e| StoreError::with_source("cannot build the connection pool", e))?;
+        let mut conn = pool.get().await.map_err(pool_error)?;
+        let count = schema::migrate(&mut conn, options.partitions).await?;
+        let node: i64 = conn
+            .query_one("SELECT nextval('entities_nodes')", &[])
+            .await
+            .map_err(|e| pg_error("cannot join", e))?
+            .get(0);
+        drop(conn);
+        let (events, events_rx) = mpsc::unbounded_channel();
+        let inner = Arc::new(Inner {
+            pool,
+            node,
+            count,
+            options,
+            held: Mutex::new(Held::new()),
+            events,
+            events_rx: Mutex::new(Some(events_rx)),
+            hint: Arc::new(Notify::new()),
+            leases_changed: Notify::new(),
+            lease_round: AsyncMutex::new(()),
+            leasing: AtomicBool::new(false),
+            closed: AtomicBool::new(false),
+        });
+        tokio::spawn(listen(config, Arc::downgrade(&inner)));
+        let (writer, rx) = mpsc::unbounded_channel();
+        tokio::spawn(writer::run(inner.clone(), rx));
+        debug!(node, partitions = count, "connected to PostgreSQL");
+        Ok(Self { inner, writer })
+    }
+
+    /// The partition count of the database.
+    pub fn partitions(&self) -> u32 {
+        self.inner.count
+    }
+
+    /// The partitions this process holds now.
+    pub fn held_partitions(&self) -> Vec<u32> {
+        self.inner
+            .held
+            .lock()
+            .expect("held")
+            .keys()
+            .copied()
+            .collect()
+    }
+
+    /// This process's number in the database (message ids carry it).
+    pub fn node(&self) -> i64 {
+        self.inner.node
+    }
+}
+
+/// Listens for hints on a connection of its own: `entities_wake` (arrivals or replies
+/// stored) and `entities_leases` (a process joined or left). Reconnects when the connection
+/// drops (polling covers the gap); stops when the store is gone.
+async fn listen(config: tokio_postgres::Config, inner: std::sync::Weak<Inner>) {
+    loop {
+        match listen_once(&config, &inner).await {
+            Ok(()) => {}
+            Err(err) => warn!(error = %err, "the hint listener failed; polling covers the gap"),
+        }
+        match inner.upgrade() {
+            Some(strong) if !strong.is_closed() => {}
+            _ => return,
+        }
+        tokio::time::sleep(Duration::from_millis(500)).await;
+    }
+}
+
+/// One listening connection, until it drops or the store is gone.
+async fn listen_once(
+    config: &tokio_postgres::Config,
+    inner: &std::sync::Weak<Inner>,
+) -> Result<(), StoreError> {
+    let (client, mut connection) = config
+        .connect(NoTls)
+        .await
+        .map_err(|e| pg_error("cannot connect the listener", e))?;
+    let (tx, mut rx) = mpsc::unbounded_channel();
+    tokio::spawn(async move {
+        let mut stream = futures::stream::poll_fn(move |cx| connection.poll_message(cx));
+        while let Some(message) = futures::StreamExt::next(&mut stream).await {
+            match message {
+                Ok(AsyncMessage::Notification(n)) => {
+                    let _ = tx.send(n.channel() == "entities_leases");
+                }
+                Ok(_) => {}
+                Err(err) => {
+                    warn!(error = %err, "the listener connection failed");
+                    break;
+                }
+            }
+        }
+    });
+    client
+        .batch_execute("LISTEN entities_wake; LISTEN entities_leases")
+        .await
+        .map_err(|e| pg_error("cannot listen", e))?;
+    while let Some(leases) = rx.recv().await {
+        let Some(inner) = inner.upgrade() else {
+            return Ok(());
+        };
+        if inner.is_closed() {
+            return Ok(());
+        }
+        if leases {
+            inner.leases_changed.notify_one();
+        } else {
+            inner.hint.notify_one();
+        }
+    }
+    Ok(())
+}
+
+impl Inner {
+    pub(crate) async fn connection(&self) -> Result<Object, StoreError> {
+        self.pool.get().await.map_err(pool_error)
+    }
+
+    pub(crate) fn is_closed(&self) -> bool {
+        self.closed.load(Ordering::SeqCst)
+    }
+
+    /// Whether the database answers (after a failure).
+    pub(crate) async fn probe(&self) -> Result<(), StoreError> {
+        let conn = self.connection().await?;
+        conn.execute("SELECT 1", &[])
+            .await
+            .map_err(|e| pg_error("the database does not answer", e))?;
+        Ok(())
+    }
+
+    /// Tells other processes that arrivals or replies wait (outside any write transaction).
+    pub(crate) async fn wake_others(&self) {
+        if let Ok(conn) = self.connection().await {
+            if let Err(err) = conn
+                .execute("SELECT pg_notify('entities_wake', '')", &[])
+                .await
+            {
+                debug!(error = %err, "wake-up hint not sent");
+            }
+        }
+    }
+
+    /// Takes the shared advisory lock of every partition held, in order, and returns those
+    /// whose lease is still this process's at the epoch it holds.
+    pub(crate) async fn fence(
+        &self,
+        tx: &tokio_postgres::Transaction<'_>,
+    ) -> Result<HashSet<u32>, StoreError> {
+        let held: Held = self.held.lock().expect("held").clone();
+        if held.is_empty() {
+            return Ok(HashSet::new());
+        }
+        let parts: Vec<i32> = held.keys().map(|p| *p as i32).collect();
+        let failed = |e| pg_error("cannot check partition leases", e);
+        tx.execute(
+            "SELECT pg_advisory_xact_lock_shared($1, p) FROM unnest($2::int[]) p",
+            &[&LOCK_CLASS, &parts],
+        )
+        .await
+        .map_err(failed)?;
+        let rows = tx
+            .query(
+                "SELECT part, epoch FROM entities_leases WHERE owner = $1 AND part = ANY($2)",
+                &[&self.node, &parts],
+            )
+            .await
+            .map_err(failed)?;
+        Ok(rows
+            .iter()
+            .filter(|row| held.get(&(row.get::<_, i32>(0) as u32)) == Some(&row.get::<_, i64>(1)))
+            .map(|row| row.get::<_, i32>(0) as u32)
+            .collect())
+    }
+
+    fn first_id(&self) -> MessageId {
+        (self.node as u64) << NODE_SHIFT
+    }
+}
+
+#[async_trait]
+impl Store for PostgresStore {
+    async fn recover(&self, horizon: u64) -> Result<Recovery, StoreError> {
+        self.inner.sync_leases().await?;
+        if !self.inner.leasing.swap(true, Ordering::SeqCst) {
+            tokio::spawn(self.inner.clone().run_leases());
+            // Others rebalance now rather than at their next round.
+            if let Ok(conn) = self.inner.connection().await {
+                let _ = conn
+                    .execute("SELECT pg_notify('entities_leases', '')", &[])
+                    .await;
+            }
+        }
+        let parts = self.held_partitions();
+        let mut recovery = self
+            .inner
+            .claim_partitions(&parts, (horizon, MessageId::MAX))
+            .await?;
+        recovery.partitions = Some(parts);
+        Ok(recovery)
+    }
+
+    async fn scheduled_messages(
+        &self,
+        after: (u64, MessageId),
+        until: u64,
+        limit: usize,
+    ) -> Result<Vec<Message>, StoreError> {
+        self.inner.scheduled(None, after, until, limit).await
+    }
+
+    async fn set_aside_messages(&self) -> Result<Vec<SetAsideMessage>, StoreError> {
+        self.inner.set_aside_messages().await
+    }
+
+    fn commit(&self, batch: Batch) -> BoxFuture<'static, Result<Batch, StoreError>> {
+        let (tx, rx) = oneshot::channel();
+        let sent = self.writer.send(writer::Request::Commit(batch, tx));
+        async move {
+            if sent.is_err() {
+                return Err(StoreError::of_kind(
+                    StoreErrorKind::Closed,
+                    "the writer is gone",
+                ));
+            }
+            rx.await.unwrap_or_else(|_| {
+                Err(StoreError::of_kind(
+                    StoreErrorKind::Closed,
+                    "the writer is gone",
+                ))
+            })
+        }
+        .boxed()
+    }
+
+    async fn load_entities(&self, ids: Vec<EntityId>) -> Result<Vec<EntityRecord>, StoreError> {
+        self.inner.load_entities(ids).await
+    }
+
+    async fn read_entity(&self, id: &EntityId) -> Result<Option<EntityRecord>, StoreError> {
+        self.inner.read_entity(id).await
+    }
+
+    async fn query_entities(&self, query: &EntityQuery) -> Result<EntityRecordPage, StoreError> {
+        self.inner.query_entities(query).await
+    }
+
+    async fn delete_empty_entities(&self) -> Result<u64, StoreError> {
+        self.inner.delete_empty_entities().await
+    }
+
+    async fn read_instance(&self, id: &str) -> Result<Option<InstanceRecord>, StoreError> {
+        self.inner.read_instance(id).await
+    }
+
+    async fn read_history(&self, id: &str) -> Result<Vec<serde_json::Value>, StoreError> {
+        self.inner.read_history(id).await
+    }
+
+    async fn purge_instance(&self, id: &str) -> Result<bool, StoreError> {
+        self.inner.purge_instance(id).await
+    }
+
+    async fn running_instances(&self) -> Result<Vec<InstanceRecord>, StoreError> {
+        self.inner.running_instances().await
+    }
+
+    fn close(&self) {
+        self.inner.closed.store(true, Ordering::SeqCst);
+    }
+
+    fn resume(&self) -> BoxFuture<'static, Result<(), StoreError>> {
+        let (tx, rx) = oneshot::channel();
+        let sent = self.writer.send(writer::Request::Resume(tx));
+        async move {
+            if sent.is_err() {
+                return Err(StoreError::of_kind(
+                    StoreErrorKind::Closed,
+                    "the writer is gone",
+                ));
+            }
+            rx.await.unwrap_or_else(|_| {
+                Err(StoreError::of_kind(
+                    StoreErrorKind::Closed,
+                    "the writer is gone",
+                ))
+            })
+        }
+        .boxed()
+    }
+
+    fn shutdown(&self) -> BoxFuture<'static, ()> {
+        let inner = self.inner.clone();
+        let (tx, rx) = oneshot::channel();
+        let sent = self.writer.send(writer::Request::Flush(tx)).is_ok();
+        async move {
+            if sent {
+                let _ = rx.await;
+            }
+            inner.closed.store(true, Ordering::SeqCst);
+            let _round = inner.lease_round.lock().await;
+            if let Err(err) = inner.leave().await {
+                warn!(error = %err, "could not hand partitions over at shutdown; they move when their leases expire");
+            }
+        }
+        .boxed()
+    }
+
+    fn partitioned(&self) -> Option<Arc<dyn Partitioned>> {
+        Some(self.inner.clone())
+    }
+}
+
+#[async_trait]
+impl Partitioned for Inner {
+    fn count(&self) -> u32 {
+        self.count
+    }
+
+    fn take_events(&self) -> Option<mpsc::UnboundedReceiver<OwnershipEvent>> {
+        self.events_rx.lock().expect("events").take()
+    }
+
+    fn hint(&self) -> Arc<Notify> {
+        self.hint.clone()
+    }
+
+    async fn recover_partitions(
+        &self,
+        parts: &[u32],
+        until: (u64, MessageId),
+    ) -> Result<Recovery, StoreError> {
+        self.claim_partitions(parts, until).await
+    }
+
+    async fn arrivals(&self, parts: &[u32], limit: usize) -> Result<Vec<Message>, StoreError> {
+        self.claim_arrivals(parts, limit).await
+    }
+
+    async fn scheduled_in(
+        &self,
+        parts: &[u32],
+        after: (u64, MessageId),
+        until: u64,
+        limit: usize,
+    ) -> Result<Vec<Message>, StoreError> {
+        self.scheduled(Some(parts), after, until, limit).await
+    }
+
+    async fn take_replies(&self) -> Result<Vec<RemoteReply>, StoreError> {
+        let conn = self.connection().await?;
+        let rows = conn
+            .query(
+                "DELETE FROM entities_replies WHERE node = $1 RETURNING waiter, reply",
+                &[&self.node],
+            )
+            .await
+            .map_err(|e| pg_error("cannot read replies", e))?;
+        Ok(rows
+            .iter()
+            .map(|row| RemoteReply {
+                waiter: row.get::<_, i64>(0) as u64,
+                reply: serde_json::from_str(row.get::<_, &str>(1)).unwrap_or_default(),
+            })
+            .collect())
+    }
+}
+
+/// Partitions as the database stores them, sorted (locks are taken in order).
+pub(crate) fn sorted_parts(parts: &[u32]) -> Vec<i32> {
+    let set: BTreeSet<i32> = parts.iter().map(|p| *p as i32).collect();
+    set.into_iter().collect()
+}

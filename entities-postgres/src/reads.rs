@@ -1,0 +1,387 @@
+//! Reads and claims. Claims (a partition's pending work, arrivals) run in a transaction that
+//! takes the partitions' shared advisory locks and checks their leases, like a commit, so a
+//! process that lost a partition claims nothing of it.
+
+use std::collections::HashSet;
+
+use entities_core::message::{now_millis, Message, MessageId};
+use entities_core::store::{
+    EntityQuery, EntityRecord, EntityRecordPage, InstanceRecord, Recovery, SetAsideMessage,
+};
+use entities_core::{EntityId, StoreError, StoreErrorKind};
+use tokio_postgres::Transaction;
+use tracing::warn;
+
+use crate::rows::{self, int, MessageRows, INSTANCE_COLUMNS};
+use crate::{pg_error, sorted_parts, Inner};
+
+fn read_failed(e: tokio_postgres::Error) -> StoreError {
+    pg_error("read failed", e)
+}
+
+impl Inner {
+    /// The partitions of `parts` this process holds now, checked under their shared locks.
+    async fn fenced_parts(
+        &self,
+        tx: &Transaction<'_>,
+        parts: &[u32],
+    ) -> Result<Vec<i32>, StoreError> {
+        let verified = self.fence(tx).await?;
+        Ok(sorted_parts(parts)
+            .into_iter()
+            .filter(|p| verified.contains(&(*p as u32)))
+            .collect())
+    }
+
+    /// Moves undecodable messages to the set-aside table, in `tx`.
+    async fn set_aside(
+        &self,
+        tx: &Transaction<'_>,
+        rows: &mut MessageRows,
+    ) -> Result<usize, StoreError> {
+        let bad = std::mem::take(&mut rows.undecodable);
+        for message in &bad {
+            warn!(message = message.id, error = %message.error, "a stored message cannot be decoded; it is set aside");
+            tx.execute(
+                "WITH m AS (DELETE FROM entities_messages WHERE id = $1 \
+                   RETURNING id, target, deliver_at, body) \
+                 INSERT INTO entities_set_aside (id, target, deliver_at, body, error, set_aside_at) \
+                 SELECT id, target, deliver_at, body, $2, $3 FROM m ON CONFLICT (id) DO NOTHING",
+                &[&int(message.id), &message.error, &int(now_millis())],
+            )
+            .await
+            .map_err(|e| pg_error("cannot set a message aside", e))?;
+        }
+        Ok(bad.len())
+    }
+
+    /// Claims the pending work of `parts`: every message, unscheduled or due by `until`.
+    pub(crate) async fn claim_partitions(
+        &self,
+        parts: &[u32],
+        until: (u64, MessageId),
+    ) -> Result<Recovery, StoreError> {
+        let mut conn = self.connection().await?;
+        let tx = conn.transaction().await.map_err(read_failed)?;
+        let owned = self.fenced_parts(&tx, parts).await?;
+        if owned.len() < parts.len() {
+            return Err(StoreError::of_kind(
+                StoreErrorKind::Fenced,
+                "this process no longer holds the partitions it recovers",
+            ));
+        }
+        tx.execute(
+            "UPDATE entities_messages SET fresh = false WHERE fresh AND part = ANY($1)",
+            &[&owned],
+        )
+        .await
+        .map_err(read_failed)?;
+        let found = tx
+            .query(
+                "SELECT id, target, deliver_at, body FROM entities_messages \
+                 WHERE part = ANY($1) AND (deliver_at IS NULL OR deliver_at < $2 \
+                   OR (deliver_at = $2 AND id <= $3)) ORDER BY seq",
+                &[&owned, &int(until.0), &int(until.1)],
+            )
+            .await
+            .map_err(read_failed)?;
+        let mut rows = MessageRows::default();
+        rows.extend(&found);
+        let set_aside = self.set_aside(&tx, &mut rows).await?;
+        tx.commit().await.map_err(read_failed)?;
+        Ok(Recovery {
+            messages: rows.messages,
+            max_message_id: self.first_id(),
+            set_aside,
+            partitions: Some(parts.to_vec()),
+        })
+    }
+
+    /// Claims messages stored for `parts` and not picked up yet.
+    pub(crate) async fn claim_arrivals(
+        &self,
+        parts: &[u32],
+        limit: usize,
+    ) -> Result<Vec<Message>, StoreError> {
+        let conn = self.connection().await?;
+        // Most polls find nothing: look before taking locks.
+        let parts_db = sorted_parts(parts);
+        let any = conn
+            .query_one(
+                "SELECT EXISTS (SELECT 1 FROM entities_messages WHERE fresh AND part = ANY($1))",
+                &[&parts_db],
+            )
+            .await
+            .map_err(read_failed)?
+            .get::<_, bool>(0);
+        if !any {
+            return Ok(Vec::new());
+        }
+        let mut conn = conn;
+        let tx = conn.transaction().await.map_err(read_failed)?;
+        let owned = self.fenced_parts(&tx, parts).await?;
+        let found = tx
+            .query(
+                "WITH c AS (SELECT id FROM entities_messages WHERE fresh AND part = ANY($1) \
+                   ORDER BY seq LIMIT $2 FOR UPDATE) \
+                 UPDATE entities_messages m SET fresh = false FROM c WHERE m.id = c.id \
+                 RETURNING m.id, m.target, m.deliver_at, m.body, m.seq",
+                &[&owned, &(limit as i64)],
+            )
+            .await
+            .map_err(read_failed)?;
+        let mut found = found;
+        found.sort_by_key(|row| row.get::<_, i64>(4));
+        let mut rows = MessageRows::default();
+        rows.extend(&found);
+        self.set_aside(&tx, &mut rows).await?;
+        tx.commit().await.map_err(read_failed)?;
+        Ok(rows.messages)
+    }
+
+    /// Scheduled messages after the cursor, in `parts` (all when `None`), claimed ones only
+    /// when restricted to partitions.
+    pub(crate) async fn scheduled(
+        &self,
+        parts: Option<&[u32]>,
+        after: (u64, MessageId),
+        until: u64,
+        limit: usize,
+    ) -> Result<Vec<Message>, StoreError> {
+        let all = parts.is_none();
+        let parts = sorted_parts(parts.unwrap_or(&[]));
+        let mut conn = self.connection().await?;
+        let found = conn
+            .query(
+                "SELECT id, target, deliver_at, body FROM entities_messages \
+                 WHERE deliver_at IS NOT NULL AND ($1 OR (part = ANY($2) AND NOT fresh)) \
+                   AND (deliver_at, id) > ($3, $4) AND deliver_at <= $5 \
+                 ORDER BY deliver_at, id LIMIT $6",
+                &[
+                    &all,
+                    &parts,
+                    &int(after.0),
+                    &int(after.1),
+                    &int(until),
+                    &(limit as i64),
+                ],
+            )
+            .await
+            .map_err(read_failed)?;
+        let mut rows = MessageRows::default();
+        rows.extend(&found);
+        if !rows.undecodable.is_empty() {
+            let tx = conn.transaction().await.map_err(read_failed)?;
+            self.set_aside(&tx, &mut rows).await?;
+            tx.commit().await.map_err(read_failed)?;
+        }
+        Ok(rows.messages)
+    }
+
+    pub(crate) async fn set_aside_messages(&self) -> Result<Vec<SetAsideMessage>, StoreError> {
+        let conn = self.connection().await?;
+        let rows = conn
+            .query(
+                "SELECT id, target, deliver_at, body, error, set_aside_at FROM entities_set_aside ORDER BY id",
+                &[],
+            )
+            .await
+            .map_err(read_failed)?;
+        Ok(rows
+            .iter()
+            .map(|row| SetAsideMessage {
+                id: row.get::<_, i64>(0) as u64,
+                target: rows::text(row.get::<_, &[u8]>(1)),
+                deliver_at: row.get::<_, Option<i64>>(2).map(|t| t as u64),
+                body: row.get(3),
+                error: row.get(4),
+                set_aside_at: row.get::<_, i64>(5) as u64,
+            })
+            .collect())
+    }
+
+    pub(crate) async fn load_entities(
+        &self,
+        ids: Vec<EntityId>,
+    ) -> Result<Vec<EntityRecord>, StoreError> {
+        if ids.is_empty() {
+            return Ok(Vec::new());
+        }
+        let names: Vec<&str> = ids.iter().map(|id| id.name()).collect();
+        let keys: Vec<&[u8]> = ids.iter().map(|id| id.key().as_bytes()).collect();
+        let conn = self.connection().await?;
+        let found = conn
+            .query(
+                "SELECT e.name, e.key, e.state, e.lock_owner, e.last_modified FROM entities_entities e \
+                 JOIN unnest($1::text[], $2::bytea[]) AS w(name, key) \
+                   ON e.name = w.name AND e.key = w.key",
+                &[&names, &keys],
+            )
+            .await
+            .map_err(read_failed)?;
+        let wanted: HashSet<&EntityId> = ids.iter().collect();
+        let mut records = Vec::with_capacity(found.len());
+        for row in &found {
+            let id = rows::entity_id(row)?;
+            if wanted.contains(&id) {
+                records.push(rows::entity(id, row, 2, None)?);
+            }
+        }
+        Ok(records)
+    }
+
+    pub(crate) async fn read_entity(
+        &self,
+        id: &EntityId,
+    ) -> Result<Option<EntityRecord>, StoreError> {
+        let conn = self.connection().await?;
+        let row = conn
+            .query_opt(
+                "SELECT state, lock_owner, last_modified, \
+                   (SELECT count(*) FROM entities_messages WHERE target = $3) \
+                 FROM entities_entities WHERE name = $1 AND key = $2",
+                &[
+                    &id.name(),
+                    &id.key().as_bytes(),
+                    &id.to_string().into_bytes(),
+                ],
+            )
+            .await
+            .map_err(read_failed)?;
+        row.map(|row| rows::entity(id.clone(), &row, 0, Some(3)))
+            .transpose()
+    }
+
+    pub(crate) async fn query_entities(
+        &self,
+        query: &EntityQuery,
+    ) -> Result<EntityRecordPage, StoreError> {
+        let (after_name, after_key) = match &query.continuation {
+            Some(token) => serde_json::from_str::<(String, String)>(token)
+                .map_err(|e| StoreError::with_source("invalid continuation token", e))?,
+            None => (String::new(), String::new()),
+        };
+        let first_page = query.continuation.is_none();
+        let name = query.name.as_ref().map(|n| n.to_lowercase());
+        let prefix = query.key_prefix.as_ref().map(|p| p.as_bytes().to_vec());
+        let page_size = query.page_size.max(1);
+        let conn = self.connection().await?;
+        let found = conn
+            .query(
+                "SELECT name, key, CASE WHEN $1 THEN state END, lock_owner, last_modified, \
+                   (SELECT count(*) FROM entities_messages m \
+                    WHERE m.target = convert_to('@' || e.name || '@', 'UTF8') || e.key) \
+                 FROM entities_entities e \
+                 WHERE ($2::text IS NULL OR name = $2) \
+                   AND ($3::bytea IS NULL OR substring(key FROM 1 FOR length($3)) = $3) \
+                   AND ($4 OR state IS NOT NULL) \
+                   AND ($5 OR (name, key) > ($6, $7)) \
+                 ORDER BY name, key LIMIT $8",
+                &[
+                    &query.include_state,
+                    &name,
+                    &prefix,
+                    &query.include_stateless,
+                    &first_page,
+                    &after_name,
+                    &after_key.as_bytes(),
+                    &(page_size as i64 + 1),
+                ],
+            )
+            .await
+            .map_err(read_failed)?;
+        let mut entities = Vec::with_capacity(found.len());
+        for row in &found {
+            let id = rows::entity_id(row)?;
+            entities.push(rows::entity(id, row, 2, Some(5))?);
+        }
+        let continuation = if entities.len() > page_size {
+            entities.truncate(page_size);
+            let last = entities.last().expect("page is not empty");
+            Some(serde_json::Value::from(vec![last.id.name(), last.id.key()]).to_string())
+        } else {
+            None
+        };
+        Ok(EntityRecordPage {
+            entities,
+            continuation,
+        })
+    }
+
+    pub(crate) async fn delete_empty_entities(&self) -> Result<u64, StoreError> {
+        let conn = self.connection().await?;
+        conn.execute(
+            "DELETE FROM entities_entities e WHERE state IS NULL AND lock_owner IS NULL \
+             AND NOT EXISTS (SELECT 1 FROM entities_messages m \
+               WHERE m.target = convert_to('@' || e.name || '@', 'UTF8') || e.key)",
+            &[],
+        )
+        .await
+        .map_err(|e| pg_error("cannot delete empty entities", e))
+    }
+
+    pub(crate) async fn read_instance(
+        &self,
+        id: &str,
+    ) -> Result<Option<InstanceRecord>, StoreError> {
+        let conn = self.connection().await?;
+        let row = conn
+            .query_opt(
+                &format!("SELECT {INSTANCE_COLUMNS} FROM entities_instances WHERE id = $1"),
+                &[&id.as_bytes()],
+            )
+            .await
+            .map_err(read_failed)?;
+        row.map(|row| rows::instance(&row)).transpose()
+    }
+
+    pub(crate) async fn read_history(
+        &self,
+        id: &str,
+    ) -> Result<Vec<serde_json::Value>, StoreError> {
+        let conn = self.connection().await?;
+        let found = conn
+            .query(
+                "SELECT seq, event FROM entities_history WHERE instance = $1 ORDER BY seq",
+                &[&id.as_bytes()],
+            )
+            .await
+            .map_err(read_failed)?;
+        found.iter().map(|row| rows::event(id, row)).collect()
+    }
+
+    pub(crate) async fn purge_instance(&self, id: &str) -> Result<bool, StoreError> {
+        let mut conn = self.connection().await?;
+        let failed = |e| pg_error("cannot purge the instance", e);
+        let tx = conn.transaction().await.map_err(failed)?;
+        tx.execute(
+            "DELETE FROM entities_history WHERE instance = $1",
+            &[&id.as_bytes()],
+        )
+        .await
+        .map_err(failed)?;
+        let deleted = tx
+            .execute(
+                "DELETE FROM entities_instances WHERE id = $1",
+                &[&id.as_bytes()],
+            )
+            .await
+            .map_err(failed)?;
+        tx.commit().await.map_err(failed)?;
+        Ok(deleted > 0)
+    }
+
+    pub(crate) async fn running_instances(&self) -> Result<Vec<InstanceRecord>, StoreError> {
+        let conn = self.connection().await?;
+        let found = conn
+            .query(
+                &format!(
+                    "SELECT {INSTANCE_COLUMNS} FROM entities_instances WHERE status = 'Running'"
+                ),
+                &[],
+            )
+            .await
+            .map_err(read_failed)?;
+        found.iter().map(rows::instance).collect()
+    }
+}

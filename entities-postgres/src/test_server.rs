@@ -1,0 +1,206 @@
+//! A private, throwaway PostgreSQL server for tests and benchmarks (feature `test-server`).
+//!
+//! [`TestServer::start`] runs `initdb` into a temporary directory and `pg_ctl start` on a free
+//! port of 127.0.0.1 with trust authentication; dropping it stops the server and removes the
+//! directory. PostgreSQL refuses to run as root: as root, the server runs as the `postgres`
+//! system user. With `ENTITIES_POSTGRES_URL` set, no server is started and databases are
+//! created on that server instead.
+
+use std::path::{Path, PathBuf};
+use std::process::Command;
+
+/// Why no server could be had.
+#[derive(Debug, thiserror::Error)]
+#[error("{0}")]
+pub struct Unavailable(String);
+
+/// A running private server (or the server of `ENTITIES_POSTGRES_URL`).
+#[derive(Debug)]
+pub struct TestServer {
+    /// `postgres://user@host:port` without a database.
+    base: String,
+    dir: Option<tempfile::TempDir>,
+    bin: PathBuf,
+    as_postgres: bool,
+}
+
+fn find_bin() -> Option<PathBuf> {
+    if let Ok(out) = Command::new("pg_config").arg("--bindir").output() {
+        let dir = PathBuf::from(String::from_utf8_lossy(&out.stdout).trim());
+        if dir.join("initdb").exists() {
+            return Some(dir);
+        }
+    }
+    let mut versions: Vec<PathBuf> = std::fs::read_dir("/usr/lib/postgresql")
+        .ok()?
+        .filter_map(|e| e.ok().map(|e| e.path().join("bin")))
+        .filter(|p| p.join("initdb").exists())
+        .collect();
+    versions.sort();
+    versions.pop()
+}
+
+fn is_root() -> bool {
+    Command::new("id")
+        .arg("-u")
+        .output()
+        .map(|o| String::from_utf8_lossy(&o.stdout).trim() == "0")
+        .unwrap_or(false)
+}
+
+impl TestServer {
+    /// Starts a server (or uses `ENTITIES_POSTGRES_URL`).
+    pub fn start() -> Result<Self, Unavailable> {
+        if let Ok(url) = std::env::var("ENTITIES_POSTGRES_URL") {
+            let base = url
+                .rsplit_once('/')
+                .map_or(url.clone(), |(b, _)| b.to_string());
+            return Ok(Self {
+                base,
+                dir: None,
+                bin: PathBuf::new(),
+                as_postgres: false,
+            });
+        }
+        let bin = find_bin().ok_or_else(|| {
+            Unavailable("no PostgreSQL server binaries (initdb) found; install the Debian package `postgresql` or set ENTITIES_POSTGRES_URL".into())
+        })?;
+        let as_postgres = is_root();
+        let dir = tempfile::Builder::new()
+            .prefix("entities-pg-")
+            .tempdir()
+            .map_err(|e| Unavailable(format!("cannot create a directory: {e}")))?;
+        let data = dir.path().join("data");
+        if as_postgres {
+            run(Command::new("chown")
+                .args(["postgres:postgres"])
+                .arg(dir.path()))?;
+        }
+        let port = std::net::TcpListener::bind("127.0.0.1:0")
+            .and_then(|l| l.local_addr())
+            .map_err(|e| Unavailable(format!("no free port: {e}")))?
+            .port();
+        let server = Self {
+            base: format!("postgres://postgres@127.0.0.1:{port}"),
+            dir: Some(dir),
+            bin,
+            as_postgres,
+        };
+        run(server
+            .pg("initdb")
+            .args([
+                "-A",
+                "trust",
+                "-U",
+                "postgres",
+                "--no-sync",
+                "-E",
+                "UTF8",
+                "-D",
+            ])
+            .arg(&data))?;
+        let options = format!(
+            "-p {port} -c listen_addresses=127.0.0.1 -k {} -c max_connections=300 -c fsync=on -c synchronous_commit=on",
+            server.socket_dir().display()
+        );
+        run(server
+            .pg("pg_ctl")
+            .args(["start", "-w", "-t", "60", "-D"])
+            .arg(&data)
+            .arg("-l")
+            .arg(server.socket_dir().join("log"))
+            .args(["-o", &options]))?;
+        Ok(server)
+    }
+
+    /// Starts a server, or returns `None` after printing one line saying why the caller
+    /// skips; with `ENTITIES_REQUIRE_ALL_TESTS=1` a missing server panics instead.
+    pub fn start_or_skip(what: &str) -> Option<Self> {
+        match Self::start() {
+            Ok(server) => Some(server),
+            Err(err) => {
+                if std::env::var("ENTITIES_REQUIRE_ALL_TESTS").is_ok_and(|v| v == "1") {
+                    panic!("{what}: PostgreSQL is required (ENTITIES_REQUIRE_ALL_TESTS=1): {err}");
+                }
+                eprintln!("SKIPPED {what}: {err}");
+                None
+            }
+        }
+    }
+
+    fn socket_dir(&self) -> &Path {
+        self.dir.as_ref().map_or(Path::new("/tmp"), |d| d.path())
+    }
+
+    fn pg(&self, tool: &str) -> Command {
+        let path = self.bin.join(tool);
+        if self.as_postgres {
+            let mut c = Command::new("runuser");
+            c.args(["-u", "postgres", "--"]).arg(path);
+            c
+        } else {
+            Command::new(path)
+        }
+    }
+
+    /// The URL of database `name` on this server.
+    pub fn url(&self, name: &str) -> String {
+        format!("{}/{name}", self.base)
+    }
+
+    /// Creates a new empty database and returns its URL.
+    pub async fn create_database(&self) -> Result<String, Unavailable> {
+        let name = format!("entities_{}", uuid_like());
+        let (client, connection) =
+            tokio_postgres::connect(&self.url("postgres"), tokio_postgres::NoTls)
+                .await
+                .map_err(|e| Unavailable(format!("cannot connect to the test server: {e}")))?;
+        tokio::spawn(connection);
+        client
+            .batch_execute(&format!("CREATE DATABASE {name}"))
+            .await
+            .map_err(|e| Unavailable(format!("cannot create a database: {e}")))?;
+        Ok(self.url(&name))
+    }
+}
+
+fn uuid_like() -> String {
+    use std::time::{SystemTime, UNIX_EPOCH};
+    static NEXT: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
+    let nanos = SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .unwrap_or_default()
+        .as_nanos();
+    format!(
+        "{}_{}_{}",
+        std::process::id(),
+        nanos % 1_000_000_000,
+        NEXT.fetch_add(1, std::sync::atomic::Ordering::Relaxed)
+    )
+}
+
+fn run(command: &mut Command) -> Result<(), Unavailable> {
+    let out = command
+        .output()
+        .map_err(|e| Unavailable(format!("cannot run {command:?}: {e}")))?;
+    if !out.status.success() {
+        return Err(Unavailable(format!(
+            "{command:?} failed: {}{}",
+            String::from_utf8_lossy(&out.stdout),
+            String::from_utf8_lossy(&out.stderr)
+        )));
+    }
+    Ok(())
+}
+
+impl Drop for TestServer {
+    fn drop(&mut self) {
+        if let Some(dir) = &self.dir {
+            let _ = self
+                .pg("pg_ctl")
+                .args(["stop", "-m", "immediate", "-w", "-D"])
+                .arg(dir.path().join("data"))
+                .output();
+        }
+    }
+}

@@ -1,0 +1,99 @@
+//! The runtime on PostgreSQL, in one test process: each runtime has its own store connection,
+//! so two runtimes here are two processes to the database (two nodes, sharing partitions).
+
+mod support;
+
+use std::time::Duration;
+
+use entities::prelude::*;
+use entities_postgres::test_server::TestServer;
+use entities_postgres::{PostgresOptions, PostgresStore};
+use support::{counter, state_of};
+
+fn options() -> PostgresOptions {
+    PostgresOptions {
+        partitions: 8,
+        lease: Duration::from_millis(1500),
+        ..Default::default()
+    }
+}
+
+async fn runtime(url: &str) -> Runtime {
+    let store = PostgresStore::connect_with(url, options()).await.unwrap();
+    Runtime::builder()
+        .store(store)
+        .entity_fn("Counter", counter)
+        .start()
+        .await
+        .unwrap()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn signals_and_calls_on_postgres() {
+    let Some(server) = TestServer::start_or_skip("signals_and_calls_on_postgres") else {
+        return;
+    };
+    let url = server.create_database().await.unwrap();
+    let rt = runtime(&url).await;
+    let client = rt.client();
+    for key in 0..20 {
+        let id = EntityId::new("Counter", format!("k{key}"));
+        client.signal_entity(&id, "add", &key).await.unwrap();
+        client.signal_entity(&id, "add", &1).await.unwrap();
+    }
+    for key in 0..20 {
+        let id = EntityId::new("Counter", format!("k{key}"));
+        let value: i64 = client.call_entity(&id, "get", &()).await.unwrap();
+        assert_eq!(value, key + 1);
+        assert_eq!(
+            state_of(&client, &id).await,
+            Some(serde_json::json!(key + 1))
+        );
+    }
+    rt.shutdown().await.unwrap();
+    // A new runtime (a new process to the database) finds the states.
+    let rt = runtime(&url).await;
+    let id = EntityId::new("Counter", "k7");
+    let value: i64 = rt.client().call_entity(&id, "get", &()).await.unwrap();
+    assert_eq!(value, 8);
+    rt.shutdown().await.unwrap();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn two_runtimes_share_partitions_and_calls_cross() {
+    let Some(server) = TestServer::start_or_skip("two_runtimes_share_partitions") else {
+        return;
+    };
+    let url = server.create_database().await.unwrap();
+    let a = runtime(&url).await;
+    let b = runtime(&url).await;
+    // Partitions spread: each holds some.
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
+    let (ca, cb) = (a.client(), b.client());
+    loop {
+        // Every call from either side is answered, whoever runs the entity.
+        for key in 0..16 {
+            let id = EntityId::new("Counter", format!("k{key}"));
+            ca.signal_entity(&id, "add", &1).await.unwrap();
+            cb.signal_entity(&id, "add", &1).await.unwrap();
+        }
+        if tokio::time::Instant::now() > deadline {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(200)).await;
+        if tokio::time::Instant::now() + Duration::from_secs(8) > deadline {
+            break;
+        }
+    }
+    let mut total_a = 0;
+    for key in 0..16 {
+        let id = EntityId::new("Counter", format!("k{key}"));
+        let from_a: i64 = ca.call_entity(&id, "get", &()).await.unwrap();
+        let from_b: i64 = cb.call_entity(&id, "get", &()).await.unwrap();
+        assert!(from_b >= from_a);
+        total_a += from_a;
+    }
+    assert!(total_a > 0);
+    a.shutdown().await.unwrap();
+    b.shutdown().await.unwrap();
+}
