@@ -8,6 +8,7 @@ use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
 use entities::prelude::*;
+use entities::Store;
 use entities_postgres::test_server::TestServer;
 use entities_postgres::{PostgresOptions, PostgresStore};
 use serde::{Deserialize, Serialize};
@@ -154,7 +155,13 @@ fn spawn_child(
 ) -> Proc {
     let log = dir.join(format!("{name}.log"));
     let mut child = Command::new(std::env::current_exe().unwrap())
-        .args([test, "--exact", "--ignored", "--nocapture", "--test-threads=1"])
+        .args([
+            test,
+            "--exact",
+            "--ignored",
+            "--nocapture",
+            "--test-threads=1",
+        ])
         .envs(env.iter().map(|(k, v)| (*k, v.clone())))
         .env(URL_ENV, url)
         .env(NAME_ENV, name)
@@ -229,7 +236,9 @@ fn tail(path: &std::path::Path) -> String {
 
 /// Owners of the partitions, from the lease table.
 async fn owners(url: &str) -> Vec<Option<i64>> {
-    let (client, conn) = tokio_postgres::connect(url, tokio_postgres::NoTls).await.unwrap();
+    let (client, conn) = tokio_postgres::connect(url, tokio_postgres::NoTls)
+        .await
+        .unwrap();
     tokio::spawn(conn);
     client
         .query(
@@ -245,7 +254,9 @@ async fn owners(url: &str) -> Vec<Option<i64>> {
 
 /// Nodes that hold an unexpired lease.
 async fn live_owners(url: &str) -> std::collections::BTreeSet<i64> {
-    let (client, conn) = tokio_postgres::connect(url, tokio_postgres::NoTls).await.unwrap();
+    let (client, conn) = tokio_postgres::connect(url, tokio_postgres::NoTls)
+        .await
+        .unwrap();
     tokio::spawn(conn);
     client
         .query(
@@ -260,10 +271,15 @@ async fn live_owners(url: &str) -> std::collections::BTreeSet<i64> {
 }
 
 async fn node_count(url: &str) -> i64 {
-    let (client, conn) = tokio_postgres::connect(url, tokio_postgres::NoTls).await.unwrap();
+    let (client, conn) = tokio_postgres::connect(url, tokio_postgres::NoTls)
+        .await
+        .unwrap();
     tokio::spawn(conn);
     client
-        .query_one("SELECT count(*) FROM entities_leases WHERE owner IS NOT NULL AND expires_at > now()", &[])
+        .query_one(
+            "SELECT count(*) FROM entities_leases WHERE owner IS NOT NULL AND expires_at > now()",
+            &[],
+        )
         .await
         .unwrap()
         .get(0)
@@ -284,12 +300,12 @@ async fn check_audit(url: &str, acked: &HashMap<String, Vec<u64>>) {
                 applied.extend(seen);
             }
         }
-        let mut missing = 0;
+        let mut missing = Vec::new();
         for (stream, ns) in acked {
             let got = applied.get(stream).cloned().unwrap_or_default();
             for n in ns {
                 if !got.contains(n) {
-                    missing += 1;
+                    missing.push((stream.clone(), *n));
                 }
             }
         }
@@ -303,15 +319,38 @@ async fn check_audit(url: &str, acked: &HashMap<String, Vec<u64>>) {
                 );
             }
         }
-        if missing == 0 {
+        if missing.is_empty() {
             let total: usize = acked.values().map(Vec::len).sum();
             assert!(total > 0);
             println!("audit: {total} acknowledged signals, every one applied once, in order");
             return;
         }
+        if Instant::now() >= deadline {
+            let (client, conn) = tokio_postgres::connect(url, tokio_postgres::NoTls)
+                .await
+                .unwrap();
+            tokio::spawn(conn);
+            for row in client
+                .query("SELECT id, part, fresh, convert_from(target, 'UTF8'), body FROM entities_messages ORDER BY seq", &[])
+                .await
+                .unwrap()
+            {
+                println!(
+                    "left: id {} part {} fresh {} {} {}",
+                    row.get::<_, i64>(0),
+                    row.get::<_, i32>(1),
+                    row.get::<_, bool>(2),
+                    row.get::<_, String>(3),
+                    row.get::<_, String>(4)
+                );
+            }
+            println!("owners: {:?}", owners(url).await);
+        }
         assert!(
             Instant::now() < deadline,
-            "{missing} acknowledged signals never applied"
+            "{} acknowledged signals never applied: {:?}",
+            missing.len(),
+            &missing[..missing.len().min(10)]
         );
         tokio::time::sleep(Duration::from_millis(300)).await;
     }
@@ -328,9 +367,10 @@ async fn three_processes(fault: Fault, what: &str) {
     };
     let url = server.create_database().await.unwrap();
     let dir = tempfile::tempdir().unwrap();
+    let dir = dir.path();
     let mut acked = HashMap::new();
     let procs: Vec<Proc> = (0..3)
-        .map(|i| spawn(&url, &format!("p{i}"), 200, dir.path()))
+        .map(|i| spawn(&url, &format!("p{i}"), 200, dir))
         .collect();
     for p in &procs {
         p.until("started", &mut acked, Duration::from_secs(30));
@@ -338,7 +378,11 @@ async fn three_processes(fault: Fault, what: &str) {
     // Partitions spread over the three.
     let deadline = Instant::now() + Duration::from_secs(15);
     while live_owners(&url).await.len() < 3 {
-        assert!(Instant::now() < deadline, "partitions never spread: {:?}", owners(&url).await);
+        assert!(
+            Instant::now() < deadline,
+            "partitions never spread: {:?}",
+            owners(&url).await
+        );
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
     tokio::time::sleep(Duration::from_millis(400)).await;
@@ -374,7 +418,10 @@ async fn three_processes(fault: Fault, what: &str) {
         // It rejoined: the partitions spread over three again.
         let deadline = Instant::now() + Duration::from_secs(15);
         while live_owners(&url).await.len() < 3 {
-            assert!(Instant::now() < deadline, "the stopped process did not rejoin");
+            assert!(
+                Instant::now() < deadline,
+                "the stopped process did not rejoin"
+            );
             tokio::time::sleep(Duration::from_millis(100)).await;
         }
     } else {
@@ -470,9 +517,13 @@ async fn pg_bank_child() {
     let runtime = start_bank(&url).await;
     let client = runtime.client();
     println!("started");
-    let mut seed = name.bytes().fold(7u64, |h, b| h.wrapping_mul(31).wrapping_add(u64::from(b)));
+    let mut seed = name
+        .bytes()
+        .fold(7u64, |h, b| h.wrapping_mul(31).wrapping_add(u64::from(b)));
     for _ in 0..count {
-        seed = seed.wrapping_mul(6364136223846793005).wrapping_add(1442695040888963407);
+        seed = seed
+            .wrapping_mul(6364136223846793005)
+            .wrapping_add(1442695040888963407);
         let from = (seed >> 33) % ACCOUNTS;
         let to = (from + 1 + (seed >> 40) % (ACCOUNTS - 1)) % ACCOUNTS;
         let t = Transfer {
@@ -510,7 +561,12 @@ async fn bank_transfers_across_processes_survive_a_kill() {
                 .unwrap();
         }
         for a in 0..ACCOUNTS {
-            let b = rt.client().call::<Account>(format!("acct{a}")).balance().await.unwrap();
+            let b = rt
+                .client()
+                .call::<Account>(format!("acct{a}"))
+                .balance()
+                .await
+                .unwrap();
             assert_eq!(b, OPENING);
         }
         rt.shutdown().await.unwrap();
@@ -525,7 +581,10 @@ async fn bank_transfers_across_processes_survive_a_kill() {
     let mut started: Vec<String> = Vec::new();
     let take = |p: &Proc, started: &mut Vec<String>, until: Option<&str>| {
         let deadline = Instant::now() + Duration::from_secs(120);
-        while let Ok(line) = p.acks.recv_timeout(deadline.saturating_duration_since(Instant::now())) {
+        while let Ok(line) = p
+            .acks
+            .recv_timeout(deadline.saturating_duration_since(Instant::now()))
+        {
             if let Some(id) = line.strip_prefix("transfer ") {
                 started.push(id.to_string());
             }
@@ -533,7 +592,11 @@ async fn bank_transfers_across_processes_survive_a_kill() {
                 return;
             }
         }
-        assert!(until.is_none(), "no `{until:?}` in time; log:\n{}", tail(&p.log));
+        assert!(
+            until.is_none(),
+            "no `{until:?}` in time; log:\n{}",
+            tail(&p.log)
+        );
     };
     // Kill one once transfers are under way.
     let deadline = Instant::now() + Duration::from_secs(30);
@@ -574,7 +637,10 @@ async fn bank_transfers_across_processes_survive_a_kill() {
         total += balance;
     }
     assert_eq!(total, OPENING * ACCOUNTS as i64, "money is conserved");
-    println!("{} transfers ended, money conserved, no lock left", started.len());
+    println!(
+        "{} transfers ended, money conserved, no lock left",
+        started.len()
+    );
     for mut p in procs {
         drop(p.child.stdin.take());
         let _ = p.child.wait();
@@ -593,7 +659,10 @@ async fn partitions_spread_and_move_at_graceful_shutdown() {
     let mut acked = HashMap::new();
     let first = spawn_child("pg_child", &url, "r0", 5, dir.path(), &env);
     first.until("done", &mut acked, Duration::from_secs(60));
-    assert_eq!(owners(&url).await.iter().flatten().count(), PARTITIONS as usize);
+    assert_eq!(
+        owners(&url).await.iter().flatten().count(),
+        PARTITIONS as usize
+    );
     assert_eq!(live_owners(&url).await.len(), 1);
     let mut others: Vec<Proc> = (1..3)
         .map(|i| spawn_child("pg_child", &url, &format!("r{i}"), 5, dir.path(), &env))
@@ -619,7 +688,11 @@ async fn partitions_spread_and_move_at_graceful_shutdown() {
     let mut leaving = others.pop().unwrap();
     drop(leaving.child.stdin.take());
     let stopped = Instant::now();
-    assert!(leaving.child.wait().unwrap().success(), "{}", tail(&leaving.log));
+    assert!(
+        leaving.child.wait().unwrap().success(),
+        "{}",
+        tail(&leaving.log)
+    );
     loop {
         let live = live_owners(&url).await;
         if live.len() == 2 && node_count(&url).await == i64::from(PARTITIONS) {

@@ -36,7 +36,7 @@ pub(crate) fn share(count: u32, members: usize, index: usize) -> usize {
 impl Inner {
     /// One round: keeps membership, renews leases (reporting the lost ones), and takes or
     /// hands over partitions towards this process's share.
-    pub(crate) async fn sync_leases(&self) -> Result<(), StoreError> {
+    pub(crate) async fn sync_leases(self: &Arc<Self>) -> Result<(), StoreError> {
         let _round = self.lease_round.lock().await;
         let failed = |e| pg_error("lease renewal failed", e);
         let lease = ms(self.options.lease);
@@ -49,11 +49,20 @@ impl Inner {
         )
         .await
         .map_err(failed)?;
+        // Only the partitions held are renewed: one given up here but not in the database
+        // (a failed hand-over) expires and is taken again.
+        let held_now: Vec<i32> = self
+            .held
+            .lock()
+            .expect("held")
+            .keys()
+            .map(|p| *p as i32)
+            .collect();
         let renewed = conn
             .query(
                 "UPDATE entities_leases SET expires_at = now() + $2::bigint * interval '1 millisecond' \
-                 WHERE owner = $1 RETURNING part, epoch",
-                &[&self.node, &lease],
+                 WHERE owner = $1 AND part = ANY($3) RETURNING part, epoch",
+                &[&self.node, &lease, &held_now],
             )
             .await
             .map_err(failed)?;
@@ -102,36 +111,56 @@ impl Inner {
         drop(conn);
         let index = members.iter().position(|n| *n == self.node).unwrap_or(0);
         let target = share(self.count, members.len(), index);
-        let holding = self.held.lock().expect("held").len();
+        let holding =
+            self.held.lock().expect("held").len() - self.releasing.lock().expect("releasing").len();
         if holding > target {
-            self.hand_over(holding - target).await?;
+            self.hand_over(holding - target);
         } else if holding < target {
             self.take(target - holding).await?;
         }
         Ok(())
     }
 
-    /// Hands `n` partitions over: the runtime first stores what it holds of them.
-    async fn hand_over(&self, n: usize) -> Result<(), StoreError> {
+    /// Hands `n` partitions over: the runtime first stores what it holds of them and
+    /// answers; only then are they given up. The round does not wait for the runtime (leases
+    /// keep being renewed meanwhile, the partitions included).
+    fn hand_over(self: &Arc<Self>, n: usize) {
         let parts: Vec<u32> = {
             let held = self.held.lock().expect("held");
-            held.keys().rev().take(n).copied().collect()
+            let mut releasing = self.releasing.lock().expect("releasing");
+            let parts: Vec<u32> = held
+                .keys()
+                .rev()
+                .filter(|p| !releasing.contains(p))
+                .take(n)
+                .copied()
+                .collect();
+            releasing.extend(parts.iter().copied());
+            parts
         };
+        if parts.is_empty() {
+            return;
+        }
         let (tx, rx) = oneshot::channel();
-        if self
+        let sent = self
             .events
             .send(OwnershipEvent::Release(parts.clone(), tx))
-            .is_err()
-        {
-            return Ok(());
-        }
-        if tokio::time::timeout(self.options.lease, rx).await.is_err() {
-            warn!(partitions = ?parts, "the runtime did not release partitions in time; keeping them");
-            return Ok(());
-        }
-        self.release(&parts).await?;
-        info!(partitions = ?parts, "handed partitions over");
-        Ok(())
+            .is_ok();
+        let inner = self.clone();
+        tokio::spawn(async move {
+            if sent && rx.await.is_ok() {
+                match inner.release(&parts).await {
+                    Ok(()) => info!(partitions = ?parts, "handed partitions over"),
+                    Err(err) => {
+                        warn!(error = %err, partitions = ?parts, "could not hand partitions over")
+                    }
+                }
+            }
+            let mut releasing = inner.releasing.lock().expect("releasing");
+            for p in &parts {
+                releasing.remove(p);
+            }
+        });
     }
 
     /// Gives up `parts` in the database (after the runtime let go of them).
@@ -147,6 +176,12 @@ impl Inner {
         }
         let mut conn = self.connection().await?;
         let tx = conn.transaction().await.map_err(failed)?;
+        tx.batch_execute(&format!(
+            "SET LOCAL lock_timeout = {}",
+            ms(self.options.lease / 4).max(50)
+        ))
+        .await
+        .map_err(failed)?;
         tx.execute(
             "SELECT pg_advisory_xact_lock($1, p) FROM unnest($2::int[]) p",
             &[&LOCK_CLASS, &sorted],
@@ -173,6 +208,15 @@ impl Inner {
         let lease = ms(self.options.lease);
         let mut conn = self.connection().await?;
         let tx = conn.transaction().await.map_err(failed)?;
+        // The previous owner's commits under way hold the partitions' locks shared; one
+        // that does not finish (a stopped process) is ended by the server, meanwhile this
+        // round gives up and tries again.
+        tx.batch_execute(&format!(
+            "SET LOCAL lock_timeout = {}",
+            ms(self.options.lease / 4).max(50)
+        ))
+        .await
+        .map_err(failed)?;
         let free: Vec<i32> = tx
             .query(
                 "SELECT part FROM entities_leases \

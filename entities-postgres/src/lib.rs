@@ -125,6 +125,8 @@ pub(crate) struct Inner {
     pub(crate) options: PostgresOptions,
     /// Partitions held and their epochs.
     pub(crate) held: Mutex<Held>,
+    /// Partitions being handed over (held until the runtime let go of them).
+    pub(crate) releasing: Mutex<BTreeSet<u32>>,
     pub(crate) events: mpsc::UnboundedSender<OwnershipEvent>,
     events_rx: Mutex<Option<mpsc::UnboundedReceiver<OwnershipEvent>>>,
     /// Arrivals or replies may be waiting.
@@ -165,7 +167,15 @@ impl PostgresStore {
     /// Connects with `options`, creating or migrating the schema (safe when several processes
     /// connect at once).
     pub async fn connect_with(url: &str, options: PostgresOptions) -> Result<Self, Error> {
-        let config: tokio_postgres::Config = url.parse().map_err(Error::Url)?;
+        let mut config: tokio_postgres::Config = url.parse().map_err(Error::Url)?;
+        // A process that stops (SIGSTOP, a long pause) inside a transaction must not keep
+        // its locks: the server ends such a session, rolls its transaction back, and the
+        // partitions can be taken over.
+        let idle = (options.lease / 4)
+            .max(Duration::from_millis(100))
+            .as_millis();
+        let existing = config.get_options().unwrap_or("").to_string();
+        config.options(format!("{existing} -c idle_in_transaction_session_timeout={idle}").trim());
         if options.partitions == 0 || options.partitions > 4096 {
             return Err(StoreError::new("`partitions` must be between 1 and 4096").into());
         }
@@ -198,6 +208,7 @@ impl PostgresStore {
             count,
             options,
             held: Mutex::new(Held::new()),
+            releasing: Mutex::new(BTreeSet::new()),
             events,
             events_rx: Mutex::new(Some(events_rx)),
             hint: Arc::new(Notify::new()),

@@ -218,11 +218,19 @@ async fn commit(inner: &Inner, batches: &[Batch]) -> Result<bool, StoreError> {
             )
             .await
             .map_err(failed)?;
-        for row in rows {
+        for row in &rows {
             let part = row.get::<_, i32>(0) as u32;
             if !verified.contains(&part) {
                 return Err(fenced(format!("consuming a message of partition {part}")));
             }
+        }
+        // A message consumed already was consumed by the partition's new owner: this
+        // process ran it from a stale memory.
+        if rows.len() < consumed.len() {
+            return Err(fenced(format!(
+                "{} of the messages consumed were consumed elsewhere",
+                consumed.len() - rows.len()
+            )));
         }
     }
 

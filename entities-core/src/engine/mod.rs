@@ -510,6 +510,12 @@ impl Engine {
                 if new.is_empty() {
                     return Ok(());
                 }
+                // Messages this process sent to the new partitions as another's are stored
+                // first, so that the recovery below returns them before any sent from now on.
+                while !self.commits.is_empty() {
+                    let done = self.commits.next().await;
+                    self.committed(done)?;
+                }
                 self.poll_remote().await?;
                 let recovery = store.recover_partitions(&new, self.timers.cursor()).await?;
                 self.ownership.add(&new);
