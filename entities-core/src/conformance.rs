@@ -4,8 +4,17 @@
 //!
 //! Enable the `conformance` feature of `entities-core` in the store crate's dev-dependencies,
 //! then, in a test file, pass the macro an expression that gives a future of a fresh, empty
-//! store (or of a `(store, guard)` pair, the guard kept alive as long as the store is used,
-//! such as a temporary directory):
+//! store:
+//!
+//! ```
+//! use entities_core::MemoryStore;
+//!
+//! entities_core::store_conformance_tests!(async { MemoryStore::new() });
+//! # fn main() {}
+//! ```
+//!
+//! or of a `(store, guard)` pair, the guard kept alive as long as the store is used, such as a
+//! temporary directory (from `entities-sqlite/tests/conformance.rs`):
 //!
 //! ```ignore
 //! async fn temp_store() -> (SqliteStore, tempfile::TempDir) {
@@ -383,7 +392,11 @@ pub async fn a_conflicting_batch_applies_nothing(store: &dyn Store) {
 
     assert_eq!(state(store, &k).await, Some(Some(json!(1))));
     assert_eq!(state(store, &counter("new")).await, None);
-    assert_eq!(stored_ids(store).await, [1], "no message consumed or stored");
+    assert_eq!(
+        stored_ids(store).await,
+        [1],
+        "no message consumed or stored"
+    );
     let record = store.read_instance("o").await.expect("read_instance");
     assert_eq!(record, Some(instance("o", RuntimeStatus::Running)));
     assert_eq!(
@@ -392,7 +405,11 @@ pub async fn a_conflicting_batch_applies_nothing(store: &dyn Store) {
     );
     for id in ["p", "q"] {
         assert_eq!(store.read_instance(id).await.expect("read_instance"), None);
-        assert!(store.read_history(id).await.expect("read_history").is_empty());
+        assert!(store
+            .read_history(id)
+            .await
+            .expect("read_history")
+            .is_empty());
     }
     let record = store.read_entity(&k).await.expect("read_entity").unwrap();
     assert_eq!(record.pending_messages, 1);
@@ -403,11 +420,16 @@ pub async fn a_conflicting_batch_applies_nothing(store: &dyn Store) {
 /// before `resume` is refused, one queued after it is accepted, even before `resume` is
 /// awaited.
 pub async fn a_failed_commit_refuses_later_batches_until_resume(store: &dyn Store) {
-    commit(store, produce(vec![signal(1, "k", None)])).await;
+    commit(
+        store,
+        produce(vec![signal(1, "k", None), signal(10, "k", None)]),
+    )
+    .await;
 
     // Queued together: the bad batch, then a good one that may build on it.
     let bad = store.commit(Batch {
         entities: vec![entity(counter("x"), Some(json!(1)))],
+        consumed: vec![10],
         produced: vec![signal(2, "k", None), signal(1, "k", None)],
         ..Batch::default()
     });
@@ -418,7 +440,10 @@ pub async fn a_failed_commit_refuses_later_batches_until_resume(store: &dyn Stor
     });
     let (bad, later) = futures::join!(bad, later);
     let bad = bad.expect_err("storing message 1 twice must fail");
-    assert!(!bad.is_conflict(), "a duplicate message is no conflict: {bad}");
+    assert!(
+        !bad.is_conflict(),
+        "a duplicate message is no conflict: {bad}"
+    );
     assert_ne!(bad.kind(), StoreErrorKind::Closed, "{bad}");
     later.expect_err("a batch queued after a failed one must fail");
     store
@@ -426,7 +451,11 @@ pub async fn a_failed_commit_refuses_later_batches_until_resume(store: &dyn Stor
         .await
         .expect_err("every batch is refused until resume");
 
-    assert_eq!(stored_ids(store).await, [1], "nothing of the refused batches");
+    assert_eq!(
+        stored_ids(store).await,
+        [1, 10],
+        "nothing of the refused batches"
+    );
     assert_eq!(state(store, &counter("x")).await, None);
     assert_eq!(state(store, &counter("y")).await, None);
 
@@ -436,12 +465,14 @@ pub async fn a_failed_commit_refuses_later_batches_until_resume(store: &dyn Stor
     refused
         .await
         .expect_err("a batch queued before resume is refused");
-    resumed.await.expect("resume succeeds on a store that works");
+    resumed
+        .await
+        .expect("resume succeeds on a store that works");
     accepted
         .await
         .expect("a batch queued after resume is accepted");
     commit(store, write(vec![entity(counter("y"), Some(json!(2)))])).await;
-    assert_eq!(stored_ids(store).await, [1, 6]);
+    assert_eq!(stored_ids(store).await, [1, 6, 10]);
     assert_eq!(state(store, &counter("y")).await, Some(Some(json!(2))));
 
     store
@@ -449,7 +480,7 @@ pub async fn a_failed_commit_refuses_later_batches_until_resume(store: &dyn Stor
         .await
         .expect("resume succeeds when nothing failed");
     commit(store, produce(vec![signal(7, "k", None)])).await;
-    assert_eq!(stored_ids(store).await, [1, 6, 7]);
+    assert_eq!(stored_ids(store).await, [1, 6, 7, 10]);
 }
 
 /// A conflict fails only its own batch: the batches queued before and after it commit, and
@@ -488,7 +519,10 @@ pub async fn a_conflict_fails_only_its_own_batch(store: &dyn Store) {
 pub async fn a_closed_store_refuses_writes(store: &dyn Store) {
     let k = counter("k");
     let mut setup = create("o", vec![json!("e0")]);
-    setup.entities = vec![entity(k.clone(), Some(json!(1))), entity(counter("e"), None)];
+    setup.entities = vec![
+        entity(k.clone(), Some(json!(1))),
+        entity(counter("e"), None),
+    ];
     commit(store, setup).await;
     store.close();
 
@@ -497,7 +531,10 @@ pub async fn a_closed_store_refuses_writes(store: &dyn Store) {
         .await
         .expect_err("a closed store refuses commits");
     assert_eq!(err.kind(), StoreErrorKind::Closed, "{err}");
-    let err = store.resume().await.expect_err("a closed store cannot resume");
+    let err = store
+        .resume()
+        .await
+        .expect_err("a closed store cannot resume");
     assert_eq!(err.kind(), StoreErrorKind::Closed, "{err}");
     let err = store
         .commit(produce(vec![signal(1, "k", None)]))
@@ -546,7 +583,10 @@ pub async fn reads_see_whole_committed_batches(store: &dyn Store) {
         let committing = store.commit(round_batch(round));
         let reading = async {
             for _ in 0..4 {
-                let records = store.load_entities(ids.clone()).await.expect("load_entities");
+                let records = store
+                    .load_entities(ids.clone())
+                    .await
+                    .expect("load_entities");
                 assert_eq!(records.len(), ids.len());
                 let first = records[0].state.clone();
                 assert!(
@@ -555,18 +595,30 @@ pub async fn reads_see_whole_committed_batches(store: &dyn Store) {
                     records.iter().map(|r| r.state.clone()).collect::<Vec<_>>()
                 );
                 let messages = stored_ids(store).await;
-                assert_eq!(messages.len(), 1, "a read saw part of a batch: {messages:?}");
+                assert_eq!(
+                    messages.len(),
+                    1,
+                    "a read saw part of a batch: {messages:?}"
+                );
                 tokio::task::yield_now().await;
             }
         };
         let (committed, ()) = futures::join!(committing, reading);
         committed.expect("a round commits");
         // Once the commit has resolved, every read sees it.
-        let records = store.load_entities(ids.clone()).await.expect("load_entities");
+        let records = store
+            .load_entities(ids.clone())
+            .await
+            .expect("load_entities");
         assert!(records.iter().all(|r| r.state == Some(json!(round))));
         assert_eq!(stored_ids(store).await, [round + 1]);
         assert_eq!(
-            store.read_entity(&ids[0]).await.expect("read_entity").unwrap().pending_messages,
+            store
+                .read_entity(&ids[0])
+                .await
+                .expect("read_entity")
+                .unwrap()
+                .pending_messages,
             1
         );
     }
@@ -645,9 +697,7 @@ pub async fn entities_are_written_and_read_back(store: &dyn Store) {
 /// and states left out when asked, pending messages counted, pages chained by continuation
 /// tokens (a full last page has none), a page size of 0 taken as 1, a bad token refused.
 pub async fn entity_queries_filter_and_page(store: &dyn Store) {
-    let stateful = [
-        "a", "a\0", "a\0b", "a\u{1}", "ab", "b", "z", "é", "éa", "A",
-    ];
+    let stateful = ["a", "a\0", "a\0b", "a\u{1}", "ab", "b", "z", "é", "éa", "A"];
     let mut records: Vec<EntityRecord> = stateful
         .iter()
         .enumerate()
@@ -682,7 +732,10 @@ pub async fn entity_queries_filter_and_page(store: &dyn Store) {
         continuation: None,
     };
     let keys = |page: &crate::store::EntityRecordPage| -> Vec<String> {
-        page.entities.iter().map(|e| e.id.key().to_string()).collect()
+        page.entities
+            .iter()
+            .map(|e| e.id.key().to_string())
+            .collect()
     };
     let run = |q: EntityQuery| async move { store.query_entities(&q).await.expect("query") };
 
@@ -717,10 +770,7 @@ pub async fn entity_queries_filter_and_page(store: &dyn Store) {
         "stateless entities too"
     );
     let waiting = &page.entities[6];
-    assert_eq!(
-        (waiting.state.clone(), waiting.pending_messages),
-        (None, 2)
-    );
+    assert_eq!((waiting.state.clone(), waiting.pending_messages), (None, 2));
     assert_eq!(page.entities[5].lock_owner.as_deref(), Some("o"));
 
     let names: Vec<String> = run(query(None, Some("a"), false))
@@ -730,7 +780,11 @@ pub async fn entity_queries_filter_and_page(store: &dyn Store) {
         .filter(|e| e.id.key() == "a")
         .map(|e| e.id.name().to_string())
         .collect();
-    assert_eq!(names, ["account", "counter", "other"], "ordered by name first");
+    assert_eq!(
+        names,
+        ["account", "counter", "other"],
+        "ordered by name first"
+    );
 
     let with_prefix = |prefix: &'static str| async move {
         keys(&run(query(Some("Counter"), Some(prefix), true)).await)
@@ -797,7 +851,10 @@ pub async fn entity_queries_filter_and_page(store: &dyn Store) {
     q.page_size = 2;
     let page = run(q).await;
     assert_eq!(keys(&page), ["a\0", "a\0b"]);
-    assert_eq!(page.continuation, None, "a full last page has no continuation");
+    assert_eq!(
+        page.continuation, None,
+        "a full last page has no continuation"
+    );
 
     let mut q = query(Some("counter"), None, false);
     q.page_size = 0;
@@ -812,7 +869,10 @@ pub async fn entity_queries_filter_and_page(store: &dyn Store) {
         .await
         .expect_err("a bad continuation token is refused");
 
-    assert!(run(query(Some("missing"), None, true)).await.entities.is_empty());
+    assert!(run(query(Some("missing"), None, true))
+        .await
+        .entities
+        .is_empty());
 }
 
 /// `delete_empty_entities` removes the entities with no state, no lock and no pending
@@ -848,7 +908,10 @@ pub async fn delete_empty_entities_removes_only_empty_rows(store: &dyn Store) {
         assert_eq!(state(store, &counter(key)).await, None, "{key} is deleted");
     }
     assert_eq!(state(store, &counter("full")).await, Some(Some(json!(1))));
-    assert_eq!(state(store, &counter("falsy")).await, Some(Some(json!(null))));
+    assert_eq!(
+        state(store, &counter("falsy")).await,
+        Some(Some(json!(null)))
+    );
     for key in ["locked", "waiting", "scheduled"] {
         assert_eq!(state(store, &counter(key)).await, Some(None), "{key} stays");
     }
@@ -903,7 +966,10 @@ pub async fn instances_are_created_updated_and_read_back(store: &dyn Store) {
         store.read_instance("sub").await.expect("read_instance"),
         Some(failed)
     );
-    assert_eq!(store.read_history("sub").await.expect("history"), [json!(1)]);
+    assert_eq!(
+        store.read_history("sub").await.expect("history"),
+        [json!(1)]
+    );
     assert_eq!(store.read_instance("O").await.expect("read_instance"), None);
 }
 
@@ -923,7 +989,12 @@ pub async fn histories_append_across_commits(store: &dyn Store) {
     commit(
         store,
         Batch {
-            instances: vec![instance_write(running.clone(), 2, vec![events[2].clone()], false)],
+            instances: vec![instance_write(
+                running.clone(),
+                2,
+                vec![events[2].clone()],
+                false,
+            )],
             ..Batch::default()
         },
     )
@@ -973,8 +1044,15 @@ pub async fn purge_removes_an_instance_and_its_history(store: &dyn Store) {
 
     assert!(store.purge_instance("o").await.expect("purge"));
     assert_eq!(store.read_instance("o").await.expect("read_instance"), None);
-    assert!(store.read_history("o").await.expect("read_history").is_empty());
-    assert!(!store.purge_instance("o").await.expect("purge"), "gone already");
+    assert!(store
+        .read_history("o")
+        .await
+        .expect("read_history")
+        .is_empty());
+    assert!(
+        !store.purge_instance("o").await.expect("purge"),
+        "gone already"
+    );
     assert!(!store.purge_instance("nope").await.expect("purge"));
     assert_eq!(running_ids(store).await, ["p"]);
     assert_eq!(
@@ -1068,7 +1146,10 @@ pub async fn recovery_returns_due_messages_in_id_order(store: &dyn Store) {
     assert_eq!(ids(&due.messages), [2, 3, 5, 6, 7]);
     assert_eq!(due.max_message_id, 9, "counts messages after the horizon");
     assert_eq!(due.set_aside, 0);
-    assert_eq!(ids(&store.recover(149).await.unwrap().messages), [2, 5, 6, 7]);
+    assert_eq!(
+        ids(&store.recover(149).await.unwrap().messages),
+        [2, 5, 6, 7]
+    );
     assert_eq!(ids(&store.recover(99).await.unwrap().messages), [5, 6, 7]);
     assert_eq!(ids(&store.recover(0).await.unwrap().messages), [5, 6, 7]);
     let everything = store.recover(u64::MAX).await.expect("recover");
@@ -1112,10 +1193,21 @@ pub async fn scheduled_messages_page_by_time_then_id(store: &dyn Store) {
     assert_eq!(page((20, 4), 1000, 2).await, [9, 5]);
     assert_eq!(page((30, 5), 1000, 2).await, [6]);
     assert_eq!(page((40, 6), 1000, 2).await, Vec::<MessageId>::new());
-    assert_eq!(page((0, 0), 20, 10).await, [1, 8, 2, 3, 4, 9], "until is inclusive");
+    assert_eq!(
+        page((0, 0), 20, 10).await,
+        [1, 8, 2, 3, 4, 9],
+        "until is inclusive"
+    );
     assert_eq!(page((20, 3), 30, 10).await, [4, 9, 5]);
-    assert_eq!(page((10, MessageId::MAX), 1000, 10).await, [8, 2, 3, 4, 9, 5, 6]);
-    assert_eq!(page((10, 0), 1000, 1).await, [1], "the cursor's time, a later id");
+    assert_eq!(
+        page((10, MessageId::MAX), 1000, 10).await,
+        [8, 2, 3, 4, 9, 5, 6]
+    );
+    assert_eq!(
+        page((10, 0), 1000, 1).await,
+        [1],
+        "the cursor's time, a later id"
+    );
     assert_eq!(page((30, 0), 20, 10).await, Vec::<MessageId>::new());
     assert_eq!(page((0, 0), u64::MAX, 0).await, Vec::<MessageId>::new());
     assert_eq!(page((0, 0), u64::MAX, 100).await, [1, 8, 2, 3, 4, 9, 5, 6]);

@@ -347,7 +347,8 @@ fn continuation(id: &EntityId) -> String {
 fn after(token: &str) -> Result<EntityId, StoreError> {
     let (name, key) = serde_json::from_str::<(String, String)>(token)
         .map_err(|e| StoreError::with_source("invalid continuation token", e))?;
-    EntityId::try_new(name, key).map_err(|e| StoreError::with_source("invalid continuation token", e))
+    EntityId::try_new(name, key)
+        .map_err(|e| StoreError::with_source("invalid continuation token", e))
 }
 
 #[async_trait]
@@ -505,5 +506,87 @@ impl Store for MemoryStore {
             Ok(())
         };
         Box::pin(std::future::ready(result))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use serde_json::json;
+
+    use super::*;
+    use crate::message::Body;
+
+    fn signal(id: MessageId) -> Message {
+        Message {
+            id,
+            target: Target::Entity(EntityId::new("Counter", "k")),
+            deliver_at: None,
+            body: Body::Operation {
+                name: "add".into(),
+                input: Some(json!(1)),
+                reply: None,
+                sender: None,
+            },
+        }
+    }
+
+    fn produce(id: MessageId) -> Batch {
+        Batch {
+            produced: vec![signal(id)],
+            ..Batch::default()
+        }
+    }
+
+    async fn stored(store: &MemoryStore) -> Vec<MessageId> {
+        let recovery = store.recover(u64::MAX).await.unwrap();
+        recovery.messages.iter().map(|m| m.id).collect()
+    }
+
+    #[tokio::test]
+    async fn an_injected_failure_fails_the_next_commit_and_refuses_until_resume() {
+        let store = MemoryStore::new();
+        store.commit(produce(1)).await.unwrap();
+        store.fail_next_commit(StoreError::of_kind(StoreErrorKind::DiskFull, "injected"));
+        let clone = store.clone();
+        let err = clone.commit(produce(2)).await.unwrap_err();
+        assert_eq!(err.kind(), StoreErrorKind::DiskFull);
+        assert_eq!(err.to_string(), "injected");
+        let refused = store.commit(produce(3)).await.unwrap_err();
+        assert_eq!(
+            refused.kind(),
+            StoreErrorKind::DiskFull,
+            "keeps the cause's kind"
+        );
+        assert!(refused.to_string().contains("injected"), "{refused}");
+        assert_eq!(
+            store.delete_empty_entities().await.unwrap_err().kind(),
+            StoreErrorKind::DiskFull,
+            "clean-ups are refused too"
+        );
+        store.resume().await.unwrap();
+        store.commit(produce(4)).await.unwrap();
+        assert_eq!(stored(&store).await, [1, 4]);
+    }
+
+    #[tokio::test]
+    async fn reopen_gives_an_open_handle_on_the_same_data() {
+        let store = MemoryStore::new();
+        store.commit(produce(1)).await.unwrap();
+        store.close();
+        let reopened = store.reopen();
+        reopened.commit(produce(2)).await.unwrap();
+        let err = store.commit(produce(3)).await.unwrap_err();
+        assert_eq!(
+            err.kind(),
+            StoreErrorKind::Closed,
+            "the old handle stays closed"
+        );
+        assert_eq!(
+            stored(&store).await,
+            [1, 2],
+            "both handles read the same data"
+        );
+        assert_eq!(stored(&reopened).await, [1, 2]);
+        assert!(format!("{reopened:?}").contains("messages: 2"));
     }
 }
