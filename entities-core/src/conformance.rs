@@ -579,7 +579,7 @@ pub async fn reads_see_whole_committed_batches(store: &dyn Store) {
     assert_eq!(state(store, &ids[0]).await, Some(Some(json!(0))));
     assert_eq!(stored_ids(store).await, [1]);
 
-    for round in 1..=30u64 {
+    for round in 1..=60u64 {
         let committing = store.commit(round_batch(round));
         let reading = async {
             for _ in 0..4 {
