@@ -3,7 +3,9 @@
 //! An entity is a small piece of durable state with an address ([`EntityId`]) whose
 //! operations run one at a time. Entities are reached by one-way signals and two-way calls,
 //! keep their state in an embedded SQLite database ([`SqliteStore`]), and can be coordinated by
-//! durable orchestrations with deadlock-free critical sections.
+//! durable orchestrations with deadlock-free critical sections. For tests and examples,
+//! [`MemoryStore`] keeps everything in memory instead, with the same semantics and no
+//! durability.
 //!
 //! ```no_run
 //! use entities::prelude::*;
@@ -42,9 +44,9 @@
 pub use entities_core::{
     message, store, CleanResult, Client, ClientCall, ClientSignal, CriticalSection, Entity,
     EntityContext, EntityFunction, EntityId, EntityMetadata, EntityPage, EntityQuery, EntitySignal,
-    Error, Invoker, OperationError, OrchestrationCall, OrchestrationContext, OrchestrationSignal,
-    OrchestrationStatus, Result, Runtime, RuntimeBuilder, RuntimeStatus, Store, StoreError,
-    StoreErrorKind, Uuid,
+    Error, Invoker, MemoryStore, OperationError, OrchestrationCall, OrchestrationContext,
+    OrchestrationSignal, OrchestrationStatus, Result, Runtime, RuntimeBuilder, RuntimeStatus,
+    Store, StoreError, StoreErrorKind, Uuid,
 };
 pub use entities_macros::entity;
 pub use entities_sqlite::{SqliteOptions, SqliteStore, Synchronous, WriteStats};
@@ -60,8 +62,8 @@ pub mod postgres {
 pub mod prelude {
     pub use crate::{
         entity, Client, Entity, EntityContext, EntityFunction, EntityId, EntityMetadata,
-        EntityQuery, OperationError, OrchestrationContext, OrchestrationStatus, Runtime,
-        RuntimeStatus, SqliteStore,
+        EntityQuery, MemoryStore, OperationError, OrchestrationContext, OrchestrationStatus,
+        Runtime, RuntimeStatus, SqliteStore,
     };
 }
 

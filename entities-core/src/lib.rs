@@ -11,6 +11,7 @@ mod entity;
 mod error;
 mod id;
 mod json;
+mod memory_store;
 pub mod message;
 mod orchestration;
 mod proxy;
@@ -18,12 +19,16 @@ mod registry;
 mod runtime;
 pub mod store;
 
+#[cfg(feature = "conformance")]
+pub mod conformance;
+
 pub use client::{CleanResult, Client, EntityMetadata, EntityPage};
 pub use context::EntityContext;
 pub use engine::partition::{partition_of, partition_of_instance, partition_of_message};
 pub use entity::{Entity, EntityFunction};
 pub use error::{Error, OperationError, Result, StoreError, StoreErrorKind};
 pub use id::EntityId;
+pub use memory_store::MemoryStore;
 pub use orchestration::{
     ActivityFn, CriticalSection, OrchestrationCall, OrchestrationContext, OrchestrationFn,
     OrchestrationSignal, OrchestrationStatus,

@@ -90,7 +90,9 @@ pub struct Batch {
     pub entities: Vec<EntityRecord>,
     /// Messages consumed: deleted.
     pub consumed: Vec<MessageId>,
-    /// Messages produced: inserted.
+    /// Messages produced: inserted. A message whose id is stored already (and not consumed
+    /// by this batch) fails the commit; unless the batch creates an instance, this is a
+    /// failure that refuses later batches until [`Store::resume`].
     pub produced: Vec<Message>,
     /// Orchestration instances written.
     pub instances: Vec<InstanceWrite>,
@@ -143,7 +145,7 @@ pub struct EntityQuery {
     /// Whether to list entities that have no state (they may still hold a lock or have
     /// messages waiting).
     pub include_stateless: bool,
-    /// Entities per page (at least 1).
+    /// Entities per page (at least 1; a store takes 0 as 1).
     pub page_size: usize,
     /// The `continuation` of the previous page.
     pub continuation: Option<String>,
@@ -167,8 +169,9 @@ impl Default for EntityQuery {
 pub struct Recovery {
     /// Every stored message that is unscheduled or due by the horizon, in id order.
     pub messages: Vec<Message>,
-    /// The highest message id ever used (0 if none), counting messages set aside and
-    /// messages scheduled after the horizon.
+    /// The highest id of the stored messages (0 if none), counting messages set aside and
+    /// messages scheduled after the horizon. Ids of messages consumed since may be missing
+    /// from it: the runtime numbers new messages above it.
     pub max_message_id: MessageId,
     /// How many stored messages this recovery set aside because they cannot be decoded (see
     /// [`Store::set_aside_messages`]).
@@ -198,12 +201,17 @@ pub struct SetAsideMessage {
 
 /// The storage backend of a runtime. One runtime process owns a store at a time.
 ///
-/// Reads must see committed data only. `commit` must apply a batch atomically and durably, and
+/// Reads must see committed data only, each read whole batches: a read that returns several
+/// records (even [`Store::load_entities`]) sees a batch that commits meanwhile whole or not at
+/// all. `commit` must apply a batch atomically and durably, and
 /// apply batches in the order `commit` was called (the runtime queues a batch that consumes a
 /// message as soon as the batch storing it is queued, before either has committed);
 /// implementations should merge batches that are queued together into one transaction. Once a
 /// commit has failed, every batch queued after it must fail too, until [`Store::resume`]: the
 /// runtime may already have acted on the messages of a batch whose failure it only learns later.
+/// A conflict ([`InstanceWrite::create`] of an instance that exists) is not such a failure: it
+/// fails only its own batch (the client that sent it learns of it before anything acts on its
+/// messages), and later batches need no `resume`.
 ///
 /// A stored value that cannot be decoded (bit rot, a manual edit, a value nested too deep to
 /// read back) must stop as little as possible. A message that cannot be decoded is set aside
@@ -248,7 +256,8 @@ pub trait Store: Send + Sync + 'static {
     /// future is polled: batches apply in the order of these calls.
     fn commit(&self, batch: Batch) -> BoxFuture<'static, Result<Batch, StoreError>>;
 
-    /// Reads several entities (missing ones are left out). A state that cannot be decoded
+    /// Reads several entities, in the order of `ids` (missing ones are left out), in one
+    /// snapshot; their `pending_messages` may be left at 0. A state that cannot be decoded
     /// fails the read with kind [`StoreErrorKind::Corrupt`](crate::StoreErrorKind::Corrupt),
     /// naming the entity.
     async fn load_entities(&self, ids: Vec<EntityId>) -> Result<Vec<EntityRecord>, StoreError>;

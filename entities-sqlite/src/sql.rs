@@ -287,8 +287,11 @@ fn entity_record(
     }))
 }
 
+/// The entities of `ids` that exist, in that order, read in one snapshot: a batch that commits
+/// meanwhile is seen whole or not at all.
 pub(crate) fn load_entities(conn: &Connection, ids: &[EntityId]) -> ReadResult<Vec<EntityRecord>> {
-    let mut stmt = conn.prepare_cached(
+    let tx = conn.unchecked_transaction()?;
+    let mut stmt = tx.prepare_cached(
         "SELECT state, lock_owner, last_modified FROM entities WHERE name = ?1 AND key = ?2",
     )?;
     let mut records = Vec::with_capacity(ids.len());
@@ -337,8 +340,9 @@ fn queried_entity(row: &Row<'_>) -> rusqlite::Result<Result<EntityRecord, StoreE
     entity_record(id, row, 2, Some(5))
 }
 
-/// A page of entities. The key prefix is compared as bytes: on text, SQLite's `length` and
-/// `substr` stop at a NUL character. `key >= ?3` starts the range scan of the primary key.
+/// A page of entities. The name is compared case-insensitively (names are stored lower-cased),
+/// the key prefix as bytes: on text, SQLite's `length` and `substr` stop at a NUL character.
+/// `key >= ?3` starts the range scan of the primary key. A page size of 0 counts as 1.
 pub(crate) fn query_entities(
     conn: &Connection,
     query: &EntityQuery,
@@ -349,6 +353,8 @@ pub(crate) fn query_entities(
         None => (String::new(), String::new()),
     };
     let first_page = query.continuation.is_none();
+    let name = query.name.as_ref().map(|name| name.to_lowercase());
+    let page_size = query.page_size.max(1);
     let mut stmt = conn.prepare_cached(
         "SELECT name, key, CASE WHEN ?1 THEN state END, lock_owner, last_modified, \
            (SELECT COUNT(*) FROM messages m \
@@ -361,12 +367,12 @@ pub(crate) fn query_entities(
            AND (?5 OR (name, key) > (?6, ?7)) \
          ORDER BY name, key LIMIT ?8",
     )?;
-    let limit = query.page_size as i64 + 1;
+    let limit = page_size as i64 + 1;
     let mut entities = stmt
         .query_map(
             params![
                 query.include_state,
-                query.name,
+                name,
                 query.key_prefix,
                 query.include_stateless,
                 first_page,
@@ -379,8 +385,8 @@ pub(crate) fn query_entities(
         .collect::<rusqlite::Result<Vec<_>>>()?
         .into_iter()
         .collect::<Result<Vec<_>, StoreError>>()?;
-    let continuation = if entities.len() > query.page_size {
-        entities.truncate(query.page_size);
+    let continuation = if entities.len() > page_size {
+        entities.truncate(page_size);
         let last = entities.last().expect("page is not empty");
         Some(serde_json::Value::from(vec![last.id.name(), last.id.key()]).to_string())
     } else {
