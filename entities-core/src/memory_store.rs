@@ -365,6 +365,7 @@ impl Store for MemoryStore {
             messages,
             max_message_id: data.messages.keys().next_back().copied().unwrap_or(0),
             set_aside: 0,
+            partitions: None,
         })
     }
 

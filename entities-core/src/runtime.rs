@@ -178,12 +178,13 @@ impl RuntimeBuilder {
             messages = recovery.messages.len(),
             "runtime starting with stored messages"
         );
+        let first_id = (recovery.max_message_id + 1).max(store_base(&*store));
         let (tx, rx) = mpsc::unbounded_channel();
         let shared = Arc::new(Shared::new(
             store,
             Arc::new(self.registry),
             tx,
-            recovery.max_message_id + 1,
+            first_id,
             self.config.intake_bound,
         ));
         let engine = Engine::new(
@@ -199,6 +200,11 @@ impl RuntimeBuilder {
             task: Some(task),
         })
     }
+}
+
+/// The first message id of this process in a store shared by several (0 otherwise).
+fn store_base(store: &dyn crate::store::Store) -> crate::message::MessageId {
+    store.partitioned().map_or(0, |p| p.id_base())
 }
 
 /// A running runtime. Dropping it without [`Runtime::shutdown`] stops it abruptly, which is

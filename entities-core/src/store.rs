@@ -225,7 +225,8 @@ pub struct SetAsideMessage {
 pub trait Store: Send + Sync + 'static {
     /// Loads what the runtime needs to resume: every stored message that is unscheduled
     /// (`deliver_at` is `None`) or due at or before `horizon` (milliseconds since the Unix
-    /// epoch), in id order, and the highest message id ever used. Messages scheduled after
+    /// epoch), in id order (a [`Partitioned`] store: in the order stored, since ids come from
+    /// several processes), and the highest message id ever used. Messages scheduled after
     /// `horizon` stay in the store: read them with [`Store::scheduled_messages`].
     ///
     /// A message that cannot be decoded is set aside (atomically moved out of the stored
@@ -379,4 +380,7 @@ pub trait Partitioned: Send + Sync + 'static {
 
     /// Takes the replies stored for calls made from this process.
     async fn take_replies(&self) -> Result<Vec<RemoteReply>, StoreError>;
+
+    /// The first message id this process uses (ids of different processes never meet).
+    fn id_base(&self) -> MessageId;
 }

@@ -544,6 +544,10 @@ impl Partitioned for Inner {
         self.scheduled(Some(parts), after, until, limit).await
     }
 
+    fn id_base(&self) -> MessageId {
+        self.first_id() + 1
+    }
+
     async fn take_replies(&self) -> Result<Vec<RemoteReply>, StoreError> {
         let conn = self.connection().await?;
         let rows = conn

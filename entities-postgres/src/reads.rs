@@ -2,7 +2,7 @@
 //! takes the partitions' shared advisory locks and checks their leases, like a commit, so a
 //! process that lost a partition claims nothing of it.
 
-use std::collections::HashSet;
+use std::collections::HashMap;
 
 use entities_core::message::{now_millis, Message, MessageId};
 use entities_core::store::{
@@ -20,6 +20,17 @@ fn read_failed(e: tokio_postgres::Error) -> StoreError {
 }
 
 impl Inner {
+    /// Writes outside commits are refused once the store is closed, as commits are.
+    fn refuse_if_closed(&self) -> Result<(), StoreError> {
+        if self.is_closed() {
+            return Err(StoreError::of_kind(
+                StoreErrorKind::Closed,
+                "the store is closed: its runtime has stopped",
+            ));
+        }
+        Ok(())
+    }
+
     /// The partitions of `parts` this process holds now, checked under their shared locks.
     async fn fenced_parts(
         &self,
@@ -88,10 +99,20 @@ impl Inner {
         let mut rows = MessageRows::default();
         rows.extend(&found);
         let set_aside = self.set_aside(&tx, &mut rows).await?;
+        // The highest id of this process or an older one: newer processes' ids are theirs.
+        let max_message_id = tx
+            .query_one(
+                "SELECT coalesce(max(id), 0) FROM (SELECT max(id) AS id FROM entities_messages \
+                   WHERE id < $1 UNION ALL SELECT max(id) FROM entities_set_aside WHERE id < $1) m",
+                &[&int(self.first_id() + (1 << crate::NODE_SHIFT))],
+            )
+            .await
+            .map_err(read_failed)?
+            .get::<_, i64>(0) as MessageId;
         tx.commit().await.map_err(read_failed)?;
         Ok(Recovery {
             messages: rows.messages,
-            max_message_id: self.first_id(),
+            max_message_id,
             set_aside,
             partitions: Some(parts.to_vec()),
         })
@@ -219,15 +240,13 @@ impl Inner {
             )
             .await
             .map_err(read_failed)?;
-        let wanted: HashSet<&EntityId> = ids.iter().collect();
-        let mut records = Vec::with_capacity(found.len());
+        let mut by_id = HashMap::with_capacity(found.len());
         for row in &found {
             let id = rows::entity_id(row)?;
-            if wanted.contains(&id) {
-                records.push(rows::entity(id, row, 2, None)?);
-            }
+            by_id.insert(id.clone(), rows::entity(id, row, 2, None)?);
         }
-        Ok(records)
+        // In the order asked for.
+        Ok(ids.iter().filter_map(|id| by_id.remove(id)).collect())
     }
 
     pub(crate) async fn read_entity(
@@ -309,6 +328,7 @@ impl Inner {
     }
 
     pub(crate) async fn delete_empty_entities(&self) -> Result<u64, StoreError> {
+        self.refuse_if_closed()?;
         let conn = self.connection().await?;
         conn.execute(
             "DELETE FROM entities_entities e WHERE state IS NULL AND lock_owner IS NULL \
@@ -351,6 +371,7 @@ impl Inner {
     }
 
     pub(crate) async fn purge_instance(&self, id: &str) -> Result<bool, StoreError> {
+        self.refuse_if_closed()?;
         let mut conn = self.connection().await?;
         let failed = |e| pg_error("cannot purge the instance", e);
         let tx = conn.transaction().await.map_err(failed)?;

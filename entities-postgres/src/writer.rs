@@ -71,7 +71,14 @@ pub(crate) async fn run(inner: Arc<Inner>, mut rx: mpsc::UnboundedReceiver<Reque
         }
         match group.pop() {
             Some(Request::Resume(tx)) => {
-                let result = inner.probe().await;
+                let result = if inner.is_closed() {
+                    Err(StoreError::of_kind(
+                        StoreErrorKind::Closed,
+                        "the store is closed: its runtime has stopped",
+                    ))
+                } else {
+                    inner.probe().await
+                };
                 if result.is_ok() {
                     failed = None;
                 }
