@@ -55,7 +55,7 @@ pub use entities_sqlite::{SqliteOptions, SqliteStore, Synchronous, WriteStats};
 /// [`PostgresStore`](entities_postgres::PostgresStore).
 #[cfg(feature = "postgres")]
 pub mod postgres {
-    pub use entities_postgres::{Error, PostgresOptions, PostgresStore};
+    pub use entities_postgres::{test_server, Error, PostgresOptions, PostgresStore};
 }
 
 /// What most programs need: `use entities::prelude::*;`.

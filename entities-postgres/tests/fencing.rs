@@ -46,14 +46,22 @@ async fn a_process_that_lost_its_partitions_commits_nothing_for_them() {
 
     // The old owner stops renewing (as if paused): its leases expire, a new process takes
     // every partition.
-    let (admin, conn) = tokio_postgres::connect(&url, tokio_postgres::NoTls).await.unwrap();
+    let (admin, conn) = tokio_postgres::connect(&url, tokio_postgres::NoTls)
+        .await
+        .unwrap();
     tokio::spawn(conn);
     admin
-        .execute("UPDATE entities_leases SET expires_at = now() - interval '1 second'", &[])
+        .execute(
+            "UPDATE entities_leases SET expires_at = now() - interval '1 second'",
+            &[],
+        )
         .await
         .unwrap();
     admin
-        .execute("UPDATE entities_members SET expires_at = now() - interval '1 second'", &[])
+        .execute(
+            "UPDATE entities_members SET expires_at = now() - interval '1 second'",
+            &[],
+        )
         .await
         .unwrap();
     let new = PostgresStore::connect_with(&url, options()).await.unwrap();
@@ -69,7 +77,10 @@ async fn a_process_that_lost_its_partitions_commits_nothing_for_them() {
         .await
         .expect_err("a fenced process cannot write an entity");
     assert_eq!(err.kind(), StoreErrorKind::Fenced, "{err}");
-    let state = new.read_entity(&EntityId::new("Counter", "a")).await.unwrap();
+    let state = new
+        .read_entity(&EntityId::new("Counter", "a"))
+        .await
+        .unwrap();
     assert_eq!(state.unwrap().state, Some(serde_json::json!(1)));
 
     // A message stored for the partition is claimed by the new owner only.
@@ -97,7 +108,10 @@ async fn a_process_that_lost_its_partitions_commits_nothing_for_them() {
         .arrivals(&[0, 1, 2, 3], 100)
         .await
         .unwrap();
-    assert!(stale.is_empty(), "a fenced process claims nothing: {stale:?}");
+    assert!(
+        stale.is_empty(),
+        "a fenced process claims nothing: {stale:?}"
+    );
     let fresh = new
         .partitioned()
         .unwrap()
