@@ -42,11 +42,11 @@
 //! See the crate README for the semantics and guarantees.
 
 pub use entities_core::{
-    message, store, CleanResult, Client, ClientCall, ClientSignal, CriticalSection, Entity,
-    EntityContext, EntityFunction, EntityId, EntityMetadata, EntityPage, EntityQuery, EntitySignal,
-    Error, Invoker, MemoryStore, OperationError, OrchestrationCall, OrchestrationContext,
-    OrchestrationSignal, OrchestrationStatus, Result, Runtime, RuntimeBuilder, RuntimeStatus,
-    Store, StoreError, StoreErrorKind, Uuid,
+    message, partition_of, store, CleanResult, Client, ClientCall, ClientSignal, CriticalSection,
+    Entity, EntityContext, EntityFunction, EntityId, EntityMetadata, EntityPage, EntityQuery,
+    EntitySignal, Error, Invoker, MemoryStore, OperationError, OrchestrationCall,
+    OrchestrationContext, OrchestrationSignal, OrchestrationStatus, Result, Runtime,
+    RuntimeBuilder, RuntimeStatus, Store, StoreError, StoreErrorKind, Uuid,
 };
 pub use entities_macros::entity;
 pub use entities_sqlite::{SqliteOptions, SqliteStore, Synchronous, WriteStats};

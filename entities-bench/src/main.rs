@@ -1,5 +1,8 @@
 //! Benchmarks of `entities` on the embedded SQLite store.
 //!
+//! `cargo run --release -p entities-bench -- --store postgres [spread|bank|call|failover]` runs
+//! the PostgreSQL benchmarks (see `pg.rs`).
+//!
 //! `cargo run --release -p entities-bench -- <workload> [--normal]`, where workload is one of
 //! `hot`, `spread`, `bank`, `call`, `rest`, `raw`, `isolated`, `backlog`, or `all`. `--normal` runs with
 //! `synchronous=NORMAL` instead of the default `FULL`. `spread` alternates with the raw
@@ -9,6 +12,8 @@
 use std::path::Path;
 use std::sync::Mutex;
 use std::time::{Duration, Instant};
+
+mod pg;
 
 use entities::prelude::*;
 use entities::{SqliteOptions, Synchronous, WriteStats};
@@ -612,6 +617,19 @@ async fn main() {
     let args: Vec<String> = std::env::args().skip(1).collect();
     if args.first().map(String::as_str) == Some("backlog-child") {
         return backlog_child(&args[1]).await;
+    }
+    if args.first().map(String::as_str) == Some("pg-worker") {
+        return pg::worker(&args[1..]).await;
+    }
+    if let Some(i) = args.iter().position(|a| a == "--store") {
+        if args.get(i + 1).map(String::as_str) == Some("postgres") {
+            let workload = args
+                .iter()
+                .enumerate()
+                .find(|(j, a)| !a.starts_with("--") && *j != i + 1)
+                .map_or("all", |(_, a)| a.as_str());
+            return pg::main(workload).await;
+        }
     }
     let sync = if args.iter().any(|a| a == "--normal") {
         Synchronous::Normal
