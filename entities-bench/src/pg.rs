@@ -377,7 +377,10 @@ async fn failover(server: &TestServer) -> Duration {
     tokio::time::sleep(Duration::from_secs(2)).await;
     let moved: Vec<u32> = sql(&url)
         .await
-        .query("SELECT part FROM entities_leases WHERE owner = $1", &[&victim_node])
+        .query(
+            "SELECT part FROM entities_leases WHERE owner = $1",
+            &[&victim_node],
+        )
         .await
         .unwrap()
         .iter()
