@@ -511,7 +511,9 @@ impl Engine {
                     return Ok(());
                 }
                 // Messages this process sent to the new partitions as another's are stored
-                // first, so that the recovery below returns them before any sent from now on.
+                // first (client messages taken in included: they were not delivered here), so
+                // that the recovery below returns them before any sent from now on.
+                self.run_batch(true).await?;
                 while !self.commits.is_empty() {
                     let done = self.commits.next().await;
                     self.committed(done)?;
