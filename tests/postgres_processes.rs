@@ -382,7 +382,7 @@ enum Fault {
 }
 
 async fn three_processes(fault: Fault, what: &str) {
-    let _serial = one_at_a_time();
+    let _serial = ONE_AT_A_TIME.lock().await;
     let Some(server) = TestServer::start_or_skip(what) else {
         return;
     };
@@ -569,7 +569,7 @@ async fn pg_bank_child() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn bank_transfers_across_processes_survive_a_kill() {
-    let _serial = one_at_a_time();
+    let _serial = ONE_AT_A_TIME.lock().await;
     let Some(server) = TestServer::start_or_skip("bank_transfers_across_processes") else {
         return;
     };
@@ -674,7 +674,7 @@ async fn bank_transfers_across_processes_survive_a_kill() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn partitions_spread_and_move_at_graceful_shutdown() {
-    let _serial = one_at_a_time();
+    let _serial = ONE_AT_A_TIME.lock().await;
     let Some(server) = TestServer::start_or_skip("partitions_spread_and_move") else {
         return;
     };
