@@ -15,13 +15,7 @@ use serde::{Deserialize, Serialize};
 
 /// The tests of this file run one at a time: each runs three processes and a server, which is
 /// all two cores can take without starving lease renewals.
-static ONE_AT_A_TIME: std::sync::Mutex<()> = std::sync::Mutex::new(());
-
-fn one_at_a_time() -> std::sync::MutexGuard<'static, ()> {
-    ONE_AT_A_TIME
-        .lock()
-        .unwrap_or_else(|poisoned| poisoned.into_inner())
-}
+static ONE_AT_A_TIME: tokio::sync::Mutex<()> = tokio::sync::Mutex::const_new(());
 
 const URL_ENV: &str = "ENTITIES_PG_CHILD_URL";
 const NAME_ENV: &str = "ENTITIES_PG_CHILD_NAME";
