@@ -111,8 +111,12 @@ impl Inner {
         drop(conn);
         let index = members.iter().position(|n| *n == self.node).unwrap_or(0);
         let target = share(self.count, members.len(), index);
-        let holding =
-            self.held.lock().expect("held").len() - self.releasing.lock().expect("releasing").len();
+        // Partitions being handed over no longer count (some may be gone from `held`).
+        let holding = {
+            let held = self.held.lock().expect("held");
+            let releasing = self.releasing.lock().expect("releasing");
+            held.keys().filter(|p| !releasing.contains(p)).count()
+        };
         if holding > target {
             self.hand_over(holding - target);
         } else if holding < target {
