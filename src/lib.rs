@@ -41,10 +41,10 @@
 
 pub use entities_core::{
     message, store, CleanResult, Client, ClientCall, ClientSignal, CriticalSection, Entity,
-    EntityContext, EntityFunction, EntityId, EntityMetadata, EntityPage, EntityQuery, EntitySignal,
-    Error, Invoker, OperationError, OrchestrationCall, OrchestrationContext, OrchestrationSignal,
-    OrchestrationStatus, Result, Runtime, RuntimeBuilder, RuntimeStatus, Store, StoreError,
-    StoreErrorKind, Uuid,
+    EntityContext, EntityFunction, EntityId, EntityLock, EntityMetadata, EntityPage, EntityQuery,
+    EntitySignal, Error, Invoker, OperationError, OrchestrationCall, OrchestrationContext,
+    OrchestrationPage, OrchestrationQuery, OrchestrationSignal, OrchestrationStatus, Result,
+    Runtime, RuntimeBuilder, RuntimeStatus, Store, StoreError, StoreErrorKind, Uuid,
 };
 pub use entities_macros::entity;
 pub use entities_sqlite::{SqliteOptions, SqliteStore, Synchronous, WriteStats};

@@ -18,7 +18,10 @@ mod registry;
 mod runtime;
 pub mod store;
 
-pub use client::{CleanResult, Client, EntityMetadata, EntityPage};
+pub use client::{
+    CleanResult, Client, EntityLock, EntityMetadata, EntityPage, OrchestrationPage,
+    OrchestrationQuery,
+};
 pub use context::EntityContext;
 pub use engine::partition::partition_of;
 pub use entity::{Entity, EntityFunction};

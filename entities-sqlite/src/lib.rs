@@ -21,8 +21,8 @@ use std::sync::{mpsc, Arc, Mutex};
 use async_trait::async_trait;
 use entities_core::message::{Message, MessageId};
 use entities_core::store::{
-    Batch, EntityQuery, EntityRecord, EntityRecordPage, InstanceRecord, Recovery, SetAsideMessage,
-    Store,
+    Batch, EntityQuery, EntityRecord, EntityRecordPage, InstanceQuery, InstanceRecord,
+    InstanceRecordPage, LockRecord, Recovery, SetAsideMessage, Store,
 };
 use entities_core::{EntityId, Error, StoreError, StoreErrorKind};
 use futures::future::BoxFuture;
@@ -483,6 +483,19 @@ impl Store for SqliteStore {
         let query = query.clone();
         self.read(move |conn| sql::query_entities(conn, &query))
             .await
+    }
+
+    async fn query_instances(
+        &self,
+        query: &InstanceQuery,
+    ) -> Result<InstanceRecordPage, StoreError> {
+        let query = query.clone();
+        self.read(move |conn| sql::query_instances(conn, &query))
+            .await
+    }
+
+    async fn locked_entities(&self) -> Result<Vec<LockRecord>, StoreError> {
+        self.read(sql::locked_entities).await
     }
 
     async fn delete_empty_entities(&self) -> Result<u64, StoreError> {

@@ -19,6 +19,7 @@ use tracing::{error, warn};
 
 use super::protocol::CallReply;
 use super::shared::Shared;
+use crate::client::SET_STATE_OPERATION;
 use crate::context::EntityContext;
 use crate::entity::EntityFunction;
 use crate::error::{OperationError, StoreErrorKind};
@@ -461,6 +462,15 @@ fn run_entity_now(
                 input,
                 reply,
                 sender: _,
+            } if name == SET_STATE_OPERATION => {
+                part.consumed.push(message.id);
+                set_state(id, slot, input, reply, shared, part);
+            }
+            Body::Operation {
+                name,
+                input,
+                reply,
+                sender: _,
             } => {
                 let ctx = EntityContext::new(
                     id.clone(),
@@ -520,6 +530,42 @@ fn run_entity_now(
         }
     }
     None
+}
+
+/// Runs the reserved operation of `Client::set_entity_state`: the input becomes the state,
+/// and the caller hears back.
+fn set_state(
+    id: &EntityId,
+    slot: &mut Slot,
+    input: Option<Value>,
+    reply: Option<ReplyTo>,
+    shared: &Arc<Shared>,
+    part: &mut Part,
+) {
+    let result = match input {
+        // Its stored row could not be read, lock included: writing it would drop a lock.
+        Some(_) if slot.poisoned.is_some() => {
+            warn!(entity = %id, "set_entity_state refused: the stored state cannot be decoded");
+            Err(OperationError::new(format!(
+                "the stored state of {id} cannot be decoded, so its row (lock included) cannot \
+                 be rewritten safely; repair it in the store"
+            )))
+        }
+        Some(state) => {
+            slot.state = Some(state);
+            slot.last_modified = now_millis();
+            part.written = true;
+            Ok(None)
+        }
+        None => Err(OperationError::new("set_entity_state needs a state")),
+    };
+    match reply {
+        None => {}
+        Some(ReplyTo::Client(waiter)) => part.replies.push((waiter, result)),
+        Some(ReplyTo::Instance { id: instance, seq }) => part
+            .produced
+            .push(shared.operation_completion(instance, seq, result)),
+    }
 }
 
 /// The error of an operation that panicked.
