@@ -49,6 +49,11 @@ pub use entities_core::{
 pub use entities_macros::entity;
 pub use entities_sqlite::{SqliteOptions, SqliteStore, Synchronous, WriteStats};
 
+/// The HTTP API: [`http::router`] to mount in an axum app, [`http::serve`] to run it alone
+/// (cargo feature `http`).
+#[cfg(feature = "http")]
+pub use entities_http as http;
+
 /// What most programs need: `use entities::prelude::*;`.
 pub mod prelude {
     pub use crate::{

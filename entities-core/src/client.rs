@@ -181,6 +181,36 @@ impl Client {
         crate::proxy::decode_with(value, |v| R::deserialize(v))
     }
 
+    /// Signals an entity with an input given as JSON, or with no input (`None`); resolves
+    /// once the signal is durably stored. For bridges such as the HTTP API.
+    pub async fn signal_entity_raw(
+        &self,
+        id: &EntityId,
+        operation: &str,
+        input: Option<Value>,
+    ) -> Result<()> {
+        let input = input.map(|v| crate::json::to_value(&v)).transpose()?;
+        self.send_signal(id, operation, input, None).await
+    }
+
+    /// Calls an entity operation with an input given as JSON, or with no input (`None`), and
+    /// returns its result as JSON (`None` when the operation sets none). For bridges such as
+    /// the HTTP API.
+    pub async fn call_entity_raw(
+        &self,
+        id: &EntityId,
+        operation: &str,
+        input: Option<Value>,
+    ) -> Result<Option<Value>> {
+        let input = input.map(|v| crate::json::to_value(&v)).transpose()?;
+        self.send_call(id, operation, input).await
+    }
+
+    /// Whether the runtime has stopped: every send then fails with [`Error::Shutdown`].
+    pub fn is_shut_down(&self) -> bool {
+        self.shared.stopped.load(Ordering::SeqCst) || self.shared.commands.is_closed()
+    }
+
     /// The last committed state of the entity `E` with `key`, or `None` if it has no state.
     pub async fn get_entity<E: Entity + DeserializeOwned>(
         &self,
