@@ -322,6 +322,15 @@ impl Client {
             .collect())
     }
 
+    /// Reads the counts only the store knows (orchestrations by status, locked entities,
+    /// scheduled backlog, stored messages) and sets their gauges (see [`crate::metrics`]).
+    /// The HTTP API calls it at each scrape of `/metrics`.
+    pub async fn record_store_metrics(&self) -> Result<()> {
+        let stats = self.shared.store.stats().await?;
+        crate::metrics::store_gauges(&stats);
+        Ok(())
+    }
+
     /// Replaces an entity's state, for operators repairing data; resolves once it is applied
     /// and committed.
     ///

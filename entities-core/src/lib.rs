@@ -12,6 +12,7 @@ mod error;
 mod id;
 mod json;
 pub mod message;
+pub mod metrics;
 mod orchestration;
 mod proxy;
 mod registry;

@@ -178,6 +178,19 @@ pub struct LockRecord {
     pub owner: String,
 }
 
+/// Counts a store keeps, for the metrics (see [`Store::stats`]).
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct StoreStats {
+    /// Stored orchestration instances by status (statuses with none may be left out).
+    pub instances_by_status: Vec<(RuntimeStatus, u64)>,
+    /// Entities whose lock is held.
+    pub locked_entities: u64,
+    /// Stored messages scheduled for later (`deliver_at` set).
+    pub scheduled_messages: u64,
+    /// Every stored message.
+    pub messages: u64,
+}
+
 /// What a store recovers at start-up (see [`Store::recover`]).
 #[derive(Debug, Default)]
 pub struct Recovery {
@@ -285,6 +298,14 @@ pub trait Store: Send + Sync + 'static {
         Err(StoreError::new(
             "this store cannot list orchestration instances (`Store::query_instances` is not \
              implemented)",
+        ))
+    }
+
+    /// Counts for the metrics: instances by status, locked entities, stored messages. The
+    /// default refuses: a store that can count cheaply overrides it.
+    async fn stats(&self) -> Result<StoreStats, StoreError> {
+        Err(StoreError::new(
+            "this store keeps no statistics (`Store::stats` is not implemented)",
         ))
     }
 

@@ -494,6 +494,9 @@ async fn health(State(app): State<AppState>) -> Response {
 async fn metrics(State(app): State<AppState>) -> Response {
     let text = match &app.prometheus {
         Some(handle) => {
+            if let Err(err) = app.client.record_store_metrics().await {
+                tracing::debug!(error = %err, "the store's gauges are not refreshed");
+            }
             handle.run_upkeep();
             handle.render()
         }

@@ -498,3 +498,73 @@ async fn the_openapi_document_matches_the_routes() {
     }
     s.shutdown().await;
 }
+
+#[tokio::test]
+async fn metrics_are_rendered_after_a_workload() {
+    let s = Server::start(|h| h).await;
+    for _ in 0..3 {
+        s.post("/entities/counter/m/add", "1").await;
+        s.post("/entities/counter/m/add/send", "1").await;
+    }
+    s.post("/entities/counter/m/fail", "").await;
+    s.post("/orchestrations/double?id=metrics-1", "1").await;
+    s.get("/orchestrations/metrics-1?wait=5s").await;
+    s.post("/orchestrations/hold?id=metrics-hold", "\"locked\"")
+        .await;
+    for _ in 0..500 {
+        if s.get("/locks").await.1.as_array().unwrap().len() == 1 {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    // A signal scheduled for later is stored.
+    let client = s.runtime.as_ref().unwrap().client();
+    client
+        .signal_entity_at(
+            &EntityId::new("Counter", "later"),
+            "add",
+            &1,
+            std::time::SystemTime::now() + Duration::from_secs(3600),
+        )
+        .await
+        .unwrap();
+    let response = s
+        .req(reqwest::Method::GET, "/metrics")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(response.status(), StatusCode::OK);
+    assert!(response.headers()["content-type"]
+        .to_str()
+        .unwrap()
+        .starts_with("text/plain"));
+    let text = response.text().await.unwrap();
+    let value = |line_start: &str| -> f64 {
+        text.lines()
+            .find(|l| l.starts_with(line_start))
+            .unwrap_or_else(|| panic!("no `{line_start}` in:\n{text}"))
+            .rsplit(' ')
+            .next()
+            .unwrap()
+            .parse()
+            .unwrap()
+    };
+    // Other tests of this process share the recorder: counters are at least this test's.
+    assert!(value("entities_operations_total{outcome=\"ok\"}") >= 6.0);
+    assert!(value("entities_operations_total{outcome=\"error\"}") >= 1.0);
+    assert!(value("entities_signals_received_total") >= 3.0);
+    assert!(value("entities_calls_received_total") >= 4.0);
+    assert!(value("entities_orchestrations_ended_total{status=\"completed\"}") >= 1.0);
+    assert!(value("entities_batch_size_count") >= 1.0);
+    assert!(value("entities_commit_seconds_count") >= 1.0);
+    assert!(text.contains("entities_messages_waiting"), "{text}");
+    assert!(value("entities_in_memory") >= 0.0);
+    // The store's gauges describe this test's store (the last one scraped).
+    assert_eq!(value("entities_locks_held"), 1.0);
+    assert_eq!(value("entities_scheduled_backlog"), 1.0);
+    assert!(value("entities_stored_messages") >= 1.0);
+    assert_eq!(value("entities_orchestrations{status=\"completed\"}"), 1.0);
+    assert_eq!(value("entities_orchestrations{status=\"running\"}"), 1.0);
+    s.post("/orchestrations/metrics-hold/events/go", "").await;
+    s.shutdown().await;
+}

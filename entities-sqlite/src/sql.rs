@@ -6,7 +6,7 @@
 use entities_core::message::{Body, Message, MessageId, Target};
 use entities_core::store::{
     EntityQuery, EntityRecord, EntityRecordPage, InstanceQuery, InstanceRecord, InstanceRecordPage,
-    LockRecord, RuntimeStatus, SetAsideMessage,
+    LockRecord, RuntimeStatus, SetAsideMessage, StoreStats,
 };
 use entities_core::{EntityId, StoreError};
 use rusqlite::types::ValueRef;
@@ -483,6 +483,30 @@ pub(crate) fn query_instances(
         } else {
             None
         },
+    })
+}
+
+/// The counts of the metrics.
+pub(crate) fn stats(conn: &Connection) -> ReadResult<StoreStats> {
+    let instances_by_status = conn
+        .prepare_cached("SELECT status, COUNT(*) FROM instances GROUP BY status")?
+        .query_map([], |row| {
+            Ok((
+                parse_status(&row.get::<_, String>(0)?),
+                row.get::<_, i64>(1)? as u64,
+            ))
+        })?
+        .collect::<rusqlite::Result<Vec<_>>>()?;
+    let count = |sql: &str| -> rusqlite::Result<u64> {
+        conn.prepare_cached(sql)?
+            .query_row([], |row| row.get::<_, i64>(0))
+            .map(|n| n as u64)
+    };
+    Ok(StoreStats {
+        instances_by_status,
+        locked_entities: count("SELECT COUNT(*) FROM entities WHERE lock_owner IS NOT NULL")?,
+        scheduled_messages: count("SELECT COUNT(*) FROM messages WHERE deliver_at IS NOT NULL")?,
+        messages: count("SELECT COUNT(*) FROM messages")?,
     })
 }
 

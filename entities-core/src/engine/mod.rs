@@ -106,6 +106,8 @@ pub(crate) struct Engine {
     batch_no: u64,
     committed_no: u64,
     shutdown: Option<oneshot::Sender<()>>,
+    /// What the batch under way counts for the metrics.
+    counts: crate::metrics::BatchCounts,
 }
 
 impl Engine {
@@ -131,6 +133,7 @@ impl Engine {
             batch_no: 0,
             committed_no: 0,
             shutdown: None,
+            counts: Default::default(),
         }
     }
 
@@ -251,6 +254,14 @@ impl Engine {
             } => {
                 if let Some((id, tx)) = waiter {
                     self.waiters.insert(id, tx);
+                }
+                for message in &messages {
+                    if let crate::message::Body::Operation { reply, .. } = &message.body {
+                        match reply {
+                            None => self.counts.signals += 1,
+                            Some(_) => self.counts.calls += 1,
+                        }
+                    }
                 }
                 if let Some(stored) = stored {
                     self.ingested.extend(messages.iter().cloned());
