@@ -186,6 +186,14 @@ impl Http {
     }
 }
 
+/// Installs the Prometheus recorder that `/metrics` renders (once per process; later calls
+/// return the same handle), and returns its handle; `None` if another metrics recorder was
+/// installed first. Building a router does this too: call it before starting the runtime to
+/// count from the very start.
+pub fn prometheus() -> Option<PrometheusHandle> {
+    global_prometheus()
+}
+
 /// The Prometheus recorder this crate installs once per process; `None` if another recorder
 /// was installed first.
 fn global_prometheus() -> Option<PrometheusHandle> {
