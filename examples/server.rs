@@ -1,6 +1,7 @@
 //! The bank of `examples/bank.rs` behind the HTTP API on 127.0.0.1:8080, with metrics at
 //! `/metrics` and the API described at `/openapi.json`. Run with `cargo run --example server`
-//! (set `ENTITIES_TOKEN` to require a bearer token, `BANK_DB` for the database file); it
+//! (set `ENTITIES_TOKEN` to require a bearer token, `BANK_DB` for the database file,
+//! `BANK_ADDR` for another local address); it
 //! prints `entities` CLI and curl lines to try. Stop it with Ctrl-C.
 
 use entities::prelude::*;
@@ -68,7 +69,8 @@ async fn approved_transfer(
 
 #[tokio::main]
 async fn main() -> Result<(), Box<dyn std::error::Error>> {
-    let addr = "127.0.0.1:8080";
+    let addr = std::env::var("BANK_ADDR").unwrap_or_else(|_| "127.0.0.1:8080".to_string());
+    let addr = addr.as_str();
     let db = std::env::var("BANK_DB").unwrap_or_else(|_| {
         std::env::temp_dir()
             .join("entities-bank-server.db")

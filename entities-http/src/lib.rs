@@ -147,6 +147,7 @@ impl Http {
             client: self.client,
             max_wait: self.max_wait,
             prometheus,
+            token_required: self.token.is_some(),
         };
         routes::router(state, self.body_limit, self.token)
     }

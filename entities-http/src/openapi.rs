@@ -65,8 +65,11 @@ fn operation(summary: &str, parameters: Vec<Value>, responses: Vec<(&str, Value)
     for (code, response) in responses {
         answers.insert(code.to_string(), response);
     }
-    // Every route may refuse a missing token and a stopped runtime.
-    answers.insert("401".into(), error("a token is required and was not given"));
+    // Every route may refuse a missing token (when one is set) and a stopped runtime.
+    answers.insert(
+        "401".into(),
+        error("a token is set and was not given, or is wrong"),
+    );
     answers.insert("503".into(), error("the runtime is shut down"));
     map.insert("responses".into(), answers.into());
     Value::Object(map)
@@ -77,14 +80,16 @@ fn with_body(mut op: Value, body: Value) -> Value {
     op
 }
 
-/// The OpenAPI document.
+/// The OpenAPI document of a router without a token (`/openapi.json` of a router with one
+/// also declares the bearer scheme on every operation but `/health`).
 pub fn openapi() -> Value {
     let name = || path_param("name", "entity name (case-insensitive)");
     let key = || path_param("key", "entity key, percent-encoded (`/` as `%2F`)");
     let id = || path_param("id", "orchestration instance id");
     let any = json!({});
     let string = json!({ "type": "string" });
-    let integer = json!({ "type": "integer", "minimum": 1 });
+    // 0 and sizes past the most a page holds are accepted, and cut to 1 and that most.
+    let integer = json!({ "type": "integer", "minimum": 0 });
     let entity_ref = json!({ "$ref": "#/components/schemas/Entity" });
     let status_ref = json!({ "$ref": "#/components/schemas/OrchestrationStatus" });
 
@@ -190,7 +195,7 @@ pub fn openapi() -> Value {
         "/orchestrations/{id}": {
             "get": operation("Read an instance's status, waiting for its end with ?wait=", vec![
                 id(),
-                query_param("wait", string.clone(), "wait up to this long (e.g. 5s) for the instance to end"),
+                query_param("wait", json!({ "type": "string", "pattern": "^[0-9]{1,4}(ms|s|m)?$" }), "wait up to this long (e.g. 5s, 250ms, 1m; a bare number is seconds) for the instance to end"),
             ], vec![
                 ("200", ok_json("the status", status_ref.clone())),
                 ("400", error("bad wait")),
@@ -298,6 +303,23 @@ pub fn openapi() -> Value {
                 }
             }
         },
-        "security": [ { "bearer": [] } ]
     })
+}
+
+/// The document of a router that requires a bearer token: every operation but `/health`
+/// declares it.
+pub(crate) fn with_token(mut doc: Value) -> Value {
+    if let Some(paths) = doc["paths"].as_object_mut() {
+        for (path, ops) in paths.iter_mut() {
+            if path == "/health" {
+                continue;
+            }
+            if let Some(ops) = ops.as_object_mut() {
+                for op in ops.values_mut() {
+                    op["security"] = json!([{ "bearer": [] }]);
+                }
+            }
+        }
+    }
+    doc
 }

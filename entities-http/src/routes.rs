@@ -26,6 +26,8 @@ pub(crate) struct AppState {
     pub client: Client,
     pub max_wait: Duration,
     pub prometheus: Option<PrometheusHandle>,
+    /// Whether a bearer token is required (the OpenAPI document says so).
+    pub token_required: bool,
 }
 
 type ApiResult = Result<Response, ApiError>;
@@ -512,6 +514,12 @@ async fn metrics(State(app): State<AppState>) -> Response {
         .into_response()
 }
 
-async fn openapi() -> Response {
-    Json(crate::openapi::openapi()).into_response()
+async fn openapi(State(app): State<AppState>) -> Response {
+    let doc = crate::openapi::openapi();
+    let doc = if app.token_required {
+        crate::openapi::with_token(doc)
+    } else {
+        doc
+    };
+    Json(doc).into_response()
 }

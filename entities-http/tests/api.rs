@@ -425,6 +425,13 @@ async fn a_token_is_required_when_set() {
     );
     // Nothing was applied without the token.
     assert_eq!(s.get("/entities/counter/a").await.1["state"], 1);
+    // The document declares the token on every operation but /health.
+    let doc = s.get("/openapi.json").await.1;
+    assert_eq!(
+        doc["paths"]["/entities"]["get"]["security"],
+        json!([{"bearer": []}])
+    );
+    assert!(doc["paths"]["/health"]["get"]["security"].is_null());
     s.shutdown().await;
 }
 
