@@ -43,10 +43,11 @@
 
 pub use entities_core::{
     message, partition_of, store, CleanResult, Client, ClientCall, ClientSignal, CriticalSection,
-    Entity, EntityContext, EntityFunction, EntityId, EntityMetadata, EntityPage, EntityQuery,
-    EntitySignal, Error, Invoker, MemoryStore, OperationError, OrchestrationCall,
-    OrchestrationContext, OrchestrationSignal, OrchestrationStatus, Result, Runtime,
-    RuntimeBuilder, RuntimeStatus, Store, StoreError, StoreErrorKind, Uuid,
+    Entity, EntityContext, EntityFunction, EntityId, EntityLock, EntityMetadata, EntityPage,
+    EntityQuery, EntitySignal, Error, Invoker, MemoryStore, OperationError, OrchestrationCall,
+    OrchestrationContext, OrchestrationPage, OrchestrationQuery, OrchestrationSignal,
+    OrchestrationStatus, Result, Runtime, RuntimeBuilder, RuntimeStatus, Store, StoreError,
+    StoreErrorKind, Uuid,
 };
 pub use entities_macros::entity;
 pub use entities_sqlite::{SqliteOptions, SqliteStore, Synchronous, WriteStats};
@@ -57,6 +58,11 @@ pub use entities_sqlite::{SqliteOptions, SqliteStore, Synchronous, WriteStats};
 pub mod postgres {
     pub use entities_postgres::{test_server, Error, PostgresOptions, PostgresStore};
 }
+
+/// The HTTP API: [`http::router`] to mount in an axum app, [`http::serve`] to run it alone
+/// (cargo feature `http`).
+#[cfg(feature = "http")]
+pub use entities_http as http;
 
 /// What most programs need: `use entities::prelude::*;`.
 pub mod prelude {

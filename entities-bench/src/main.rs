@@ -4,7 +4,7 @@
 //! the PostgreSQL benchmarks (see `pg.rs`).
 //!
 //! `cargo run --release -p entities-bench -- <workload> [--normal]`, where workload is one of
-//! `hot`, `spread`, `bank`, `call`, `rest`, `raw`, `isolated`, `backlog`, or `all`. `--normal` runs with
+//! `hot`, `spread`, `bank`, `call`, `rest`, `raw`, `isolated`, `backlog`, `http`, or `all`. `--normal` runs with
 //! `synchronous=NORMAL` instead of the default `FULL`. `spread` alternates with the raw
 //! rusqlite baseline for `ROUNDS` rounds (default 5) and reports medians. Every figure is durable: a signal counts
 //! once it is processed and its effect committed.
@@ -612,6 +612,132 @@ fn run_raw(
     total as f64 / start.elapsed().as_secs_f64()
 }
 
+/// The HTTP API served on 127.0.0.1 by this process, loaded by a reqwest client in the same
+/// process (the load generator shares the machine's cores with the server).
+struct HttpFigures {
+    sequential_p50: Duration,
+    sequential_p99: Duration,
+    calls_per_s: f64,
+    calls_p50: Duration,
+    calls_p99: Duration,
+    sends_per_s: f64,
+}
+
+/// Sequential calls to one key; `total` calls by `in_flight` callers over `keys` keys; then
+/// `total` one-way sends by `in_flight` senders over `keys` keys, timed until every one is
+/// processed and committed.
+async fn http_load(sync: Synchronous, total: usize, in_flight: usize, keys: usize) -> HttpFigures {
+    let bench = Bench::new(sync);
+    let runtime = bench.runtime().await;
+    let client = runtime.client();
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
+        .await
+        .expect("bind 127.0.0.1");
+    let base = format!("http://{}", listener.local_addr().expect("local address"));
+    let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
+    let server = tokio::spawn(entities::http::Http::new(client.clone()).serve_on(
+        listener,
+        async move {
+            let _ = stopped.await;
+        },
+    ));
+    let http = reqwest::Client::builder()
+        .pool_max_idle_per_host(in_flight)
+        .build()
+        .expect("http client");
+    let post = move |url: String, body: &'static str| {
+        let http = http.clone();
+        async move {
+            let response = http.post(url).body(body).send().await.expect("request");
+            assert!(response.status().is_success(), "{}", response.status());
+            response.bytes().await.expect("body");
+        }
+    };
+
+    let mut lat = Vec::with_capacity(2000);
+    for _ in 0..2000 {
+        let start = Instant::now();
+        post(format!("{base}/entities/counter/one/add"), "1").await;
+        lat.push(start.elapsed());
+    }
+    lat.sort();
+    let (sequential_p50, sequential_p99) = (percentile(&lat, 50.0), percentile(&lat, 99.0));
+
+    let run = |path: &'static str| {
+        let tasks: Vec<_> = (0..in_flight)
+            .map(|task| {
+                let post = post.clone();
+                let base = base.clone();
+                tokio::spawn(async move {
+                    let mut lat = Vec::with_capacity(total / in_flight);
+                    for i in 0..total / in_flight {
+                        let key = (task * 7919 + i) % keys;
+                        let start = Instant::now();
+                        post(format!("{base}/entities/counter/k{key}/{path}"), "1").await;
+                        lat.push(start.elapsed());
+                    }
+                    lat
+                })
+            })
+            .collect();
+        async move {
+            let mut all = Vec::with_capacity(total);
+            for t in tasks {
+                all.extend(t.await.expect("load task"));
+            }
+            all.sort();
+            all
+        }
+    };
+    let start = Instant::now();
+    let lat = run("add").await;
+    let calls_per_s = lat.len() as f64 / start.elapsed().as_secs_f64();
+    let (calls_p50, calls_p99) = (percentile(&lat, 50.0), percentile(&lat, 99.0));
+
+    let before = sum_of_keys(&client).await;
+    let start = Instant::now();
+    let sent = run("add/send").await.len() as i64;
+    while sum_of_keys(&client).await < before + sent {
+        tokio::time::sleep(Duration::from_millis(2)).await;
+    }
+    let sends_per_s = sent as f64 / start.elapsed().as_secs_f64();
+
+    let _ = stop.send(());
+    let _ = server.await;
+    runtime.shutdown().await.unwrap();
+    HttpFigures {
+        sequential_p50,
+        sequential_p99,
+        calls_per_s,
+        calls_p50,
+        calls_p99,
+        sends_per_s,
+    }
+}
+
+/// The sum of the committed values of the counters `k*`.
+async fn sum_of_keys(client: &Client) -> i64 {
+    let mut query = EntityQuery {
+        name: Some("counter".into()),
+        key_prefix: Some("k".into()),
+        page_size: 10_000,
+        ..EntityQuery::default()
+    };
+    let mut sum = 0;
+    loop {
+        let page = client.query_entities(query.clone()).await.unwrap();
+        sum += page
+            .entities
+            .iter()
+            .filter_map(|e| e.state.as_ref()?.get("value")?.as_i64())
+            .sum::<i64>();
+        match page.continuation {
+            Some(next) => query.continuation = Some(next),
+            None => return sum,
+        }
+    }
+}
+
 #[tokio::main]
 async fn main() {
     let args: Vec<String> = std::env::args().skip(1).collect();
@@ -751,6 +877,25 @@ async fn main() {
             ),
             _ => println!("backlog  the start-up child failed: {text} {}", String::from_utf8_lossy(&output.stderr)),
         }
+    }
+    if all || workload == "http" {
+        let f = http_load(sync, 40_000, 64, 1000).await;
+        let ms = |d: Duration| d.as_secs_f64() * 1e3;
+        println!(
+            "http     call over HTTP, one key, sequential:      p50 {:>8.3} ms, p99 {:>8.3} ms",
+            ms(f.sequential_p50),
+            ms(f.sequential_p99)
+        );
+        println!(
+            "http     calls, 64 in flight, 1,000 keys:          {:>10.0} calls/s (p50 {:.3} ms, p99 {:.3} ms)",
+            f.calls_per_s,
+            ms(f.calls_p50),
+            ms(f.calls_p99)
+        );
+        println!(
+            "http     sends, 64 in flight, 1,000 keys, end to end: {:>7.0} sends/s",
+            f.sends_per_s
+        );
     }
     if all || workload == "rest" {
         let (before, rss, p50, p99) = at_rest(sync, 1_000_000, 20_000).await;

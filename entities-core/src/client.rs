@@ -13,12 +13,21 @@ use crate::engine::{Command, Shared};
 use crate::entity::Entity;
 use crate::error::{Error, Result};
 use crate::id::EntityId;
-use crate::message::{from_millis, now_millis, to_millis_ceil, Body, Message, ReplyTo, Target};
+use crate::message::{
+    from_millis, now_millis, to_millis, to_millis_ceil, Body, Message, ReplyTo, Target,
+};
 use crate::orchestration::OrchestrationStatus;
 use crate::proxy::{ClientCall, ClientSignal};
 use crate::store::{
-    Batch, EntityQuery, EntityRecord, InstanceRecord, InstanceWrite, RuntimeStatus,
+    Batch, EntityQuery, EntityRecord, InstanceQuery, InstanceRecord, InstanceWrite, RuntimeStatus,
 };
+
+/// The name of the reserved operation that replaces an entity's state (see
+/// [`Client::set_entity_state`]). Clients cannot send it under this name themselves.
+pub(crate) const SET_STATE_OPERATION: &str = "$set_state";
+
+/// Operation names starting with this are reserved for the runtime.
+const RESERVED_PREFIX: char = '$';
 
 /// An entity's committed state with its metadata.
 #[derive(Clone, Debug, PartialEq)]
@@ -64,6 +73,55 @@ pub struct CleanResult {
     pub removed_entities: u64,
     /// Locks released because their orchestration had ended.
     pub released_locks: u64,
+}
+
+/// A query over orchestration instances (see [`Client::query_orchestrations`]). Every filter
+/// left `None` matches every instance.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct OrchestrationQuery {
+    /// Only instances of this orchestration name.
+    pub name: Option<String>,
+    /// Only instances with this status.
+    pub status: Option<RuntimeStatus>,
+    /// Only instances created at or after this time.
+    pub created_from: Option<SystemTime>,
+    /// Only instances created before this time.
+    pub created_to: Option<SystemTime>,
+    /// Instances per page (at least 1).
+    pub page_size: usize,
+    /// The `continuation` of the previous page.
+    pub continuation: Option<String>,
+}
+
+impl Default for OrchestrationQuery {
+    fn default() -> Self {
+        Self {
+            name: None,
+            status: None,
+            created_from: None,
+            created_to: None,
+            page_size: 100,
+            continuation: None,
+        }
+    }
+}
+
+/// One page of [`Client::query_orchestrations`], in creation order.
+#[derive(Clone, Debug)]
+pub struct OrchestrationPage {
+    /// The instances of this page.
+    pub instances: Vec<OrchestrationStatus>,
+    /// Pass as `OrchestrationQuery::continuation` for the next page; `None` on the last page.
+    pub continuation: Option<String>,
+}
+
+/// A locked entity and the orchestration instance holding its lock (see [`Client::locks`]).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct EntityLock {
+    /// The locked entity.
+    pub id: EntityId,
+    /// The orchestration instance holding the lock.
+    pub owner: String,
 }
 
 /// The client of a runtime: cheap to clone, usable from any task.
@@ -123,6 +181,36 @@ impl Client {
         crate::proxy::decode_with(value, |v| R::deserialize(v))
     }
 
+    /// Signals an entity with an input given as JSON, or with no input (`None`); resolves
+    /// once the signal is durably stored. For bridges such as the HTTP API.
+    pub async fn signal_entity_raw(
+        &self,
+        id: &EntityId,
+        operation: &str,
+        input: Option<Value>,
+    ) -> Result<()> {
+        let input = input.map(|v| crate::json::to_value(&v)).transpose()?;
+        self.send_signal(id, operation, input, None).await
+    }
+
+    /// Calls an entity operation with an input given as JSON, or with no input (`None`), and
+    /// returns its result as JSON (`None` when the operation sets none). For bridges such as
+    /// the HTTP API.
+    pub async fn call_entity_raw(
+        &self,
+        id: &EntityId,
+        operation: &str,
+        input: Option<Value>,
+    ) -> Result<Option<Value>> {
+        let input = input.map(|v| crate::json::to_value(&v)).transpose()?;
+        self.send_call(id, operation, input).await
+    }
+
+    /// Whether the runtime has stopped: every send then fails with [`Error::Shutdown`].
+    pub fn is_shut_down(&self) -> bool {
+        self.shared.stopped.load(Ordering::SeqCst) || self.shared.commands.is_closed()
+    }
+
     /// The last committed state of the entity `E` with `key`, or `None` if it has no state.
     pub async fn get_entity<E: Entity + DeserializeOwned>(
         &self,
@@ -176,6 +264,90 @@ impl Client {
                 .collect(),
             continuation: page.continuation,
         })
+    }
+
+    /// Lists orchestration instances by name, status and creation time, one page at a time,
+    /// in creation order.
+    pub async fn query_orchestrations(
+        &self,
+        query: OrchestrationQuery,
+    ) -> Result<OrchestrationPage> {
+        let query = InstanceQuery {
+            name: query.name,
+            status: query.status,
+            created_from: query.created_from.map(to_millis),
+            created_to: query.created_to.map(to_millis_ceil),
+            page_size: query.page_size.max(1),
+            continuation: query.continuation,
+        };
+        let page = self.shared.store.query_instances(&query).await?;
+        Ok(OrchestrationPage {
+            instances: page
+                .instances
+                .into_iter()
+                .map(OrchestrationStatus::from_record)
+                .collect(),
+            continuation: page.continuation,
+        })
+    }
+
+    /// The history of an orchestration instance: its recorded events as JSON, in order;
+    /// `None` if the instance does not exist.
+    pub async fn orchestration_history(&self, instance_id: &str) -> Result<Option<Vec<Value>>> {
+        if self
+            .shared
+            .store
+            .read_instance(instance_id)
+            .await?
+            .is_none()
+        {
+            return Ok(None);
+        }
+        Ok(Some(self.shared.store.read_history(instance_id).await?))
+    }
+
+    /// The entities whose lock is held by a critical section, with the instance holding each,
+    /// by name then key.
+    pub async fn locks(&self) -> Result<Vec<EntityLock>> {
+        Ok(self
+            .shared
+            .store
+            .locked_entities()
+            .await?
+            .into_iter()
+            .map(|lock| EntityLock {
+                id: lock.id,
+                owner: lock.owner,
+            })
+            .collect())
+    }
+
+    /// Reads the counts only the store knows (orchestrations by status, locked entities,
+    /// scheduled backlog, stored messages) and sets their gauges (see [`crate::metrics`]).
+    /// The HTTP API calls it at each scrape of `/metrics`.
+    pub async fn record_store_metrics(&self) -> Result<()> {
+        let stats = self.shared.store.stats().await?;
+        crate::metrics::store_gauges(&stats);
+        Ok(())
+    }
+
+    /// Replaces an entity's state, for operators repairing data; resolves once it is applied
+    /// and committed.
+    ///
+    /// It runs as an operation in the entity's own queue: after the operations queued before
+    /// it and before those queued after it, never at the same time as one; while an
+    /// orchestration holds the entity's lock, it waits for the lock like any operation. An
+    /// entity whose stored state cannot be decoded is refused (its lock could not be kept).
+    pub async fn set_entity_state<S: Serialize + ?Sized>(
+        &self,
+        id: &EntityId,
+        state: &S,
+    ) -> Result<()> {
+        let state = crate::json::to_value(state)?;
+        self.shared.registry.check_entity(id)?;
+        self.send_call_unchecked(id, SET_STATE_OPERATION, Some(state))
+            .await
+            .map(drop)
     }
 
     /// The stored messages that could not be decoded (bit rot, a manual edit) and were set
@@ -415,6 +587,7 @@ impl Client {
         at: Option<SystemTime>,
     ) -> Result<()> {
         self.shared.registry.check_entity(id)?;
+        check_operation_name(operation)?;
         let message = Message {
             id: self.shared.next_message_id(),
             target: Target::Entity(id.clone()),
@@ -436,6 +609,17 @@ impl Client {
         input: Option<Value>,
     ) -> Result<Option<Value>> {
         self.shared.registry.check_entity(id)?;
+        check_operation_name(operation)?;
+        self.send_call_unchecked(id, operation, input).await
+    }
+
+    /// Calls an operation, reserved names included.
+    async fn send_call_unchecked(
+        &self,
+        id: &EntityId,
+        operation: &str,
+        input: Option<Value>,
+    ) -> Result<Option<Value>> {
         let message_id = self.shared.next_message_id();
         let message = Message {
             id: message_id,
@@ -520,4 +704,12 @@ impl Client {
             Err(_) => Err(Error::Shutdown),
         }
     }
+}
+
+/// Refuses the operation names reserved for the runtime.
+fn check_operation_name(operation: &str) -> Result<()> {
+    if operation.starts_with(RESERVED_PREFIX) {
+        return Err(Error::ReservedOperation(operation.to_string()));
+    }
+    Ok(())
 }

@@ -45,7 +45,8 @@ use crate::error::StoreErrorKind;
 use crate::id::EntityId;
 use crate::message::{Body, Message, MessageId, Target};
 use crate::store::{
-    Batch, EntityQuery, EntityRecord, InstanceRecord, InstanceWrite, RuntimeStatus, Store,
+    Batch, EntityQuery, EntityRecord, InstanceQuery, InstanceRecord, InstanceWrite, RuntimeStatus,
+    Store,
 };
 
 /// Expands to one `#[test]` per conformance check (a module `store_conformance`), each on a
@@ -73,6 +74,8 @@ macro_rules! store_conformance_tests {
             recovery_returns_due_messages_in_id_order,
             scheduled_messages_page_by_time_then_id,
             read_entity_counts_pending_messages,
+            instance_queries_filter_and_page,
+            locks_and_stats_count_what_is_stored,
         }
     };
 }
@@ -1314,4 +1317,134 @@ pub async fn read_entity_counts_pending_messages(store: &dyn Store) {
     .await;
     assert_eq!(pending(k).await, Some(1));
     assert_eq!(pending(kx).await, Some(0));
+}
+
+/// `query_instances` filters by name, status and creation time and pages in creation order,
+/// each instance once.
+pub async fn instance_queries_filter_and_page(store: &dyn Store) {
+    let specs = [
+        ("i1", "alpha", RuntimeStatus::Running, 100),
+        ("i2", "beta", RuntimeStatus::Completed, 200),
+        ("i3", "alpha", RuntimeStatus::Completed, 300),
+        ("i4", "alpha", RuntimeStatus::Failed, 400),
+        ("i5", "beta", RuntimeStatus::Running, 500),
+        ("i6", "alpha", RuntimeStatus::Running, 600),
+    ];
+    // One batch per instance: creation order is the order of the commits.
+    for (id, name, status, created) in specs {
+        let mut record = instance(id, status);
+        record.name = name.into();
+        record.created = created;
+        record.updated = created;
+        commit(
+            store,
+            Batch {
+                instances: vec![instance_write(record, 0, vec![], true)],
+                ..Batch::default()
+            },
+        )
+        .await;
+    }
+    let all = |query: InstanceQuery| async move {
+        let mut query = query;
+        let mut ids = Vec::new();
+        loop {
+            let page = store
+                .query_instances(&query)
+                .await
+                .expect("query_instances");
+            assert!(page.instances.len() <= query.page_size.max(1));
+            ids.extend(page.instances.into_iter().map(|r| r.id));
+            match page.continuation {
+                Some(next) => query.continuation = Some(next),
+                None => return ids,
+            }
+        }
+    };
+    let query = |page_size| InstanceQuery {
+        page_size,
+        ..InstanceQuery::default()
+    };
+    assert_eq!(all(query(2)).await, ["i1", "i2", "i3", "i4", "i5", "i6"]);
+    assert_eq!(all(query(0)).await, ["i1", "i2", "i3", "i4", "i5", "i6"]);
+    assert_eq!(all(query(100)).await, ["i1", "i2", "i3", "i4", "i5", "i6"]);
+    let alpha = InstanceQuery {
+        name: Some("alpha".into()),
+        ..query(1)
+    };
+    assert_eq!(all(alpha.clone()).await, ["i1", "i3", "i4", "i6"]);
+    let alpha_running = InstanceQuery {
+        status: Some(RuntimeStatus::Running),
+        ..alpha
+    };
+    assert_eq!(all(alpha_running).await, ["i1", "i6"]);
+    let window = InstanceQuery {
+        created_from: Some(200),
+        created_to: Some(500),
+        ..query(2)
+    };
+    assert_eq!(all(window).await, ["i2", "i3", "i4"]);
+    let none = InstanceQuery {
+        name: Some("ALPHA".into()),
+        ..query(5)
+    };
+    assert!(all(none).await.is_empty());
+    let bad = InstanceQuery {
+        continuation: Some("not a token".into()),
+        ..query(5)
+    };
+    assert!(store.query_instances(&bad).await.is_err());
+}
+
+/// `locked_entities` lists the locked entities by name then key with their holders, and
+/// `stats` counts instances by status, locks and stored messages.
+pub async fn locks_and_stats_count_what_is_stored(store: &dyn Store) {
+    assert!(store.locked_entities().await.expect("locked").is_empty());
+    let mut b = entity(counter("b"), Some(json!(1)));
+    b.lock_owner = Some("o2".into());
+    let mut a = entity(counter("a"), None);
+    a.lock_owner = Some("o1".into());
+    let mut account = entity(EntityId::new("Account", "z"), None);
+    account.lock_owner = Some("o1".into());
+    commit(
+        store,
+        Batch {
+            entities: vec![b, a, account, entity(counter("c"), Some(json!(2)))],
+            produced: vec![signal(1, "a", None), signal(2, "c", Some(u64::MAX / 2))],
+            instances: vec![
+                instance_write(instance("o1", RuntimeStatus::Running), 0, vec![], true),
+                instance_write(instance("o2", RuntimeStatus::Running), 0, vec![], true),
+                instance_write(instance("o3", RuntimeStatus::Completed), 0, vec![], true),
+            ],
+            ..Batch::default()
+        },
+    )
+    .await;
+    let locks: Vec<(String, String)> = store
+        .locked_entities()
+        .await
+        .expect("locked")
+        .into_iter()
+        .map(|lock| (lock.id.to_string(), lock.owner))
+        .collect();
+    assert_eq!(
+        locks,
+        [
+            ("@account@z".to_string(), "o1".to_string()),
+            ("@counter@a".to_string(), "o1".to_string()),
+            ("@counter@b".to_string(), "o2".to_string()),
+        ]
+    );
+    let mut stats = store.stats().await.expect("stats");
+    stats.instances_by_status.retain(|(_, n)| *n > 0);
+    stats
+        .instances_by_status
+        .sort_by_key(|(s, _)| format!("{s:?}"));
+    assert_eq!(
+        stats.instances_by_status,
+        [(RuntimeStatus::Completed, 1), (RuntimeStatus::Running, 2)]
+    );
+    assert_eq!(stats.locked_entities, 3);
+    assert_eq!(stats.scheduled_messages, 1);
+    assert_eq!(stats.messages, 2);
 }

@@ -68,6 +68,10 @@ pub enum Error {
     /// runtime was dropped without `shutdown` may still have been stored.
     #[error("the runtime is shut down")]
     Shutdown,
+    /// An operation name starting with `$`: those are reserved for the runtime (use
+    /// `Client::set_entity_state` to replace a state).
+    #[error("the operation name `{0}` is reserved: names starting with `$` belong to the runtime")]
+    ReservedOperation(String),
     /// The runtime was configured wrongly.
     #[error("configuration error: {0}")]
     Config(String),

@@ -13,6 +13,7 @@ mod id;
 mod json;
 mod memory_store;
 pub mod message;
+pub mod metrics;
 mod orchestration;
 mod proxy;
 mod registry;
@@ -22,7 +23,10 @@ pub mod store;
 #[cfg(feature = "conformance")]
 pub mod conformance;
 
-pub use client::{CleanResult, Client, EntityMetadata, EntityPage};
+pub use client::{
+    CleanResult, Client, EntityLock, EntityMetadata, EntityPage, OrchestrationPage,
+    OrchestrationQuery,
+};
 pub use context::EntityContext;
 pub use engine::partition::{partition_of, partition_of_instance, partition_of_message};
 pub use entity::{Entity, EntityFunction};

@@ -14,8 +14,8 @@ use crate::error::{StoreError, StoreErrorKind};
 use crate::id::EntityId;
 use crate::message::{Message, MessageId, Target};
 use crate::store::{
-    Batch, EntityQuery, EntityRecord, EntityRecordPage, InstanceRecord, InstanceWrite, Recovery,
-    Store,
+    Batch, EntityQuery, EntityRecord, EntityRecordPage, InstanceQuery, InstanceRecord,
+    InstanceRecordPage, InstanceWrite, LockRecord, Recovery, RuntimeStatus, Store, StoreStats,
 };
 
 /// A store that keeps everything in memory: nothing survives the process. It implements every
@@ -475,6 +475,85 @@ impl Store for MemoryStore {
     async fn purge_instance(&self, id: &str) -> Result<bool, StoreError> {
         self.handle
             .write(|data| data.instances.remove(id).is_some())
+    }
+
+    /// Instances in creation order, ties broken by id; the continuation is the
+    /// `[created, id]` of the page's last instance.
+    async fn query_instances(
+        &self,
+        query: &InstanceQuery,
+    ) -> Result<InstanceRecordPage, StoreError> {
+        let after = match &query.continuation {
+            Some(token) => Some(serde_json::from_str::<(u64, String)>(token).map_err(|e| {
+                StoreError::with_source(format!("invalid continuation token `{token}`"), e)
+            })?),
+            None => None,
+        };
+        let page_size = query.page_size.max(1);
+        let data = self.handle.data();
+        let mut instances: Vec<InstanceRecord> = data
+            .instances
+            .values()
+            .map(|row| &row.record)
+            .filter(|r| {
+                after
+                    .as_ref()
+                    .is_none_or(|(created, id)| (r.created, &r.id) > (*created, id))
+                    && query.name.as_ref().is_none_or(|name| &r.name == name)
+                    && query.status.is_none_or(|status| r.status == status)
+                    && query.created_from.is_none_or(|from| r.created >= from)
+                    && query.created_to.is_none_or(|to| r.created < to)
+            })
+            .cloned()
+            .collect();
+        instances.sort_by(|a, b| (a.created, &a.id).cmp(&(b.created, &b.id)));
+        let continuation = if instances.len() > page_size {
+            instances.truncate(page_size);
+            instances
+                .last()
+                .map(|last| serde_json::json!([last.created, last.id]).to_string())
+        } else {
+            None
+        };
+        Ok(InstanceRecordPage {
+            instances,
+            continuation,
+        })
+    }
+
+    async fn locked_entities(&self) -> Result<Vec<LockRecord>, StoreError> {
+        let data = self.handle.data();
+        Ok(data
+            .entities
+            .iter()
+            .filter_map(|(id, row)| {
+                row.lock_owner.clone().map(|owner| LockRecord {
+                    id: id.clone(),
+                    owner,
+                })
+            })
+            .collect())
+    }
+
+    async fn stats(&self) -> Result<StoreStats, StoreError> {
+        let data = self.handle.data();
+        let mut by_status: Vec<(RuntimeStatus, u64)> = Vec::new();
+        for row in data.instances.values() {
+            match by_status.iter_mut().find(|(s, _)| *s == row.record.status) {
+                Some((_, n)) => *n += 1,
+                None => by_status.push((row.record.status, 1)),
+            }
+        }
+        Ok(StoreStats {
+            instances_by_status: by_status,
+            locked_entities: data
+                .entities
+                .values()
+                .filter(|row| row.lock_owner.is_some())
+                .count() as u64,
+            scheduled_messages: data.scheduled.len() as u64,
+            messages: data.messages.len() as u64,
+        })
     }
 
     async fn running_instances(&self) -> Result<Vec<InstanceRecord>, StoreError> {

@@ -164,6 +164,55 @@ impl Default for EntityQuery {
     }
 }
 
+/// A query over stored orchestration instances (see `Client::query_orchestrations`). Times are
+/// in milliseconds since the Unix epoch.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct InstanceQuery {
+    /// Only instances of this orchestration name (exact match).
+    pub name: Option<String>,
+    /// Only instances with this status.
+    pub status: Option<RuntimeStatus>,
+    /// Only instances created at or after this time.
+    pub created_from: Option<u64>,
+    /// Only instances created strictly before this time.
+    pub created_to: Option<u64>,
+    /// Instances per page (at least 1).
+    pub page_size: usize,
+    /// The `continuation` of the previous page.
+    pub continuation: Option<String>,
+}
+
+/// A page of an instance query, in creation order.
+#[derive(Clone, Debug)]
+pub struct InstanceRecordPage {
+    /// The instances of this page.
+    pub instances: Vec<InstanceRecord>,
+    /// Token for the next page, `None` on the last page.
+    pub continuation: Option<String>,
+}
+
+/// An entity locked by a critical section, and the orchestration instance holding its lock.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct LockRecord {
+    /// The locked entity.
+    pub id: EntityId,
+    /// The orchestration instance holding the lock.
+    pub owner: String,
+}
+
+/// Counts a store keeps, for the metrics (see [`Store::stats`]).
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct StoreStats {
+    /// Stored orchestration instances by status (statuses with none may be left out).
+    pub instances_by_status: Vec<(RuntimeStatus, u64)>,
+    /// Entities whose lock is held.
+    pub locked_entities: u64,
+    /// Stored messages scheduled for later (`deliver_at` set).
+    pub scheduled_messages: u64,
+    /// Every stored message.
+    pub messages: u64,
+}
+
 /// What a store recovers at start-up (see [`Store::recover`]).
 #[derive(Debug, Default)]
 pub struct Recovery {
@@ -271,6 +320,53 @@ pub trait Store: Send + Sync + 'static {
     /// Lists entities, page by page. A loaded state that cannot be decoded fails the page with
     /// kind [`StoreErrorKind::Corrupt`](crate::StoreErrorKind::Corrupt), naming the entity.
     async fn query_entities(&self, query: &EntityQuery) -> Result<EntityRecordPage, StoreError>;
+
+    /// Lists orchestration instances, page by page, in creation order. The default refuses:
+    /// a store that can list its instances overrides it.
+    async fn query_instances(
+        &self,
+        query: &InstanceQuery,
+    ) -> Result<InstanceRecordPage, StoreError> {
+        let _ = query;
+        Err(StoreError::new(
+            "this store cannot list orchestration instances (`Store::query_instances` is not \
+             implemented)",
+        ))
+    }
+
+    /// Counts for the metrics: instances by status, locked entities, stored messages. The
+    /// default refuses: a store that can count cheaply overrides it.
+    async fn stats(&self) -> Result<StoreStats, StoreError> {
+        Err(StoreError::new(
+            "this store keeps no statistics (`Store::stats` is not implemented)",
+        ))
+    }
+
+    /// Lists the entities whose lock is held, with the instance holding each, ordered by
+    /// name then key. The default pages through [`Store::query_entities`]; a store that can
+    /// read the locked rows alone overrides it.
+    async fn locked_entities(&self) -> Result<Vec<LockRecord>, StoreError> {
+        let mut query = EntityQuery {
+            include_state: false,
+            include_stateless: true,
+            page_size: 1000,
+            ..EntityQuery::default()
+        };
+        let mut locks = Vec::new();
+        loop {
+            let page = self.query_entities(&query).await?;
+            locks.extend(page.entities.into_iter().filter_map(|record| {
+                record.lock_owner.map(|owner| LockRecord {
+                    id: record.id,
+                    owner,
+                })
+            }));
+            match page.continuation {
+                Some(next) => query.continuation = Some(next),
+                None => return Ok(locks),
+            }
+        }
+    }
 
     /// Deletes entity rows that have no state, no lock and no pending message; returns how
     /// many it removed.

@@ -47,8 +47,9 @@ use async_trait::async_trait;
 use deadpool_postgres::{Manager, ManagerConfig, Object, Pool, RecyclingMethod};
 use entities_core::message::{Message, MessageId};
 use entities_core::store::{
-    Batch, EntityQuery, EntityRecord, EntityRecordPage, InstanceRecord, OwnershipEvent,
-    Partitioned, Recovery, RemoteReply, SetAsideMessage,
+    Batch, EntityQuery, EntityRecord, EntityRecordPage, InstanceQuery, InstanceRecord,
+    InstanceRecordPage, LockRecord, OwnershipEvent, Partitioned, Recovery, RemoteReply,
+    SetAsideMessage, StoreStats,
 };
 use entities_core::{EntityId, Store, StoreError, StoreErrorKind};
 use futures::future::BoxFuture;
@@ -460,6 +461,21 @@ impl Store for PostgresStore {
 
     async fn running_instances(&self) -> Result<Vec<InstanceRecord>, StoreError> {
         self.inner.running_instances().await
+    }
+
+    async fn query_instances(
+        &self,
+        query: &InstanceQuery,
+    ) -> Result<InstanceRecordPage, StoreError> {
+        self.inner.query_instances(query).await
+    }
+
+    async fn locked_entities(&self) -> Result<Vec<LockRecord>, StoreError> {
+        self.inner.locked_entities().await
+    }
+
+    async fn stats(&self) -> Result<StoreStats, StoreError> {
+        self.inner.stats().await
     }
 
     fn close(&self) {

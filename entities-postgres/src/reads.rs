@@ -6,7 +6,8 @@ use std::collections::HashMap;
 
 use entities_core::message::{now_millis, Message, MessageId};
 use entities_core::store::{
-    EntityQuery, EntityRecord, EntityRecordPage, InstanceRecord, Recovery, SetAsideMessage,
+    EntityQuery, EntityRecord, EntityRecordPage, InstanceQuery, InstanceRecord, InstanceRecordPage,
+    LockRecord, Recovery, SetAsideMessage, StoreStats,
 };
 use entities_core::{EntityId, StoreError, StoreErrorKind};
 use tokio_postgres::Transaction;
@@ -390,6 +391,118 @@ impl Inner {
             .map_err(failed)?;
         tx.commit().await.map_err(failed)?;
         Ok(deleted > 0)
+    }
+
+    /// A page of instances in creation order, ties broken by id; the continuation is the
+    /// `[created, id]` of the page's last instance.
+    pub(crate) async fn query_instances(
+        &self,
+        query: &InstanceQuery,
+    ) -> Result<InstanceRecordPage, StoreError> {
+        let (after_created, after_id) = match &query.continuation {
+            Some(token) => serde_json::from_str::<(i64, String)>(token).map_err(|e| {
+                StoreError::with_source(format!("invalid continuation token `{token}`"), e)
+            })?,
+            None => (i64::MIN, String::new()),
+        };
+        let first_page = query.continuation.is_none();
+        let page_size = query.page_size.max(1);
+        let conn = self.connection().await?;
+        let found = conn
+            .query(
+                &format!(
+                    "SELECT {INSTANCE_COLUMNS} FROM entities_instances \
+                     WHERE ($1 OR (created, id) > ($2, $3)) \
+                       AND ($4::text IS NULL OR name = $4) \
+                       AND ($5::text IS NULL OR status = $5) \
+                       AND ($6::bigint IS NULL OR created >= $6) \
+                       AND ($7::bigint IS NULL OR created < $7) \
+                     ORDER BY created, id LIMIT $8"
+                ),
+                &[
+                    &first_page,
+                    &after_created,
+                    &after_id.as_bytes(),
+                    &query.name,
+                    &query.status.map(rows::status_text),
+                    &query.created_from.map(int),
+                    &query.created_to.map(int),
+                    &(page_size as i64 + 1),
+                ],
+            )
+            .await
+            .map_err(read_failed)?;
+        let mut instances = found
+            .iter()
+            .map(rows::instance)
+            .collect::<Result<Vec<_>, _>>()?;
+        let continuation = if instances.len() > page_size {
+            instances.truncate(page_size);
+            let last = instances.last().expect("page is not empty");
+            Some(serde_json::json!([last.created, last.id]).to_string())
+        } else {
+            None
+        };
+        Ok(InstanceRecordPage {
+            instances,
+            continuation,
+        })
+    }
+
+    /// The locked entities with their lock holders, by name then key.
+    pub(crate) async fn locked_entities(&self) -> Result<Vec<LockRecord>, StoreError> {
+        let conn = self.connection().await?;
+        let found = conn
+            .query(
+                "SELECT name, key, lock_owner FROM entities_entities \
+                 WHERE lock_owner IS NOT NULL ORDER BY name, key",
+                &[],
+            )
+            .await
+            .map_err(read_failed)?;
+        let mut locks = Vec::with_capacity(found.len());
+        for row in &found {
+            locks.push(LockRecord {
+                id: rows::entity_id(row)?,
+                owner: rows::text(row.get::<_, &[u8]>(2)),
+            });
+        }
+        Ok(locks)
+    }
+
+    /// The counts of the metrics.
+    pub(crate) async fn stats(&self) -> Result<StoreStats, StoreError> {
+        let conn = self.connection().await?;
+        let by_status = conn
+            .query(
+                "SELECT status, count(*) FROM entities_instances GROUP BY status",
+                &[],
+            )
+            .await
+            .map_err(read_failed)?;
+        let counts = conn
+            .query_one(
+                "SELECT (SELECT count(*) FROM entities_entities WHERE lock_owner IS NOT NULL), \
+                        (SELECT count(*) FROM entities_messages WHERE deliver_at IS NOT NULL), \
+                        (SELECT count(*) FROM entities_messages)",
+                &[],
+            )
+            .await
+            .map_err(read_failed)?;
+        Ok(StoreStats {
+            instances_by_status: by_status
+                .iter()
+                .map(|row| {
+                    (
+                        rows::parse_status(row.get::<_, &str>(0)),
+                        row.get::<_, i64>(1) as u64,
+                    )
+                })
+                .collect(),
+            locked_entities: counts.get::<_, i64>(0) as u64,
+            scheduled_messages: counts.get::<_, i64>(1) as u64,
+            messages: counts.get::<_, i64>(2) as u64,
+        })
     }
 
     pub(crate) async fn running_instances(&self) -> Result<Vec<InstanceRecord>, StoreError> {

@@ -18,7 +18,7 @@ pub(crate) fn status_text(status: RuntimeStatus) -> &'static str {
     }
 }
 
-fn parse_status(text: &str) -> RuntimeStatus {
+pub(crate) fn parse_status(text: &str) -> RuntimeStatus {
     match text {
         "Completed" => RuntimeStatus::Completed,
         "Failed" => RuntimeStatus::Failed,

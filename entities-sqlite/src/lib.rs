@@ -21,8 +21,8 @@ use std::sync::{mpsc, Arc, Mutex};
 use async_trait::async_trait;
 use entities_core::message::{Message, MessageId};
 use entities_core::store::{
-    Batch, EntityQuery, EntityRecord, EntityRecordPage, InstanceRecord, Recovery, SetAsideMessage,
-    Store,
+    Batch, EntityQuery, EntityRecord, EntityRecordPage, InstanceQuery, InstanceRecord,
+    InstanceRecordPage, LockRecord, Recovery, SetAsideMessage, Store, StoreStats,
 };
 use entities_core::{EntityId, Error, StoreError, StoreErrorKind};
 use futures::future::BoxFuture;
@@ -121,7 +121,7 @@ struct Inner {
 
 /// The writer thread's queue and connection.
 struct Writer {
-    queue: mpsc::Sender<WriteRequest>,
+    queue: mpsc::Sender<writer::Traced>,
     conn: Arc<Mutex<Connection>>,
 }
 
@@ -395,7 +395,11 @@ impl SqliteStore {
         };
         let (tx, rx) = oneshot::channel();
         let sent = match &self.inner.writer {
-            Some(writer) => writer.queue.send(request(tx)).map_err(|_| stopped()),
+            // The writer thread writes it inside the caller's span.
+            Some(writer) => writer
+                .queue
+                .send((request(tx), tracing::Span::current()))
+                .map_err(|_| stopped()),
             None => Err(StoreError::of_kind(
                 StoreErrorKind::ReadOnly,
                 format!(
@@ -484,6 +488,23 @@ impl Store for SqliteStore {
         let query = query.clone();
         self.read(move |conn| sql::query_entities(conn, &query))
             .await
+    }
+
+    async fn query_instances(
+        &self,
+        query: &InstanceQuery,
+    ) -> Result<InstanceRecordPage, StoreError> {
+        let query = query.clone();
+        self.read(move |conn| sql::query_instances(conn, &query))
+            .await
+    }
+
+    async fn locked_entities(&self) -> Result<Vec<LockRecord>, StoreError> {
+        self.read(sql::locked_entities).await
+    }
+
+    async fn stats(&self) -> Result<StoreStats, StoreError> {
+        self.read(sql::stats).await
     }
 
     async fn delete_empty_entities(&self) -> Result<u64, StoreError> {

@@ -5,7 +5,8 @@
 
 use entities_core::message::{Body, Message, MessageId, Target};
 use entities_core::store::{
-    EntityQuery, EntityRecord, EntityRecordPage, InstanceRecord, RuntimeStatus, SetAsideMessage,
+    EntityQuery, EntityRecord, EntityRecordPage, InstanceQuery, InstanceRecord, InstanceRecordPage,
+    LockRecord, RuntimeStatus, SetAsideMessage, StoreStats,
 };
 use entities_core::{EntityId, StoreError};
 use rusqlite::types::ValueRef;
@@ -440,6 +441,108 @@ pub(crate) fn running_instances(conn: &Connection) -> ReadResult<Vec<InstanceRec
         .query_map([], instance_from_row)?
         .collect::<rusqlite::Result<Vec<_>>>()?;
     Ok(records.into_iter().collect::<Result<_, StoreError>>()?)
+}
+
+/// A page of instances in creation order (`num`, the sequential row number). The
+/// continuation is the `num` of the page's last instance.
+pub(crate) fn query_instances(
+    conn: &Connection,
+    query: &InstanceQuery,
+) -> ReadResult<InstanceRecordPage> {
+    let after: i64 = match &query.continuation {
+        Some(token) => token.parse().map_err(|e| {
+            StoreError::with_source(format!("invalid continuation token `{token}`"), e)
+        })?,
+        None => 0,
+    };
+    let page_size = query.page_size.max(1);
+    let mut stmt = conn.prepare_cached(&format!(
+        "SELECT {INSTANCE_COLUMNS}, num FROM instances \
+         WHERE num > ?1 AND (?2 IS NULL OR name = ?2) AND (?3 IS NULL OR status = ?3) \
+           AND (?4 IS NULL OR created >= ?4) AND (?5 IS NULL OR created < ?5) \
+         ORDER BY num LIMIT ?6"
+    ))?;
+    let rows = stmt
+        .query_map(
+            params![
+                after,
+                query.name,
+                query.status.map(status_text),
+                query.created_from.map(sql_int),
+                query.created_to.map(sql_int),
+                page_size as i64 + 1
+            ],
+            |row| Ok((instance_from_row(row)?, row.get::<_, i64>(7)?)),
+        )?
+        .collect::<rusqlite::Result<Vec<_>>>()?;
+    let more = rows.len() > page_size;
+    let mut instances = Vec::with_capacity(rows.len().min(page_size));
+    let mut last = None;
+    for (record, num) in rows.into_iter().take(page_size) {
+        instances.push(record?);
+        last = Some(num);
+    }
+    Ok(InstanceRecordPage {
+        instances,
+        continuation: if more {
+            last.map(|n| n.to_string())
+        } else {
+            None
+        },
+    })
+}
+
+/// The counts of the metrics.
+pub(crate) fn stats(conn: &Connection) -> ReadResult<StoreStats> {
+    let instances_by_status = conn
+        .prepare_cached("SELECT status, COUNT(*) FROM instances GROUP BY status")?
+        .query_map([], |row| {
+            Ok((
+                parse_status(&row.get::<_, String>(0)?),
+                row.get::<_, i64>(1)? as u64,
+            ))
+        })?
+        .collect::<rusqlite::Result<Vec<_>>>()?;
+    let count = |sql: &str| -> rusqlite::Result<u64> {
+        conn.prepare_cached(sql)?
+            .query_row([], |row| row.get::<_, i64>(0))
+            .map(|n| n as u64)
+    };
+    Ok(StoreStats {
+        instances_by_status,
+        locked_entities: count("SELECT COUNT(*) FROM entities WHERE lock_owner IS NOT NULL")?,
+        scheduled_messages: count("SELECT COUNT(*) FROM messages WHERE deliver_at IS NOT NULL")?,
+        messages: count("SELECT COUNT(*) FROM messages")?,
+    })
+}
+
+/// The locked entities with their lock holders, by name then key.
+pub(crate) fn locked_entities(conn: &Connection) -> ReadResult<Vec<LockRecord>> {
+    let rows = conn
+        .prepare_cached(
+            "SELECT name, key, lock_owner FROM entities WHERE lock_owner IS NOT NULL \
+             ORDER BY name, key",
+        )?
+        .query_map([], |row| {
+            Ok((
+                row.get::<_, String>(0)?,
+                row.get::<_, String>(1)?,
+                row.get::<_, String>(2)?,
+            ))
+        })?
+        .collect::<rusqlite::Result<Vec<_>>>()?;
+    let mut locks = Vec::with_capacity(rows.len());
+    for (name, key, owner) in rows {
+        let id = EntityId::try_new(&name, key.clone()).map_err(|err| {
+            StoreError::corrupt(
+                format!("the stored entity id `@{name}@{key}` is not valid"),
+                format!("@{name}@{key}"),
+                err,
+            )
+        })?;
+        locks.push(LockRecord { id, owner });
+    }
+    Ok(locks)
 }
 
 pub(crate) fn read_history(conn: &Connection, id: &str) -> ReadResult<Vec<Value>> {

@@ -42,6 +42,9 @@ pub(crate) enum WriteRequest {
     SetAside(Vec<Undecodable>, oneshot::Sender<Result<u64, StoreError>>),
 }
 
+/// A request with the span of its caller, which the writer thread enters to write it.
+pub(crate) type Traced = (WriteRequest, tracing::Span);
+
 /// What the writer thread shares with its store.
 pub(crate) struct Writer {
     /// The write connection, held for a whole group.
@@ -59,44 +62,69 @@ impl Writer {
     /// its own request, every later request is refused (later batches may build on the lost
     /// one) until a resume request finds the database writable; a resume request that does
     /// not, refuses the requests after it too. Once `closed` is set, nothing more is written.
-    pub(crate) fn run(self, rx: Receiver<WriteRequest>) {
+    ///
+    /// A group is written inside a span whose parent is its first request's caller's span
+    /// (the runtime's `commit` span), and which follows from the other requests' callers.
+    pub(crate) fn run(self, rx: Receiver<Traced>) {
         let mut group = Vec::new();
         let mut poisoned: Option<StoreError> = None;
         // A resume request that ended the last group.
         let mut next = None;
-        while let Some(first) = next.take().or_else(|| rx.recv().ok()) {
-            if let WriteRequest::Resume(tx) = first {
-                let result = self.check();
-                poisoned = result.clone().err();
-                let _ = tx.send(result);
-                continue;
-            }
-            // The group takes in more requests as it is written (see `apply_group`).
-            group.push(first);
-            let outcome = match &poisoned {
-                Some(cause) => Err(cause.clone().context(
-                    "refused: an earlier sqlite write failed and the store has not resumed",
-                )),
-                None => {
-                    let mut conn = self.conn.lock().unwrap_or_else(|e| e.into_inner());
-                    if self.closed.load(Ordering::SeqCst) {
-                        Err(closed())
-                    } else {
-                        self.apply_group(&mut conn, &mut group, &rx, &mut next)
-                            .inspect_err(|e| error!(error = %e, "sqlite group commit failed"))
-                    }
-                }
+        while let Some((first, caller)) = next.take().or_else(|| rx.recv().ok()) {
+            // The caller's subscriber too, for one set for its thread only.
+            let dispatch = caller.with_subscriber(|(_, dispatch)| dispatch.clone());
+            let write = || {
+                let span = tracing::debug_span!(parent: &caller, "sqlite_write");
+                let _entered = span.enter();
+                self.write_group(first, &rx, &mut group, &mut next, &mut poisoned);
             };
-            if let (Err(cause), None) = (&outcome, &poisoned) {
-                poisoned = Some(cause.clone());
+            match dispatch {
+                Some(dispatch) => tracing::dispatcher::with_default(&dispatch, write),
+                None => write(),
             }
-            debug!(
-                requests = group.len(),
-                ok = outcome.is_ok(),
-                "group committed"
-            );
-            answer(group.drain(..), outcome);
         }
+    }
+
+    /// Writes the group that `first` starts (or runs the resume request `first`).
+    fn write_group(
+        &self,
+        first: WriteRequest,
+        rx: &Receiver<Traced>,
+        group: &mut Vec<WriteRequest>,
+        next: &mut Option<Traced>,
+        poisoned: &mut Option<StoreError>,
+    ) {
+        if let WriteRequest::Resume(tx) = first {
+            let result = self.check();
+            *poisoned = result.clone().err();
+            let _ = tx.send(result);
+            return;
+        }
+        // The group takes in more requests as it is written (see `apply_group`).
+        group.push(first);
+        let outcome = match &*poisoned {
+            Some(cause) => Err(cause
+                .clone()
+                .context("refused: an earlier sqlite write failed and the store has not resumed")),
+            None => {
+                let mut conn = self.conn.lock().unwrap_or_else(|e| e.into_inner());
+                if self.closed.load(Ordering::SeqCst) {
+                    Err(closed())
+                } else {
+                    self.apply_group(&mut conn, group, rx, next)
+                        .inspect_err(|e| error!(error = %e, "sqlite group commit failed"))
+                }
+            }
+        };
+        if let (Err(cause), None) = (&outcome, &*poisoned) {
+            *poisoned = Some(cause.clone());
+        }
+        debug!(
+            requests = group.len(),
+            ok = outcome.is_ok(),
+            "group committed"
+        );
+        answer(group.drain(..), outcome);
     }
 
     /// Checks that the database accepts writes: commits a write that changes nothing, and, for
@@ -139,8 +167,8 @@ impl Writer {
         &self,
         conn: &mut Connection,
         group: &mut Vec<WriteRequest>,
-        rx: &Receiver<WriteRequest>,
-        next: &mut Option<WriteRequest>,
+        rx: &Receiver<Traced>,
+        next: &mut Option<Traced>,
     ) -> Result<Vec<Outcome>, StoreError> {
         let failed = |e| sqlite_error("sqlite group commit failed; nothing was written", e);
         let tx = conn.transaction().map_err(failed)?;
@@ -156,11 +184,14 @@ impl Writer {
                         break;
                     }
                     match rx.try_recv() {
-                        Ok(request @ WriteRequest::Resume(_)) => {
-                            *next = Some(request);
+                        Ok((request @ WriteRequest::Resume(_), caller)) => {
+                            *next = Some((request, caller));
                             break;
                         }
-                        Ok(request) => group.push(request),
+                        Ok((request, caller)) => {
+                            tracing::Span::current().follows_from(&caller);
+                            group.push(request);
+                        }
                         Err(_) => break,
                     }
                 }

@@ -54,7 +54,9 @@ impl Engine {
             },
             ..Building::default()
         };
-        if let Err(err) = self.run_rounds(&mut b, only_finished).await {
+        let span = tracing::debug_span!("batch", batch = self.batch_no);
+        let rounds = self.run_rounds(&mut b, only_finished);
+        if let Err(err) = tracing::Instrument::instrument(rounds, span.clone()).await {
             // The senders of the client messages it took in hear why they are not stored.
             answer_stored(
                 &self.shared.intake,
@@ -70,6 +72,7 @@ impl Engine {
             effects,
             ..
         } = b;
+        self.counts.consumed = (batch.consumed.len() + dropped.len()) as u64;
         batch.produced.retain(|m| !dropped.contains(&m.id));
         batch.entities = writes.into_values().collect();
         let mut effects = effects;
@@ -95,7 +98,10 @@ impl Engine {
                 .collect();
         }
         // Queued now, so batches commit in order.
-        self.commits.queue(batch, effects);
+        span.in_scope(|| self.commits.queue(batch, effects));
+        (self.counts.ops_ok, self.counts.ops_failed) = self.entities.take_outcomes();
+        self.counts
+            .record(self.entities.waiting(), self.entities.len());
         Ok(())
     }
 

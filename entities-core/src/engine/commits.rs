@@ -58,10 +58,22 @@ impl Commits {
         if batch.is_empty() && effects.is_empty() {
             return;
         }
-        let commit = self.store.commit(batch);
-        self.inflight.push_back(Box::pin(
-            commit.map(move |result| (result.map(drop), effects)),
-        ));
+        let span = tracing::debug_span!(
+            "commit",
+            entities = batch.entities.len(),
+            consumed = batch.consumed.len(),
+            produced = batch.produced.len(),
+        );
+        // The store is called inside the span: a store that hands the write to another
+        // thread can carry the span along.
+        let commit = span.in_scope(|| self.store.commit(batch));
+        let started = std::time::Instant::now();
+        let done = commit.map(move |result| {
+            crate::metrics::commit_done(started.elapsed(), result.is_ok());
+            (result.map(drop), effects)
+        });
+        self.inflight
+            .push_back(Box::pin(tracing::Instrument::instrument(done, span)));
     }
 
     /// Commits under way.

@@ -19,6 +19,7 @@ use tracing::{error, warn};
 
 use super::protocol::CallReply;
 use super::shared::Shared;
+use crate::client::SET_STATE_OPERATION;
 use crate::context::EntityContext;
 use crate::entity::EntityFunction;
 use crate::error::{OperationError, StoreErrorKind};
@@ -84,10 +85,14 @@ struct Part {
     replies: Vec<(u64, CallReply)>,
     /// Whether its state or lock changed, so that its row must be written.
     written: bool,
+    /// Operations that succeeded and failed (for the metrics).
+    ok: u64,
+    failed: u64,
 }
 
 /// An operation that suspended: it goes on on a task of its own.
 struct Suspended {
+    span: tracing::Span,
     function: Arc<dyn EntityFunction>,
     message: MessageId,
     ctx: EntityContext,
@@ -133,6 +138,11 @@ pub(crate) struct Entities {
     timeouts: Timeouts,
     /// Entities whose read failed, and when to read them again.
     retries: Vec<(tokio::time::Instant, EntityId)>,
+    /// Messages delivered and not consumed yet (for the metrics).
+    waiting: usize,
+    /// Operations that succeeded and failed since the last `take_outcomes`.
+    ops_ok: u64,
+    ops_failed: u64,
 }
 
 impl Entities {
@@ -145,6 +155,9 @@ impl Entities {
             finished: Vec::new(),
             timeouts,
             retries: Vec::new(),
+            waiting: 0,
+            ops_ok: 0,
+            ops_failed: 0,
         }
     }
 
@@ -163,6 +176,19 @@ impl Entities {
         self.slots.len()
     }
 
+    /// Messages delivered to entities in memory and not consumed yet.
+    pub(crate) fn waiting(&self) -> usize {
+        self.waiting
+    }
+
+    /// The counts of operations that succeeded and failed since the last call.
+    pub(crate) fn take_outcomes(&mut self) -> (u64, u64) {
+        (
+            std::mem::take(&mut self.ops_ok),
+            std::mem::take(&mut self.ops_failed),
+        )
+    }
+
     /// Queues a due message for its entity.
     pub(crate) fn deliver(&mut self, id: EntityId, message: Message) {
         if self.shared.registry.entity(id.name()).is_none() {
@@ -173,6 +199,7 @@ impl Entities {
             );
             return;
         }
+        self.waiting += 1;
         let slot = self.slots.entry(id.clone()).or_default();
         slot.queue.push_back(message);
         if !slot.in_ready && !slot.busy {
@@ -260,6 +287,9 @@ impl Entities {
             }
         }
         for (id, mut slot, part) in work {
+            self.waiting = self.waiting.saturating_sub(part.consumed.len());
+            self.ops_ok += part.ok;
+            self.ops_failed += part.failed;
             out.round.consumed.extend(part.consumed);
             out.round.produced.extend(part.produced);
             out.replies.extend(part.replies);
@@ -289,8 +319,10 @@ impl Entities {
     /// Runs a suspended operation on a task of its own, under its entity's timeout.
     fn spawn(&mut self, id: EntityId, op: Suspended) {
         let timeout = self.timeouts.of(&id);
-        self.running.spawn(async move {
+        let span = op.span.clone();
+        let task = async move {
             let Suspended {
+                span: _,
                 function,
                 message,
                 mut ctx,
@@ -320,7 +352,9 @@ impl Entities {
                 outcome,
                 reply,
             }
-        });
+        };
+        self.running
+            .spawn(tracing::Instrument::instrument(task, span));
     }
 
     /// Loads the states of entities not in memory yet; returns those that can run. A state
@@ -418,6 +452,7 @@ impl Entities {
         self.ready.clear();
         self.finished.clear();
         self.retries.clear();
+        self.waiting = 0;
     }
 
     /// Waits for the operations under way, at most `grace`; then stops those still running.
@@ -461,7 +496,18 @@ fn run_entity_now(
                 input,
                 reply,
                 sender: _,
+            } if name == SET_STATE_OPERATION => {
+                part.consumed.push(message.id);
+                set_state(id, slot, input, reply, shared, part);
+            }
+            Body::Operation {
+                name,
+                input,
+                reply,
+                sender: _,
             } => {
+                let span = tracing::debug_span!("operation", entity = %id, operation = %name);
+                let entered = span.enter();
                 let ctx = EntityContext::new(
                     id.clone(),
                     name,
@@ -481,7 +527,9 @@ fn run_entity_now(
                             // batch writes if earlier operations of this round changed it.
                             // Until the operation finishes, the state stays what it was.
                             slot.state = ctx.state_raw().cloned();
+                            drop(entered);
                             return Some(Suspended {
+                                span,
                                 function: function.clone(),
                                 message: message.id,
                                 ctx,
@@ -493,6 +541,7 @@ fn run_entity_now(
                 };
                 part.consumed.push(message.id);
                 finish_operation(shared, id, slot, ctx, outcome, reply, part);
+                drop(entered);
             }
             Body::LockRequest {
                 owner,
@@ -522,6 +571,47 @@ fn run_entity_now(
     None
 }
 
+/// Runs the reserved operation of `Client::set_entity_state`: the input becomes the state,
+/// and the caller hears back.
+fn set_state(
+    id: &EntityId,
+    slot: &mut Slot,
+    input: Option<Value>,
+    reply: Option<ReplyTo>,
+    shared: &Arc<Shared>,
+    part: &mut Part,
+) {
+    let result = match input {
+        // Its stored row could not be read, lock included: writing it would drop a lock.
+        Some(_) if slot.poisoned.is_some() => {
+            warn!(entity = %id, "set_entity_state refused: the stored state cannot be decoded");
+            Err(OperationError::new(format!(
+                "the stored state of {id} cannot be decoded, so its row (lock included) cannot \
+                 be rewritten safely; repair it in the store"
+            )))
+        }
+        Some(state) => {
+            slot.state = Some(state);
+            slot.last_modified = now_millis();
+            part.written = true;
+            Ok(None)
+        }
+        None => Err(OperationError::new("set_entity_state needs a state")),
+    };
+    if result.is_ok() {
+        part.ok += 1;
+    } else {
+        part.failed += 1;
+    }
+    match reply {
+        None => {}
+        Some(ReplyTo::Client(waiter)) => part.replies.push((waiter, result)),
+        Some(ReplyTo::Instance { id: instance, seq }) => part
+            .produced
+            .push(shared.operation_completion(instance, seq, result)),
+    }
+}
+
 /// The error of an operation that panicked.
 fn panicked(ctx: &EntityContext, panic: &Box<dyn std::any::Any + Send>) -> OperationError {
     OperationError::new(format!(
@@ -543,6 +633,11 @@ fn finish_operation(
     part: &mut Part,
 ) {
     let finished = ctx.finish(outcome);
+    if finished.result.is_ok() {
+        part.ok += 1;
+    } else {
+        part.failed += 1;
+    }
     slot.state = finished.state;
     if finished.state_written {
         part.written = true;

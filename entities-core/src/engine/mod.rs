@@ -116,6 +116,8 @@ pub(crate) struct Engine {
     shutdown: Option<oneshot::Sender<()>>,
     /// The partition side of a shared store, if the store is one.
     partitioned: Option<SharedStore>,
+    /// What the batch under way counts for the metrics.
+    counts: crate::metrics::BatchCounts,
 }
 
 /// What the engine holds of a shared store's partition side.
@@ -163,6 +165,7 @@ impl Engine {
             batch_no: 0,
             committed_no: 0,
             shutdown: None,
+            counts: Default::default(),
         }
     }
 
@@ -339,6 +342,14 @@ impl Engine {
             } => {
                 if let Some((id, tx)) = waiter {
                     self.waiters.insert(id, tx);
+                }
+                for message in &messages {
+                    if let crate::message::Body::Operation { reply, .. } = &message.body {
+                        match reply {
+                            None => self.counts.signals += 1,
+                            Some(_) => self.counts.calls += 1,
+                        }
+                    }
                 }
                 if let Some(stored) = stored {
                     self.ingested.extend(messages.iter().cloned());

@@ -204,7 +204,9 @@ impl Orchestrations {
             let mut slot = self.slots.remove(&id).expect("loaded slot");
             if !slot.unrunnable {
                 let messages: Vec<Message> = slot.queue.drain(..).collect();
-                if self.run_turn(&id, &mut slot, messages, batch) {
+                let span = tracing::debug_span!("orchestration_turn", instance = %id);
+                let ended_now = span.in_scope(|| self.run_turn(&id, &mut slot, messages, batch));
+                if ended_now {
                     // The turn's last write is the instance's final record.
                     let last = batch
                         .instances
@@ -585,6 +587,7 @@ impl Orchestrations {
             }
         };
         debug!(instance = id, ?status, "orchestration ended");
+        crate::metrics::orchestration_ended(status);
         live.record.status = status;
         live.record.output = Some(output);
         if let Some(ReplyTo::Instance { id: parent, seq }) = &live.parent {

@@ -1,0 +1,154 @@
+//! Tables and details for people (`--json` prints the API's JSON instead).
+
+use serde_json::Value;
+
+/// Longest cell of a table; longer ones are cut with `…`.
+const MAX_CELL: usize = 60;
+
+/// A JSON value in one short line: strings without quotes, null as `-`.
+fn cell(value: &Value) -> String {
+    let text = match value {
+        Value::Null => "-".to_string(),
+        Value::String(s) => s.clone(),
+        other => other.to_string(),
+    };
+    let text = text.replace(['\n', '\t'], " ");
+    if text.chars().count() > MAX_CELL {
+        let cut: String = text.chars().take(MAX_CELL - 1).collect();
+        format!("{cut}…")
+    } else {
+        text
+    }
+}
+
+/// Aligned columns under a header.
+fn table(header: &[&str], rows: Vec<Vec<String>>) -> String {
+    let mut widths: Vec<usize> = header.iter().map(|h| h.chars().count()).collect();
+    for row in &rows {
+        for (w, c) in widths.iter_mut().zip(row) {
+            *w = (*w).max(c.chars().count());
+        }
+    }
+    let line = |cells: Vec<String>| {
+        let mut out = String::new();
+        for (i, (c, w)) in cells.iter().zip(&widths).enumerate() {
+            if i + 1 == cells.len() {
+                out.push_str(c);
+            } else {
+                let pad = w - c.chars().count();
+                out.push_str(c);
+                out.push_str(&" ".repeat(pad + 2));
+            }
+        }
+        out.trim_end().to_string()
+    };
+    let mut out = line(header.iter().map(|h| h.to_string()).collect());
+    out.push('\n');
+    for row in rows {
+        out.push_str(&line(row));
+        out.push('\n');
+    }
+    out
+}
+
+/// `entities list`.
+pub(crate) fn entities(list: &Value) -> String {
+    let rows: Vec<Vec<String>> = list
+        .as_array()
+        .map(|l| l.as_slice())
+        .unwrap_or_default()
+        .iter()
+        .map(|e| {
+            vec![
+                cell(&e["id"]),
+                cell(&e["state"]),
+                cell(&e["locked_by"]),
+                cell(&e["pending_messages"]),
+                cell(&e["last_modified"]),
+            ]
+        })
+        .collect();
+    if rows.is_empty() {
+        return "no entities".into();
+    }
+    table(
+        &["ENTITY", "STATE", "LOCKED BY", "PENDING", "MODIFIED"],
+        rows,
+    )
+}
+
+/// `entities show`.
+pub(crate) fn entity(e: &Value) -> String {
+    format!(
+        "entity:    {}\nmodified:  {}\nlocked by: {}\npending:   {}\nstate:\n{}",
+        cell(&e["id"]),
+        cell(&e["last_modified"]),
+        cell(&e["locked_by"]),
+        cell(&e["pending_messages"]),
+        serde_json::to_string_pretty(&e["state"]).unwrap_or_default()
+    )
+}
+
+/// `entities locks`.
+pub(crate) fn locks(list: &Value) -> String {
+    let rows: Vec<Vec<String>> = list
+        .as_array()
+        .map(|l| l.as_slice())
+        .unwrap_or_default()
+        .iter()
+        .map(|l| vec![cell(&l["id"]), cell(&l["owner"])])
+        .collect();
+    if rows.is_empty() {
+        return "no locks".into();
+    }
+    table(&["ENTITY", "LOCKED BY"], rows)
+}
+
+/// `entities orchestrations`.
+pub(crate) fn instances(list: &Value) -> String {
+    let rows: Vec<Vec<String>> = list
+        .as_array()
+        .map(|l| l.as_slice())
+        .unwrap_or_default()
+        .iter()
+        .map(|i| {
+            vec![
+                cell(&i["id"]),
+                cell(&i["name"]),
+                cell(&i["status"]),
+                cell(&i["created"]),
+                cell(&i["updated"]),
+            ]
+        })
+        .collect();
+    if rows.is_empty() {
+        return "no orchestrations".into();
+    }
+    table(&["ID", "NAME", "STATUS", "CREATED", "UPDATED"], rows)
+}
+
+/// `entities orchestration`.
+pub(crate) fn instance(i: &Value) -> String {
+    let mut out = format!(
+        "instance: {}\nname:     {}\nstatus:   {}\ncreated:  {}\nupdated:  {}\ninput:    {}\n",
+        cell(&i["id"]),
+        cell(&i["name"]),
+        cell(&i["status"]),
+        cell(&i["created"]),
+        cell(&i["updated"]),
+        i["input"],
+    );
+    if !i["output"].is_null() {
+        out.push_str(&format!("output:   {}\n", i["output"]));
+    }
+    if !i["error"].is_null() {
+        out.push_str(&format!("error:    {}\n", cell(&i["error"])));
+    }
+    if let Some(history) = i["history"].as_array() {
+        out.push_str(&format!("history:  {} events\n", history.len()));
+        for (n, event) in history.iter().enumerate() {
+            out.push_str(&format!("  {n:>4}  {event}\n"));
+        }
+    }
+    out
+}

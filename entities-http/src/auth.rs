@@ -1,0 +1,42 @@
+//! The bearer-token check.
+
+use std::sync::Arc;
+
+use axum::extract::{Request, State};
+use axum::http::{header, StatusCode};
+use axum::middleware::Next;
+use axum::response::{IntoResponse, Response};
+use subtle::ConstantTimeEq;
+
+use crate::error::ApiError;
+
+/// Lets a request through when it carries `Authorization: Bearer <token>`; `/health` always
+/// passes (liveness probes carry no secret). The token is compared in constant time.
+pub(crate) async fn require_token(
+    State(token): State<Arc<[u8]>>,
+    request: Request,
+    next: Next,
+) -> Response {
+    if request.uri().path() == "/health" {
+        return next.run(request).await;
+    }
+    let given = request
+        .headers()
+        .get(header::AUTHORIZATION)
+        .and_then(|value| value.as_bytes().strip_prefix(b"Bearer "));
+    match given {
+        Some(given) if bool::from(given.ct_eq(&token)) => next.run(request).await,
+        Some(_) => ApiError::new(
+            StatusCode::UNAUTHORIZED,
+            "unauthorized",
+            "the bearer token is wrong",
+        )
+        .into_response(),
+        None => ApiError::new(
+            StatusCode::UNAUTHORIZED,
+            "unauthorized",
+            "this API requires `Authorization: Bearer <token>`",
+        )
+        .into_response(),
+    }
+}

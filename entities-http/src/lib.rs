@@ -1,0 +1,211 @@
+//! The HTTP API of `entities`: an [axum] router over a runtime's [`Client`].
+//!
+//! ```no_run
+//! # async fn run(runtime: entities_core::Runtime) -> Result<(), entities_http::HttpError> {
+//! // Mount it in an app of your own...
+//! let app: axum::Router = entities_http::router(runtime.client());
+//! // ...or serve it alone, here with a bearer token and a 64 KiB body limit.
+//! entities_http::Http::new(runtime.client())
+//!     .token("s3cret")
+//!     .body_limit(64 * 1024)
+//!     .serve("127.0.0.1:8080")
+//!     .await?;
+//! # Ok(()) }
+//! ```
+//!
+//! | method and path | does | answers |
+//! | --- | --- | --- |
+//! | `POST /entities/{name}/{key}/{operation}` | calls the operation, body = JSON input (empty = none) | 200 with the JSON result; 422 with the operation's error |
+//! | `POST /entities/{name}/{key}/{operation}/send` | signals it | 202 once durably stored |
+//! | `GET /entities/{name}/{key}` | reads the committed state and metadata | 200, or 404 when it has no state |
+//! | `PUT /entities/{name}/{key}` | replaces the state (`Client::set_entity_state`), body = state | 200 once applied |
+//! | `GET /entities?name=&prefix=&page_size=&continuation=` | lists entities | 200 with a page |
+//! | `GET /locks` | lists locked entities and the instance holding each | 200 |
+//! | `POST /clean` | `Client::clean_entity_storage` | 200 with what it did |
+//! | `POST /orchestrations/{name}` (`?id=` optional) | starts an instance, body = input | 202 with `{"id": ..}`; 409 if the id exists |
+//! | `GET /orchestrations/{id}` (`?wait=5s` optional) | status, input, output or error | 200, or 404 |
+//! | `GET /orchestrations/{id}/history` | the recorded history events | 200, or 404 |
+//! | `GET /orchestrations?name=&status=&created_from=&created_to=&page_size=&continuation=` | lists instances | 200 with a page |
+//! | `POST /orchestrations/{id}/events/{event}` | raises an event, body = data | 202, or 404 |
+//! | `POST /orchestrations/{id}/terminate` | terminates, body = reason (a JSON string) | 202, or 404 |
+//! | `DELETE /orchestrations/{id}` | purges an ended instance | 200, 404, or 409 while it runs |
+//! | `GET /health`, `GET /metrics`, `GET /openapi.json` | liveness; Prometheus text; the API's description | 200 |
+//!
+//! Names are case-insensitive; keys (and instance ids) are percent-decoded path segments, so
+//! a key with `/` or `@` travels as `%2F` or `%40`. Every error is JSON with at least a
+//! `message`: 400 bad input, 401 without the token, 404 unknown entity name or instance, 409
+//! instance exists (or still running, for a purge), 413 body too large, 422 the operation's own
+//! error, 503 the runtime is shut down.
+//!
+//! With a token set, every route but `/health` requires `Authorization: Bearer <token>`
+//! (compared in constant time).
+//!
+//! `/metrics` renders the `metrics` facade through a Prometheus recorder that this crate
+//! installs globally the first time a router is built, unless the process installed a
+//! recorder already: then pass its handle with [`Http::prometheus`].
+
+#![warn(missing_docs)]
+
+mod auth;
+mod error;
+mod openapi;
+mod routes;
+
+use std::future::Future;
+use std::sync::{Arc, OnceLock};
+use std::time::Duration;
+
+use axum::Router;
+use entities_core::Client;
+use metrics_exporter_prometheus::{PrometheusBuilder, PrometheusHandle};
+use tokio::net::{TcpListener, ToSocketAddrs};
+
+pub use crate::error::HttpError;
+pub use crate::openapi::{openapi, ROUTES};
+
+/// The default limit on a request body: 1 MiB.
+pub const DEFAULT_BODY_LIMIT: usize = 1024 * 1024;
+
+/// The default longest `?wait=` an orchestration read honours: 60 seconds.
+pub const DEFAULT_MAX_WAIT: Duration = Duration::from_secs(60);
+
+/// The router over `client` with the default options: no token, a body limit of
+/// [`DEFAULT_BODY_LIMIT`]. Use [`Http`] for other options.
+pub fn router(client: Client) -> Router {
+    Http::new(client).router()
+}
+
+/// Serves the router over `client` with the default options on `addr` until the process
+/// ends or the listener fails. Use [`Http`] for other options.
+pub async fn serve(client: Client, addr: impl ToSocketAddrs) -> Result<(), HttpError> {
+    Http::new(client).serve(addr).await
+}
+
+/// The HTTP API with its options: build the router or serve it.
+#[derive(Clone)]
+pub struct Http {
+    client: Client,
+    token: Option<Arc<[u8]>>,
+    body_limit: usize,
+    max_wait: Duration,
+    prometheus: Option<PrometheusHandle>,
+}
+
+impl std::fmt::Debug for Http {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Http")
+            .field("token", &self.token.as_ref().map(|_| "<set>"))
+            .field("body_limit", &self.body_limit)
+            .field("max_wait", &self.max_wait)
+            .finish_non_exhaustive()
+    }
+}
+
+impl Http {
+    /// The API over `client`, with no token and the default limits.
+    pub fn new(client: Client) -> Self {
+        Self {
+            client,
+            token: None,
+            body_limit: DEFAULT_BODY_LIMIT,
+            max_wait: DEFAULT_MAX_WAIT,
+            prometheus: None,
+        }
+    }
+
+    /// Requires `Authorization: Bearer <token>` on every route but `/health`. An empty token
+    /// turns the requirement off.
+    pub fn token(mut self, token: impl AsRef<str>) -> Self {
+        let token = token.as_ref();
+        self.token = (!token.is_empty()).then(|| Arc::from(token.as_bytes()));
+        self
+    }
+
+    /// The largest request body accepted, in bytes; a larger one is refused with 413.
+    pub fn body_limit(mut self, bytes: usize) -> Self {
+        self.body_limit = bytes;
+        self
+    }
+
+    /// The longest `?wait=` an orchestration read honours; longer waits are cut to it.
+    pub fn max_wait(mut self, max: Duration) -> Self {
+        self.max_wait = max;
+        self
+    }
+
+    /// Renders `/metrics` with this Prometheus handle instead of the recorder this crate
+    /// installs (for a process that installed its own).
+    pub fn prometheus(mut self, handle: PrometheusHandle) -> Self {
+        self.prometheus = Some(handle);
+        self
+    }
+
+    /// The router.
+    pub fn router(self) -> Router {
+        let prometheus = self.prometheus.or_else(global_prometheus);
+        let state = routes::AppState {
+            client: self.client,
+            max_wait: self.max_wait,
+            prometheus,
+            token_required: self.token.is_some(),
+        };
+        routes::router(state, self.body_limit, self.token)
+    }
+
+    /// Binds `addr` and serves until the process ends or the listener fails.
+    pub async fn serve(self, addr: impl ToSocketAddrs) -> Result<(), HttpError> {
+        self.serve_with_shutdown(addr, std::future::pending()).await
+    }
+
+    /// Binds `addr` and serves until `shutdown` resolves (then finishes the requests under
+    /// way) or the listener fails.
+    pub async fn serve_with_shutdown(
+        self,
+        addr: impl ToSocketAddrs,
+        shutdown: impl Future<Output = ()> + Send + 'static,
+    ) -> Result<(), HttpError> {
+        let listener = TcpListener::bind(addr)
+            .await
+            .map_err(|source| HttpError::Bind { source })?;
+        self.serve_on(listener, shutdown).await
+    }
+
+    /// Serves on a listener bound already (for instance to port 0) until `shutdown`
+    /// resolves or the listener fails.
+    pub async fn serve_on(
+        self,
+        listener: TcpListener,
+        shutdown: impl Future<Output = ()> + Send + 'static,
+    ) -> Result<(), HttpError> {
+        if let Ok(addr) = listener.local_addr() {
+            tracing::info!(%addr, "entities HTTP API listening");
+        }
+        axum::serve(listener, self.router())
+            .with_graceful_shutdown(shutdown)
+            .await
+            .map_err(|source| HttpError::Serve { source })
+    }
+}
+
+/// Installs the Prometheus recorder that `/metrics` renders (once per process; later calls
+/// return the same handle), and returns its handle; `None` if another metrics recorder was
+/// installed first. Building a router does this too: call it before starting the runtime to
+/// count from the very start.
+pub fn prometheus() -> Option<PrometheusHandle> {
+    global_prometheus()
+}
+
+/// The Prometheus recorder this crate installs once per process; `None` if another recorder
+/// was installed first.
+fn global_prometheus() -> Option<PrometheusHandle> {
+    static HANDLE: OnceLock<Option<PrometheusHandle>> = OnceLock::new();
+    HANDLE
+        .get_or_init(|| match PrometheusBuilder::new().install_recorder() {
+            Ok(handle) => Some(handle),
+            Err(err) => {
+                tracing::warn!(error = %err, "cannot install the Prometheus recorder (another metrics recorder is installed?); /metrics stays empty unless a handle is given with Http::prometheus");
+                None
+            }
+        })
+        .clone()
+}

@@ -1,0 +1,325 @@
+//! The OpenAPI 3.0 document of the API, served at `/openapi.json`. The tests check that its
+//! paths and methods are exactly [`ROUTES`], and that the router answers each of them.
+
+use serde_json::{json, Map, Value};
+
+/// Every route of the API: its path (OpenAPI template syntax) and methods (lower case).
+pub const ROUTES: &[(&str, &[&str])] = &[
+    ("/entities", &["get"]),
+    ("/entities/{name}/{key}", &["get", "put"]),
+    ("/entities/{name}/{key}/{operation}", &["post"]),
+    ("/entities/{name}/{key}/{operation}/send", &["post"]),
+    ("/locks", &["get"]),
+    ("/clean", &["post"]),
+    ("/orchestrations", &["get"]),
+    ("/orchestrations/{id}", &["get", "post", "delete"]),
+    ("/orchestrations/{id}/history", &["get"]),
+    ("/orchestrations/{id}/events/{event}", &["post"]),
+    ("/orchestrations/{id}/terminate", &["post"]),
+    ("/health", &["get"]),
+    ("/metrics", &["get"]),
+    ("/openapi.json", &["get"]),
+];
+
+fn path_param(name: &str, description: &str) -> Value {
+    json!({
+        "name": name, "in": "path", "required": true, "description": description,
+        "schema": { "type": "string", "minLength": 1 }
+    })
+}
+
+fn query_param(name: &str, schema: Value, description: &str) -> Value {
+    json!({
+        "name": name, "in": "query", "required": false, "description": description,
+        "schema": schema
+    })
+}
+
+fn error(description: &str) -> Value {
+    json!({
+        "description": description,
+        "content": { "application/json": { "schema": { "$ref": "#/components/schemas/Error" } } }
+    })
+}
+
+fn ok_json(description: &str, schema: Value) -> Value {
+    json!({ "description": description, "content": { "application/json": { "schema": schema } } })
+}
+
+/// The request body of a route that takes JSON: optional, any JSON value.
+fn json_body(description: &str, required: bool) -> Value {
+    json!({
+        "description": description,
+        "required": required,
+        "content": { "application/json": { "schema": {} } }
+    })
+}
+
+fn operation(summary: &str, parameters: Vec<Value>, responses: Vec<(&str, Value)>) -> Value {
+    let mut map = Map::new();
+    map.insert("summary".into(), summary.into());
+    if !parameters.is_empty() {
+        map.insert("parameters".into(), parameters.into());
+    }
+    let mut answers = Map::new();
+    for (code, response) in responses {
+        answers.insert(code.to_string(), response);
+    }
+    // Every route may refuse a missing token (when one is set) and a stopped runtime.
+    answers.insert(
+        "401".into(),
+        error("a token is set and was not given, or is wrong"),
+    );
+    answers.insert("503".into(), error("the runtime is shut down"));
+    map.insert("responses".into(), answers.into());
+    Value::Object(map)
+}
+
+fn with_body(mut op: Value, body: Value) -> Value {
+    op["requestBody"] = body;
+    op
+}
+
+/// The OpenAPI document of a router without a token (`/openapi.json` of a router with one
+/// also declares the bearer scheme on every operation but `/health`).
+pub fn openapi() -> Value {
+    let name = || path_param("name", "entity name (case-insensitive)");
+    let key = || path_param("key", "entity key, percent-encoded (`/` as `%2F`)");
+    let id = || path_param("id", "orchestration instance id");
+    let any = json!({});
+    let string = json!({ "type": "string" });
+    // 0 and sizes past the most a page holds are accepted, and cut to 1 and that most.
+    let integer = json!({ "type": "integer", "minimum": 0 });
+    let entity_ref = json!({ "$ref": "#/components/schemas/Entity" });
+    let status_ref = json!({ "$ref": "#/components/schemas/OrchestrationStatus" });
+
+    let paths = json!({
+        "/entities": {
+            "get": operation("List entities by name and key prefix, page by page", vec![
+                query_param("name", string.clone(), "only entities of this name"),
+                query_param("prefix", string.clone(), "only keys starting with this"),
+                query_param("page_size", integer.clone(), "entities per page (default 100)"),
+                query_param("continuation", string.clone(), "the continuation of the previous page"),
+                query_param("include_state", json!({"type": "boolean"}), "include states (default true)"),
+                query_param("include_stateless", json!({"type": "boolean"}), "include entities without state (default false)"),
+            ], vec![
+                ("200", ok_json("a page", json!({
+                    "type": "object", "required": ["entities"],
+                    "properties": {
+                        "entities": { "type": "array", "items": entity_ref.clone() },
+                        "continuation": { "type": "string", "nullable": true }
+                    }
+                }))),
+                ("400", error("bad query")),
+            ]),
+        },
+        "/entities/{name}/{key}": {
+            "get": operation("Read an entity's committed state and metadata", vec![name(), key()], vec![
+                ("200", ok_json("the entity", entity_ref.clone())),
+                ("400", error("bad entity id")),
+                ("404", error("the entity has no state")),
+            ]),
+            "put": with_body(operation("Replace an entity's state; runs in the entity's queue (waits for its lock)", vec![name(), key()], vec![
+                ("200", ok_json("applied", json!({ "type": "object" }))),
+                ("400", error("no state given, bad JSON or bad entity id")),
+                ("404", error("unknown entity name")),
+                ("413", error("body too large")),
+                ("422", error("the state cannot be replaced")),
+            ]), json_body("the new state", true)),
+        },
+        "/entities/{name}/{key}/{operation}": {
+            "post": with_body(operation("Call an operation and wait for its result", vec![
+                name(), key(), path_param("operation", "operation name"),
+            ], vec![
+                ("200", ok_json("the operation's result", any.clone())),
+                ("400", error("bad JSON, bad entity id or reserved operation name")),
+                ("404", error("unknown entity name")),
+                ("413", error("body too large")),
+                ("422", error("the operation's own error")),
+            ]), json_body("the operation's input; empty for none", false)),
+        },
+        "/entities/{name}/{key}/{operation}/send": {
+            "post": with_body(operation("Signal an operation (one-way); answers once durably stored", vec![
+                name(), key(), path_param("operation", "operation name"),
+            ], vec![
+                ("202", ok_json("stored", json!({ "type": "object" }))),
+                ("400", error("bad JSON, bad entity id or reserved operation name")),
+                ("404", error("unknown entity name")),
+                ("413", error("body too large")),
+            ]), json_body("the operation's input; empty for none", false)),
+        },
+        "/locks": {
+            "get": operation("List locked entities and the instance holding each", vec![], vec![
+                ("200", ok_json("the locks", json!({
+                    "type": "array",
+                    "items": {
+                        "type": "object", "required": ["id", "name", "key", "owner"],
+                        "properties": {
+                            "id": string.clone(), "name": string.clone(),
+                            "key": string.clone(), "owner": string.clone()
+                        }
+                    }
+                }))),
+            ]),
+        },
+        "/clean": {
+            "post": operation("Remove empty entities, release locks of ended instances", vec![], vec![
+                ("200", ok_json("what was done", json!({
+                    "type": "object",
+                    "properties": {
+                        "removed_entities": { "type": "integer" },
+                        "released_locks": { "type": "integer" }
+                    }
+                }))),
+            ]),
+        },
+        "/orchestrations": {
+            "get": operation("List orchestration instances, page by page, in creation order", vec![
+                query_param("name", string.clone(), "only instances of this orchestration"),
+                query_param("status", json!({ "type": "string", "enum": ["running", "completed", "failed", "terminated"] }), "only instances with this status"),
+                query_param("created_from", json!({ "type": "string", "format": "date-time" }), "created at or after"),
+                query_param("created_to", json!({ "type": "string", "format": "date-time" }), "created before"),
+                query_param("page_size", integer.clone(), "instances per page (default 100)"),
+                query_param("continuation", string.clone(), "the continuation of the previous page"),
+            ], vec![
+                ("200", ok_json("a page", json!({
+                    "type": "object", "required": ["instances"],
+                    "properties": {
+                        "instances": { "type": "array", "items": status_ref.clone() },
+                        "continuation": { "type": "string", "nullable": true }
+                    }
+                }))),
+                ("400", error("bad query")),
+            ]),
+        },
+        "/orchestrations/{id}": {
+            "get": operation("Read an instance's status, waiting for its end with ?wait=", vec![
+                id(),
+                query_param("wait", json!({ "type": "string", "pattern": "^[0-9]{1,4}(ms|s|m)?$" }), "wait up to this long (e.g. 5s, 250ms, 1m; a bare number is seconds) for the instance to end"),
+            ], vec![
+                ("200", ok_json("the status", status_ref.clone())),
+                ("400", error("bad wait")),
+                ("404", error("no such instance")),
+            ]),
+            "post": with_body(operation("Start an instance of the orchestration named in the path", vec![
+                path_param("id", "orchestration name"),
+                query_param("id", string.clone(), "instance id (default: a new UUID)"),
+            ], vec![
+                ("202", ok_json("started", json!({
+                    "type": "object", "required": ["id"], "properties": { "id": string.clone() }
+                }))),
+                ("400", error("bad JSON")),
+                ("404", error("unknown orchestration name")),
+                ("409", error("the instance id exists")),
+                ("413", error("body too large")),
+            ]), json_body("the input; empty for null", false)),
+            "delete": operation("Purge an ended instance and its history", vec![id()], vec![
+                ("200", ok_json("purged", json!({ "type": "object" }))),
+                ("404", error("no such instance")),
+                ("409", error("the instance is running")),
+            ]),
+        },
+        "/orchestrations/{id}/history": {
+            "get": operation("Read an instance's recorded history", vec![id()], vec![
+                ("200", ok_json("the events", json!({
+                    "type": "object",
+                    "properties": { "id": string.clone(), "events": { "type": "array", "items": {} } }
+                }))),
+                ("404", error("no such instance")),
+            ]),
+        },
+        "/orchestrations/{id}/events/{event}": {
+            "post": with_body(operation("Raise an event on an instance", vec![
+                id(), path_param("event", "event name"),
+            ], vec![
+                ("202", ok_json("stored", json!({ "type": "object" }))),
+                ("400", error("bad JSON")),
+                ("404", error("no such instance")),
+                ("413", error("body too large")),
+            ]), json_body("the event data; empty for null", false)),
+        },
+        "/orchestrations/{id}/terminate": {
+            "post": with_body(operation("Terminate a running instance", vec![id()], vec![
+                ("202", ok_json("stored", json!({ "type": "object" }))),
+                ("400", error("bad JSON")),
+                ("404", error("no such instance")),
+                ("413", error("body too large")),
+            ]), json_body("the reason, a JSON string; empty for a default", false)),
+        },
+        "/health": {
+            "get": operation("Liveness (needs no token)", vec![], vec![
+                ("200", ok_json("running", json!({ "type": "object" }))),
+            ]),
+        },
+        "/metrics": {
+            "get": operation("Metrics in the Prometheus text format", vec![], vec![
+                ("200", json!({ "description": "metrics", "content": { "text/plain": { "schema": { "type": "string" } } } })),
+            ]),
+        },
+        "/openapi.json": {
+            "get": operation("This document", vec![], vec![
+                ("200", ok_json("the OpenAPI document", json!({ "type": "object" }))),
+            ]),
+        },
+    });
+
+    json!({
+        "openapi": "3.0.3",
+        "info": {
+            "title": "entities",
+            "version": env!("CARGO_PKG_VERSION"),
+            "description": "Durable entities and orchestrations over HTTP"
+        },
+        "paths": paths,
+        "components": {
+            "securitySchemes": { "bearer": { "type": "http", "scheme": "bearer" } },
+            "schemas": {
+                "Error": {
+                    "type": "object", "required": ["message"],
+                    "properties": { "message": string.clone(), "kind": string.clone() }
+                },
+                "Entity": {
+                    "type": "object",
+                    "required": ["id", "name", "key", "last_modified", "pending_messages"],
+                    "properties": {
+                        "id": string.clone(), "name": string.clone(), "key": string.clone(),
+                        "state": any.clone(),
+                        "last_modified": { "type": "string", "format": "date-time" },
+                        "locked_by": { "type": "string", "nullable": true },
+                        "pending_messages": { "type": "integer" }
+                    }
+                },
+                "OrchestrationStatus": {
+                    "type": "object",
+                    "required": ["id", "name", "status", "created", "updated"],
+                    "properties": {
+                        "id": string.clone(), "name": string.clone(),
+                        "status": { "type": "string", "enum": ["Running", "Completed", "Failed", "Terminated"] },
+                        "input": any.clone(), "output": any.clone(),
+                        "error": { "type": "string", "nullable": true },
+                        "created": { "type": "string", "format": "date-time" },
+                        "updated": { "type": "string", "format": "date-time" }
+                    }
+                }
+            }
+        },
+    })
+}
+
+/// The document of a router that requires a bearer token: every operation but `/health`
+/// declares it.
+pub(crate) fn with_token(mut doc: Value) -> Value {
+    if let Some(paths) = doc["paths"].as_object_mut() {
+        for (path, ops) in paths.iter_mut() {
+            if path == "/health" {
+                continue;
+            }
+            if let Some(ops) = ops.as_object_mut() {
+                for op in ops.values_mut() {
+                    op["security"] = json!([{ "bearer": [] }]);
+                }
+            }
+        }
+    }
+    doc
+}

@@ -1,0 +1,525 @@
+//! The routes and their handlers.
+
+use std::sync::Arc;
+use std::time::{Duration, SystemTime};
+
+use axum::body::Bytes;
+use axum::extract::rejection::{BytesRejection, PathRejection, QueryRejection};
+use axum::extract::{DefaultBodyLimit, Path, Query, State};
+use axum::http::{header, StatusCode};
+use axum::response::{IntoResponse, Response};
+use axum::routing::{get, post};
+use axum::{Json, Router};
+use entities_core::{
+    Client, EntityId, EntityMetadata, EntityQuery, Error, OrchestrationQuery, OrchestrationStatus,
+    RuntimeStatus,
+};
+use metrics_exporter_prometheus::PrometheusHandle;
+use serde::Deserialize;
+use serde_json::{json, Value};
+
+use crate::error::ApiError;
+
+/// What every handler shares.
+#[derive(Clone)]
+pub(crate) struct AppState {
+    pub client: Client,
+    pub max_wait: Duration,
+    pub prometheus: Option<PrometheusHandle>,
+    /// Whether a bearer token is required (the OpenAPI document says so).
+    pub token_required: bool,
+}
+
+type ApiResult = Result<Response, ApiError>;
+
+/// Most entities or instances on one page.
+const MAX_PAGE_SIZE: usize = 10_000;
+
+/// The router: every route of [`crate::ROUTES`], JSON answers for unknown routes and methods,
+/// the body limit and, with a token, the bearer check.
+pub(crate) fn router(state: AppState, body_limit: usize, token: Option<Arc<[u8]>>) -> Router {
+    let router = Router::new()
+        .route("/entities", get(list_entities))
+        .route("/entities/{name}/{key}", get(read_entity).put(set_state))
+        .route("/entities/{name}/{key}/{operation}", post(call))
+        .route("/entities/{name}/{key}/{operation}/send", post(signal))
+        .route("/locks", get(locks))
+        .route("/clean", post(clean))
+        .route("/orchestrations", get(list_orchestrations))
+        .route(
+            "/orchestrations/{id}",
+            get(orchestration).post(start).delete(purge),
+        )
+        .route("/orchestrations/{id}/history", get(history))
+        .route("/orchestrations/{id}/events/{event}", post(raise))
+        .route("/orchestrations/{id}/terminate", post(terminate))
+        .route("/health", get(health))
+        .route("/metrics", get(metrics))
+        .route("/openapi.json", get(openapi))
+        .fallback(no_route)
+        .method_not_allowed_fallback(no_method)
+        .layer(DefaultBodyLimit::max(body_limit))
+        .with_state(state);
+    match token {
+        Some(token) => router.layer(axum::middleware::from_fn_with_state(
+            token,
+            crate::auth::require_token,
+        )),
+        None => router,
+    }
+}
+
+async fn no_route() -> ApiError {
+    ApiError::not_found("no such route; see /openapi.json")
+}
+
+async fn no_method() -> ApiError {
+    ApiError::new(
+        StatusCode::METHOD_NOT_ALLOWED,
+        "method_not_allowed",
+        "this route does not take this method; see /openapi.json",
+    )
+}
+
+/// The path parameters, or a 400 naming what is wrong with them.
+fn path<T>(path: Result<Path<T>, PathRejection>) -> Result<T, ApiError> {
+    path.map(|Path(p)| p)
+        .map_err(|e| ApiError::bad_request(format!("invalid path: {}", e.body_text())))
+}
+
+/// The query parameters, or a 400 naming what is wrong with them.
+fn query<T>(query: Result<Query<T>, QueryRejection>) -> Result<T, ApiError> {
+    query
+        .map(|Query(q)| q)
+        .map_err(|e| ApiError::bad_request(format!("invalid query: {}", e.body_text())))
+}
+
+/// The request body as JSON, `None` when empty; 400 when it is not JSON, 413 when too large.
+fn body_json(body: Result<Bytes, BytesRejection>) -> Result<Option<Value>, ApiError> {
+    let body = body.map_err(|e| {
+        let status = e.status();
+        let kind = if status == StatusCode::PAYLOAD_TOO_LARGE {
+            "body_too_large"
+        } else {
+            "bad_request"
+        };
+        ApiError::new(status, kind, e.body_text())
+    })?;
+    if body.iter().all(u8::is_ascii_whitespace) {
+        return Ok(None);
+    }
+    serde_json::from_slice(&body)
+        .map(Some)
+        .map_err(|e| ApiError::bad_request(format!("the body is not valid JSON: {e}")))
+}
+
+fn entity_id(name: &str, key: String) -> Result<EntityId, ApiError> {
+    EntityId::try_new(name, key).map_err(ApiError::from)
+}
+
+fn time(t: SystemTime) -> String {
+    humantime::format_rfc3339_millis(t).to_string()
+}
+
+fn entity_json(meta: EntityMetadata<Option<Value>>) -> Value {
+    json!({
+        "id": meta.id.to_string(),
+        "name": meta.id.name(),
+        "key": meta.id.key(),
+        "state": meta.state,
+        "last_modified": time(meta.last_modified),
+        "locked_by": meta.locked_by,
+        "pending_messages": meta.pending_messages,
+    })
+}
+
+fn status_json(status: OrchestrationStatus) -> Value {
+    json!({
+        "id": status.instance_id,
+        "name": status.name,
+        "status": status.status,
+        "input": status.input,
+        "output": status.output,
+        "error": status.error,
+        "created": time(status.created),
+        "updated": time(status.updated),
+    })
+}
+
+fn ok(value: Value) -> ApiResult {
+    Ok(Json(value).into_response())
+}
+
+fn accepted(value: Value) -> ApiResult {
+    Ok((StatusCode::ACCEPTED, Json(value)).into_response())
+}
+
+async fn call(
+    State(app): State<AppState>,
+    params: Result<Path<(String, String, String)>, PathRejection>,
+    body: Result<Bytes, BytesRejection>,
+) -> ApiResult {
+    let (name, key, operation) = path(params)?;
+    let id = entity_id(&name, key)?;
+    let input = body_json(body)?;
+    let result = app.client.call_entity_raw(&id, &operation, input).await?;
+    ok(result.unwrap_or(Value::Null))
+}
+
+async fn signal(
+    State(app): State<AppState>,
+    params: Result<Path<(String, String, String)>, PathRejection>,
+    body: Result<Bytes, BytesRejection>,
+) -> ApiResult {
+    let (name, key, operation) = path(params)?;
+    let id = entity_id(&name, key)?;
+    let input = body_json(body)?;
+    app.client.signal_entity_raw(&id, &operation, input).await?;
+    accepted(json!({ "id": id.to_string(), "operation": operation }))
+}
+
+async fn read_entity(
+    State(app): State<AppState>,
+    params: Result<Path<(String, String)>, PathRejection>,
+) -> ApiResult {
+    let (name, key) = path(params)?;
+    let id = entity_id(&name, key)?;
+    match app.client.get_entity_raw(&id).await? {
+        Some(meta) => ok(entity_json(EntityMetadata {
+            id: meta.id,
+            state: Some(meta.state),
+            last_modified: meta.last_modified,
+            locked_by: meta.locked_by,
+            pending_messages: meta.pending_messages,
+        })),
+        None => Err(ApiError::not_found(format!("{id} has no state"))),
+    }
+}
+
+async fn set_state(
+    State(app): State<AppState>,
+    params: Result<Path<(String, String)>, PathRejection>,
+    body: Result<Bytes, BytesRejection>,
+) -> ApiResult {
+    let (name, key) = path(params)?;
+    let id = entity_id(&name, key)?;
+    let Some(state) = body_json(body)? else {
+        return Err(ApiError::bad_request(
+            "the body must be the new state, as JSON (to remove the state, call `delete`)",
+        ));
+    };
+    app.client.set_entity_state(&id, &state).await?;
+    ok(json!({ "id": id.to_string() }))
+}
+
+/// Query of `GET /entities`.
+#[derive(Deserialize)]
+struct EntityListQuery {
+    name: Option<String>,
+    prefix: Option<String>,
+    page_size: Option<usize>,
+    continuation: Option<String>,
+    include_state: Option<bool>,
+    include_stateless: Option<bool>,
+}
+
+async fn list_entities(
+    State(app): State<AppState>,
+    params: Result<Query<EntityListQuery>, QueryRejection>,
+) -> ApiResult {
+    let q = query(params)?;
+    let page = app
+        .client
+        .query_entities(EntityQuery {
+            name: q.name.filter(|n| !n.is_empty()),
+            key_prefix: q.prefix.filter(|p| !p.is_empty()),
+            include_state: q.include_state.unwrap_or(true),
+            include_stateless: q.include_stateless.unwrap_or(false),
+            page_size: q.page_size.unwrap_or(100).clamp(1, MAX_PAGE_SIZE),
+            continuation: q.continuation.filter(|c| !c.is_empty()),
+        })
+        .await
+        .map_err(continuation_error)?;
+    ok(json!({
+        "entities": page.entities.into_iter().map(entity_json).collect::<Vec<_>>(),
+        "continuation": page.continuation,
+    }))
+}
+
+/// A store error from a query is most likely a continuation token that was tampered with.
+fn continuation_error(err: Error) -> ApiError {
+    match &err {
+        Error::Store(store) if store.to_string().contains("continuation") => {
+            ApiError::bad_request(err.to_string())
+        }
+        _ => err.into(),
+    }
+}
+
+async fn locks(State(app): State<AppState>) -> ApiResult {
+    let locks = app.client.locks().await?;
+    ok(Value::Array(
+        locks
+            .into_iter()
+            .map(|lock| {
+                json!({
+                    "id": lock.id.to_string(),
+                    "name": lock.id.name(),
+                    "key": lock.id.key(),
+                    "owner": lock.owner,
+                })
+            })
+            .collect(),
+    ))
+}
+
+async fn clean(State(app): State<AppState>) -> ApiResult {
+    let done = app.client.clean_entity_storage().await?;
+    ok(json!({
+        "removed_entities": done.removed_entities,
+        "released_locks": done.released_locks,
+    }))
+}
+
+/// Query of `POST /orchestrations/{name}`.
+#[derive(Deserialize)]
+struct StartQuery {
+    id: Option<String>,
+}
+
+async fn start(
+    State(app): State<AppState>,
+    params: Result<Path<String>, PathRejection>,
+    q: Result<Query<StartQuery>, QueryRejection>,
+    body: Result<Bytes, BytesRejection>,
+) -> ApiResult {
+    let name = path(params)?;
+    let q = query(q)?;
+    let input = body_json(body)?.unwrap_or(Value::Null);
+    let id = match q.id.filter(|id| !id.is_empty()) {
+        Some(id) => {
+            app.client
+                .start_orchestration_with_id(&name, &id, &input)
+                .await?
+        }
+        None => app.client.start_orchestration(&name, &input).await?,
+    };
+    accepted(json!({ "id": id }))
+}
+
+/// Query of `GET /orchestrations/{id}`.
+#[derive(Deserialize)]
+struct StatusQuery {
+    wait: Option<String>,
+}
+
+async fn orchestration(
+    State(app): State<AppState>,
+    params: Result<Path<String>, PathRejection>,
+    q: Result<Query<StatusQuery>, QueryRejection>,
+) -> ApiResult {
+    let id = path(params)?;
+    let wait = match query(q)?.wait.filter(|w| !w.is_empty()) {
+        Some(text) => Some(parse_wait(&text)?.min(app.max_wait)),
+        None => None,
+    };
+    let Some(status) = app.client.orchestration_status(&id).await? else {
+        return Err(instance_not_found(&id));
+    };
+    let status = match wait {
+        Some(wait) if !status.status.is_terminal() => {
+            match app.client.wait_for_orchestration(&id, wait).await {
+                Ok(done) => done,
+                Err(Error::Timeout(_)) => app
+                    .client
+                    .orchestration_status(&id)
+                    .await?
+                    .ok_or_else(|| instance_not_found(&id))?,
+                Err(err) => return Err(err.into()),
+            }
+        }
+        _ => status,
+    };
+    ok(status_json(status))
+}
+
+/// A duration such as `5s`, `250ms` or `1m`; a bare number is seconds.
+fn parse_wait(text: &str) -> Result<Duration, ApiError> {
+    if let Ok(seconds) = text.parse::<u64>() {
+        return Ok(Duration::from_secs(seconds));
+    }
+    humantime::parse_duration(text).map_err(|e| {
+        ApiError::bad_request(format!(
+            "`wait={text}` is not a duration such as `5s` or `250ms`: {e}"
+        ))
+    })
+}
+
+fn instance_not_found(id: &str) -> ApiError {
+    ApiError::from(Error::InstanceNotFound(id.to_string()))
+}
+
+async fn history(
+    State(app): State<AppState>,
+    params: Result<Path<String>, PathRejection>,
+) -> ApiResult {
+    let id = path(params)?;
+    match app.client.orchestration_history(&id).await? {
+        Some(events) => ok(json!({ "id": id, "events": events })),
+        None => Err(instance_not_found(&id)),
+    }
+}
+
+/// Query of `GET /orchestrations`.
+#[derive(Deserialize)]
+struct InstanceListQuery {
+    name: Option<String>,
+    status: Option<String>,
+    created_from: Option<String>,
+    created_to: Option<String>,
+    page_size: Option<usize>,
+    continuation: Option<String>,
+}
+
+fn parse_status(text: &str) -> Result<RuntimeStatus, ApiError> {
+    match text.to_ascii_lowercase().as_str() {
+        "running" => Ok(RuntimeStatus::Running),
+        "completed" => Ok(RuntimeStatus::Completed),
+        "failed" => Ok(RuntimeStatus::Failed),
+        "terminated" => Ok(RuntimeStatus::Terminated),
+        _ => Err(ApiError::bad_request(format!(
+            "`status={text}` is none of running, completed, failed, terminated"
+        ))),
+    }
+}
+
+fn parse_time(field: &str, text: &str) -> Result<SystemTime, ApiError> {
+    humantime::parse_rfc3339_weak(text).map_err(|e| {
+        ApiError::bad_request(format!(
+            "`{field}={text}` is not an RFC 3339 time such as 2024-05-01T12:00:00Z: {e}"
+        ))
+    })
+}
+
+async fn list_orchestrations(
+    State(app): State<AppState>,
+    params: Result<Query<InstanceListQuery>, QueryRejection>,
+) -> ApiResult {
+    let q = query(params)?;
+    let nonempty = |s: Option<String>| s.filter(|s| !s.is_empty());
+    let page = app
+        .client
+        .query_orchestrations(OrchestrationQuery {
+            name: nonempty(q.name),
+            status: nonempty(q.status)
+                .as_deref()
+                .map(parse_status)
+                .transpose()?,
+            created_from: nonempty(q.created_from)
+                .map(|t| parse_time("created_from", &t))
+                .transpose()?,
+            created_to: nonempty(q.created_to)
+                .map(|t| parse_time("created_to", &t))
+                .transpose()?,
+            page_size: q.page_size.unwrap_or(100).clamp(1, MAX_PAGE_SIZE),
+            continuation: nonempty(q.continuation),
+        })
+        .await
+        .map_err(continuation_error)?;
+    ok(json!({
+        "instances": page.instances.into_iter().map(status_json).collect::<Vec<_>>(),
+        "continuation": page.continuation,
+    }))
+}
+
+/// The instance exists, or a 404.
+async fn existing(app: &AppState, id: &str) -> Result<(), ApiError> {
+    match app.client.orchestration_status(id).await? {
+        Some(_) => Ok(()),
+        None => Err(instance_not_found(id)),
+    }
+}
+
+async fn raise(
+    State(app): State<AppState>,
+    params: Result<Path<(String, String)>, PathRejection>,
+    body: Result<Bytes, BytesRejection>,
+) -> ApiResult {
+    let (id, event) = path(params)?;
+    let data = body_json(body)?.unwrap_or(Value::Null);
+    existing(&app, &id).await?;
+    app.client.raise_event(&id, &event, &data).await?;
+    accepted(json!({ "id": id, "event": event }))
+}
+
+async fn terminate(
+    State(app): State<AppState>,
+    params: Result<Path<String>, PathRejection>,
+    body: Result<Bytes, BytesRejection>,
+) -> ApiResult {
+    let id = path(params)?;
+    let reason = match body_json(body)? {
+        None => "terminated through the HTTP API".to_string(),
+        Some(Value::String(reason)) => reason,
+        Some(other) => other.to_string(),
+    };
+    existing(&app, &id).await?;
+    app.client.terminate(&id, &reason).await?;
+    accepted(json!({ "id": id }))
+}
+
+async fn purge(
+    State(app): State<AppState>,
+    params: Result<Path<String>, PathRejection>,
+) -> ApiResult {
+    let id = path(params)?;
+    if app.client.purge(&id).await? {
+        ok(json!({ "id": id, "purged": true }))
+    } else {
+        Err(instance_not_found(&id))
+    }
+}
+
+async fn health(State(app): State<AppState>) -> Response {
+    if app.client.is_shut_down() {
+        ApiError::new(
+            StatusCode::SERVICE_UNAVAILABLE,
+            "shut_down",
+            "the runtime is shut down",
+        )
+        .into_response()
+    } else {
+        Json(json!({ "status": "ok" })).into_response()
+    }
+}
+
+async fn metrics(State(app): State<AppState>) -> Response {
+    let text = match &app.prometheus {
+        Some(handle) => {
+            if let Err(err) = app.client.record_store_metrics().await {
+                tracing::debug!(error = %err, "the store's gauges are not refreshed");
+            }
+            handle.run_upkeep();
+            handle.render()
+        }
+        None => "# no Prometheus recorder: another metrics recorder was installed first\n".into(),
+    };
+    (
+        [(
+            header::CONTENT_TYPE,
+            "text/plain; version=0.0.4; charset=utf-8",
+        )],
+        text,
+    )
+        .into_response()
+}
+
+async fn openapi(State(app): State<AppState>) -> Response {
+    let doc = crate::openapi::openapi();
+    let doc = if app.token_required {
+        crate::openapi::with_token(doc)
+    } else {
+        doc
+    };
+    Json(doc).into_response()
+}

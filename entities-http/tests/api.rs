@@ -1,0 +1,577 @@
+//! The HTTP API route by route, through a real server on 127.0.0.1.
+
+use std::time::Duration;
+
+use entities::http::Http;
+use entities::prelude::*;
+use reqwest::StatusCode;
+use serde_json::{json, Value};
+
+fn counter(ctx: &mut EntityContext) -> Result<(), OperationError> {
+    let value: i64 = ctx.state_or_default()?;
+    match ctx.operation_name() {
+        "add" => ctx.set_state(&(value + ctx.input::<i64>()?))?,
+        "get" => ctx.set_result(&value)?,
+        "nothing" => {}
+        "fail" => return Err(OperationError::new("insufficient funds")),
+        "delete" => ctx.delete_state(),
+        other => return Err(OperationError::unknown_operation(other)),
+    }
+    Ok(())
+}
+
+/// Waits for the event "go" and returns its data.
+async fn wait_go(ctx: OrchestrationContext, _: ()) -> Result<Value, entities::Error> {
+    ctx.wait_for_event::<Value>("go").await
+}
+
+async fn double(_ctx: OrchestrationContext, n: i64) -> Result<i64, entities::Error> {
+    Ok(n * 2)
+}
+
+/// Locks the counter named by the input until the event "go".
+async fn hold(ctx: OrchestrationContext, key: String) -> Result<(), entities::Error> {
+    let _section = ctx.lock(&[EntityId::new("Counter", key)]).await?;
+    let _: Value = ctx.wait_for_event("go").await?;
+    Ok(())
+}
+
+struct Server {
+    runtime: Option<Runtime>,
+    base: String,
+    http: reqwest::Client,
+    token: Option<String>,
+}
+
+impl Server {
+    async fn start(configure: impl FnOnce(Http) -> Http) -> Self {
+        let runtime = Runtime::builder()
+            .store(SqliteStore::in_memory().unwrap())
+            .entity_fn("Counter", counter)
+            .orchestration("wait_go", wait_go)
+            .orchestration("double", double)
+            .orchestration("hold", hold)
+            .start()
+            .await
+            .unwrap();
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        let api = configure(Http::new(runtime.client()));
+        tokio::spawn(api.serve_on(listener, std::future::pending()));
+        Self {
+            runtime: Some(runtime),
+            base: format!("http://{addr}"),
+            http: reqwest::Client::new(),
+            token: None,
+        }
+    }
+
+    fn req(&self, method: reqwest::Method, path: &str) -> reqwest::RequestBuilder {
+        let req = self.http.request(method, format!("{}{path}", self.base));
+        match &self.token {
+            Some(token) => req.bearer_auth(token),
+            None => req,
+        }
+    }
+
+    async fn send(&self, req: reqwest::RequestBuilder) -> (StatusCode, Value) {
+        let response = req.send().await.unwrap();
+        let status = response.status();
+        let text = response.text().await.unwrap();
+        let body = if text.is_empty() {
+            Value::Null
+        } else {
+            serde_json::from_str(&text).unwrap_or_else(|e| panic!("not JSON ({e}): {text}"))
+        };
+        (status, body)
+    }
+
+    async fn get(&self, path: &str) -> (StatusCode, Value) {
+        self.send(self.req(reqwest::Method::GET, path)).await
+    }
+
+    async fn post(&self, path: &str, body: &str) -> (StatusCode, Value) {
+        self.send(
+            self.req(reqwest::Method::POST, path)
+                .header("content-type", "application/json")
+                .body(body.to_string()),
+        )
+        .await
+    }
+
+    async fn shutdown(mut self) {
+        self.runtime.take().unwrap().shutdown().await.unwrap();
+    }
+}
+
+#[tokio::test]
+async fn signal_call_and_read() {
+    let s = Server::start(|h| h).await;
+    let (status, body) = s.post("/entities/Counter/a/add/send", "5").await;
+    assert_eq!(status, StatusCode::ACCEPTED, "{body}");
+    let (status, body) = s.post("/entities/counter/a/add", "2").await;
+    assert_eq!(status, StatusCode::OK, "{body}");
+    assert_eq!(body, Value::Null);
+    let (status, body) = s.post("/entities/counter/a/get", "").await;
+    assert_eq!((status, body), (StatusCode::OK, json!(7)));
+    // An operation that sets no result answers null.
+    let (status, body) = s.post("/entities/counter/a/nothing", "").await;
+    assert_eq!((status, body), (StatusCode::OK, Value::Null));
+
+    let (status, body) = s.get("/entities/COUNTER/a").await;
+    assert_eq!(status, StatusCode::OK, "{body}");
+    assert_eq!(body["state"], json!(7));
+    assert_eq!(body["id"], "@counter@a");
+    assert_eq!(body["key"], "a");
+    assert!(body["last_modified"].as_str().unwrap().ends_with('Z'));
+    assert_eq!(body["locked_by"], Value::Null);
+
+    let (status, body) = s.get("/entities/counter/nobody").await;
+    assert_eq!(status, StatusCode::NOT_FOUND);
+    assert!(
+        body["message"].as_str().unwrap().contains("no state"),
+        "{body}"
+    );
+    s.shutdown().await;
+}
+
+#[tokio::test]
+async fn operation_errors_are_422_with_their_message() {
+    let s = Server::start(|h| h).await;
+    let (status, body) = s.post("/entities/counter/a/fail", "").await;
+    assert_eq!(status, StatusCode::UNPROCESSABLE_ENTITY);
+    assert_eq!(body["message"], "insufficient funds");
+    let (status, body) = s.post("/entities/counter/a/add", "\"not a number\"").await;
+    assert_eq!(status, StatusCode::UNPROCESSABLE_ENTITY, "{body}");
+    assert!(!body["message"].as_str().unwrap().is_empty());
+    s.shutdown().await;
+}
+
+#[tokio::test]
+async fn keys_are_percent_decoded_path_segments() {
+    let s = Server::start(|h| h).await;
+    for (encoded, key) in [
+        ("a%2Fb%40c", "a/b@c"),
+        ("%40counter%40x", "@counter@x"),
+        ("sp%20ace", "sp ace"),
+        ("%C3%A9t%C3%A9", "été"),
+    ] {
+        let (status, body) = s
+            .post(&format!("/entities/counter/{encoded}/add"), "1")
+            .await;
+        assert_eq!(status, StatusCode::OK, "{key}: {body}");
+        let (status, body) = s.get(&format!("/entities/counter/{encoded}")).await;
+        assert_eq!(status, StatusCode::OK, "{key}: {body}");
+        assert_eq!(body["key"], key);
+        assert_eq!(body["state"], 1);
+    }
+    let (_, body) = s.get("/entities?name=counter&prefix=a%2F").await;
+    assert_eq!(body["entities"][0]["key"], "a/b@c");
+    s.shutdown().await;
+}
+
+#[tokio::test]
+async fn list_entities_page_by_page() {
+    let s = Server::start(|h| h).await;
+    for key in ["k1", "k2", "k3", "k4", "k5", "other"] {
+        let (status, _) = s.post(&format!("/entities/counter/{key}/add"), "1").await;
+        assert_eq!(status, StatusCode::OK);
+    }
+    let mut keys = Vec::new();
+    let mut url = "/entities?name=Counter&prefix=k&page_size=2".to_string();
+    let mut pages = 0;
+    loop {
+        let (status, body) = s.get(&url).await;
+        assert_eq!(status, StatusCode::OK, "{body}");
+        let entities = body["entities"].as_array().unwrap();
+        assert!(entities.len() <= 2);
+        keys.extend(
+            entities
+                .iter()
+                .map(|e| e["key"].as_str().unwrap().to_string()),
+        );
+        pages += 1;
+        match body["continuation"].as_str() {
+            Some(next) => {
+                let encoded: String = url_encode(next);
+                url = format!("/entities?name=Counter&prefix=k&page_size=2&continuation={encoded}");
+            }
+            None => break,
+        }
+    }
+    assert_eq!(keys, ["k1", "k2", "k3", "k4", "k5"]);
+    assert_eq!(pages, 3);
+    let (status, body) = s.get("/entities?include_state=false").await;
+    assert_eq!(status, StatusCode::OK);
+    assert_eq!(body["entities"].as_array().unwrap().len(), 6);
+    assert_eq!(body["entities"][0]["state"], Value::Null);
+    let (status, body) = s.get("/entities?page_size=many").await;
+    assert_eq!(status, StatusCode::BAD_REQUEST, "{body}");
+    let (status, body) = s.get("/entities?continuation=garbage").await;
+    assert_eq!(status, StatusCode::BAD_REQUEST, "{body}");
+    s.shutdown().await;
+}
+
+fn url_encode(text: &str) -> String {
+    text.bytes()
+        .map(|b| match b {
+            b'A'..=b'Z' | b'a'..=b'z' | b'0'..=b'9' | b'-' | b'_' | b'.' | b'~' => {
+                (b as char).to_string()
+            }
+            _ => format!("%{b:02X}"),
+        })
+        .collect()
+}
+
+#[tokio::test]
+async fn orchestrations_start_wait_raise_terminate_purge() {
+    let s = Server::start(|h| h).await;
+    // Start and wait for the output.
+    let (status, body) = s.post("/orchestrations/double?id=d1", "21").await;
+    assert_eq!(status, StatusCode::ACCEPTED, "{body}");
+    assert_eq!(body["id"], "d1");
+    let (status, body) = s.get("/orchestrations/d1?wait=5s").await;
+    assert_eq!(status, StatusCode::OK, "{body}");
+    assert_eq!(body["status"], "Completed");
+    assert_eq!(body["output"], 42);
+    assert_eq!(body["input"], 21);
+    let (status, body) = s.post("/orchestrations/double?id=d1", "1").await;
+    assert_eq!(status, StatusCode::CONFLICT, "{body}");
+    // A generated id.
+    let (status, body) = s.post("/orchestrations/double", "1").await;
+    assert_eq!(status, StatusCode::ACCEPTED);
+    assert!(!body["id"].as_str().unwrap().is_empty());
+
+    // Raise an event.
+    let (status, _) = s.post("/orchestrations/wait_go?id=w1", "").await;
+    assert_eq!(status, StatusCode::ACCEPTED);
+    let (status, body) = s.get("/orchestrations/w1?wait=100ms").await;
+    assert_eq!(status, StatusCode::OK);
+    assert_eq!(body["status"], "Running");
+    let (status, body) = s.post("/orchestrations/w1/events/go", r#"{"x": 1}"#).await;
+    assert_eq!(status, StatusCode::ACCEPTED, "{body}");
+    let (_, body) = s.get("/orchestrations/w1?wait=5s").await;
+    assert_eq!(body["status"], "Completed");
+    assert_eq!(body["output"], json!({"x": 1}));
+    let (status, body) = s.get("/orchestrations/w1/history").await;
+    assert_eq!(status, StatusCode::OK);
+    assert!(!body["events"].as_array().unwrap().is_empty());
+
+    // Terminate.
+    let (status, _) = s.post("/orchestrations/wait_go?id=w2", "").await;
+    assert_eq!(status, StatusCode::ACCEPTED);
+    let (status, body) = s
+        .send(s.req(reqwest::Method::DELETE, "/orchestrations/w2"))
+        .await;
+    assert_eq!(
+        status,
+        StatusCode::CONFLICT,
+        "purging a running instance: {body}"
+    );
+    let (status, _) = s.post("/orchestrations/w2/terminate", "\"enough\"").await;
+    assert_eq!(status, StatusCode::ACCEPTED);
+    let (_, body) = s.get("/orchestrations/w2?wait=5s").await;
+    assert_eq!(body["status"], "Terminated");
+    assert_eq!(body["error"], "enough");
+
+    // List, by status and name.
+    let (status, body) = s.get("/orchestrations?status=terminated").await;
+    assert_eq!(status, StatusCode::OK, "{body}");
+    let ids: Vec<&str> = body["instances"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|i| i["id"].as_str().unwrap())
+        .collect();
+    assert_eq!(ids, ["w2"]);
+    let (_, body) = s.get("/orchestrations?name=double&page_size=1").await;
+    assert_eq!(body["instances"].as_array().unwrap().len(), 1);
+    assert!(body["continuation"].is_string());
+    let (status, _) = s.get("/orchestrations?status=sleeping").await;
+    assert_eq!(status, StatusCode::BAD_REQUEST);
+    let (status, _) = s.get("/orchestrations?created_from=yesterday").await;
+    assert_eq!(status, StatusCode::BAD_REQUEST);
+    let (_, body) = s
+        .get("/orchestrations?created_from=2000-01-01T00:00:00Z")
+        .await;
+    assert_eq!(body["instances"].as_array().unwrap().len(), 4);
+
+    // Purge.
+    let (status, body) = s
+        .send(s.req(reqwest::Method::DELETE, "/orchestrations/w2"))
+        .await;
+    assert_eq!(status, StatusCode::OK, "{body}");
+    let (status, _) = s
+        .send(s.req(reqwest::Method::DELETE, "/orchestrations/w2"))
+        .await;
+    assert_eq!(status, StatusCode::NOT_FOUND);
+    let (status, _) = s.get("/orchestrations/w2").await;
+    assert_eq!(status, StatusCode::NOT_FOUND);
+    let (status, _) = s.post("/orchestrations/w2/events/go", "").await;
+    assert_eq!(status, StatusCode::NOT_FOUND);
+    let (status, _) = s.post("/orchestrations/w2/terminate", "").await;
+    assert_eq!(status, StatusCode::NOT_FOUND);
+    let (status, _) = s.get("/orchestrations/w2/history").await;
+    assert_eq!(status, StatusCode::NOT_FOUND);
+    let (status, _) = s.get("/orchestrations/d1?wait=soon").await;
+    assert_eq!(status, StatusCode::BAD_REQUEST);
+    s.shutdown().await;
+}
+
+#[tokio::test]
+async fn set_state_locks_and_clean() {
+    let s = Server::start(|h| h).await;
+    let (status, body) = s
+        .send(
+            s.req(reqwest::Method::PUT, "/entities/counter/fixed")
+                .body("41"),
+        )
+        .await;
+    assert_eq!(status, StatusCode::OK, "{body}");
+    let (_, body) = s.post("/entities/counter/fixed/get", "").await;
+    assert_eq!(body, 41);
+    let (status, _) = s
+        .send(s.req(reqwest::Method::PUT, "/entities/counter/fixed"))
+        .await;
+    assert_eq!(status, StatusCode::BAD_REQUEST, "no state given");
+
+    let (status, _) = s.post("/orchestrations/hold?id=h1", "\"fixed\"").await;
+    assert_eq!(status, StatusCode::ACCEPTED);
+    let mut locks = Value::Null;
+    for _ in 0..500 {
+        locks = s.get("/locks").await.1;
+        if !locks.as_array().unwrap().is_empty() {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    assert_eq!(
+        locks,
+        json!([{"id": "@counter@fixed", "name": "counter", "key": "fixed", "owner": "h1"}])
+    );
+    s.post("/orchestrations/h1/events/go", "").await;
+    s.get("/orchestrations/h1?wait=5s").await;
+    let (status, body) = s.post("/clean", "").await;
+    assert_eq!(status, StatusCode::OK, "{body}");
+    assert!(body["removed_entities"].is_u64());
+    assert_eq!(s.get("/locks").await.1, json!([]));
+    s.shutdown().await;
+}
+
+#[tokio::test]
+async fn bad_input_unknown_names_and_reserved_operations() {
+    let s = Server::start(|h| h).await;
+    let (status, body) = s.post("/entities/counter/a/add", "{not json").await;
+    assert_eq!(status, StatusCode::BAD_REQUEST);
+    assert!(body["message"].as_str().unwrap().contains("JSON"), "{body}");
+    let (status, body) = s.post("/entities/nosuch/a/add", "1").await;
+    assert_eq!(status, StatusCode::NOT_FOUND);
+    assert!(
+        body["message"].as_str().unwrap().contains("nosuch"),
+        "{body}"
+    );
+    let (status, _) = s.post("/entities/nosuch/a/add/send", "1").await;
+    assert_eq!(status, StatusCode::NOT_FOUND);
+    let (status, _) = s.post("/orchestrations/nosuch", "1").await;
+    assert_eq!(status, StatusCode::NOT_FOUND);
+    let (status, _) = s.post("/entities/counter/a/%24set_state", "1").await;
+    assert_eq!(status, StatusCode::BAD_REQUEST);
+    let (status, _) = s.post("/entities/bad%40name/a/add", "1").await;
+    assert_eq!(status, StatusCode::BAD_REQUEST);
+    let (status, body) = s.get("/no/such/route").await;
+    assert_eq!(status, StatusCode::NOT_FOUND);
+    assert!(body["message"].is_string());
+    let (status, body) = s.send(s.req(reqwest::Method::DELETE, "/entities")).await;
+    assert_eq!(status, StatusCode::METHOD_NOT_ALLOWED);
+    assert!(body["message"].is_string());
+    assert!(s.get("/entities/counter/a").await.0 == StatusCode::NOT_FOUND);
+    s.shutdown().await;
+}
+
+#[tokio::test]
+async fn oversized_bodies_are_refused_with_413() {
+    let s = Server::start(|h| h.body_limit(1024)).await;
+    let big = format!("\"{}\"", "x".repeat(4096));
+    let (status, body) = s.post("/entities/counter/a/add", &big).await;
+    assert_eq!(status, StatusCode::PAYLOAD_TOO_LARGE);
+    assert!(body["message"].is_string());
+    let (status, _) = s.post("/orchestrations/double", &big).await;
+    assert_eq!(status, StatusCode::PAYLOAD_TOO_LARGE);
+    // Under the limit it goes through.
+    let (status, _) = s.post("/entities/counter/a/add", "3").await;
+    assert_eq!(status, StatusCode::OK);
+    s.shutdown().await;
+}
+
+#[tokio::test]
+async fn a_token_is_required_when_set() {
+    let mut s = Server::start(|h| h.token("s3cret")).await;
+    let (status, body) = s.get("/entities").await;
+    assert_eq!(status, StatusCode::UNAUTHORIZED);
+    assert!(body["message"].is_string());
+    let (status, _) = s.post("/entities/counter/a/add", "1").await;
+    assert_eq!(status, StatusCode::UNAUTHORIZED);
+    let (status, _) = s.get("/health").await;
+    assert_eq!(status, StatusCode::OK, "health needs no token");
+    s.token = Some("wrong".into());
+    assert_eq!(s.get("/entities").await.0, StatusCode::UNAUTHORIZED);
+    s.token = Some("s3cret-but-longer".into());
+    assert_eq!(s.get("/entities").await.0, StatusCode::UNAUTHORIZED);
+    s.token = Some("s3cret".into());
+    assert_eq!(s.get("/entities").await.0, StatusCode::OK);
+    assert_eq!(
+        s.post("/entities/counter/a/add", "1").await.0,
+        StatusCode::OK
+    );
+    // Nothing was applied without the token.
+    assert_eq!(s.get("/entities/counter/a").await.1["state"], 1);
+    // The document declares the token on every operation but /health.
+    let doc = s.get("/openapi.json").await.1;
+    assert_eq!(
+        doc["paths"]["/entities"]["get"]["security"],
+        json!([{"bearer": []}])
+    );
+    assert!(doc["paths"]["/health"]["get"]["security"].is_null());
+    s.shutdown().await;
+}
+
+#[tokio::test]
+async fn a_stopped_runtime_answers_503() {
+    let mut s = Server::start(|h| h).await;
+    assert_eq!(s.get("/health").await.0, StatusCode::OK);
+    s.runtime.take().unwrap().shutdown().await.unwrap();
+    let (status, body) = s.post("/entities/counter/a/add", "1").await;
+    assert_eq!(status, StatusCode::SERVICE_UNAVAILABLE, "{body}");
+    let (status, _) = s.post("/entities/counter/a/add/send", "1").await;
+    assert_eq!(status, StatusCode::SERVICE_UNAVAILABLE);
+    let (status, _) = s.get("/health").await;
+    assert_eq!(status, StatusCode::SERVICE_UNAVAILABLE);
+}
+
+#[tokio::test]
+async fn the_openapi_document_matches_the_routes() {
+    let s = Server::start(|h| h).await;
+    let (status, doc) = s.get("/openapi.json").await;
+    assert_eq!(status, StatusCode::OK);
+    assert_eq!(doc["openapi"], "3.0.3");
+    let paths = doc["paths"].as_object().unwrap();
+    let mut documented: Vec<(String, Vec<String>)> = paths
+        .iter()
+        .map(|(path, ops)| {
+            let mut methods: Vec<String> = ops.as_object().unwrap().keys().cloned().collect();
+            methods.sort();
+            (path.clone(), methods)
+        })
+        .collect();
+    documented.sort();
+    let mut routes: Vec<(String, Vec<String>)> = entities::http::ROUTES
+        .iter()
+        .map(|(path, methods)| {
+            let mut methods: Vec<String> = methods.iter().map(|m| m.to_string()).collect();
+            methods.sort();
+            (path.to_string(), methods)
+        })
+        .collect();
+    routes.sort();
+    assert_eq!(documented, routes);
+    // The router answers every documented route and method itself (never the JSON
+    // fallbacks for an unknown route or method), and refuses the other methods.
+    for (path, methods) in entities::http::ROUTES {
+        let concrete = path
+            .replace("{name}", "counter")
+            .replace("{key}", "k")
+            .replace("{operation}", "get")
+            .replace("{id}", "none")
+            .replace("{event}", "e");
+        for method in ["get", "post", "put", "delete"] {
+            let m: reqwest::Method = method.to_uppercase().parse().unwrap();
+            let response = s.req(m, &concrete).send().await.unwrap();
+            let status = response.status();
+            let text = response.text().await.unwrap();
+            if methods.contains(&method) {
+                assert_ne!(status, StatusCode::METHOD_NOT_ALLOWED, "{method} {path}");
+                assert!(!text.contains("no such route"), "{method} {path}: {text}");
+            } else {
+                assert_eq!(status, StatusCode::METHOD_NOT_ALLOWED, "{method} {path}");
+            }
+        }
+        // Every operation documents its answers.
+        for method in *methods {
+            assert!(
+                paths[*path][*method]["responses"]["200"].is_object()
+                    || paths[*path][*method]["responses"]["202"].is_object()
+            );
+        }
+    }
+    s.shutdown().await;
+}
+
+#[tokio::test]
+async fn metrics_are_rendered_after_a_workload() {
+    let s = Server::start(|h| h).await;
+    for _ in 0..3 {
+        s.post("/entities/counter/m/add", "1").await;
+        s.post("/entities/counter/m/add/send", "1").await;
+    }
+    s.post("/entities/counter/m/fail", "").await;
+    s.post("/orchestrations/double?id=metrics-1", "1").await;
+    s.get("/orchestrations/metrics-1?wait=5s").await;
+    s.post("/orchestrations/hold?id=metrics-hold", "\"locked\"")
+        .await;
+    for _ in 0..500 {
+        if s.get("/locks").await.1.as_array().unwrap().len() == 1 {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    // A signal scheduled for later is stored.
+    let client = s.runtime.as_ref().unwrap().client();
+    client
+        .signal_entity_at(
+            &EntityId::new("Counter", "later"),
+            "add",
+            &1,
+            std::time::SystemTime::now() + Duration::from_secs(3600),
+        )
+        .await
+        .unwrap();
+    let response = s
+        .req(reqwest::Method::GET, "/metrics")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(response.status(), StatusCode::OK);
+    assert!(response.headers()["content-type"]
+        .to_str()
+        .unwrap()
+        .starts_with("text/plain"));
+    let text = response.text().await.unwrap();
+    let value = |line_start: &str| -> f64 {
+        text.lines()
+            .find(|l| l.starts_with(line_start))
+            .unwrap_or_else(|| panic!("no `{line_start}` in:\n{text}"))
+            .rsplit(' ')
+            .next()
+            .unwrap()
+            .parse()
+            .unwrap()
+    };
+    // Other tests of this process share the recorder: counters are at least this test's.
+    assert!(value("entities_operations_total{outcome=\"ok\"}") >= 6.0);
+    assert!(value("entities_operations_total{outcome=\"error\"}") >= 1.0);
+    assert!(value("entities_signals_received_total") >= 3.0);
+    assert!(value("entities_calls_received_total") >= 4.0);
+    assert!(value("entities_orchestrations_ended_total{status=\"completed\"}") >= 1.0);
+    assert!(value("entities_batch_size_count") >= 1.0);
+    assert!(value("entities_commit_seconds_count") >= 1.0);
+    assert!(text.contains("entities_messages_waiting"), "{text}");
+    assert!(value("entities_in_memory") >= 0.0);
+    // The store's gauges describe this test's store (the last one scraped).
+    assert_eq!(value("entities_locks_held"), 1.0);
+    assert_eq!(value("entities_scheduled_backlog"), 1.0);
+    assert!(value("entities_stored_messages") >= 1.0);
+    assert_eq!(value("entities_orchestrations{status=\"completed\"}"), 1.0);
+    assert_eq!(value("entities_orchestrations{status=\"running\"}"), 1.0);
+    s.post("/orchestrations/metrics-hold/events/go", "").await;
+    s.shutdown().await;
+}

@@ -1,0 +1,131 @@
+//! The bank of `examples/bank.rs` behind the HTTP API on 127.0.0.1:8080, with metrics at
+//! `/metrics` and the API described at `/openapi.json`. Run with `cargo run --example server`
+//! (set `ENTITIES_TOKEN` to require a bearer token, `BANK_DB` for the database file,
+//! `BANK_ADDR` for another local address); it
+//! prints `entities` CLI and curl lines to try. Stop it with Ctrl-C.
+
+use entities::prelude::*;
+use serde::{Deserialize, Serialize};
+
+/// A bank account.
+#[derive(Default, Serialize, Deserialize)]
+pub struct Account {
+    balance: i64,
+}
+
+#[entity]
+impl Account {
+    pub fn deposit(&mut self, amount: i64) {
+        self.balance += amount;
+    }
+    pub fn withdraw(&mut self, amount: i64) -> Result<i64, String> {
+        if amount > self.balance {
+            return Err(format!(
+                "insufficient funds: balance {}, asked {amount}",
+                self.balance
+            ));
+        }
+        self.balance -= amount;
+        Ok(self.balance)
+    }
+    pub fn balance(&self) -> i64 {
+        self.balance
+    }
+}
+
+/// The input of a transfer.
+#[derive(Serialize, Deserialize)]
+pub struct Transfer {
+    from: String,
+    to: String,
+    amount: i64,
+}
+
+/// Moves money between two accounts inside a critical section; returns whether it did.
+async fn transfer(ctx: OrchestrationContext, t: Transfer) -> Result<bool, entities::Error> {
+    let from = EntityId::of::<Account>(&t.from);
+    let to = EntityId::of::<Account>(&t.to);
+    let _section = ctx.lock(&[from, to]).await?;
+    let balance = ctx.call::<Account>(&t.from).balance().await?;
+    if balance < t.amount {
+        return Ok(false);
+    }
+    ctx.call::<Account>(&t.from).withdraw(t.amount).await?;
+    ctx.call::<Account>(&t.to).deposit(t.amount).await?;
+    Ok(true)
+}
+
+/// Waits for an approval event before moving the money: try `raise` on it.
+async fn approved_transfer(
+    ctx: OrchestrationContext,
+    t: Transfer,
+) -> Result<bool, entities::Error> {
+    let approved: bool = ctx.wait_for_event("approval").await?;
+    if !approved {
+        return Ok(false);
+    }
+    ctx.call_orchestration::<bool>("transfer", &t).await
+}
+
+#[tokio::main]
+async fn main() -> Result<(), Box<dyn std::error::Error>> {
+    let addr = std::env::var("BANK_ADDR").unwrap_or_else(|_| "127.0.0.1:8080".to_string());
+    let addr = addr.as_str();
+    let db = std::env::var("BANK_DB").unwrap_or_else(|_| {
+        std::env::temp_dir()
+            .join("entities-bank-server.db")
+            .display()
+            .to_string()
+    });
+    let token = std::env::var("ENTITIES_TOKEN").unwrap_or_default();
+    // The Prometheus recorder of `/metrics`, installed first so that it counts from the start.
+    entities::http::prometheus();
+    let runtime = Runtime::builder()
+        .store(SqliteStore::open(&db)?)
+        .entity::<Account>()
+        .orchestration("transfer", transfer)
+        .orchestration("approved_transfer", approved_transfer)
+        .start()
+        .await?;
+    let client = runtime.client();
+    if client.get_entity::<Account>("alice").await?.is_none() {
+        client.signal::<Account>("alice").deposit(100).await?;
+        client.signal::<Account>("bob").deposit(20).await?;
+    }
+
+    let auth = if token.is_empty() {
+        String::new()
+    } else {
+        " -H \"Authorization: Bearer $ENTITIES_TOKEN\"".to_string()
+    };
+    println!("bank on http://{addr} (database {db}); try:\n");
+    println!("  cargo run -p entities-cli -- list");
+    println!("  cargo run -p entities-cli -- call @account@alice balance");
+    println!("  cargo run -p entities-cli -- signal @account@bob deposit 5");
+    println!("  cargo run -p entities-cli -- start transfer '{{\"from\":\"alice\",\"to\":\"bob\",\"amount\":30}}' --id t1");
+    println!("  cargo run -p entities-cli -- orchestration t1 --history");
+    println!("  cargo run -p entities-cli -- start approved_transfer '{{\"from\":\"bob\",\"to\":\"alice\",\"amount\":1}}' --id t2");
+    println!("  cargo run -p entities-cli -- raise t2 approval true");
+    println!("  cargo run -p entities-cli -- edit @account@alice");
+    println!("  cargo run -p entities-cli -- --db {db} orchestrations");
+    println!();
+    println!("  curl -s{auth} http://{addr}/entities/account/alice");
+    println!("  curl -s{auth} -X POST http://{addr}/entities/account/alice/withdraw -d 1000");
+    println!("  curl -s{auth} -X POST http://{addr}/entities/account/bob/deposit/send -d 5");
+    println!("  curl -s{auth} -X POST 'http://{addr}/orchestrations/transfer?id=t3' -d '{{\"from\":\"alice\",\"to\":\"bob\",\"amount\":10}}'");
+    println!("  curl -s{auth} 'http://{addr}/orchestrations/t3?wait=5s'");
+    println!("  curl -s{auth} 'http://{addr}/entities?name=account'");
+    println!("  curl -s{auth} http://{addr}/metrics");
+    println!("  curl -s http://{addr}/openapi.json");
+    println!();
+
+    let shutdown = async {
+        let _ = tokio::signal::ctrl_c().await;
+    };
+    entities::http::Http::new(client)
+        .token(&token)
+        .serve_with_shutdown(addr, shutdown)
+        .await?;
+    runtime.shutdown().await?;
+    Ok(())
+}
