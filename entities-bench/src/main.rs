@@ -633,7 +633,7 @@ async fn http_load(sync: Synchronous, total: usize, in_flight: usize, keys: usiz
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
         .await
         .expect("bind 127.0.0.1");
-    let base = format!("http://{}", listener.local_addr().expect("local address"));
+    let listener_addr = listener.local_addr().expect("local address");
     let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
     let server = tokio::spawn(entities::http::Http::new(client.clone()).serve_on(
         listener,
@@ -641,23 +641,12 @@ async fn http_load(sync: Synchronous, total: usize, in_flight: usize, keys: usiz
             let _ = stopped.await;
         },
     ));
-    let http = reqwest::Client::builder()
-        .pool_max_idle_per_host(in_flight)
-        .build()
-        .expect("http client");
-    let post = move |url: String, body: &'static str| {
-        let http = http.clone();
-        async move {
-            let response = http.post(url).body(body).send().await.expect("request");
-            assert!(response.status().is_success(), "{}", response.status());
-            response.bytes().await.expect("body");
-        }
-    };
-
+    let addr = listener_addr;
+    let mut one = HttpConnection::open(addr).await;
     let mut lat = Vec::with_capacity(2000);
     for _ in 0..2000 {
         let start = Instant::now();
-        post(format!("{base}/entities/counter/one/add"), "1").await;
+        one.post("/entities/counter/one/add".to_string(), "1").await;
         lat.push(start.elapsed());
     }
     lat.sort();
@@ -666,14 +655,14 @@ async fn http_load(sync: Synchronous, total: usize, in_flight: usize, keys: usiz
     let run = |path: &'static str| {
         let tasks: Vec<_> = (0..in_flight)
             .map(|task| {
-                let post = post.clone();
-                let base = base.clone();
                 tokio::spawn(async move {
+                    let mut conn = HttpConnection::open(addr).await;
                     let mut lat = Vec::with_capacity(total / in_flight);
                     for i in 0..total / in_flight {
                         let key = (task * 7919 + i) % keys;
                         let start = Instant::now();
-                        post(format!("{base}/entities/counter/k{key}/{path}"), "1").await;
+                        conn.post(format!("/entities/counter/k{key}/{path}"), "1")
+                            .await;
                         lat.push(start.elapsed());
                     }
                     lat
@@ -712,6 +701,46 @@ async fn http_load(sync: Synchronous, total: usize, in_flight: usize, keys: usiz
         calls_p50,
         calls_p99,
         sends_per_s,
+    }
+}
+
+/// One HTTP/1.1 keep-alive connection of the load generator: hyper's client connection,
+/// without a pool or URL parsing, so that the generator takes as little of the machine's two
+/// cores as it can.
+struct HttpConnection {
+    sender: hyper::client::conn::http1::SendRequest<http_body_util::Full<bytes::Bytes>>,
+    host: String,
+}
+
+impl HttpConnection {
+    async fn open(addr: std::net::SocketAddr) -> Self {
+        let stream = tokio::net::TcpStream::connect(addr).await.expect("connect");
+        stream.set_nodelay(true).expect("TCP_NODELAY");
+        let (sender, connection) =
+            hyper::client::conn::http1::handshake(hyper_util::rt::TokioIo::new(stream))
+                .await
+                .expect("HTTP handshake");
+        tokio::spawn(connection);
+        Self {
+            sender,
+            host: addr.to_string(),
+        }
+    }
+
+    /// Posts `body` to `path` and reads the whole answer, which must be a success.
+    async fn post(&mut self, path: String, body: &'static str) {
+        use http_body_util::BodyExt;
+        self.sender.ready().await.expect("connection ready");
+        let request = hyper::Request::post(path)
+            .header(hyper::header::HOST, &self.host)
+            .header(hyper::header::CONTENT_TYPE, "application/json")
+            .body(http_body_util::Full::new(bytes::Bytes::from_static(
+                body.as_bytes(),
+            )))
+            .expect("request");
+        let response = self.sender.send_request(request).await.expect("request");
+        assert!(response.status().is_success(), "{}", response.status());
+        response.into_body().collect().await.expect("body");
     }
 }
 
