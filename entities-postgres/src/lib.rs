@@ -339,11 +339,16 @@ impl Inner {
         }
     }
 
+    /// The partitions this process holds now, with their epochs.
+    pub(crate) fn held_now(&self) -> Held {
+        self.held.lock().expect("held").clone()
+    }
+
     /// Takes the shared advisory lock of every partition held, in order, and returns those
     /// whose lease is still this process's at the epoch it holds.
     pub(crate) async fn fence(
         &self,
-        tx: &tokio_postgres::Transaction<'_>,
+        tx: &deadpool_postgres::Transaction<'_>,
     ) -> Result<HashSet<u32>, StoreError> {
         let held: Held = self.held.lock().expect("held").clone();
         if held.is_empty() {
@@ -351,17 +356,19 @@ impl Inner {
         }
         let parts: Vec<i32> = held.keys().map(|p| *p as i32).collect();
         let failed = |e| pg_error("cannot check partition leases", e);
-        tx.execute(
-            "SELECT pg_advisory_xact_lock_shared($1, p) FROM unnest($2::int[]) p",
-            &[&LOCK_CLASS, &parts],
-        )
-        .await
-        .map_err(failed)?;
+        let lock = tx
+            .prepare_cached(writer::LOCK_SHARED)
+            .await
+            .map_err(failed)?;
+        let read = tx
+            .prepare_cached(writer::READ_LEASES)
+            .await
+            .map_err(failed)?;
+        tx.execute(&lock, &[&LOCK_CLASS, &parts])
+            .await
+            .map_err(failed)?;
         let rows = tx
-            .query(
-                "SELECT part, epoch FROM entities_leases WHERE owner = $1 AND part = ANY($2)",
-                &[&self.node, &parts],
-            )
+            .query(&read, &[&self.node, &parts])
             .await
             .map_err(failed)?;
         Ok(rows

@@ -4,13 +4,13 @@
 
 use std::collections::HashMap;
 
+use deadpool_postgres::Transaction;
 use entities_core::message::{now_millis, Message, MessageId};
 use entities_core::store::{
     EntityQuery, EntityRecord, EntityRecordPage, InstanceQuery, InstanceRecord, InstanceRecordPage,
     LockRecord, Recovery, SetAsideMessage, StoreStats,
 };
 use entities_core::{EntityId, StoreError, StoreErrorKind};
-use tokio_postgres::Transaction;
 use tracing::warn;
 
 use crate::rows::{self, int, MessageRows, INSTANCE_COLUMNS};
@@ -128,11 +128,14 @@ impl Inner {
         let conn = self.connection().await?;
         // Most polls find nothing: look before taking locks.
         let parts_db = sorted_parts(parts);
-        let any = conn
-            .query_one(
+        let exists = conn
+            .prepare_cached(
                 "SELECT EXISTS (SELECT 1 FROM entities_messages WHERE fresh AND part = ANY($1))",
-                &[&parts_db],
             )
+            .await
+            .map_err(read_failed)?;
+        let any = conn
+            .query_one(&exists, &[&parts_db])
             .await
             .map_err(read_failed)?
             .get::<_, bool>(0);
@@ -142,14 +145,17 @@ impl Inner {
         let mut conn = conn;
         let tx = conn.transaction().await.map_err(read_failed)?;
         let owned = self.fenced_parts(&tx, parts).await?;
-        let found = tx
-            .query(
+        let claim = tx
+            .prepare_cached(
                 "WITH c AS (SELECT id FROM entities_messages WHERE fresh AND part = ANY($1) \
                    ORDER BY seq LIMIT $2 FOR UPDATE) \
                  UPDATE entities_messages m SET fresh = false FROM c WHERE m.id = c.id \
                  RETURNING m.id, m.target, m.deliver_at, m.body, m.seq",
-                &[&owned, &(limit as i64)],
             )
+            .await
+            .map_err(read_failed)?;
+        let found = tx
+            .query(&claim, &[&owned, &(limit as i64)])
             .await
             .map_err(read_failed)?;
         let mut found = found;

@@ -5,16 +5,21 @@
 //! under way and every later commit of the old owner sees that it lost the partition.
 
 use std::collections::{HashMap, HashSet};
+use std::pin::Pin;
 use std::sync::Arc;
 
 use entities_core::message::{Message, MessageId};
 use entities_core::store::{Batch, EntityRecord, InstanceWrite};
 use entities_core::{partition_of, partition_of_instance, partition_of_message, EntityId};
 use entities_core::{StoreError, StoreErrorKind};
+use futures::future::{maybe_done, BoxFuture};
 use tokio::sync::{mpsc, oneshot};
+use tokio_postgres::types::ToSql;
+use tokio_postgres::Row;
 use tracing::{debug, warn};
 
 use crate::rows::{int, status_text};
+use crate::schema::LOCK_CLASS;
 use crate::{pg_error, Inner};
 
 /// Most batches merged into one transaction.
@@ -130,14 +135,150 @@ pub(crate) async fn run(inner: Arc<Inner>, mut rx: mpsc::UnboundedReceiver<Reque
     }
 }
 
+/// The statements of a commit, prepared once per connection (deadpool's statement cache).
+pub(crate) const LOCK_SHARED: &str =
+    "SELECT pg_advisory_xact_lock_shared($1, p) FROM unnest($2::int[]) p";
+pub(crate) const READ_LEASES: &str =
+    "SELECT part, epoch FROM entities_leases WHERE owner = $1 AND part = ANY($2)";
+const CREATE_INSTANCES: &str =
+    "INSERT INTO entities_instances (id, part, name, status, input, output, created, updated) \
+     SELECT * FROM unnest($1::bytea[], $2::int[], $3::text[], $4::text[], $5::text[], $6::text[], \
+       $7::bigint[], $8::bigint[]) \
+     ON CONFLICT (id) DO NOTHING RETURNING id";
+const CONSUME: &str = "DELETE FROM entities_messages WHERE id = ANY($1) RETURNING part";
+const PRODUCE: &str = "INSERT INTO entities_messages (id, part, target, deliver_at, body, fresh) \
+     SELECT * FROM unnest($1::bigint[], $2::int[], $3::bytea[], $4::bigint[], $5::text[], $6::bool[])";
+const WRITE_ENTITIES: &str =
+    "INSERT INTO entities_entities (name, key, part, state, lock_owner, last_modified) \
+     SELECT * FROM unnest($1::text[], $2::bytea[], $3::int[], $4::text[], $5::bytea[], $6::bigint[]) \
+     ON CONFLICT (name, key) DO UPDATE SET state = excluded.state, \
+       lock_owner = excluded.lock_owner, last_modified = excluded.last_modified";
+const WRITE_INSTANCES: &str =
+    "INSERT INTO entities_instances (id, part, name, status, input, output, created, updated) \
+     SELECT * FROM unnest($1::bytea[], $2::int[], $3::text[], $4::text[], $5::text[], $6::text[], \
+       $7::bigint[], $8::bigint[]) \
+     ON CONFLICT (id) DO UPDATE SET status = excluded.status, output = excluded.output, \
+       updated = excluded.updated";
+const APPEND_HISTORY: &str = "INSERT INTO entities_history (instance, seq, event) \
+     SELECT * FROM unnest($1::bytea[], $2::bigint[], $3::text[]) \
+     ON CONFLICT (instance, seq) DO UPDATE SET event = excluded.event";
+const WRITE_REPLIES: &str = "INSERT INTO entities_replies (waiter, node, reply) \
+     SELECT * FROM unnest($1::bigint[], $2::bigint[], $3::text[]) ON CONFLICT DO NOTHING";
+const MARK_FRESH: &str = "UPDATE entities_messages SET fresh = true WHERE id = ANY($1)";
+
+/// Instance rows as the columns of an `unnest` insert.
+#[derive(Default)]
+struct InstanceColumns<'a> {
+    ids: Vec<&'a [u8]>,
+    parts: Vec<i32>,
+    names: Vec<&'a str>,
+    statuses: Vec<&'static str>,
+    inputs: Vec<String>,
+    outputs: Vec<Option<String>>,
+    created: Vec<i64>,
+    updated: Vec<i64>,
+}
+
+impl<'a> InstanceColumns<'a> {
+    fn push(&mut self, write: &'a InstanceWrite, count: u32) {
+        let record = &write.record;
+        self.ids.push(record.id.as_bytes());
+        self.parts
+            .push(partition_of_instance(&record.id, count) as i32);
+        self.names.push(&record.name);
+        self.statuses.push(status_text(record.status));
+        self.inputs.push(record.input.to_string());
+        self.outputs
+            .push(record.output.as_ref().map(|o| o.to_string()));
+        self.created.push(int(record.created));
+        self.updated.push(int(record.updated));
+    }
+
+    fn params(&self) -> [&(dyn ToSql + Sync); 8] {
+        [
+            &self.ids,
+            &self.parts,
+            &self.names,
+            &self.statuses,
+            &self.inputs,
+            &self.outputs,
+            &self.created,
+            &self.updated,
+        ]
+    }
+}
+
+/// History events as the columns of an `unnest` insert, in the order of the writes (a later
+/// write of an event replaces an earlier one).
+#[derive(Default)]
+struct HistoryColumns<'a> {
+    instances: Vec<&'a [u8]>,
+    seqs: Vec<i64>,
+    events: Vec<String>,
+}
+
+impl<'a> HistoryColumns<'a> {
+    fn push(&mut self, write: &'a InstanceWrite) {
+        for (i, event) in write.events.iter().enumerate() {
+            self.instances.push(write.record.id.as_bytes());
+            self.seqs.push(int(write.first_event + i as u64));
+            self.events.push(event.to_string());
+        }
+    }
+
+    /// The rows, keeping the last of each `(instance, seq)`: one `INSERT .. ON CONFLICT`
+    /// cannot touch a row twice.
+    fn dedup(self) -> Self {
+        let mut seen = HashSet::new();
+        let mut rows: Vec<_> = self
+            .instances
+            .into_iter()
+            .zip(self.seqs)
+            .zip(self.events)
+            .rev()
+            .filter(|((instance, seq), _)| seen.insert((*instance, *seq)))
+            .collect();
+        rows.reverse();
+        let mut kept = Self::default();
+        for ((instance, seq), event) in rows {
+            kept.instances.push(instance);
+            kept.seqs.push(seq);
+            kept.events.push(event);
+        }
+        kept
+    }
+}
+
+/// Sends `queries` in order before awaiting any answer (tokio-postgres pipelines the requests
+/// of one connection), then collects the answers in order. Each query must have its statement
+/// prepared already, so that its first poll sends it.
+async fn pipelined(
+    queries: Vec<BoxFuture<'_, Result<Vec<Row>, tokio_postgres::Error>>>,
+) -> Result<Vec<Vec<Row>>, tokio_postgres::Error> {
+    let mut pending: Vec<_> = queries.into_iter().map(maybe_done).collect();
+    for query in &mut pending {
+        let _ = futures::poll!(Pin::new(query));
+    }
+    let mut answers = Vec::with_capacity(pending.len());
+    for mut query in pending {
+        Pin::new(&mut query).await;
+        answers.push(
+            Pin::new(&mut query)
+                .take_output()
+                .expect("a pipelined query completed")?,
+        );
+    }
+    Ok(answers)
+}
+
 /// Commits a group of batches in one transaction; returns whether it stored something other
-/// processes wait for (arrivals or replies).
+/// processes wait for (arrivals or replies). Every statement is sent at once after `BEGIN`
+/// (pipelined): the fence first (its shared locks, then the lease read, so that writes run
+/// under the locks), then the writes; the answers are checked before `COMMIT`, and a failed
+/// check drops the transaction, which rolls it back.
 async fn commit(inner: &Inner, batches: &[Batch]) -> Result<bool, StoreError> {
     let failed = |e| pg_error("commit failed", e);
     let count = inner.count;
-    let mut conn = inner.connection().await?;
-    let tx = conn.transaction().await.map_err(failed)?;
-    let verified = inner.fence(&tx).await?;
     let fenced = |what: String| {
         StoreError::of_kind(
             StoreErrorKind::Fenced,
@@ -145,40 +286,20 @@ async fn commit(inner: &Inner, batches: &[Batch]) -> Result<bool, StoreError> {
         )
     };
 
-    // Creations first: a conflict fails the batch before anything else is written.
+    // What the group writes. Messages produced and consumed within the group are never
+    // written.
+    let mut creations = InstanceColumns::default();
+    let mut created_ids = Vec::new();
+    let mut history = HistoryColumns::default();
     for write in batches
         .iter()
         .flat_map(|b| &b.instances)
         .filter(|i| i.create)
     {
-        let record = &write.record;
-        let inserted = tx
-            .execute(
-                "INSERT INTO entities_instances (id, part, name, status, input, output, created, updated) \
-                 VALUES ($1, $2, $3, $4, $5, $6, $7, $8) ON CONFLICT (id) DO NOTHING",
-                &[
-                    &record.id.as_bytes(),
-                    &(partition_of_instance(&record.id, count) as i32),
-                    &record.name,
-                    &status_text(record.status),
-                    &record.input.to_string(),
-                    &record.output.as_ref().map(|o| o.to_string()),
-                    &int(record.created),
-                    &int(record.updated),
-                ],
-            )
-            .await
-            .map_err(failed)?;
-        if inserted == 0 {
-            return Err(StoreError::of_kind(
-                StoreErrorKind::Conflict,
-                format!("orchestration instance `{}` exists already", record.id),
-            ));
-        }
-        append_history(&tx, write).await?;
+        creations.push(write, count);
+        created_ids.push(write.record.id.as_str());
+        history.push(write);
     }
-
-    // Messages produced and consumed within the group are never written.
     let mut produced: HashMap<MessageId, (&Message, bool)> = HashMap::new();
     let mut order: Vec<MessageId> = Vec::new();
     let mut consumed: Vec<i64> = Vec::new();
@@ -203,28 +324,172 @@ async fn commit(inner: &Inner, batches: &[Batch]) -> Result<bool, StoreError> {
         }
         replies.extend(&batch.replies);
     }
-    for id in entities.keys() {
-        let part = partition_of(
-            &entities_core::message::Target::Entity((*id).clone()),
-            count,
+    for write in batches
+        .iter()
+        .flat_map(|b| &b.instances)
+        .filter(|i| !i.create)
+    {
+        history.push(write);
+    }
+    let history = history.dedup();
+
+    // The fence: the partitions this process believes it holds, checked in the transaction.
+    let held = inner.held_now();
+    let held_parts: Vec<i32> = held.keys().map(|p| *p as i32).collect();
+
+    let (mut ids, mut parts, mut targets, mut times, mut bodies, mut fresh) =
+        (vec![], vec![], vec![], vec![], vec![], vec![]);
+    let mut seen = HashSet::new();
+    for id in order {
+        let Some((message, remote)) = produced.get(&id) else {
+            continue;
+        };
+        if !seen.insert(id) {
+            continue;
+        }
+        let part = partition_of_message(message, count);
+        // Whoever runs the partition must pick it up: this process, in memory, only if it
+        // runs it and still holds it (checked below, once the fence answered).
+        let arrival = *remote || !held.contains_key(&part);
+        ids.push(int(id));
+        parts.push(part as i32);
+        targets.push(message.target.to_string().into_bytes());
+        times.push(message.deliver_at.map(int));
+        bodies.push(
+            serde_json::to_string(&message.body)
+                .map_err(|e| StoreError::with_source("a message body cannot be encoded", e))?,
         );
-        if !verified.contains(&part) {
+        fresh.push(arrival);
+    }
+
+    let mut records: Vec<&EntityRecord> = entities.into_values().collect();
+    records.sort_unstable_by(|a, b| a.id.cmp(&b.id));
+    let entity_parts: Vec<u32> = records
+        .iter()
+        .map(|r| partition_of(&entities_core::message::Target::Entity(r.id.clone()), count))
+        .collect();
+    let names: Vec<&str> = records.iter().map(|r| r.id.name()).collect();
+    let keys: Vec<&[u8]> = records.iter().map(|r| r.id.key().as_bytes()).collect();
+    let entity_parts_sql: Vec<i32> = entity_parts.iter().map(|p| *p as i32).collect();
+    let states: Vec<Option<String>> = records
+        .iter()
+        .map(|r| r.state.as_ref().map(|s| s.to_string()))
+        .collect();
+    let locks: Vec<Option<&[u8]>> = records
+        .iter()
+        .map(|r| r.lock_owner.as_deref().map(str::as_bytes))
+        .collect();
+    let modified: Vec<i64> = records.iter().map(|r| int(r.last_modified)).collect();
+
+    let mut updates = InstanceColumns::default();
+    let mut updated_ids = Vec::new();
+    for write in instances.into_values() {
+        updates.push(write, count);
+        updated_ids.push(write.record.id.as_str());
+    }
+
+    let waiters: Vec<i64> = replies.iter().map(|r| int(r.waiter)).collect();
+    let nodes: Vec<i64> = replies
+        .iter()
+        .map(|r| int(r.waiter >> crate::NODE_SHIFT))
+        .collect();
+    let texts: Vec<String> = replies.iter().map(|r| r.reply.to_string()).collect();
+
+    let mut conn = inner.connection().await?;
+    let tx = conn.transaction().await.map_err(failed)?;
+    let lock_shared = tx.prepare_cached(LOCK_SHARED).await.map_err(failed)?;
+    let read_leases = tx.prepare_cached(READ_LEASES).await.map_err(failed)?;
+    let create = tx.prepare_cached(CREATE_INSTANCES).await.map_err(failed)?;
+    let consume = tx.prepare_cached(CONSUME).await.map_err(failed)?;
+    let produce = tx.prepare_cached(PRODUCE).await.map_err(failed)?;
+    let write_entities = tx.prepare_cached(WRITE_ENTITIES).await.map_err(failed)?;
+    let write_instances = tx.prepare_cached(WRITE_INSTANCES).await.map_err(failed)?;
+    let append_history = tx.prepare_cached(APPEND_HISTORY).await.map_err(failed)?;
+    let write_replies = tx.prepare_cached(WRITE_REPLIES).await.map_err(failed)?;
+
+    // The parameters outlive the queries that borrow them.
+    let node = inner.node;
+    let lock_params: [&(dyn ToSql + Sync); 2] = [&LOCK_CLASS, &held_parts];
+    let lease_params: [&(dyn ToSql + Sync); 2] = [&node, &held_parts];
+    let creation_params = creations.params();
+    let consume_params: [&(dyn ToSql + Sync); 1] = [&consumed];
+    let produce_params: [&(dyn ToSql + Sync); 6] =
+        [&ids, &parts, &targets, &times, &bodies, &fresh];
+    let entity_params: [&(dyn ToSql + Sync); 6] =
+        [&names, &keys, &entity_parts_sql, &states, &locks, &modified];
+    let update_params = updates.params();
+    let history_params: [&(dyn ToSql + Sync); 3] =
+        [&history.instances, &history.seqs, &history.events];
+    let reply_params: [&(dyn ToSql + Sync); 3] = [&waiters, &nodes, &texts];
+
+    let fenced_query = !held_parts.is_empty();
+    let creating = !created_ids.is_empty();
+    let consuming = !consumed.is_empty();
+    let mut queries: Vec<BoxFuture<'_, Result<Vec<Row>, tokio_postgres::Error>>> = Vec::new();
+    if fenced_query {
+        queries.push(Box::pin(tx.query(&lock_shared, &lock_params)));
+        queries.push(Box::pin(tx.query(&read_leases, &lease_params)));
+    }
+    if creating {
+        queries.push(Box::pin(tx.query(&create, &creation_params)));
+    }
+    if consuming {
+        queries.push(Box::pin(tx.query(&consume, &consume_params)));
+    }
+    if !ids.is_empty() {
+        queries.push(Box::pin(tx.query(&produce, &produce_params)));
+    }
+    if !records.is_empty() {
+        queries.push(Box::pin(tx.query(&write_entities, &entity_params)));
+    }
+    if !updated_ids.is_empty() {
+        queries.push(Box::pin(tx.query(&write_instances, &update_params)));
+    }
+    if !history.seqs.is_empty() {
+        queries.push(Box::pin(tx.query(&append_history, &history_params)));
+    }
+    if !waiters.is_empty() {
+        queries.push(Box::pin(tx.query(&write_replies, &reply_params)));
+    }
+    let mut answers = pipelined(queries).await.map_err(failed)?.into_iter();
+
+    let verified: HashSet<u32> = if fenced_query {
+        let _locks = answers.next();
+        let leases = answers.next().unwrap_or_default();
+        leases
+            .iter()
+            .filter(|row| held.get(&(row.get::<_, i32>(0) as u32)) == Some(&row.get::<_, i64>(1)))
+            .map(|row| row.get::<_, i32>(0) as u32)
+            .collect()
+    } else {
+        HashSet::new()
+    };
+    if creating {
+        let inserted = answers.next().unwrap_or_default();
+        if inserted.len() < created_ids.len() {
+            let stored: HashSet<Vec<u8>> = inserted.iter().map(|row| row.get(0)).collect();
+            let existing = created_ids
+                .iter()
+                .find(|id| !stored.contains(id.as_bytes()))
+                .unwrap_or(&"?");
+            return Err(StoreError::of_kind(
+                StoreErrorKind::Conflict,
+                format!("orchestration instance `{existing}` exists already"),
+            ));
+        }
+    }
+    for (id, part) in records.iter().map(|r| &r.id).zip(&entity_parts) {
+        if !verified.contains(part) {
             return Err(fenced(format!("writing entity `{id}`")));
         }
     }
-    for id in instances.keys() {
+    for id in &updated_ids {
         if !verified.contains(&partition_of_instance(id, count)) {
             return Err(fenced(format!("writing orchestration instance `{id}`")));
         }
     }
-    if !consumed.is_empty() {
-        let rows = tx
-            .query(
-                "DELETE FROM entities_messages WHERE id = ANY($1) RETURNING part",
-                &[&consumed],
-            )
-            .await
-            .map_err(failed)?;
+    if consuming {
+        let rows = answers.next().unwrap_or_default();
         for row in &rows {
             let part = row.get::<_, i32>(0) as u32;
             if !verified.contains(&part) {
@@ -240,142 +505,20 @@ async fn commit(inner: &Inner, batches: &[Batch]) -> Result<bool, StoreError> {
             )));
         }
     }
-
-    let mut wake = !replies.is_empty();
-    if !produced.is_empty() {
-        let (mut ids, mut parts, mut targets, mut times, mut bodies, mut fresh) =
-            (vec![], vec![], vec![], vec![], vec![], vec![]);
-        let mut seen = HashSet::new();
-        for id in order {
-            let Some((message, remote)) = produced.get(&id) else {
-                continue;
-            };
-            if !seen.insert(id) {
-                continue;
-            }
-            let part = partition_of_message(message, count);
-            // Whoever runs the partition must pick it up: this process, in memory, only if
-            // it runs it and still holds it.
-            let arrival = *remote || !verified.contains(&part);
-            wake |= arrival;
-            ids.push(int(id));
-            parts.push(part as i32);
-            targets.push(message.target.to_string().into_bytes());
-            times.push(message.deliver_at.map(int));
-            bodies.push(
-                serde_json::to_string(&message.body)
-                    .map_err(|e| StoreError::with_source("a message body cannot be encoded", e))?,
-            );
-            fresh.push(arrival);
-        }
-        tx.execute(
-            "INSERT INTO entities_messages (id, part, target, deliver_at, body, fresh) \
-             SELECT * FROM unnest($1::bigint[], $2::int[], $3::bytea[], $4::bigint[], $5::text[], $6::bool[])",
-            &[&ids, &parts, &targets, &times, &bodies, &fresh],
-        )
-        .await
-        .map_err(failed)?;
-    }
-
-    if !entities.is_empty() {
-        let mut records: Vec<&EntityRecord> = entities.into_values().collect();
-        records.sort_unstable_by(|a, b| a.id.cmp(&b.id));
-        let names: Vec<&str> = records.iter().map(|r| r.id.name()).collect();
-        let keys: Vec<&[u8]> = records.iter().map(|r| r.id.key().as_bytes()).collect();
-        let parts: Vec<i32> = records
-            .iter()
-            .map(|r| {
-                partition_of(&entities_core::message::Target::Entity(r.id.clone()), count) as i32
-            })
-            .collect();
-        let states: Vec<Option<String>> = records
-            .iter()
-            .map(|r| r.state.as_ref().map(|s| s.to_string()))
-            .collect();
-        let locks: Vec<Option<&[u8]>> = records
-            .iter()
-            .map(|r| r.lock_owner.as_deref().map(str::as_bytes))
-            .collect();
-        let times: Vec<i64> = records.iter().map(|r| int(r.last_modified)).collect();
-        tx.execute(
-            "INSERT INTO entities_entities (name, key, part, state, lock_owner, last_modified) \
-             SELECT * FROM unnest($1::text[], $2::bytea[], $3::int[], $4::text[], $5::bytea[], $6::bigint[]) \
-             ON CONFLICT (name, key) DO UPDATE SET state = excluded.state, \
-               lock_owner = excluded.lock_owner, last_modified = excluded.last_modified",
-            &[&names, &keys, &parts, &states, &locks, &times],
-        )
-        .await
-        .map_err(failed)?;
-    }
-
-    for write in instances.into_values() {
-        let record = &write.record;
-        tx.execute(
-            "INSERT INTO entities_instances (id, part, name, status, input, output, created, updated) \
-             VALUES ($1, $2, $3, $4, $5, $6, $7, $8) \
-             ON CONFLICT (id) DO UPDATE SET status = excluded.status, output = excluded.output, \
-               updated = excluded.updated",
-            &[
-                &record.id.as_bytes(),
-                &(partition_of_instance(&record.id, count) as i32),
-                &record.name,
-                &status_text(record.status),
-                &record.input.to_string(),
-                &record.output.as_ref().map(|o| o.to_string()),
-                &int(record.created),
-                &int(record.updated),
-            ],
-        )
-        .await
-        .map_err(failed)?;
-    }
-    // Histories of every batch, in order (a later write of an instance keeps its events).
-    for write in batches
+    // Messages kept for a partition held when the statements were sent but lost since go to
+    // its new owner as arrivals.
+    let lost: Vec<i64> = ids
         .iter()
-        .flat_map(|b| &b.instances)
-        .filter(|i| !i.create)
-    {
-        append_history(&tx, write).await?;
+        .zip(&parts)
+        .zip(&fresh)
+        .filter(|((_, part), fresh)| !**fresh && !verified.contains(&(**part as u32)))
+        .map(|((id, _), _)| *id)
+        .collect();
+    if !lost.is_empty() {
+        tx.execute(MARK_FRESH, &[&lost]).await.map_err(failed)?;
     }
-
-    if !replies.is_empty() {
-        let waiters: Vec<i64> = replies.iter().map(|r| int(r.waiter)).collect();
-        let nodes: Vec<i64> = replies
-            .iter()
-            .map(|r| int(r.waiter >> crate::NODE_SHIFT))
-            .collect();
-        let texts: Vec<String> = replies.iter().map(|r| r.reply.to_string()).collect();
-        tx.execute(
-            "INSERT INTO entities_replies (waiter, node, reply) \
-             SELECT * FROM unnest($1::bigint[], $2::bigint[], $3::text[]) ON CONFLICT DO NOTHING",
-            &[&waiters, &nodes, &texts],
-        )
-        .await
-        .map_err(failed)?;
-    }
+    let wake = !waiters.is_empty() || fresh.iter().any(|f| *f) || !lost.is_empty();
     tx.commit().await.map_err(failed)?;
     debug!(batches = batches.len(), "committed");
     Ok(wake)
-}
-
-async fn append_history(
-    tx: &tokio_postgres::Transaction<'_>,
-    write: &InstanceWrite,
-) -> Result<(), StoreError> {
-    if write.events.is_empty() {
-        return Ok(());
-    }
-    let seqs: Vec<i64> = (0..write.events.len() as u64)
-        .map(|i| int(write.first_event + i))
-        .collect();
-    let events: Vec<String> = write.events.iter().map(|e| e.to_string()).collect();
-    tx.execute(
-        "INSERT INTO entities_history (instance, seq, event) \
-         SELECT $1, * FROM unnest($2::bigint[], $3::text[]) \
-         ON CONFLICT (instance, seq) DO UPDATE SET event = excluded.event",
-        &[&write.record.id.as_bytes(), &seqs, &events],
-    )
-    .await
-    .map_err(|e| pg_error("commit failed", e))?;
-    Ok(())
 }
