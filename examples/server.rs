@@ -67,6 +67,23 @@ async fn approved_transfer(
     ctx.call_orchestration::<bool>("transfer", &t).await
 }
 
+/// Locks both accounts, then holds the lock until the event `proceed` says whether to move
+/// the money: while it waits, the dashboard's Locks page shows the section and the operations
+/// queued behind it.
+async fn held_transfer(ctx: OrchestrationContext, t: Transfer) -> Result<bool, entities::Error> {
+    let from = EntityId::of::<Account>(&t.from);
+    let to = EntityId::of::<Account>(&t.to);
+    let _section = ctx.lock(&[from, to]).await?;
+    let proceed: bool = ctx.wait_for_event("proceed").await?;
+    let balance = ctx.call::<Account>(&t.from).balance().await?;
+    if !proceed || balance < t.amount {
+        return Ok(false);
+    }
+    ctx.call::<Account>(&t.from).withdraw(t.amount).await?;
+    ctx.call::<Account>(&t.to).deposit(t.amount).await?;
+    Ok(true)
+}
+
 #[tokio::main]
 async fn main() -> Result<(), Box<dyn std::error::Error>> {
     let addr = std::env::var("BANK_ADDR").unwrap_or_else(|_| "127.0.0.1:8080".to_string());
@@ -85,6 +102,7 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
         .entity::<Account>()
         .orchestration("transfer", transfer)
         .orchestration("approved_transfer", approved_transfer)
+        .orchestration("held_transfer", held_transfer)
         .start()
         .await?;
     let client = runtime.client();
@@ -98,7 +116,7 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
     } else {
         " -H \"Authorization: Bearer $ENTITIES_TOKEN\"".to_string()
     };
-    println!("bank on http://{addr} (database {db}); try:\n");
+    println!("bank on http://{addr} (database {db}); dashboard on http://{addr}/ui; try:\n");
     println!("  cargo run -p entities-cli -- list");
     println!("  cargo run -p entities-cli -- call @account@alice balance");
     println!("  cargo run -p entities-cli -- signal @account@bob deposit 5");
@@ -106,6 +124,9 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
     println!("  cargo run -p entities-cli -- orchestration t1 --history");
     println!("  cargo run -p entities-cli -- start approved_transfer '{{\"from\":\"bob\",\"to\":\"alice\",\"amount\":1}}' --id t2");
     println!("  cargo run -p entities-cli -- raise t2 approval true");
+    println!("  cargo run -p entities-cli -- start held_transfer '{{\"from\":\"alice\",\"to\":\"bob\",\"amount\":5}}' --id t4");
+    println!("  cargo run -p entities-cli -- locks");
+    println!("  cargo run -p entities-cli -- raise t4 proceed true");
     println!("  cargo run -p entities-cli -- edit @account@alice");
     println!("  cargo run -p entities-cli -- --db {db} orchestrations");
     println!();

@@ -96,12 +96,35 @@ pub(crate) fn locks(list: &Value) -> String {
         .map(|l| l.as_slice())
         .unwrap_or_default()
         .iter()
-        .map(|l| vec![cell(&l["id"]), cell(&l["owner"])])
+        .map(|l| vec![cell(&l["id"]), cell(&l["owner"]), waiting(&l["waiting"])])
         .collect();
     if rows.is_empty() {
         return "no locks".into();
     }
-    table(&["ENTITY", "LOCKED BY"], rows)
+    table(&["ENTITY", "LOCKED BY", "WAITING BEHIND"], rows)
+}
+
+/// The operations queued behind a lock, as `deposit (client, 1.2 s), lock (t2)`.
+fn waiting(list: &Value) -> String {
+    let items: Vec<String> = list
+        .as_array()
+        .map(|l| l.as_slice())
+        .unwrap_or_default()
+        .iter()
+        .map(|w| {
+            let what = w["operation"].as_str().unwrap_or("lock");
+            let who = w["sender"].as_str().unwrap_or("client");
+            match w["waiting_ms"].as_u64() {
+                Some(ms) => format!("{what} ({who}, {:.1} s)", ms as f64 / 1000.0),
+                None => format!("{what} ({who})"),
+            }
+        })
+        .collect();
+    if items.is_empty() {
+        "-".into()
+    } else {
+        items.join(", ")
+    }
 }
 
 /// `entities orchestrations`.

@@ -242,6 +242,10 @@ async fn against_a_running_server() {
         "{}",
         out.stdout
     );
+    // An operation sent meanwhile waits behind the lock, and `locks` shows it.
+    assert_eq!(run(&["signal", "@counter@alice", "add", "1"]).await.code, 0);
+    let out = run(&["locks"]).await;
+    assert!(out.stdout.contains("add (client, "), "{}", out.stdout);
     run(&["raise", "h1", "go"]).await;
     client
         .wait_for_orchestration("h1", Duration::from_secs(10))

@@ -13,6 +13,7 @@ use crate::engine::{Command, Shared};
 use crate::entity::Entity;
 use crate::error::{Error, Result};
 use crate::id::EntityId;
+use crate::inspect::{RecentFailure, WaitingOperation};
 use crate::message::{
     from_millis, now_millis, to_millis, to_millis_ceil, Body, Message, ReplyTo, Target,
 };
@@ -122,6 +123,9 @@ pub struct EntityLock {
     pub id: EntityId,
     /// The orchestration instance holding the lock.
     pub owner: String,
+    /// The operations and lock requests queued behind the lock in this process, oldest first.
+    /// With several processes, only the process that owns the entity's partition sees them.
+    pub waiting: Vec<WaitingOperation>,
 }
 
 /// The client of a runtime: cheap to clone, usable from any task.
@@ -308,18 +312,46 @@ impl Client {
 
     /// The entities whose lock is held by a critical section, with the instance holding each,
     /// by name then key.
+    /// Each comes with the operations its lock holds back (see [`EntityLock::waiting`]).
     pub async fn locks(&self) -> Result<Vec<EntityLock>> {
-        Ok(self
+        let locked = self.shared.store.locked_entities().await?;
+        let (tx, rx) = oneshot::channel();
+        let ids = locked.iter().map(|lock| lock.id.clone()).collect();
+        let sent = self
             .shared
-            .store
-            .locked_entities()
-            .await?
+            .commands
+            .send(Command::HeldBack { ids, reply: tx });
+        // A runtime shut down has nothing queued: the locks are listed as stored.
+        let mut waiting = match sent {
+            Ok(()) => rx.await.unwrap_or_default(),
+            Err(_) => Vec::new(),
+        }
+        .into_iter();
+        Ok(locked
             .into_iter()
             .map(|lock| EntityLock {
                 id: lock.id,
                 owner: lock.owner,
+                waiting: waiting.next().unwrap_or_default(),
             })
             .collect())
+    }
+
+    /// How many entities of each name have a state, ordered by name.
+    pub async fn entity_counts(&self) -> Result<Vec<(String, u64)>> {
+        Ok(self.shared.store.count_entities().await?)
+    }
+
+    /// The counts the store keeps: instances by status, locked entities, stored and scheduled
+    /// messages.
+    pub async fn store_stats(&self) -> Result<crate::store::StoreStats> {
+        Ok(self.shared.store.stats().await?)
+    }
+
+    /// The entity operations that failed lately in this process (at most 100), newest first:
+    /// signalled operations whose error nobody else saw, and failed calls.
+    pub fn recent_failures(&self) -> Vec<RecentFailure> {
+        self.shared.failures.newest_first()
     }
 
     /// Reads the counts only the store knows (orchestrations by status, locked entities,

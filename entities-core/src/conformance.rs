@@ -76,6 +76,7 @@ macro_rules! store_conformance_tests {
             read_entity_counts_pending_messages,
             instance_queries_filter_and_page,
             locks_and_stats_count_what_is_stored,
+            count_entities_counts_states_by_name,
         }
     };
 }
@@ -1262,6 +1263,38 @@ pub async fn scheduled_messages_page_by_time_then_id(store: &dyn Store) {
 
     commit(store, consume(vec![2, 9])).await;
     assert_eq!(page((15, 8), 20, 10).await, [3, 4]);
+}
+
+/// `count_entities` counts the entities with a state, per name, ordered by name; rows with no
+/// state (a lock or messages only) do not count.
+pub async fn count_entities_counts_states_by_name(store: &dyn Store) {
+    assert_eq!(
+        store.count_entities().await.expect("count_entities"),
+        vec![]
+    );
+    let mut entities: Vec<EntityRecord> = (0..1205)
+        .map(|n| entity(counter(&format!("k{n}")), Some(json!(n))))
+        .collect();
+    entities.push(entity(counter("stateless"), None));
+    entities.push(entity(EntityId::new("Another", "a"), Some(json!(1))));
+    entities.push(entity(EntityId::new("Zebra", "z"), Some(json!(1))));
+    commit(
+        store,
+        Batch {
+            entities,
+            ..Batch::default()
+        },
+    )
+    .await;
+    let names = |name: &str| EntityId::new(name, "x").name().to_string();
+    assert_eq!(
+        store.count_entities().await.expect("count_entities"),
+        vec![
+            (names("Another"), 1),
+            (names("Counter"), 1205),
+            (names("Zebra"), 1)
+        ]
+    );
 }
 
 /// `read_entity` counts the stored messages that target the entity, scheduled or not, and

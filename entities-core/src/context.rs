@@ -272,12 +272,14 @@ impl EntityContext {
                 state_written,
                 result: Ok(self.result),
                 outgoing: self.outbox.into_inner().unwrap_or_else(|e| e.into_inner()),
+                operation: self.operation,
             },
             (Err(err), _) | (Ok(()), Some(err)) => Finished {
                 state: self.original,
                 state_written: false,
                 result: Err(err),
                 outgoing: Vec::new(),
+                operation: self.operation,
             },
         }
     }
@@ -289,4 +291,6 @@ pub(crate) struct Finished {
     pub state_written: bool,
     pub result: Result<Option<Value>, OperationError>,
     pub outgoing: Vec<Outgoing>,
+    /// The operation's name (for the record of recent failures).
+    pub operation: String,
 }

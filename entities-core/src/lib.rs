@@ -10,6 +10,7 @@ mod engine;
 mod entity;
 mod error;
 mod id;
+mod inspect;
 mod json;
 mod memory_store;
 pub mod message;
@@ -32,6 +33,7 @@ pub use engine::partition::{partition_of, partition_of_instance, partition_of_me
 pub use entity::{Entity, EntityFunction};
 pub use error::{Error, OperationError, Result, StoreError, StoreErrorKind};
 pub use id::EntityId;
+pub use inspect::{RecentFailure, WaitingOperation};
 pub use memory_store::MemoryStore;
 pub use orchestration::{
     ActivityFn, CriticalSection, OrchestrationCall, OrchestrationContext, OrchestrationFn,

@@ -342,6 +342,30 @@ pub trait Store: Send + Sync + 'static {
         ))
     }
 
+    /// How many entities of each name have a state, ordered by name. The default pages through
+    /// [`Store::query_entities`]; a store that can count in one query overrides it.
+    async fn count_entities(&self) -> Result<Vec<(String, u64)>, StoreError> {
+        let mut query = EntityQuery {
+            include_state: false,
+            page_size: 1000,
+            ..EntityQuery::default()
+        };
+        let mut counts: Vec<(String, u64)> = Vec::new();
+        loop {
+            let page = self.query_entities(&query).await?;
+            for record in page.entities {
+                match counts.last_mut() {
+                    Some((name, count)) if name == record.id.name() => *count += 1,
+                    _ => counts.push((record.id.name().to_string(), 1)),
+                }
+            }
+            match page.continuation {
+                Some(next) => query.continuation = Some(next),
+                None => return Ok(counts),
+            }
+        }
+    }
+
     /// Lists the entities whose lock is held, with the instance holding each, ordered by
     /// name then key. The default pages through [`Store::query_entities`]; a store that can
     /// read the locked rows alone overrides it.

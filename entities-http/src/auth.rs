@@ -17,7 +17,9 @@ pub(crate) async fn require_token(
     request: Request,
     next: Next,
 ) -> Response {
-    if request.uri().path() == "/health" {
+    let path = request.uri().path();
+    let public = path == "/health" || path == "/ui" || path.starts_with("/ui/");
+    if public {
         return next.run(request).await;
     }
     let given = request

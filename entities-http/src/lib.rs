@@ -50,6 +50,7 @@ mod auth;
 mod error;
 mod openapi;
 mod routes;
+mod ui;
 
 use std::future::Future;
 use std::sync::{Arc, OnceLock};

@@ -10,6 +10,7 @@ pub const ROUTES: &[(&str, &[&str])] = &[
     ("/entities/{name}/{key}/{operation}", &["post"]),
     ("/entities/{name}/{key}/{operation}/send", &["post"]),
     ("/locks", &["get"]),
+    ("/stats", &["get"]),
     ("/clean", &["post"]),
     ("/orchestrations", &["get"]),
     ("/orchestrations/{id}", &["get", "post", "delete"]),
@@ -153,10 +154,59 @@ pub fn openapi() -> Value {
                 ("200", ok_json("the locks", json!({
                     "type": "array",
                     "items": {
-                        "type": "object", "required": ["id", "name", "key", "owner"],
+                        "type": "object", "required": ["id", "name", "key", "owner", "waiting"],
                         "properties": {
                             "id": string.clone(), "name": string.clone(),
-                            "key": string.clone(), "owner": string.clone()
+                            "key": string.clone(), "owner": string.clone(),
+                            "waiting": {
+                                "type": "array",
+                                "description": "operations and lock requests queued behind the lock in this process, oldest first",
+                                "items": {
+                                    "type": "object",
+                                    "required": ["kind", "operation", "sender", "call", "waiting_ms"],
+                                    "properties": {
+                                        "kind": { "type": "string", "enum": ["operation", "lock"] },
+                                        "operation": { "type": ["string", "null"] },
+                                        "sender": { "type": ["string", "null"], "description": "the orchestration instance; null for a client" },
+                                        "call": { "type": "boolean" },
+                                        "waiting_ms": { "type": ["integer", "null"], "minimum": 0 }
+                                    }
+                                }
+                            }
+                        }
+                    }
+                }))),
+            ]),
+        },
+        "/stats": {
+            "get": operation("Entities by name, instances by status, stored counts, recent operation failures", vec![], vec![
+                ("200", ok_json("the counts", json!({
+                    "type": "object",
+                    "required": ["entities", "orchestrations", "locked_entities", "scheduled_messages", "stored_messages", "recent_failures"],
+                    "properties": {
+                        "entities": {
+                            "type": "array",
+                            "items": {
+                                "type": "object", "required": ["name", "count"],
+                                "properties": { "name": string.clone(), "count": { "type": "integer", "minimum": 0 } }
+                            }
+                        },
+                        "orchestrations": {
+                            "type": "object",
+                            "additionalProperties": { "type": "integer", "minimum": 0 }
+                        },
+                        "locked_entities": { "type": "integer", "minimum": 0 },
+                        "scheduled_messages": { "type": "integer", "minimum": 0 },
+                        "stored_messages": { "type": "integer", "minimum": 0 },
+                        "recent_failures": {
+                            "type": "array",
+                            "items": {
+                                "type": "object", "required": ["at", "entity", "operation", "message"],
+                                "properties": {
+                                    "at": string.clone(), "entity": string.clone(),
+                                    "operation": string.clone(), "message": string.clone()
+                                }
+                            }
                         }
                     }
                 }))),

@@ -44,6 +44,11 @@ pub(crate) fn router(state: AppState, body_limit: usize, token: Option<Arc<[u8]>
         .route("/entities/{name}/{key}/{operation}", post(call))
         .route("/entities/{name}/{key}/{operation}/send", post(signal))
         .route("/locks", get(locks))
+        .route("/stats", get(stats))
+        .route("/ui", get(crate::ui::index))
+        .route("/ui/", get(crate::ui::index))
+        .route("/ui/app.js", get(crate::ui::script))
+        .route("/ui/style.css", get(crate::ui::style))
         .route("/clean", post(clean))
         .route("/orchestrations", get(list_orchestrations))
         .route(
@@ -267,10 +272,53 @@ async fn locks(State(app): State<AppState>) -> ApiResult {
                     "name": lock.id.name(),
                     "key": lock.id.key(),
                     "owner": lock.owner,
+                    "waiting": lock.waiting.into_iter().map(|w| json!({
+                        "kind": if w.operation.is_some() { "operation" } else { "lock" },
+                        "operation": w.operation,
+                        "sender": w.sender,
+                        "call": w.call,
+                        "waiting_ms": w.waited.map(|d| d.as_millis() as u64),
+                    })).collect::<Vec<_>>(),
                 })
             })
             .collect(),
     ))
+}
+
+/// `GET /stats`: what the overview shows: entities by name, instances by status, the stored
+/// counts and the operations that failed lately.
+async fn stats(State(app): State<AppState>) -> ApiResult {
+    let counts = app.client.entity_counts().await?;
+    let stats = app.client.store_stats().await?;
+    let mut by_status = serde_json::Map::new();
+    for status in [
+        RuntimeStatus::Running,
+        RuntimeStatus::Completed,
+        RuntimeStatus::Failed,
+        RuntimeStatus::Terminated,
+    ] {
+        let count = stats
+            .instances_by_status
+            .iter()
+            .filter(|(s, _)| *s == status)
+            .map(|(_, n)| *n)
+            .sum::<u64>();
+        by_status.insert(format!("{status:?}"), json!(count));
+    }
+    ok(json!({
+        "entities": counts.into_iter().map(|(name, count)| json!({ "name": name, "count": count }))
+            .collect::<Vec<_>>(),
+        "orchestrations": by_status,
+        "locked_entities": stats.locked_entities,
+        "scheduled_messages": stats.scheduled_messages,
+        "stored_messages": stats.messages,
+        "recent_failures": app.client.recent_failures().into_iter().map(|f| json!({
+            "at": time(f.at),
+            "entity": f.entity.to_string(),
+            "operation": f.operation,
+            "message": f.message,
+        })).collect::<Vec<_>>(),
+    }))
 }
 
 async fn clean(State(app): State<AppState>) -> ApiResult {

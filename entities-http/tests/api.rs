@@ -347,14 +347,76 @@ async fn set_state_locks_and_clean() {
     }
     assert_eq!(
         locks,
-        json!([{"id": "@counter@fixed", "name": "counter", "key": "fixed", "owner": "h1"}])
+        json!([{"id": "@counter@fixed", "name": "counter", "key": "fixed", "owner": "h1",
+                "waiting": []}])
     );
+    // A signal to the locked entity waits behind the lock, and the lock says so.
+    let (status, _) = s.post("/entities/counter/fixed/add/send", "1").await;
+    assert_eq!(status, StatusCode::ACCEPTED);
+    tokio::time::sleep(Duration::from_millis(30)).await;
+    let locks = s.get("/locks").await.1;
+    let waiting = &locks[0]["waiting"];
+    assert_eq!(waiting.as_array().unwrap().len(), 1, "{locks}");
+    assert_eq!(waiting[0]["kind"], "operation");
+    assert_eq!(waiting[0]["operation"], "add");
+    assert_eq!(waiting[0]["sender"], Value::Null);
+    assert_eq!(waiting[0]["call"], false);
+    assert!(waiting[0]["waiting_ms"].as_u64().unwrap() >= 20, "{locks}");
     s.post("/orchestrations/h1/events/go", "").await;
     s.get("/orchestrations/h1?wait=5s").await;
     let (status, body) = s.post("/clean", "").await;
     assert_eq!(status, StatusCode::OK, "{body}");
     assert!(body["removed_entities"].is_u64());
     assert_eq!(s.get("/locks").await.1, json!([]));
+    // Released, the signal that waited has run.
+    let (_, body) = s.post("/entities/counter/fixed/get", "").await;
+    assert_eq!(body, 42);
+    s.shutdown().await;
+}
+
+#[tokio::test]
+async fn stats_count_entities_instances_and_recent_failures() {
+    let s = Server::start(|h| h).await;
+    for key in ["a", "b", "c"] {
+        s.post(&format!("/entities/counter/{key}/add/send"), "1")
+            .await;
+    }
+    let (status, _) = s.post("/entities/counter/a/fail", "").await;
+    assert_eq!(status, StatusCode::UNPROCESSABLE_ENTITY);
+    let (_, started) = s.post("/orchestrations/double", "2").await;
+    let id = started["id"].as_str().unwrap().to_string();
+    s.get(&format!("/orchestrations/{id}?wait=5s")).await;
+    let (status, stats) = s.get("/stats").await;
+    assert_eq!(status, StatusCode::OK, "{stats}");
+    assert_eq!(stats["entities"], json!([{"name": "counter", "count": 3}]));
+    assert_eq!(stats["orchestrations"]["Completed"], 1, "{stats}");
+    assert_eq!(stats["orchestrations"]["Running"], 0, "{stats}");
+    assert_eq!(stats["locked_entities"], 0);
+    let failures = stats["recent_failures"].as_array().unwrap();
+    assert_eq!(failures.len(), 1, "{stats}");
+    assert_eq!(failures[0]["entity"], "@counter@a");
+    assert_eq!(failures[0]["operation"], "fail");
+    assert_eq!(failures[0]["message"], "insufficient funds");
+    s.shutdown().await;
+}
+
+#[tokio::test]
+async fn the_dashboard_is_served_without_a_token_and_its_data_with_one() {
+    let mut s = Server::start(|h| h.token("secret")).await;
+    for path in ["/ui", "/ui/app.js", "/ui/style.css"] {
+        let response = s.req(reqwest::Method::GET, path).send().await.unwrap();
+        assert_eq!(response.status(), StatusCode::OK, "{path}");
+        let policy = response.headers()["content-security-policy"]
+            .to_str()
+            .unwrap();
+        assert!(policy.contains("script-src 'self'"), "{policy}");
+        assert!(!response.text().await.unwrap().is_empty());
+    }
+    let (status, _) = s.get("/stats").await;
+    assert_eq!(status, StatusCode::UNAUTHORIZED);
+    s.token = Some("secret".into());
+    let (status, _) = s.get("/stats").await;
+    assert_eq!(status, StatusCode::OK);
     s.shutdown().await;
 }
 

@@ -503,6 +503,10 @@ impl Store for SqliteStore {
         self.read(sql::locked_entities).await
     }
 
+    async fn count_entities(&self) -> Result<Vec<(String, u64)>, StoreError> {
+        self.read(sql::count_entities).await
+    }
+
     async fn stats(&self) -> Result<StoreStats, StoreError> {
         self.read(sql::stats).await
     }

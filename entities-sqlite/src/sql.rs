@@ -517,6 +517,23 @@ pub(crate) fn stats(conn: &Connection) -> ReadResult<StoreStats> {
 }
 
 /// The locked entities with their lock holders, by name then key.
+/// How many entities of each name have a state, by name.
+pub(crate) fn count_entities(conn: &Connection) -> ReadResult<Vec<(String, u64)>> {
+    let counts = conn
+        .prepare_cached(
+            "SELECT name, count(*) FROM entities WHERE state IS NOT NULL \
+             GROUP BY name ORDER BY name",
+        )?
+        .query_map([], |row| {
+            Ok((
+                row.get::<_, String>(0)?,
+                row.get::<_, i64>(1)?.max(0) as u64,
+            ))
+        })?
+        .collect::<rusqlite::Result<Vec<_>>>()?;
+    Ok(counts)
+}
+
 pub(crate) fn locked_entities(conn: &Connection) -> ReadResult<Vec<LockRecord>> {
     let rows = conn
         .prepare_cached(

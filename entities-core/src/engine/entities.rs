@@ -10,7 +10,7 @@
 use std::collections::{HashMap, HashSet, VecDeque};
 use std::panic::AssertUnwindSafe;
 use std::sync::Arc;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use futures::FutureExt;
 use serde_json::Value;
@@ -24,6 +24,7 @@ use crate::context::EntityContext;
 use crate::entity::EntityFunction;
 use crate::error::{OperationError, StoreErrorKind};
 use crate::id::EntityId;
+use crate::inspect::WaitingOperation;
 use crate::message::{now_millis, Body, Message, MessageId, ReplyTo};
 use crate::store::{Batch, EntityRecord};
 
@@ -38,6 +39,9 @@ struct Slot {
     lock: Option<String>,
     last_modified: u64,
     queue: VecDeque<Message>,
+    /// When the messages queued while the entity was locked (or not loaded yet) arrived, by
+    /// message id; empty on the hot path of an unlocked entity in memory.
+    waits: Vec<(MessageId, Instant)>,
     in_ready: bool,
     /// The last batch that wrote this entity; it may be unloaded once that batch committed.
     last_write: u64,
@@ -57,12 +61,7 @@ impl Slot {
         }
         let index = match &self.lock {
             None => (!self.queue.is_empty()).then_some(0),
-            Some(owner) => self.queue.iter().position(|m| match &m.body {
-                Body::Operation { sender, .. } => sender.as_deref() == Some(owner),
-                Body::Release { owner: o } => o == owner,
-                Body::LockRequest { owner: o, .. } => o == owner,
-                _ => false,
-            }),
+            Some(owner) => self.queue.iter().position(|m| from_holder(m, owner)),
         }?;
         // A poisoned entity cannot record a lock: its lock messages wait for a repair.
         let lock_message = matches!(
@@ -72,8 +71,54 @@ impl Slot {
         (!(lock_message && self.poisoned.is_some())).then_some(index)
     }
 
+    /// The queued messages the lock holds back, with how long each has waited.
+    fn held_back(&self) -> Vec<WaitingOperation> {
+        let Some(owner) = &self.lock else {
+            return Vec::new();
+        };
+        let now = Instant::now();
+        self.queue
+            .iter()
+            .filter(|m| !from_holder(m, owner))
+            .filter_map(|m| {
+                let waited = self
+                    .waits
+                    .iter()
+                    .find(|(id, _)| *id == m.id)
+                    .map(|(_, since)| now.saturating_duration_since(*since));
+                let (operation, sender, call) = match &m.body {
+                    Body::Operation {
+                        name,
+                        reply,
+                        sender,
+                        ..
+                    } => (Some(name.clone()), sender.clone(), reply.is_some()),
+                    Body::LockRequest { owner, .. } => (None, Some(owner.clone()), true),
+                    _ => return None,
+                };
+                Some(WaitingOperation {
+                    operation,
+                    sender,
+                    call,
+                    waited,
+                })
+            })
+            .collect()
+    }
+
     fn idle(&self) -> bool {
         self.queue.is_empty() && !self.in_ready && !self.busy
+    }
+}
+
+/// Whether `message` comes from the critical section of `owner`, so that its lock lets it
+/// through.
+fn from_holder(message: &Message, owner: &str) -> bool {
+    match &message.body {
+        Body::Operation { sender, .. } => sender.as_deref() == Some(owner),
+        Body::Release { owner: o } => o == owner,
+        Body::LockRequest { owner: o, .. } => o == owner,
+        _ => false,
     }
 }
 
@@ -189,6 +234,12 @@ impl Entities {
         )
     }
 
+    /// The operations the lock of `id` holds back in this process (none if it is not locked
+    /// here or not in memory).
+    pub(crate) fn held_back(&self, id: &EntityId) -> Vec<WaitingOperation> {
+        self.slots.get(id).map(Slot::held_back).unwrap_or_default()
+    }
+
     /// Queues a due message for its entity.
     pub(crate) fn deliver(&mut self, id: EntityId, message: Message) {
         if self.shared.registry.entity(id.name()).is_none() {
@@ -201,6 +252,9 @@ impl Entities {
         }
         self.waiting += 1;
         let slot = self.slots.entry(id.clone()).or_default();
+        if slot.lock.is_some() || !slot.loaded {
+            slot.waits.push((message.id, Instant::now()));
+        }
         slot.queue.push_back(message);
         if !slot.in_ready && !slot.busy {
             slot.in_ready = true;
@@ -311,6 +365,7 @@ impl Entities {
                 self.ready.push_back(id.clone());
             } else if slot.queue.is_empty() {
                 slot.queue = VecDeque::new(); // an idle entity keeps no queue memory
+                slot.waits = Vec::new();
             }
             self.slots.insert(id, slot);
         }
@@ -490,6 +545,9 @@ fn run_entity_now(
     while part.consumed.len() < cap {
         let Some(index) = slot.runnable() else { break };
         let message = slot.queue.remove(index).expect("runnable index");
+        if !slot.waits.is_empty() {
+            slot.waits.retain(|(id, _)| *id != message.id);
+        }
         match message.body {
             Body::Operation {
                 name,
@@ -598,10 +656,14 @@ fn set_state(
         }
         None => Err(OperationError::new("set_entity_state needs a state")),
     };
-    if result.is_ok() {
-        part.ok += 1;
-    } else {
-        part.failed += 1;
+    match &result {
+        Ok(_) => part.ok += 1,
+        Err(err) => {
+            part.failed += 1;
+            shared
+                .failures
+                .record(id, SET_STATE_OPERATION, err.to_string());
+        }
     }
     match reply {
         None => {}
@@ -633,10 +695,14 @@ fn finish_operation(
     part: &mut Part,
 ) {
     let finished = ctx.finish(outcome);
-    if finished.result.is_ok() {
-        part.ok += 1;
-    } else {
-        part.failed += 1;
+    match &finished.result {
+        Ok(_) => part.ok += 1,
+        Err(err) => {
+            part.failed += 1;
+            shared
+                .failures
+                .record(id, &finished.operation, err.to_string());
+        }
     }
     slot.state = finished.state;
     if finished.state_written {

@@ -364,6 +364,9 @@ impl Engine {
             }
             Command::ActivityDone(done) => self.orchestrations.activity_done(done),
             Command::WatchInstance { id, done } => self.orchestrations.watch(id, done),
+            Command::HeldBack { ids, reply } => {
+                let _ = reply.send(ids.iter().map(|id| self.entities.held_back(id)).collect());
+            }
             Command::Shutdown(done) => self.shutdown = Some(done),
         }
     }

@@ -36,6 +36,11 @@ pub(crate) enum Command {
         id: String,
         done: oneshot::Sender<InstanceRecord>,
     },
+    /// Tell which queued operations the locks of these entities hold back, one list per id.
+    HeldBack {
+        ids: Vec<crate::id::EntityId>,
+        reply: oneshot::Sender<Vec<Vec<crate::inspect::WaitingOperation>>>,
+    },
     /// Stop: wait for operations under way (at most the grace period) and the commits.
     Shutdown(oneshot::Sender<()>),
 }

@@ -6,6 +6,7 @@ use std::sync::Arc;
 use tokio::sync::{mpsc, Semaphore};
 
 use super::protocol::Command;
+use crate::inspect::Failures;
 use crate::message::MessageId;
 use crate::registry::Registry;
 use crate::store::Store;
@@ -23,6 +24,8 @@ pub(crate) struct Shared {
     pub intake_bound: usize,
     next_id: AtomicU64,
     pub stopped: AtomicBool,
+    /// The operations that failed lately, for operators.
+    pub failures: Failures,
 }
 
 impl Shared {
@@ -41,6 +44,7 @@ impl Shared {
             intake_bound,
             next_id: AtomicU64::new(first_id),
             stopped: AtomicBool::new(false),
+            failures: Failures::default(),
         }
     }
 
