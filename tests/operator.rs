@@ -305,3 +305,53 @@ async fn query_orchestrations_filters_and_pages() {
     client.terminate(&held, "done").await.unwrap();
     runtime.shutdown().await.unwrap();
 }
+
+#[tokio::test]
+async fn locks_list_the_first_hundred_operations_waiting_behind_a_lock() {
+    let runtime = runtime().await;
+    let client = runtime.client();
+    let id = EntityId::new("Tally", "backlog");
+    let instance = client
+        .start_orchestration_with_id("hold", "backlog-holder", &"backlog")
+        .await
+        .unwrap();
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
+    while !client.locks().await.unwrap().iter().any(|l| l.id == id) {
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "the lock was never taken"
+        );
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    for _ in 0..150 {
+        client.signal_entity(&id, "add", &1).await.unwrap();
+    }
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
+    let waiting = loop {
+        let locks = client.locks().await.unwrap();
+        let lock = locks
+            .into_iter()
+            .find(|l| l.id == id)
+            .expect("still locked");
+        if lock.waiting.len() == 100 {
+            break lock.waiting;
+        }
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "the signals never queued behind the lock: {} seen",
+            lock.waiting.len()
+        );
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    };
+    assert!(waiting
+        .iter()
+        .all(|w| w.operation.as_deref() == Some("add") && !w.call && w.waited.is_some()));
+    client.raise_event(&instance, "go", &()).await.unwrap();
+    client
+        .wait_for_orchestration(&instance, Duration::from_secs(10))
+        .await
+        .unwrap();
+    let tally: Tally = client.call_entity(&id, "get", &()).await.unwrap();
+    assert_eq!((tally.value, tally.adds), (150, 150));
+    runtime.shutdown().await.unwrap();
+}

@@ -123,7 +123,7 @@ pub struct EntityLock {
     pub id: EntityId,
     /// The orchestration instance holding the lock.
     pub owner: String,
-    /// The operations and lock requests queued behind the lock in this process, oldest first.
+    /// The operations and lock requests queued behind the lock in this process, oldest first (at most the first 100).
     /// With several processes, only the process that owns the entity's partition sees them.
     pub waiting: Vec<WaitingOperation>,
 }

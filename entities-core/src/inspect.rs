@@ -17,8 +17,8 @@ pub struct WaitingOperation {
     pub sender: Option<String>,
     /// Whether the sender waits for a result (a call) rather than only signalling.
     pub call: bool,
-    /// How long it has waited in this process; `None` when it was queued before the entity's
-    /// lock was known here (recovered from the store after a restart or a take-over).
+    /// How long it has waited in this process: since it arrived here, or since the lock was
+    /// taken if it was queued before. `None` when this process cannot tell.
     pub waited: Option<Duration>,
 }
 

@@ -10,16 +10,19 @@ use subtle::ConstantTimeEq;
 
 use crate::error::ApiError;
 
-/// Lets a request through when it carries `Authorization: Bearer <token>`; `/health` always
-/// passes (liveness probes carry no secret). The token is compared in constant time.
+/// The paths served without a token: liveness probes carry no secret, and the dashboard's
+/// static files hold none (the page asks for the token and sends it with its API requests).
+const PUBLIC: [&str; 5] = ["/health", "/ui", "/ui/", "/ui/app.js", "/ui/style.css"];
+
+/// Lets a request through when it carries `Authorization: Bearer <token>`; the [`PUBLIC`]
+/// paths always pass. The token is compared in constant time.
 pub(crate) async fn require_token(
     State(token): State<Arc<[u8]>>,
     request: Request,
     next: Next,
 ) -> Response {
     let path = request.uri().path();
-    let public = path == "/health" || path == "/ui" || path.starts_with("/ui/");
-    if public {
+    if PUBLIC.contains(&path) {
         return next.run(request).await;
     }
     let given = request

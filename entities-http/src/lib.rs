@@ -56,6 +56,7 @@ use std::future::Future;
 use std::sync::{Arc, OnceLock};
 use std::time::Duration;
 
+use axum::serve::ListenerExt;
 use axum::Router;
 use entities_core::Client;
 use metrics_exporter_prometheus::{PrometheusBuilder, PrometheusHandle};
@@ -181,6 +182,12 @@ impl Http {
         if let Ok(addr) = listener.local_addr() {
             tracing::info!(%addr, "entities HTTP API listening");
         }
+        // Answers go out at once instead of waiting for the peer's acknowledgement (Nagle).
+        let listener = listener.tap_io(|tcp| {
+            if let Err(err) = tcp.set_nodelay(true) {
+                tracing::debug!(error = %err, "cannot set TCP_NODELAY on an accepted connection");
+            }
+        });
         axum::serve(listener, self.router())
             .with_graceful_shutdown(shutdown)
             .await

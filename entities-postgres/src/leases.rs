@@ -276,6 +276,9 @@ impl Inner {
             if self.is_closed() {
                 return;
             }
+            if self.leases_paused() {
+                continue;
+            }
             if let Err(err) = self.sync_leases().await {
                 warn!(error = %err, "lease round failed; retrying");
             } else {

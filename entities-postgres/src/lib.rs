@@ -138,6 +138,8 @@ pub(crate) struct Inner {
     pub(crate) lease_round: AsyncMutex<()>,
     leasing: AtomicBool,
     closed: AtomicBool,
+    /// The background lease rounds are suspended (a test stands for a paused process).
+    leases_paused: AtomicBool,
 }
 
 /// A database error as a [`StoreError`] with `what` as context, classified by kind.
@@ -217,6 +219,7 @@ impl PostgresStore {
             lease_round: AsyncMutex::new(()),
             leasing: AtomicBool::new(false),
             closed: AtomicBool::new(false),
+            leases_paused: AtomicBool::new(false),
         });
         tokio::spawn(listen(config, Arc::downgrade(&inner)));
         let (writer, rx) = mpsc::unbounded_channel();
@@ -228,6 +231,14 @@ impl PostgresStore {
     /// The partition count of the database.
     pub fn partitions(&self) -> u32 {
         self.inner.count
+    }
+
+    /// Suspends this store's background lease rounds, as a stalled process would: its leases
+    /// expire and others may take them over. Lease rounds run by `recover` still happen. For
+    /// tests of fencing.
+    #[doc(hidden)]
+    pub fn pause_lease_rounds(&self) {
+        self.inner.leases_paused.store(true, Ordering::SeqCst);
     }
 
     /// The partitions this process holds now.
@@ -316,6 +327,11 @@ impl Inner {
 
     pub(crate) fn is_closed(&self) -> bool {
         self.closed.load(Ordering::SeqCst)
+    }
+
+    /// Whether the background lease rounds are suspended.
+    pub(crate) fn leases_paused(&self) -> bool {
+        self.leases_paused.load(Ordering::SeqCst)
     }
 
     /// Whether the database answers (after a failure).
@@ -479,6 +495,10 @@ impl Store for PostgresStore {
 
     async fn locked_entities(&self) -> Result<Vec<LockRecord>, StoreError> {
         self.inner.locked_entities().await
+    }
+
+    async fn count_entities(&self) -> Result<Vec<(String, u64)>, StoreError> {
+        self.inner.count_entities().await
     }
 
     async fn stats(&self) -> Result<StoreStats, StoreError> {

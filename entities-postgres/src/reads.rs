@@ -476,6 +476,26 @@ impl Inner {
         Ok(locks)
     }
 
+    /// How many entities of each name have a state, by name.
+    pub(crate) async fn count_entities(&self) -> Result<Vec<(String, u64)>, StoreError> {
+        let conn = self.connection().await?;
+        let found = conn
+            .query(
+                "SELECT name, count(*) FROM entities_entities WHERE state IS NOT NULL \
+                 GROUP BY name ORDER BY name",
+                &[],
+            )
+            .await
+            .map_err(read_failed)?;
+        Ok(found
+            .iter()
+            .map(|row| {
+                let count: i64 = row.get(1);
+                (row.get::<_, String>(0), count.max(0) as u64)
+            })
+            .collect())
+    }
+
     /// The counts of the metrics.
     pub(crate) async fn stats(&self) -> Result<StoreStats, StoreError> {
         let conn = self.connection().await?;

@@ -46,6 +46,7 @@ async fn a_process_that_lost_its_partitions_commits_nothing_for_them() {
 
     // The old owner stops renewing (as if paused): its leases expire, a new process takes
     // every partition.
+    old.pause_lease_rounds();
     let (admin, conn) = tokio_postgres::connect(&url, tokio_postgres::NoTls)
         .await
         .unwrap();

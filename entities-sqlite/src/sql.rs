@@ -516,7 +516,6 @@ pub(crate) fn stats(conn: &Connection) -> ReadResult<StoreStats> {
     })
 }
 
-/// The locked entities with their lock holders, by name then key.
 /// How many entities of each name have a state, by name.
 pub(crate) fn count_entities(conn: &Connection) -> ReadResult<Vec<(String, u64)>> {
     let counts = conn
@@ -534,6 +533,7 @@ pub(crate) fn count_entities(conn: &Connection) -> ReadResult<Vec<(String, u64)>
     Ok(counts)
 }
 
+/// The locked entities with their lock holders, by name then key.
 pub(crate) fn locked_entities(conn: &Connection) -> ReadResult<Vec<LockRecord>> {
     let rows = conn
         .prepare_cached(

@@ -28,6 +28,9 @@ use crate::inspect::WaitingOperation;
 use crate::message::{now_millis, Body, Message, MessageId, ReplyTo};
 use crate::store::{Batch, EntityRecord};
 
+/// How many of the messages held back by one lock [`Slot::held_back`] lists.
+const HELD_BACK_SHOWN: usize = 100;
+
 /// How long an entity whose read failed waits before it is read again.
 const LOAD_RETRY: Duration = Duration::from_millis(200);
 
@@ -41,7 +44,7 @@ struct Slot {
     queue: VecDeque<Message>,
     /// When the messages queued while the entity was locked (or not loaded yet) arrived, by
     /// message id; empty on the hot path of an unlocked entity in memory.
-    waits: Vec<(MessageId, Instant)>,
+    waits: HashMap<MessageId, Instant>,
     in_ready: bool,
     /// The last batch that wrote this entity; it may be unloaded once that batch committed.
     last_write: u64,
@@ -71,7 +74,8 @@ impl Slot {
         (!(lock_message && self.poisoned.is_some())).then_some(index)
     }
 
-    /// The queued messages the lock holds back, with how long each has waited.
+    /// The first [`HELD_BACK_SHOWN`] queued messages the lock holds back, with how long each
+    /// has waited.
     fn held_back(&self) -> Vec<WaitingOperation> {
         let Some(owner) = &self.lock else {
             return Vec::new();
@@ -83,9 +87,8 @@ impl Slot {
             .filter_map(|m| {
                 let waited = self
                     .waits
-                    .iter()
-                    .find(|(id, _)| *id == m.id)
-                    .map(|(_, since)| now.saturating_duration_since(*since));
+                    .get(&m.id)
+                    .map(|since| now.saturating_duration_since(*since));
                 let (operation, sender, call) = match &m.body {
                     Body::Operation {
                         name,
@@ -103,6 +106,7 @@ impl Slot {
                     waited,
                 })
             })
+            .take(HELD_BACK_SHOWN)
             .collect()
     }
 
@@ -253,7 +257,7 @@ impl Entities {
         self.waiting += 1;
         let slot = self.slots.entry(id.clone()).or_default();
         if slot.lock.is_some() || !slot.loaded {
-            slot.waits.push((message.id, Instant::now()));
+            slot.waits.insert(message.id, Instant::now());
         }
         slot.queue.push_back(message);
         if !slot.in_ready && !slot.busy {
@@ -365,7 +369,7 @@ impl Entities {
                 self.ready.push_back(id.clone());
             } else if slot.queue.is_empty() {
                 slot.queue = VecDeque::new(); // an idle entity keeps no queue memory
-                slot.waits = Vec::new();
+                slot.waits = HashMap::new();
             }
             self.slots.insert(id, slot);
         }
@@ -546,7 +550,7 @@ fn run_entity_now(
         let Some(index) = slot.runnable() else { break };
         let message = slot.queue.remove(index).expect("runnable index");
         if !slot.waits.is_empty() {
-            slot.waits.retain(|(id, _)| *id != message.id);
+            slot.waits.remove(&message.id);
         }
         match message.body {
             Body::Operation {
@@ -609,6 +613,11 @@ fn run_entity_now(
             } => {
                 part.consumed.push(message.id);
                 slot.lock = Some(owner.clone());
+                // What is queued already waits from now on (it arrived while unlocked).
+                let now = Instant::now();
+                for queued in &slot.queue {
+                    slot.waits.entry(queued.id).or_insert(now);
+                }
                 part.written = true;
                 part.produced
                     .push(shared.next_lock_step(owner, ids, position, seq));
