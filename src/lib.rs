@@ -46,8 +46,8 @@ pub use entities_core::{
     Entity, EntityContext, EntityFunction, EntityId, EntityLock, EntityMetadata, EntityPage,
     EntityQuery, EntitySignal, Error, Invoker, MemoryStore, OperationError, OrchestrationCall,
     OrchestrationContext, OrchestrationPage, OrchestrationQuery, OrchestrationSignal,
-    OrchestrationStatus, Result, Runtime, RuntimeBuilder, RuntimeStatus, Store, StoreError,
-    StoreErrorKind, Uuid,
+    OrchestrationStatus, PendingSignal, Result, Runtime, RuntimeBuilder, RuntimeStatus, Schedule,
+    ScheduleId, ScheduleInfo, Store, StoreError, StoreErrorKind, Uuid,
 };
 pub use entities_macros::entity;
 pub use entities_sqlite::{SqliteOptions, SqliteStore, Synchronous, WriteStats};
@@ -69,7 +69,7 @@ pub mod prelude {
     pub use crate::{
         entity, Client, Entity, EntityContext, EntityFunction, EntityId, EntityMetadata,
         EntityQuery, MemoryStore, OperationError, OrchestrationContext, OrchestrationStatus,
-        Runtime, RuntimeStatus, SqliteStore,
+        Runtime, RuntimeStatus, Schedule, SqliteStore,
     };
 }
 

@@ -28,7 +28,7 @@ use crate::store::{
 pub(crate) const SET_STATE_OPERATION: &str = "$set_state";
 
 /// Operation names starting with this are reserved for the runtime.
-const RESERVED_PREFIX: char = '$';
+pub(crate) const RESERVED_PREFIX: char = '$';
 
 /// An entity's committed state with its metadata.
 #[derive(Clone, Debug, PartialEq)]

@@ -75,6 +75,14 @@ pub enum Error {
     /// The runtime was configured wrongly.
     #[error("configuration error: {0}")]
     Config(String),
+    /// A recurring schedule that cannot be used (a cron expression that does not parse or
+    /// never fires).
+    #[error("invalid schedule: {0}")]
+    InvalidSchedule(String),
+    /// The entity belongs to a partition another process runs; this request is only served
+    /// by the runtime that runs it.
+    #[error("{0} belongs to a partition another process runs; ask a client of that process")]
+    NotRunHere(String),
 }
 
 impl Error {

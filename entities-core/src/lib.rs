@@ -9,6 +9,7 @@ mod context;
 mod engine;
 mod entity;
 mod error;
+mod expiry;
 mod id;
 mod inspect;
 mod json;
@@ -19,6 +20,7 @@ mod orchestration;
 mod proxy;
 mod registry;
 mod runtime;
+mod schedule;
 pub mod store;
 
 #[cfg(feature = "conformance")]
@@ -41,6 +43,7 @@ pub use orchestration::{
 };
 pub use proxy::{ClientCall, ClientSignal, EntitySignal, Invoker};
 pub use runtime::{Runtime, RuntimeBuilder};
+pub use schedule::{PendingSignal, Schedule, ScheduleId, ScheduleInfo};
 pub use store::RuntimeStatus;
 pub use store::{EntityQuery, Store};
 pub use uuid::Uuid;

@@ -154,6 +154,24 @@ pub enum Body {
         /// Its input.
         input: Value,
     },
+    /// The next fire of a recurring schedule: when due, the entity signals itself `name` and
+    /// stores the fire after it, in one commit.
+    Recurring {
+        /// The schedule's id (the id of its first fire).
+        schedule: u64,
+        /// Operation name.
+        name: String,
+        /// Operation input, if any.
+        input: Option<Value>,
+        /// When it fires.
+        every: crate::schedule::Schedule,
+    },
+    /// Deletes the receiving entity's state if it has been idle for `ttl_ms` milliseconds
+    /// and holds no lock and no waiting message (sent by the expiry sweeper).
+    Expire {
+        /// The entity name's time to live, in milliseconds.
+        ttl_ms: u64,
+    },
 }
 
 /// The outcome of an operation, activity, sub-orchestration, lock or timer.

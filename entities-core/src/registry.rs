@@ -2,6 +2,7 @@
 
 use std::collections::HashMap;
 use std::sync::Arc;
+use std::time::Duration;
 
 use crate::entity::EntityFunction;
 use crate::error::Error;
@@ -14,12 +15,19 @@ pub struct Registry {
     pub(crate) entities: HashMap<String, Arc<dyn EntityFunction>>,
     pub(crate) orchestrations: HashMap<String, Arc<dyn OrchestrationFn>>,
     pub(crate) activities: HashMap<String, Arc<dyn ActivityFn>>,
+    /// Time to live of idle entities, by (lower-cased) entity name.
+    pub(crate) ttls: HashMap<String, Duration>,
 }
 
 impl Registry {
     /// The entity function for a (lower-cased) entity name.
     pub(crate) fn entity(&self, name: &str) -> Option<&Arc<dyn EntityFunction>> {
         self.entities.get(name)
+    }
+
+    /// Whether entities named `name` expire, so that each operation refreshes their time.
+    pub(crate) fn expires(&self, name: &str) -> bool {
+        !self.ttls.is_empty() && self.ttls.contains_key(name)
     }
 
     /// `Ok` if an entity of this id's name is registered.

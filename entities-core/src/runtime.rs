@@ -112,6 +112,21 @@ impl RuntimeBuilder {
         self
     }
 
+    /// Deletes the state of the entities named `name` once their last operation is older than
+    /// `ttl`. The expiry runs as an operation in the entity's own queue, so a signal arriving
+    /// meanwhile runs either before it (and keeps the entity) or after it (on a fresh state);
+    /// an entity that holds a lock or has messages waiting does not expire. Idle entities cost
+    /// no memory: a background sweep asks the store for the candidates, every quarter of the
+    /// shortest TTL (between 50 ms and 60 s).
+    pub fn entity_ttl(mut self, name: &str, ttl: Duration) -> Self {
+        if ttl.is_zero() {
+            self.errors
+                .push(format!("the TTL of entity `{name}` must not be zero"));
+        }
+        self.registry.ttls.insert(name.to_lowercase(), ttl);
+        self
+    }
+
     /// Most batches committing at once: the engine runs the next batch while these commit.
     /// Default 2.
     pub fn max_inflight_commits(mut self, max: usize) -> Self {
@@ -169,6 +184,14 @@ impl RuntimeBuilder {
         if !self.errors.is_empty() {
             return Err(Error::Config(self.errors.join("; ")));
         }
+        let unknown: Vec<&String> = (self.registry.ttls.keys())
+            .filter(|name| self.registry.entity(name).is_none())
+            .collect();
+        if !unknown.is_empty() {
+            return Err(Error::Config(format!(
+                "`entity_ttl` for entity names not registered: {unknown:?}"
+            )));
+        }
         let store = self.store.ok_or_else(|| {
             Error::Config("no store: call `.store(SqliteStore::open(path)?)`".into())
         })?;
@@ -195,9 +218,12 @@ impl RuntimeBuilder {
             recovery.partitions,
         );
         let task = tokio::spawn(engine.run(recovery.messages));
+        let sweeper = (!shared.registry.ttls.is_empty())
+            .then(|| tokio::spawn(crate::expiry::sweep(Client::new(shared.clone()))));
         Ok(Runtime {
             shared,
             task: Some(task),
+            sweeper,
         })
     }
 }
@@ -212,6 +238,8 @@ fn store_base(store: &dyn crate::store::Store) -> crate::message::MessageId {
 pub struct Runtime {
     shared: Arc<Shared>,
     task: Option<JoinHandle<()>>,
+    /// The expiry sweep, if any entity name has a TTL.
+    sweeper: Option<JoinHandle<()>>,
 }
 
 impl Runtime {
@@ -235,6 +263,9 @@ impl Runtime {
     /// processed, and those of operations stopped at the end of the grace period, stay
     /// stored and are processed by the next runtime on the same store.
     pub async fn shutdown(mut self) -> Result<()> {
+        if let Some(sweeper) = self.sweeper.take() {
+            sweeper.abort();
+        }
         let (tx, rx) = oneshot::channel();
         if self.shared.commands.send(Command::Shutdown(tx)).is_ok() {
             let _ = rx.await;
@@ -253,6 +284,9 @@ impl Runtime {
 
 impl Drop for Runtime {
     fn drop(&mut self) {
+        if let Some(sweeper) = self.sweeper.take() {
+            sweeper.abort();
+        }
         if let Some(task) = self.task.take() {
             self.shared
                 .stopped

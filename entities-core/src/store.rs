@@ -13,7 +13,7 @@ use tokio::sync::{mpsc, oneshot, Notify};
 
 use crate::error::StoreError;
 use crate::id::EntityId;
-use crate::message::{Message, MessageId};
+use crate::message::{Message, MessageId, Target};
 
 /// What a store holds for one entity.
 #[derive(Clone, Debug, PartialEq)]
@@ -294,6 +294,64 @@ pub trait Store: Send + Sync + 'static {
         until: u64,
         limit: usize,
     ) -> Result<Vec<Message>, StoreError>;
+
+    /// The stored scheduled messages (those with a delivery time, due or not) for `target`,
+    /// ordered by `(deliver_at, id)`. The default pages through
+    /// [`Store::scheduled_messages`]; a store with an index on targets does better.
+    async fn scheduled_for(&self, target: &Target) -> Result<Vec<Message>, StoreError> {
+        const PAGE: usize = 10_000;
+        let mut after = (0, 0);
+        let mut found = Vec::new();
+        loop {
+            let page = self.scheduled_messages(after, u64::MAX, PAGE).await?;
+            let full = page.len() >= PAGE;
+            if let Some(last) = page.last() {
+                after = (last.deliver_at.unwrap_or(0), last.id);
+            }
+            found.extend(page.into_iter().filter(|m| &m.target == target));
+            if !full {
+                return Ok(found);
+            }
+        }
+    }
+
+    /// Up to `limit` entities named `name` (case-sensitive) that have a state, hold no lock,
+    /// have no stored message and were last written before `before` (milliseconds since the
+    /// Unix epoch): the candidates of expiry. The default pages through
+    /// [`Store::query_entities`].
+    async fn idle_entities(
+        &self,
+        name: &str,
+        before: u64,
+        limit: usize,
+    ) -> Result<Vec<EntityId>, StoreError> {
+        let mut query = EntityQuery {
+            name: Some(name.to_string()),
+            include_state: false,
+            page_size: 1000,
+            ..EntityQuery::default()
+        };
+        let mut found = Vec::new();
+        loop {
+            let page = self.query_entities(&query).await?;
+            found.extend(
+                page.entities
+                    .into_iter()
+                    .filter(|e| {
+                        e.id.name() == name
+                            && e.lock_owner.is_none()
+                            && e.pending_messages == 0
+                            && e.last_modified < before
+                    })
+                    .map(|e| e.id),
+            );
+            if found.len() >= limit || page.continuation.is_none() {
+                found.truncate(limit);
+                return Ok(found);
+            }
+            query.continuation = page.continuation;
+        }
+    }
 
     /// Lists the messages set aside because they could not be decoded, by id, with their
     /// stored text. A store that never sets messages aside returns none (the default).

@@ -46,6 +46,7 @@ impl Engine {
             local: self.ingested.iter().map(|m| m.id).collect(),
             batch: Batch {
                 produced: std::mem::take(&mut self.ingested),
+                consumed: std::mem::take(&mut self.cancelled),
                 ..Batch::default()
             },
             effects: Effects {

@@ -15,7 +15,7 @@ use std::time::{Duration, Instant};
 use futures::FutureExt;
 use serde_json::Value;
 use tokio::task::JoinSet;
-use tracing::{error, warn};
+use tracing::{debug, error, warn};
 
 use super::protocol::CallReply;
 use super::shared::Shared;
@@ -25,7 +25,7 @@ use crate::entity::EntityFunction;
 use crate::error::{OperationError, StoreErrorKind};
 use crate::id::EntityId;
 use crate::inspect::WaitingOperation;
-use crate::message::{now_millis, Body, Message, MessageId, ReplyTo};
+use crate::message::{now_millis, Body, Message, MessageId, ReplyTo, Target};
 use crate::store::{Batch, EntityRecord};
 
 /// How many of the messages held back by one lock [`Slot::held_back`] lists.
@@ -242,6 +242,21 @@ impl Entities {
     /// here or not in memory).
     pub(crate) fn held_back(&self, id: &EntityId) -> Vec<WaitingOperation> {
         self.slots.get(id).map(Slot::held_back).unwrap_or_default()
+    }
+
+    /// Removes the message `message` from the queue of `id` if it waits there (not running
+    /// yet); returns whether it did.
+    pub(crate) fn cancel_queued(&mut self, id: &EntityId, message: MessageId) -> bool {
+        let Some(slot) = self.slots.get_mut(id) else {
+            return false;
+        };
+        let Some(index) = slot.queue.iter().position(|m| m.id == message) else {
+            return false;
+        };
+        slot.queue.remove(index);
+        slot.waits.remove(&message);
+        self.waiting = self.waiting.saturating_sub(1);
+        true
     }
 
     /// Queues a due message for its entity.
@@ -629,6 +644,29 @@ fn run_entity_now(
                     part.written = true;
                 }
             }
+            Body::Recurring {
+                schedule,
+                name,
+                input,
+                every,
+            } => {
+                part.consumed.push(message.id);
+                fire_schedule(shared, id, schedule, name, input, every, part);
+            }
+            Body::Expire { ttl_ms } => {
+                part.consumed.push(message.id);
+                let idle = slot.lock.is_none()
+                    && slot.queue.is_empty()
+                    && slot.poisoned.is_none()
+                    && slot.state.is_some()
+                    && slot.last_modified.saturating_add(ttl_ms) <= now_millis();
+                if idle {
+                    debug!(entity = %id, ttl_ms, "idle entity expired; its state is deleted");
+                    slot.state = None;
+                    slot.last_modified = now_millis();
+                    part.written = true;
+                }
+            }
             other => {
                 part.consumed.push(message.id);
                 warn!(entity = %id, message = ?other, "message kind not meant for an entity; dropped")
@@ -636,6 +674,46 @@ fn run_entity_now(
         }
     }
     None
+}
+
+/// Runs one fire of a recurring schedule: signals its operation to the entity (it runs next,
+/// in this batch) and stores the fire after it, counted from now, so that fires missed while
+/// no runtime ran come out as one.
+fn fire_schedule(
+    shared: &Arc<Shared>,
+    id: &EntityId,
+    schedule: u64,
+    name: String,
+    input: Option<Value>,
+    every: crate::schedule::Schedule,
+    part: &mut Part,
+) {
+    match every.next_after(now_millis()) {
+        Ok(Some(at)) => part.produced.push(shared.message(
+            Target::Entity(id.clone()),
+            Some(at),
+            Body::Recurring {
+                schedule,
+                name: name.clone(),
+                input: input.clone(),
+                every,
+            },
+        )),
+        Ok(None) => debug!(entity = %id, schedule, "schedule has no fire left; it ends"),
+        Err(err) => {
+            warn!(entity = %id, schedule, error = %err, "schedule cannot compute its next fire; it ends")
+        }
+    }
+    part.produced.push(shared.message(
+        Target::Entity(id.clone()),
+        None,
+        Body::Operation {
+            name,
+            input,
+            reply: None,
+            sender: None,
+        },
+    ));
 }
 
 /// Runs the reserved operation of `Client::set_entity_state`: the input becomes the state,
@@ -714,7 +792,8 @@ fn finish_operation(
         }
     }
     slot.state = finished.state;
-    if finished.state_written {
+    // An entity that expires counts its time from its last operation, whatever it did.
+    if finished.state_written || (slot.state.is_some() && shared.registry.expires(id.name())) {
         part.written = true;
         slot.last_modified = now_millis();
     }

@@ -43,7 +43,7 @@ pub(crate) use self::protocol::{CallReply, Command, Stored};
 pub(crate) use self::shared::Shared;
 use self::timers::Timers;
 use crate::error::{StoreError, StoreErrorKind};
-use crate::message::{now_millis, Message, Target};
+use crate::message::{now_millis, Message, MessageId, Target};
 use crate::orchestration::engine::Orchestrations;
 use crate::store::{OwnershipEvent, Partitioned};
 
@@ -111,6 +111,8 @@ pub(crate) struct Engine {
     /// Client messages delivered but not stored yet: the next batch stores them.
     ingested: Vec<Message>,
     ingested_acks: Vec<Stored>,
+    /// Stored scheduled messages cancelled by clients: the next batch deletes them.
+    cancelled: Vec<MessageId>,
     batch_no: u64,
     committed_no: u64,
     shutdown: Option<oneshot::Sender<()>>,
@@ -162,6 +164,7 @@ impl Engine {
             waiters: HashMap::new(),
             ingested: Vec::new(),
             ingested_acks: Vec::new(),
+            cancelled: Vec::new(),
             batch_no: 0,
             committed_no: 0,
             shutdown: None,
@@ -202,7 +205,10 @@ impl Engine {
     }
 
     fn has_work(&self) -> bool {
-        self.entities.has_work() || !self.ingested.is_empty() || self.orchestrations.has_work()
+        self.entities.has_work()
+            || !self.ingested.is_empty()
+            || !self.cancelled.is_empty()
+            || self.orchestrations.has_work()
     }
 
     /// One turn of the loop: waits for something to do if nothing is ready, takes in what
@@ -367,8 +373,38 @@ impl Engine {
             Command::HeldBack { ids, reply } => {
                 let _ = reply.send(ids.iter().map(|id| self.entities.held_back(id)).collect());
             }
+            Command::Cancel {
+                message,
+                found,
+                stored,
+            } => {
+                let _ = found.send(self.cancel(&message, stored));
+            }
             Command::Shutdown(done) => self.shutdown = Some(done),
         }
+    }
+
+    /// Drops the stored scheduled message `message` from memory if it has not run yet and has
+    /// the next batch delete it (`stored` hears once it is deleted). Returns whether it had
+    /// not run, or `None` if its partition is run by another process.
+    fn cancel(&mut self, message: &Message, stored: Stored) -> Option<bool> {
+        if !self.ownership.owns(message) {
+            answer_stored(&self.shared.intake, vec![stored], None);
+            return None;
+        }
+        let at = message.deliver_at.unwrap_or(0);
+        let waiting = self.timers.cancel(at, message.id)
+            || match &message.target {
+                Target::Entity(id) => self.entities.cancel_queued(id, message.id),
+                _ => false,
+            };
+        if waiting {
+            self.cancelled.push(message.id);
+            self.ingested_acks.push(stored);
+        } else {
+            answer_stored(&self.shared.intake, vec![stored], None);
+        }
+        Some(waiting)
     }
 
     /// Routes one stored message: to the timers if it is not due, else to its receiver.
@@ -488,6 +524,7 @@ impl Engine {
             Some(err),
         );
         self.ingested.clear();
+        self.cancelled.clear();
     }
 
     /// Resumes the store and reads what a start reads.

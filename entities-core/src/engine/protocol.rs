@@ -41,6 +41,15 @@ pub(crate) enum Command {
         ids: Vec<crate::id::EntityId>,
         reply: oneshot::Sender<Vec<Vec<crate::inspect::WaitingOperation>>>,
     },
+    /// Cancel a stored scheduled message of an entity if it has not run yet: the engine drops
+    /// it from memory and deletes it in its next batch. `found` hears whether it was still
+    /// waiting (`None`: its partition is run by another process); `stored` hears once the
+    /// deletion committed.
+    Cancel {
+        message: Message,
+        found: oneshot::Sender<Option<bool>>,
+        stored: Stored,
+    },
     /// Stop: wait for operations under way (at most the grace period) and the commits.
     Shutdown(oneshot::Sender<()>),
 }

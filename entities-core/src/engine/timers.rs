@@ -6,7 +6,7 @@
 //! in memory (here, or delivered), and none after it is.
 
 use std::cmp::Reverse;
-use std::collections::BinaryHeap;
+use std::collections::{BTreeSet, BinaryHeap};
 use std::time::Duration;
 
 use crate::message::{now_millis, Message, MessageId};
@@ -39,6 +39,8 @@ pub(crate) struct Timers {
     heap: BinaryHeap<Reverse<Timer>>,
     cursor: (u64, MessageId),
     horizon: u64,
+    /// Cancelled messages after the cursor: a page that still reads them drops them.
+    cancelled: BTreeSet<(u64, MessageId)>,
 }
 
 /// A read of the next page of scheduled messages.
@@ -58,6 +60,7 @@ impl Timers {
             heap: BinaryHeap::new(),
             cursor: (loaded_until, MessageId::MAX),
             horizon: horizon.as_millis().max(2) as u64,
+            cancelled: BTreeSet::new(),
         }
     }
 
@@ -80,6 +83,17 @@ impl Timers {
             self.heap.push(Reverse(Timer { at, message }));
         }
         None
+    }
+
+    /// Cancels the scheduled message `id` due at `at` if it is still waiting here or in the
+    /// store (after the cursor); returns whether it was.
+    pub(crate) fn cancel(&mut self, at: u64, id: MessageId) -> bool {
+        if (at, id) > self.cursor {
+            return self.cancelled.insert((at, id));
+        }
+        let before = self.heap.len();
+        self.heap.retain(|Reverse(t)| t.message.id != id);
+        self.heap.len() < before
     }
 
     /// The messages whose time has come.
@@ -122,9 +136,15 @@ impl Timers {
             (true, Some(last)) => last,
             _ => (request.until, MessageId::MAX),
         };
-        messages
+        let cancelled = std::mem::take(&mut self.cancelled);
+        let due = messages
             .into_iter()
+            .filter(|m| !cancelled.contains(&(m.deliver_at.unwrap_or(0), m.id)))
             .filter_map(|m| self.schedule(m))
-            .collect()
+            .collect();
+        // Cancellations the cursor passed are done: their messages were read or deleted.
+        let cursor = self.cursor;
+        self.cancelled = cancelled.into_iter().filter(|c| *c > cursor).collect();
+        due
     }
 }

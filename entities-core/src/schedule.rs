@@ -1,0 +1,331 @@
+//! Recurring schedules and what the client shows of scheduled messages.
+//!
+//! A schedule is one stored message at a time: its next fire. When the fire comes due, the
+//! entity's engine consumes it and, in the same commit, stores the fire after it and signals
+//! the scheduled operation to the entity. A crash either keeps the fire (it runs again) or
+//! commits both, so every fire runs once. Fires missed while no runtime ran come due together
+//! as one: the next fire is computed from the time the fire runs, never from the time it was
+//! due.
+
+use std::str::FromStr;
+use std::time::{Duration, SystemTime};
+
+use serde::{Deserialize, Serialize};
+use serde_json::Value;
+
+use tokio::sync::oneshot;
+
+use crate::client::Client;
+use crate::engine::{Command, Stored};
+use crate::error::{Error, Result};
+use crate::id::EntityId;
+use crate::message::{from_millis, now_millis, Body, Message, MessageId, Target};
+
+/// When a recurring schedule fires: at a fixed interval, or on a cron expression (UTC).
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub enum Schedule {
+    /// Every `millis` milliseconds, counted from the previous fire.
+    Every {
+        /// The interval, in milliseconds (at least 1).
+        millis: u64,
+    },
+    /// On a cron expression with seconds (`sec min hour day-of-month month day-of-week
+    /// [year]`), in UTC.
+    Cron {
+        /// The expression, as given.
+        expression: String,
+    },
+}
+
+impl Schedule {
+    /// Fires every `interval` (rounded up to whole milliseconds, at least one).
+    pub fn every(interval: Duration) -> Schedule {
+        let millis = interval.as_nanos().div_ceil(1_000_000).max(1);
+        Schedule::Every {
+            millis: u64::try_from(millis).unwrap_or(u64::MAX),
+        }
+    }
+
+    /// Fires on a cron expression with a seconds field, such as `"0 */5 * * * *"` (every five
+    /// minutes), in UTC. Fails with [`Error::InvalidSchedule`] on an expression that does not
+    /// parse or never fires.
+    pub fn cron(expression: &str) -> Result<Schedule> {
+        let schedule = Schedule::Cron {
+            expression: expression.to_string(),
+        };
+        let now = crate::message::now_millis();
+        match schedule.next_after(now)? {
+            Some(_) => Ok(schedule),
+            None => Err(Error::InvalidSchedule(format!(
+                "the cron expression `{expression}` never fires after now"
+            ))),
+        }
+    }
+
+    /// The first fire strictly after `after` (milliseconds since the Unix epoch), or `None`
+    /// if there is none.
+    pub(crate) fn next_after(&self, after: u64) -> Result<Option<u64>> {
+        match self {
+            Schedule::Every { millis } => Ok(after.checked_add((*millis).max(1))),
+            Schedule::Cron { expression } => {
+                let parsed = cron::Schedule::from_str(expression).map_err(|err| {
+                    Error::InvalidSchedule(format!(
+                        "the cron expression `{expression}` does not parse: {err}"
+                    ))
+                })?;
+                let Some(start) = i64::try_from(after)
+                    .ok()
+                    .and_then(chrono::DateTime::from_timestamp_millis)
+                else {
+                    return Ok(None);
+                };
+                Ok(parsed
+                    .after(&start)
+                    .next()
+                    .and_then(|t| u64::try_from(t.timestamp_millis()).ok()))
+            }
+        }
+    }
+}
+
+/// A scheduled one-off signal waiting for an entity (see [`Client::pending_signals`](crate::Client::pending_signals)).
+#[derive(Clone, Debug, PartialEq)]
+pub struct PendingSignal {
+    /// The signal's id, for [`Client::cancel_signal`](crate::Client::cancel_signal).
+    pub id: MessageId,
+    /// The operation it runs.
+    pub operation: String,
+    /// Its input, if any.
+    pub input: Option<Value>,
+    /// When it is due.
+    pub due: SystemTime,
+}
+
+/// The id of a recurring schedule, returned by [`Client::schedule`](crate::Client::schedule).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
+#[serde(transparent)]
+pub struct ScheduleId(pub u64);
+
+impl std::fmt::Display for ScheduleId {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        self.0.fmt(f)
+    }
+}
+
+/// A recurring schedule of an entity (see [`Client::schedules`](crate::Client::schedules)).
+#[derive(Clone, Debug, PartialEq)]
+pub struct ScheduleInfo {
+    /// The schedule's id.
+    pub id: ScheduleId,
+    /// The operation each fire signals.
+    pub operation: String,
+    /// Its input, if any.
+    pub input: Option<Value>,
+    /// When it fires.
+    pub schedule: Schedule,
+    /// Its next fire.
+    pub next_fire: SystemTime,
+}
+
+impl Client {
+    /// The scheduled one-off signals waiting for entity `id` (sent with a delivery time, by
+    /// [`Client::signal_entity_at`] or an entity's `signal_at`, and not run yet), by due time.
+    pub async fn pending_signals(&self, id: &EntityId) -> Result<Vec<PendingSignal>> {
+        let stored = self
+            .shared
+            .store
+            .scheduled_for(&Target::Entity(id.clone()))
+            .await?;
+        Ok(stored
+            .into_iter()
+            .filter_map(|m| match m.body {
+                Body::Operation {
+                    name,
+                    input,
+                    reply: None,
+                    ..
+                } if !name.starts_with(crate::client::RESERVED_PREFIX) => Some(PendingSignal {
+                    id: m.id,
+                    operation: name,
+                    input,
+                    due: from_millis(m.deliver_at.unwrap_or(0)),
+                }),
+                _ => None,
+            })
+            .collect())
+    }
+
+    /// Cancels the scheduled signal `signal` of entity `id` (an id from
+    /// [`Client::pending_signals`]) if it has not run yet. Returns whether it was cancelled;
+    /// `false` if it ran already, is running, or is no scheduled signal of this entity. On a
+    /// store shared by several processes, only a client of the process that runs the entity's
+    /// partition can cancel ([`Error::NotRunHere`]).
+    pub async fn cancel_signal(&self, id: &EntityId, signal: MessageId) -> Result<bool> {
+        let waiting = self.pending_signals(id).await?;
+        let Some(found) = waiting.into_iter().find(|p| p.id == signal) else {
+            return Ok(false);
+        };
+        let message = Message {
+            id: found.id,
+            target: Target::Entity(id.clone()),
+            deliver_at: Some(crate::message::to_millis_ceil(found.due)),
+            body: Body::Operation {
+                name: found.operation,
+                input: found.input,
+                reply: None,
+                sender: None,
+            },
+        };
+        self.cancel_message(id, message).await
+    }
+
+    /// Has the engine drop a stored scheduled message of `id` that has not run and delete it.
+    async fn cancel_message(&self, id: &EntityId, message: Message) -> Result<bool> {
+        let (found_tx, found) = oneshot::channel();
+        let (tx, stored) = oneshot::channel();
+        self.shared
+            .commands
+            .send(Command::Cancel {
+                message,
+                found: found_tx,
+                stored: Stored { tx, permits: 0 },
+            })
+            .map_err(|_| Error::Shutdown)?;
+        let found = found.await.map_err(|_| Error::Shutdown)?;
+        stored.await.map_err(|_| Error::Shutdown)??;
+        found.ok_or_else(|| Error::NotRunHere(id.to_string()))
+    }
+
+    /// Starts a recurring schedule: entity `id` is signalled `operation` with `input` at every
+    /// fire of `schedule`, until [`Client::cancel_schedule`]. Fires are durable: each fire and
+    /// the storing of the next one commit together, and fires missed while no runtime ran come
+    /// due once, at the next start. Resolves once the schedule is stored.
+    pub async fn schedule<I: Serialize + ?Sized>(
+        &self,
+        id: &EntityId,
+        operation: &str,
+        input: &I,
+        schedule: Schedule,
+    ) -> Result<ScheduleId> {
+        self.shared.registry.check_entity(id)?;
+        if operation.starts_with(crate::client::RESERVED_PREFIX) {
+            return Err(Error::ReservedOperation(operation.to_string()));
+        }
+        let input = crate::json::to_value(input)?;
+        let first = schedule
+            .next_after(now_millis())?
+            .ok_or_else(|| Error::InvalidSchedule(format!("{schedule:?} never fires after now")))?;
+        let message_id = self.shared.next_message_id();
+        let message = Message {
+            id: message_id,
+            target: Target::Entity(id.clone()),
+            deliver_at: Some(first),
+            body: Body::Recurring {
+                schedule: message_id,
+                name: operation.to_string(),
+                input: Some(input),
+                every: schedule,
+            },
+        };
+        self.store_and_deliver(vec![message], None).await?;
+        Ok(ScheduleId(message_id))
+    }
+
+    /// The recurring schedules of entity `id`, by next fire.
+    pub async fn schedules(&self, id: &EntityId) -> Result<Vec<ScheduleInfo>> {
+        Ok(self
+            .recurring(id)
+            .await?
+            .into_iter()
+            .map(|(_, info)| info)
+            .collect())
+    }
+
+    /// The stored next fires of the schedules of `id`, with what they show.
+    async fn recurring(&self, id: &EntityId) -> Result<Vec<(Message, ScheduleInfo)>> {
+        let stored = self
+            .shared
+            .store
+            .scheduled_for(&Target::Entity(id.clone()))
+            .await?;
+        Ok(stored
+            .into_iter()
+            .filter_map(|m| match &m.body {
+                Body::Recurring {
+                    schedule,
+                    name,
+                    input,
+                    every,
+                } => {
+                    let info = ScheduleInfo {
+                        id: ScheduleId(*schedule),
+                        operation: name.clone(),
+                        input: input.clone(),
+                        schedule: every.clone(),
+                        next_fire: from_millis(m.deliver_at.unwrap_or(0)),
+                    };
+                    Some((m, info))
+                }
+                _ => None,
+            })
+            .collect())
+    }
+
+    /// Stops the recurring schedule `schedule` of entity `id`: no fire after this returns
+    /// (a fire under way at that moment still signals). Returns whether the schedule existed.
+    pub async fn cancel_schedule(&self, id: &EntityId, schedule: ScheduleId) -> Result<bool> {
+        // A fire under way consumes the stored one and stores the next: that one is cancelled
+        // once it is stored.
+        for _ in 0..CANCEL_ATTEMPTS {
+            let Some((message, _)) = self
+                .recurring(id)
+                .await?
+                .into_iter()
+                .find(|(_, info)| info.id == schedule)
+            else {
+                return Ok(false);
+            };
+            if self.cancel_message(id, message).await? {
+                return Ok(true);
+            }
+            tokio::time::sleep(Duration::from_millis(5)).await;
+        }
+        Err(Error::Store(crate::error::StoreError::new(format!(
+            "schedule {schedule} of {id} kept firing while it was being cancelled; try again"
+        ))))
+    }
+}
+
+/// How often [`Client::cancel_schedule`] looks again for a fire that moved on meanwhile.
+const CANCEL_ATTEMPTS: usize = 200;
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn every_adds_its_interval() {
+        let s = Schedule::every(Duration::from_micros(1500));
+        assert_eq!(s, Schedule::Every { millis: 2 });
+        assert_eq!(s.next_after(1000).unwrap(), Some(1002));
+        assert_eq!(
+            Schedule::every(Duration::ZERO).next_after(5).unwrap(),
+            Some(6)
+        );
+    }
+
+    #[test]
+    fn cron_fires_on_its_expression() {
+        let s = Schedule::cron("0 */5 * * * *").unwrap();
+        // 2026-01-01T00:01:00Z -> 00:05:00Z
+        let at = 1_767_225_660_000;
+        assert_eq!(s.next_after(at).unwrap(), Some(1_767_225_900_000));
+    }
+
+    #[test]
+    fn bad_cron_is_an_error() {
+        let err = Schedule::cron("every now and then").unwrap_err();
+        assert!(matches!(err, Error::InvalidSchedule(_)), "{err}");
+        assert!(err.to_string().contains("every now and then"));
+    }
+}
