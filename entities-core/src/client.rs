@@ -459,6 +459,13 @@ impl Client {
         instance_id: &str,
         input: &I,
     ) -> Result<String> {
+        let input = crate::json::to_value(input)?;
+        self.start_with_keys(name, instance_id, input, Vec::new())
+            .await
+    }
+
+    /// Refuses a start of an unknown orchestration or with an empty instance id.
+    pub(crate) fn check_start(&self, name: &str, instance_id: &str) -> Result<()> {
         if !self.shared.registry.has_orchestration(name) {
             return Err(Error::UnknownFunction {
                 kind: "orchestration",
@@ -468,7 +475,18 @@ impl Client {
         if instance_id.is_empty() {
             return Err(Error::Config("an instance id cannot be empty".into()));
         }
-        let input = crate::json::to_value(input)?;
+        Ok(())
+    }
+
+    /// Starts an instance (name and id checked) whose commit also stores `keys`.
+    pub(crate) async fn start_with_keys(
+        &self,
+        name: &str,
+        instance_id: &str,
+        input: Value,
+        keys: Vec<crate::store::IdempotencyKey>,
+    ) -> Result<String> {
+        self.check_start(name, instance_id)?;
         let now = now_millis();
         // The record is written with the start message, so that the id is taken at once.
         let record = InstanceRecord {
@@ -498,6 +516,7 @@ impl Client {
                 events: Vec::new(),
                 create: true,
             }],
+            keys,
             ..Batch::default()
         };
         match self.commit_and_deliver(batch, None).await {
@@ -611,6 +630,12 @@ impl Client {
         self.store_and_deliver(vec![message], None).await
     }
 
+    /// Refuses a send to an unregistered entity name or of a reserved operation.
+    pub(crate) fn check_send(&self, id: &EntityId, operation: &str) -> Result<()> {
+        self.shared.registry.check_entity(id)?;
+        check_operation_name(operation)
+    }
+
     pub(crate) async fn send_signal(
         &self,
         id: &EntityId,
@@ -693,7 +718,7 @@ impl Client {
     /// together with whatever it does with them: a message consumed in that batch is never
     /// written, only its effects are. A batch creating an instance is committed first, since
     /// it alone may fail by itself (the id is taken); its messages are delivered after.
-    async fn commit_and_deliver(
+    pub(crate) async fn commit_and_deliver(
         &self,
         batch: Batch,
         waiter: Option<(u64, oneshot::Sender<crate::engine::CallReply>)>,
@@ -713,6 +738,7 @@ impl Client {
                 messages: batch.produced,
                 waiter,
                 stored: None,
+                keys: Vec::new(),
             });
         }
         // Messages held by the engine until stored are bounded: past the bound, wait here. The
@@ -729,6 +755,7 @@ impl Client {
             messages: batch.produced,
             waiter,
             stored: Some(crate::engine::Stored { tx, permits }),
+            keys: batch.keys,
         })?;
         permit.forget();
         match done.await {

@@ -45,8 +45,8 @@ use crate::error::StoreErrorKind;
 use crate::id::EntityId;
 use crate::message::{Body, Message, MessageId, Target};
 use crate::store::{
-    Batch, EntityQuery, EntityRecord, InstanceQuery, InstanceRecord, InstanceWrite, RuntimeStatus,
-    Store,
+    Batch, EntityQuery, EntityRecord, IdempotencyKey, InstanceQuery, InstanceRecord, InstanceWrite,
+    RuntimeStatus, Store,
 };
 
 /// Expands to one `#[test]` per conformance check (a module `store_conformance`), each on a
@@ -77,6 +77,8 @@ macro_rules! store_conformance_tests {
             instance_queries_filter_and_page,
             locks_and_stats_count_what_is_stored,
             count_entities_counts_states_by_name,
+            idempotency_keys_are_claimed_answered_and_forgotten,
+            idle_entities_and_scheduled_for_find_their_rows,
         }
     };
 }
@@ -1480,4 +1482,169 @@ pub async fn locks_and_stats_count_what_is_stored(store: &dyn Store) {
     assert_eq!(stats.locked_entities, 3);
     assert_eq!(stats.scheduled_messages, 1);
     assert_eq!(stats.messages, 2);
+}
+
+/// Idempotency keys: a claim is stored with its batch (not at all if the batch fails), an
+/// outcome replaces the outcome of a stored key only, a claim of a stored key replaces it,
+/// and forgetting deletes the keys created before the given time, and only those.
+pub async fn idempotency_keys_are_claimed_answered_and_forgotten(store: &dyn Store) {
+    let key = |key: &str, created: u64, outcome: Value| IdempotencyKey {
+        key: key.to_string(),
+        created,
+        outcome,
+    };
+    assert_eq!(store.idempotency_key("a").await.expect("read a key"), None);
+    commit(
+        store,
+        Batch {
+            produced: vec![signal(1, "k", None)],
+            keys: vec![key("a", 100, json!("claimed")), key("b", 200, json!("b"))],
+            ..Batch::default()
+        },
+    )
+    .await;
+    assert_eq!(
+        store.idempotency_key("a").await.expect("read a key"),
+        Some(key("a", 100, json!("claimed")))
+    );
+    // One batch: an outcome for a stored key and for none.
+    commit(
+        store,
+        Batch {
+            key_outcomes: vec![
+                ("a".into(), json!({"answer": 1})),
+                ("nobody".into(), json!(0)),
+            ],
+            ..Batch::default()
+        },
+    )
+    .await;
+    assert_eq!(
+        store.idempotency_key("a").await.expect("read a key"),
+        Some(key("a", 100, json!({"answer": 1})))
+    );
+    assert_eq!(store.idempotency_key("nobody").await.expect("read"), None);
+    // A claim and its outcome in one batch: the outcome wins.
+    commit(
+        store,
+        Batch {
+            keys: vec![key("c", 300, json!("claimed"))],
+            key_outcomes: vec![("c".into(), json!("answered"))],
+            ..Batch::default()
+        },
+    )
+    .await;
+    assert_eq!(
+        store.idempotency_key("c").await.expect("read"),
+        Some(key("c", 300, json!("answered")))
+    );
+    // A failed batch stores none of its claims.
+    let failed = store
+        .commit(Batch {
+            produced: vec![signal(1, "k", None)],
+            keys: vec![key("d", 400, json!("claimed"))],
+            ..Batch::default()
+        })
+        .await;
+    assert!(failed.is_err(), "a batch storing message 1 twice fails");
+    store.resume().await.expect("resume");
+    assert_eq!(store.idempotency_key("d").await.expect("read"), None);
+    // Forgetting: created before 200 only.
+    commit(
+        store,
+        Batch {
+            forget_keys_before: Some(200),
+            ..Batch::default()
+        },
+    )
+    .await;
+    assert_eq!(store.idempotency_key("a").await.expect("read"), None);
+    assert!(store.idempotency_key("b").await.expect("read").is_some());
+    assert!(store.idempotency_key("c").await.expect("read").is_some());
+    // A new claim of a stored key replaces it.
+    commit(
+        store,
+        Batch {
+            keys: vec![key("b", 500, json!("again"))],
+            ..Batch::default()
+        },
+    )
+    .await;
+    assert_eq!(
+        store.idempotency_key("b").await.expect("read"),
+        Some(key("b", 500, json!("again")))
+    );
+}
+
+/// `idle_entities` lists the entities of one name with a state, no lock and no stored
+/// message, written before the given time, at most `limit`; `scheduled_for` lists the
+/// scheduled messages of one target by time.
+pub async fn idle_entities_and_scheduled_for_find_their_rows(store: &dyn Store) {
+    let at = |key: &str, last_modified: u64| EntityRecord {
+        last_modified,
+        ..entity(counter(key), Some(json!(1)))
+    };
+    let mut locked = at("locked", 10);
+    locked.lock_owner = Some("owner".into());
+    commit(
+        store,
+        Batch {
+            entities: vec![
+                at("old", 10),
+                at("old2", 20),
+                at("new", 1000),
+                locked,
+                at("waiting", 10),
+                entity(counter("empty"), None),
+                EntityRecord {
+                    last_modified: 10,
+                    ..entity(EntityId::new("Other", "old"), Some(json!(1)))
+                },
+            ],
+            produced: vec![
+                signal(1, "waiting", Some(5000)),
+                signal(2, "waiting", Some(4000)),
+                signal(3, "waiting", None),
+                signal(4, "old", None),
+            ],
+            consumed: vec![],
+            ..Batch::default()
+        },
+    )
+    .await;
+    // "old" has a message waiting until it is consumed.
+    commit(
+        store,
+        Batch {
+            consumed: vec![4],
+            ..Batch::default()
+        },
+    )
+    .await;
+    let name = counter("x").name().to_string();
+    let mut idle = store.idle_entities(&name, 500, 10).await.expect("idle");
+    idle.sort();
+    assert_eq!(idle, vec![counter("old"), counter("old2")]);
+    assert_eq!(
+        store
+            .idle_entities(&name, 500, 1)
+            .await
+            .expect("idle")
+            .len(),
+        1
+    );
+    assert_eq!(
+        store.idle_entities(&name, 15, 10).await.expect("idle"),
+        vec![counter("old")]
+    );
+    let scheduled = store
+        .scheduled_for(&Target::Entity(counter("waiting")))
+        .await
+        .expect("scheduled_for");
+    assert_eq!(ids(&scheduled), vec![2, 1]);
+    assert!(store
+        .scheduled_for(&Target::Entity(counter("old")))
+        .await
+        .expect("scheduled_for")
+        .is_empty());
 }

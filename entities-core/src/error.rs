@@ -83,6 +83,15 @@ pub enum Error {
     /// by the runtime that runs it.
     #[error("{0} belongs to a partition another process runs; ask a client of that process")]
     NotRunHere(String),
+    /// An idempotency key that is empty, or that was claimed by a send of another kind (a
+    /// signal, a call or a start) within its retention window.
+    #[error("idempotency key `{key}`: {reason}")]
+    IdempotencyKey {
+        /// The key.
+        key: String,
+        /// What is wrong with it.
+        reason: String,
+    },
 }
 
 impl Error {

@@ -11,6 +11,7 @@ mod entity;
 mod error;
 mod expiry;
 mod id;
+mod idempotent;
 mod inspect;
 mod json;
 mod memory_store;
@@ -35,6 +36,7 @@ pub use engine::partition::{partition_of, partition_of_instance, partition_of_me
 pub use entity::{Entity, EntityFunction};
 pub use error::{Error, OperationError, Result, StoreError, StoreErrorKind};
 pub use id::EntityId;
+pub use idempotent::Idempotent;
 pub use inspect::{RecentFailure, WaitingOperation};
 pub use memory_store::MemoryStore;
 pub use orchestration::{

@@ -14,8 +14,9 @@ use crate::error::{StoreError, StoreErrorKind};
 use crate::id::EntityId;
 use crate::message::{Message, MessageId, Target};
 use crate::store::{
-    Batch, EntityQuery, EntityRecord, EntityRecordPage, InstanceQuery, InstanceRecord,
-    InstanceRecordPage, InstanceWrite, LockRecord, Recovery, RuntimeStatus, Store, StoreStats,
+    Batch, EntityQuery, EntityRecord, EntityRecordPage, IdempotencyKey, InstanceQuery,
+    InstanceRecord, InstanceRecordPage, InstanceWrite, LockRecord, Recovery, RuntimeStatus, Store,
+    StoreStats,
 };
 
 /// A store that keeps everything in memory: nothing survives the process. It implements every
@@ -75,6 +76,8 @@ struct Data {
     pending: HashMap<EntityId, u64>,
     /// Orchestration instances, by id.
     instances: HashMap<String, InstanceRow>,
+    /// Idempotency keys, by key.
+    keys: HashMap<String, IdempotencyKey>,
 }
 
 /// An entity as stored.
@@ -272,6 +275,17 @@ impl Data {
         for write in batch.instances.iter().filter(|i| !i.create) {
             self.write_instance(write);
         }
+        for key in &batch.keys {
+            self.keys.insert(key.key.clone(), key.clone());
+        }
+        for (key, outcome) in &batch.key_outcomes {
+            if let Some(row) = self.keys.get_mut(key) {
+                row.outcome = outcome.clone();
+            }
+        }
+        if let Some(before) = batch.forget_keys_before {
+            self.keys.retain(|_, row| row.created >= before);
+        }
     }
 
     /// Writes an instance: a new one whole; of an existing one, only its status, output and
@@ -400,6 +414,10 @@ impl Store for MemoryStore {
                 Some(data.record(id, row, true, false))
             })
             .collect())
+    }
+
+    async fn idempotency_key(&self, key: &str) -> Result<Option<IdempotencyKey>, StoreError> {
+        Ok(self.handle.data().keys.get(key).cloned())
     }
 
     async fn read_entity(&self, id: &EntityId) -> Result<Option<EntityRecord>, StoreError> {

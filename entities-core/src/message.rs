@@ -62,6 +62,14 @@ pub enum ReplyTo {
     },
     /// A client awaiting in this process (not durable: the reply is dropped after a restart).
     Client(u64),
+    /// A client awaiting in this process, whose call claimed an idempotency key: the reply
+    /// also becomes the key's outcome, in the commit of the operation (durable).
+    Keyed {
+        /// The waiting call (the id of its message).
+        waiter: u64,
+        /// The idempotency key.
+        key: String,
+    },
 }
 
 /// One stored message.

@@ -28,11 +28,25 @@ pub trait Invoker {
 pub struct ClientSignal {
     client: Client,
     id: EntityId,
+    /// The idempotency key each signal claims, if any.
+    key: Option<String>,
 }
 
 impl ClientSignal {
     pub(crate) fn new(client: Client, id: EntityId) -> Self {
-        Self { client, id }
+        Self {
+            client,
+            id,
+            key: None,
+        }
+    }
+
+    pub(crate) fn keyed(client: Client, id: EntityId, key: String) -> Self {
+        Self {
+            client,
+            id,
+            key: Some(key),
+        }
     }
 }
 
@@ -47,7 +61,13 @@ impl Invoker for ClientSignal {
     ) -> Self::Output<R> {
         let client = self.client.clone();
         let id = self.id.clone();
-        Box::pin(async move { client.send_signal(&id, operation, input?, None).await })
+        let key = self.key.clone();
+        Box::pin(async move {
+            match key {
+                None => client.send_signal(&id, operation, input?, None).await,
+                Some(key) => client.signal_keyed(&key, &id, operation, input?).await,
+            }
+        })
     }
 }
 
@@ -55,11 +75,25 @@ impl Invoker for ClientSignal {
 pub struct ClientCall {
     client: Client,
     id: EntityId,
+    /// The idempotency key each call claims, if any.
+    key: Option<String>,
 }
 
 impl ClientCall {
     pub(crate) fn new(client: Client, id: EntityId) -> Self {
-        Self { client, id }
+        Self {
+            client,
+            id,
+            key: None,
+        }
+    }
+
+    pub(crate) fn keyed(client: Client, id: EntityId, key: String) -> Self {
+        Self {
+            client,
+            id,
+            key: Some(key),
+        }
     }
 }
 
@@ -74,8 +108,12 @@ impl Invoker for ClientCall {
     ) -> Self::Output<R> {
         let client = self.client.clone();
         let id = self.id.clone();
+        let key = self.key.clone();
         Box::pin(async move {
-            let value = client.send_call(&id, operation, input?).await?;
+            let value = match key {
+                None => client.send_call(&id, operation, input?).await?,
+                Some(key) => client.call_keyed(&key, &id, operation, input?).await?,
+            };
             decode_with(value, decode)
         })
     }

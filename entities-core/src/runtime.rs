@@ -24,6 +24,7 @@ pub struct RuntimeBuilder {
     store: Option<Arc<dyn Store>>,
     registry: Registry,
     config: EngineConfig,
+    key_retention: Duration,
     errors: Vec<String>,
 }
 
@@ -127,6 +128,14 @@ impl RuntimeBuilder {
         self
     }
 
+    /// How long an idempotency key binds (see [`Client::idempotent`]): a second send with
+    /// the same key within this time is not applied. Keys older than this are deleted in the
+    /// background. Default 24 hours.
+    pub fn idempotency_retention(mut self, retention: Duration) -> Self {
+        self.key_retention = retention.max(Duration::from_millis(1));
+        self
+    }
+
     /// Most batches committing at once: the engine runs the next batch while these commit.
     /// Default 2.
     pub fn max_inflight_commits(mut self, max: usize) -> Self {
@@ -209,6 +218,7 @@ impl RuntimeBuilder {
             tx,
             first_id,
             self.config.intake_bound,
+            self.key_retention,
         ));
         let engine = Engine::new(
             shared.clone(),
@@ -220,10 +230,13 @@ impl RuntimeBuilder {
         let task = tokio::spawn(engine.run(recovery.messages));
         let sweeper = (!shared.registry.ttls.is_empty())
             .then(|| tokio::spawn(crate::expiry::sweep(Client::new(shared.clone()))));
+        let forgetter = tokio::spawn(crate::idempotent::forget_old_keys(Client::new(
+            shared.clone(),
+        )));
         Ok(Runtime {
             shared,
             task: Some(task),
-            sweeper,
+            background: sweeper.into_iter().chain([forgetter]).collect(),
         })
     }
 }
@@ -238,8 +251,9 @@ fn store_base(store: &dyn crate::store::Store) -> crate::message::MessageId {
 pub struct Runtime {
     shared: Arc<Shared>,
     task: Option<JoinHandle<()>>,
-    /// The expiry sweep, if any entity name has a TTL.
-    sweeper: Option<JoinHandle<()>>,
+    /// Background tasks: the expiry sweep (if any entity name has a TTL) and the forgetting
+    /// of old idempotency keys.
+    background: Vec<JoinHandle<()>>,
 }
 
 impl Runtime {
@@ -249,6 +263,7 @@ impl Runtime {
             store: None,
             registry: Registry::default(),
             config: EngineConfig::default(),
+            key_retention: crate::idempotent::DEFAULT_RETENTION,
             errors: Vec::new(),
         }
     }
@@ -263,8 +278,8 @@ impl Runtime {
     /// processed, and those of operations stopped at the end of the grace period, stay
     /// stored and are processed by the next runtime on the same store.
     pub async fn shutdown(mut self) -> Result<()> {
-        if let Some(sweeper) = self.sweeper.take() {
-            sweeper.abort();
+        for task in self.background.drain(..) {
+            task.abort();
         }
         let (tx, rx) = oneshot::channel();
         if self.shared.commands.send(Command::Shutdown(tx)).is_ok() {
@@ -284,8 +299,8 @@ impl Runtime {
 
 impl Drop for Runtime {
     fn drop(&mut self) {
-        if let Some(sweeper) = self.sweeper.take() {
-            sweeper.abort();
+        for task in self.background.drain(..) {
+            task.abort();
         }
         if let Some(task) = self.task.take() {
             self.shared

@@ -102,6 +102,27 @@ pub struct Batch {
     /// Replies to calls made from other processes (see [`Partitioned::take_replies`]).
     /// Stores without partitions never receive any.
     pub replies: Vec<RemoteReply>,
+    /// Idempotency keys claimed by the sends of this batch: inserted, replacing a row of the
+    /// same key (one past its retention). Applied before `key_outcomes`.
+    pub keys: Vec<IdempotencyKey>,
+    /// New outcomes of stored idempotency keys (the answer to a call), by key: only the
+    /// outcome of an existing row changes.
+    pub key_outcomes: Vec<(String, Value)>,
+    /// Deletes the idempotency keys created before this time (milliseconds since the Unix
+    /// epoch).
+    pub forget_keys_before: Option<u64>,
+}
+
+/// A stored idempotency key (see `Client::idempotent`): the send that claimed it and what
+/// came of it, as JSON the runtime reads back.
+#[derive(Clone, Debug, PartialEq)]
+pub struct IdempotencyKey {
+    /// The key, as the client gave it.
+    pub key: String,
+    /// When the key was claimed, in milliseconds since the Unix epoch.
+    pub created: u64,
+    /// What came of the send.
+    pub outcome: Value,
 }
 
 /// The reply to a call made by a client of another process, stored for that process.
@@ -121,6 +142,9 @@ impl Batch {
             && self.produced.is_empty()
             && self.instances.is_empty()
             && self.replies.is_empty()
+            && self.keys.is_empty()
+            && self.key_outcomes.is_empty()
+            && self.forget_keys_before.is_none()
     }
 }
 
@@ -351,6 +375,15 @@ pub trait Store: Send + Sync + 'static {
             }
             query.continuation = page.continuation;
         }
+    }
+
+    /// The stored idempotency key `key`, if it is stored. A store that cannot keep keys
+    /// (the default) fails, so that no send counts on one it would not keep.
+    async fn idempotency_key(&self, key: &str) -> Result<Option<IdempotencyKey>, StoreError> {
+        let _ = key;
+        Err(StoreError::new(
+            "this store does not keep idempotency keys; `Client::idempotent` needs one that does",
+        ))
     }
 
     /// Lists the messages set aside because they could not be decoded, by id, with their

@@ -462,6 +462,13 @@ impl Store for PostgresStore {
         self.inner.read_entity(id).await
     }
 
+    async fn idempotency_key(
+        &self,
+        key: &str,
+    ) -> Result<Option<entities_core::store::IdempotencyKey>, StoreError> {
+        self.inner.idempotency_key(key).await
+    }
+
     async fn query_entities(&self, query: &EntityQuery) -> Result<EntityRecordPage, StoreError> {
         self.inner.query_entities(query).await
     }

@@ -278,6 +278,36 @@ impl Inner {
             .transpose()
     }
 
+    pub(crate) async fn idempotency_key(
+        &self,
+        key: &str,
+    ) -> Result<Option<entities_core::store::IdempotencyKey>, StoreError> {
+        let conn = self.connection().await?;
+        let row = conn
+            .query_opt(
+                "SELECT created, outcome FROM entities_keys WHERE key = $1",
+                &[&key],
+            )
+            .await
+            .map_err(read_failed)?;
+        let Some(row) = row else {
+            return Ok(None);
+        };
+        let outcome: String = row.get(1);
+        let parsed = serde_json::from_str(&outcome).map_err(|err| {
+            StoreError::corrupt(
+                format!("the stored outcome of idempotency key `{key}` is not JSON"),
+                outcome.clone(),
+                err,
+            )
+        })?;
+        Ok(Some(entities_core::store::IdempotencyKey {
+            key: key.to_string(),
+            created: row.get::<_, i64>(0).max(0) as u64,
+            outcome: parsed,
+        }))
+    }
+
     pub(crate) async fn query_entities(
         &self,
         query: &EntityQuery,

@@ -7,7 +7,7 @@ use tokio_postgres::Client;
 use crate::{pg_error, StoreError};
 
 /// The schema version this crate writes.
-pub(crate) const VERSION: i64 = 1;
+pub(crate) const VERSION: i64 = 2;
 
 /// The class of this crate's advisory locks (the first key of the two-key form); the second
 /// key is a partition number, or -1 for the schema.
@@ -84,6 +84,14 @@ const MIGRATIONS: &[&str] = &[
      );
      CREATE INDEX entities_replies_by_node ON entities_replies (node);
      CREATE SEQUENCE entities_nodes;",
+    // 1 -> 2: idempotency keys of client sends, with what came of each; old ones are deleted
+    // by creation time.
+    "CREATE TABLE entities_keys (
+        key TEXT COLLATE \"C\" PRIMARY KEY,
+        created BIGINT NOT NULL,
+        outcome TEXT NOT NULL
+     );
+     CREATE INDEX entities_keys_by_created ON entities_keys (created);",
 ];
 
 /// Creates or migrates the schema; returns the partition count (fixed when the schema was

@@ -26,6 +26,8 @@ use crate::{pg_error, Inner};
 const MAX_GROUP: usize = 64;
 
 /// What the writer is asked to do.
+// Nearly every request is a commit: boxing its batch would only add an allocation.
+#[allow(clippy::large_enum_variant)]
 pub(crate) enum Request {
     Commit(Batch, oneshot::Sender<Result<Batch, StoreError>>),
     /// Accept batches again after a failure, once the database answers.
@@ -517,8 +519,54 @@ async fn commit(inner: &Inner, batches: &[Batch]) -> Result<bool, StoreError> {
     if !lost.is_empty() {
         tx.execute(MARK_FRESH, &[&lost]).await.map_err(failed)?;
     }
+    write_keys(&tx, batches).await.map_err(failed)?;
     let wake = !waiters.is_empty() || fresh.iter().any(|f| *f) || !lost.is_empty();
     tx.commit().await.map_err(failed)?;
     debug!(batches = batches.len(), "committed");
     Ok(wake)
+}
+
+/// Writes the idempotency keys of the batches, in order: claims, outcomes, then the forgetting
+/// of old keys. Only sends that claim a key pay for these statements.
+async fn write_keys(
+    tx: &tokio_postgres::Transaction<'_>,
+    batches: &[Batch],
+) -> Result<(), tokio_postgres::Error> {
+    for batch in batches {
+        if !batch.keys.is_empty() {
+            let keys: Vec<&str> = batch.keys.iter().map(|k| k.key.as_str()).collect();
+            let created: Vec<i64> = batch.keys.iter().map(|k| int(k.created)).collect();
+            let outcomes: Vec<String> = batch.keys.iter().map(|k| k.outcome.to_string()).collect();
+            tx.execute(
+                "INSERT INTO entities_keys (key, created, outcome) \
+                 SELECT * FROM unnest($1::text[], $2::bigint[], $3::text[]) \
+                 ON CONFLICT (key) DO UPDATE SET created = excluded.created, \
+                 outcome = excluded.outcome",
+                &[&keys, &created, &outcomes],
+            )
+            .await?;
+        }
+        if !batch.key_outcomes.is_empty() {
+            let keys: Vec<&str> = batch.key_outcomes.iter().map(|(k, _)| k.as_str()).collect();
+            let outcomes: Vec<String> = batch
+                .key_outcomes
+                .iter()
+                .map(|(_, o)| o.to_string())
+                .collect();
+            tx.execute(
+                "UPDATE entities_keys k SET outcome = u.outcome \
+                 FROM unnest($1::text[], $2::text[]) AS u(key, outcome) WHERE k.key = u.key",
+                &[&keys, &outcomes],
+            )
+            .await?;
+        }
+        if let Some(before) = batch.forget_keys_before {
+            tx.execute(
+                "DELETE FROM entities_keys WHERE created < $1",
+                &[&int(before)],
+            )
+            .await?;
+        }
+    }
+    Ok(())
 }

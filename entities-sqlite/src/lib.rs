@@ -19,10 +19,10 @@ use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::{mpsc, Arc, Mutex};
 
 use async_trait::async_trait;
-use entities_core::message::{Message, MessageId};
+use entities_core::message::{Message, MessageId, Target};
 use entities_core::store::{
-    Batch, EntityQuery, EntityRecord, EntityRecordPage, InstanceQuery, InstanceRecord,
-    InstanceRecordPage, LockRecord, Recovery, SetAsideMessage, Store, StoreStats,
+    Batch, EntityQuery, EntityRecord, EntityRecordPage, IdempotencyKey, InstanceQuery,
+    InstanceRecord, InstanceRecordPage, LockRecord, Recovery, SetAsideMessage, Store, StoreStats,
 };
 use entities_core::{EntityId, Error, StoreError, StoreErrorKind};
 use futures::future::BoxFuture;
@@ -466,6 +466,26 @@ impl Store for SqliteStore {
         Ok(rows.messages)
     }
 
+    async fn scheduled_for(&self, target: &Target) -> Result<Vec<Message>, StoreError> {
+        let target = target.clone();
+        let rows = self
+            .read(move |conn| sql::scheduled_for(conn, &target))
+            .await?;
+        self.set_aside(rows.undecodable).await?;
+        Ok(rows.messages)
+    }
+
+    async fn idle_entities(
+        &self,
+        name: &str,
+        before: u64,
+        limit: usize,
+    ) -> Result<Vec<EntityId>, StoreError> {
+        let name = name.to_string();
+        self.read(move |conn| sql::idle_entities(conn, &name, before, limit))
+            .await
+    }
+
     async fn set_aside_messages(&self) -> Result<Vec<SetAsideMessage>, StoreError> {
         self.read(sql::set_aside_messages).await
     }
@@ -477,6 +497,12 @@ impl Store for SqliteStore {
 
     async fn load_entities(&self, ids: Vec<EntityId>) -> Result<Vec<EntityRecord>, StoreError> {
         self.read(move |conn| sql::load_entities(conn, &ids)).await
+    }
+
+    async fn idempotency_key(&self, key: &str) -> Result<Option<IdempotencyKey>, StoreError> {
+        let key = key.to_string();
+        self.read(move |conn| sql::idempotency_key(conn, &key))
+            .await
     }
 
     async fn read_entity(&self, id: &EntityId) -> Result<Option<EntityRecord>, StoreError> {

@@ -5,8 +5,8 @@
 
 use entities_core::message::{Body, Message, MessageId, Target};
 use entities_core::store::{
-    EntityQuery, EntityRecord, EntityRecordPage, InstanceQuery, InstanceRecord, InstanceRecordPage,
-    LockRecord, RuntimeStatus, SetAsideMessage, StoreStats,
+    EntityQuery, EntityRecord, EntityRecordPage, IdempotencyKey, InstanceQuery, InstanceRecord,
+    InstanceRecordPage, LockRecord, RuntimeStatus, SetAsideMessage, StoreStats,
 };
 use entities_core::{EntityId, StoreError};
 use rusqlite::types::ValueRef;
@@ -238,6 +238,62 @@ pub(crate) fn scheduled_messages(
     Ok(rows)
 }
 
+/// The scheduled messages of one target (of an entity through the index of entity messages
+/// by target), by time then id.
+pub(crate) fn scheduled_for(conn: &Connection, target: &Target) -> ReadResult<MessageRows> {
+    let sql = match target {
+        Target::Entity(_) => {
+            "SELECT id, target, deliver_at, body FROM messages \
+             WHERE target = ?1 AND substr(target, 1, 1) = '@' AND deliver_at IS NOT NULL \
+             ORDER BY deliver_at, id"
+        }
+        _ => {
+            "SELECT id, target, deliver_at, body FROM messages \
+             WHERE target = ?1 AND deliver_at IS NOT NULL ORDER BY deliver_at, id"
+        }
+    };
+    let mut rows = MessageRows::default();
+    read_messages(conn, sql, [target.to_string()], usize::MAX, &mut rows)?;
+    Ok(rows)
+}
+
+/// Up to `limit` entities named `name` with a state, no lock and no stored message, last
+/// written before `before`.
+pub(crate) fn idle_entities(
+    conn: &Connection,
+    name: &str,
+    before: u64,
+    limit: usize,
+) -> ReadResult<Vec<EntityId>> {
+    let mut stmt = conn.prepare_cached(
+        "SELECT key FROM entities e WHERE name = ?1 AND last_modified < ?2 \
+         AND state IS NOT NULL AND lock_owner IS NULL AND NOT EXISTS \
+         (SELECT 1 FROM messages WHERE target = '@' || e.name || '@' || e.key \
+          AND substr(target, 1, 1) = '@') \
+         LIMIT ?3",
+    )?;
+    let keys = stmt.query_map(
+        params![name, sql_int(before), limit.min(i64::MAX as usize) as i64],
+        |row| row.get::<_, String>(0),
+    )?;
+    let mut ids = Vec::new();
+    for key in keys {
+        let key = key?;
+        match EntityId::try_new(name, key.clone()) {
+            Ok(id) => ids.push(id),
+            Err(err) => {
+                return Err(StoreError::corrupt(
+                    format!("the stored entity id `@{name}@{key}` is not valid"),
+                    format!("@{name}@{key}"),
+                    err,
+                )
+                .into())
+            }
+        }
+    }
+    Ok(ids)
+}
+
 /// The messages set aside, by id.
 pub(crate) fn set_aside_messages(conn: &Connection) -> ReadResult<Vec<SetAsideMessage>> {
     let mut stmt = conn.prepare_cached(
@@ -307,6 +363,32 @@ pub(crate) fn load_entities(conn: &Connection, ids: &[EntityId]) -> ReadResult<V
         }
     }
     Ok(records)
+}
+
+/// The stored idempotency key `key`.
+pub(crate) fn idempotency_key(conn: &Connection, key: &str) -> ReadResult<Option<IdempotencyKey>> {
+    let mut stmt =
+        conn.prepare_cached("SELECT created, outcome FROM idempotency_keys WHERE key = ?1")?;
+    let row = stmt
+        .query_row([key], |row| {
+            Ok((row.get::<_, i64>(0)?, row.get::<_, String>(1)?))
+        })
+        .optional()?;
+    let Some((created, outcome)) = row else {
+        return Ok(None);
+    };
+    let outcome = serde_json::from_str(&outcome).map_err(|err| {
+        StoreError::corrupt(
+            format!("the stored outcome of idempotency key `{key}` is not JSON"),
+            outcome.clone(),
+            err,
+        )
+    })?;
+    Ok(Some(IdempotencyKey {
+        key: key.to_string(),
+        created: created.max(0) as u64,
+        outcome,
+    }))
 }
 
 pub(crate) fn read_entity(conn: &Connection, id: &EntityId) -> ReadResult<Option<EntityRecord>> {

@@ -32,6 +32,8 @@ const MAX_GROUP: usize = 4096;
 const SPACE_CHECK: usize = 1 << 20;
 
 /// A write asked of the writer thread.
+// Nearly every request is a commit: boxing its batch would only add an allocation.
+#[allow(clippy::large_enum_variant)]
 pub(crate) enum WriteRequest {
     Commit(Batch, oneshot::Sender<Result<Batch, StoreError>>),
     DeleteEmptyEntities(oneshot::Sender<Result<u64, StoreError>>),
@@ -383,6 +385,7 @@ impl<'c> Writes<'c> {
         for instance in &batch.instances {
             write_instance(self.conn, instance)?;
         }
+        write_keys(self.conn, batch)?;
         Ok(0)
     }
 
@@ -421,7 +424,7 @@ impl<'c> Writes<'c> {
         for instance in batch.instances.iter().filter(|i| !i.create) {
             write_instance(self.conn, instance)?;
         }
-        Ok(())
+        write_keys(self.conn, batch)
     }
 
     fn delete(&mut self, id: MessageId) -> rusqlite::Result<()> {
@@ -482,6 +485,35 @@ impl<'c> Writes<'c> {
         self.count.entity_rows_written += 1;
         Ok(())
     }
+}
+
+/// Writes the idempotency keys of a batch: claims, then outcomes, then the forgetting of old
+/// keys.
+fn write_keys(conn: &Connection, batch: &Batch) -> rusqlite::Result<()> {
+    if !batch.keys.is_empty() {
+        let mut claim = conn.prepare_cached(
+            "INSERT OR REPLACE INTO idempotency_keys (key, created, outcome) VALUES (?1, ?2, ?3)",
+        )?;
+        for key in &batch.keys {
+            claim.execute(params![
+                key.key,
+                key.created as i64,
+                key.outcome.to_string()
+            ])?;
+        }
+    }
+    if !batch.key_outcomes.is_empty() {
+        let mut update =
+            conn.prepare_cached("UPDATE idempotency_keys SET outcome = ?2 WHERE key = ?1")?;
+        for (key, outcome) in &batch.key_outcomes {
+            update.execute(params![key, outcome.to_string()])?;
+        }
+    }
+    if let Some(before) = batch.forget_keys_before {
+        conn.prepare_cached("DELETE FROM idempotency_keys WHERE created < ?1")?
+            .execute([before as i64])?;
+    }
+    Ok(())
 }
 
 /// The error SQLite gives for a message id used twice, for a duplicate within one group.

@@ -47,6 +47,7 @@ impl Engine {
             batch: Batch {
                 produced: std::mem::take(&mut self.ingested),
                 consumed: std::mem::take(&mut self.cancelled),
+                keys: std::mem::take(&mut self.ingested_keys),
                 ..Batch::default()
             },
             effects: Effects {
@@ -151,6 +152,7 @@ impl Engine {
                 b.batch.produced.push(message);
             }
             b.batch.instances.extend(round.instances);
+            b.batch.key_outcomes.extend(round.key_outcomes);
         }
         Ok(())
     }

@@ -132,6 +132,8 @@ struct Part {
     consumed: Vec<MessageId>,
     produced: Vec<Message>,
     replies: Vec<(u64, CallReply)>,
+    /// Outcomes of idempotency keys (answers to keyed calls).
+    key_outcomes: Vec<(String, Value)>,
     /// Whether its state or lock changed, so that its row must be written.
     written: bool,
     /// Operations that succeeded and failed (for the metrics).
@@ -366,6 +368,7 @@ impl Entities {
             out.round.consumed.extend(part.consumed);
             out.round.produced.extend(part.produced);
             out.replies.extend(part.replies);
+            out.round.key_outcomes.extend(part.key_outcomes);
             if part.written && slot.poisoned.is_none() {
                 slot.last_write = batch_no;
                 out.writes.insert(
@@ -755,6 +758,11 @@ fn set_state(
     match reply {
         None => {}
         Some(ReplyTo::Client(waiter)) => part.replies.push((waiter, result)),
+        Some(ReplyTo::Keyed { waiter, key }) => {
+            part.key_outcomes
+                .push((key, crate::idempotent::KeyOutcome::answer(&result)));
+            part.replies.push((waiter, result));
+        }
         Some(ReplyTo::Instance { id: instance, seq }) => part
             .produced
             .push(shared.operation_completion(instance, seq, result)),
@@ -807,6 +815,11 @@ fn finish_operation(
             }
         }
         Some(ReplyTo::Client(waiter)) => part.replies.push((waiter, finished.result)),
+        Some(ReplyTo::Keyed { waiter, key }) => {
+            part.key_outcomes
+                .push((key, crate::idempotent::KeyOutcome::answer(&finished.result)));
+            part.replies.push((waiter, finished.result));
+        }
         Some(ReplyTo::Instance { id: instance, seq }) => part
             .produced
             .push(shared.operation_completion(instance, seq, finished.result)),

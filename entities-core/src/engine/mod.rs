@@ -111,6 +111,8 @@ pub(crate) struct Engine {
     /// Client messages delivered but not stored yet: the next batch stores them.
     ingested: Vec<Message>,
     ingested_acks: Vec<Stored>,
+    /// Idempotency keys claimed by the client messages of `ingested`.
+    ingested_keys: Vec<crate::store::IdempotencyKey>,
     /// Stored scheduled messages cancelled by clients: the next batch deletes them.
     cancelled: Vec<MessageId>,
     batch_no: u64,
@@ -165,6 +167,7 @@ impl Engine {
             ingested: Vec::new(),
             ingested_acks: Vec::new(),
             cancelled: Vec::new(),
+            ingested_keys: Vec::new(),
             batch_no: 0,
             committed_no: 0,
             shutdown: None,
@@ -345,6 +348,7 @@ impl Engine {
                 messages,
                 waiter,
                 stored,
+                keys,
             } => {
                 if let Some((id, tx)) = waiter {
                     self.waiters.insert(id, tx);
@@ -360,6 +364,7 @@ impl Engine {
                 if let Some(stored) = stored {
                     self.ingested.extend(messages.iter().cloned());
                     self.ingested_acks.push(stored);
+                    self.ingested_keys.extend(keys);
                 }
                 for message in messages {
                     // A message for a partition run elsewhere is only stored, for its owner.
@@ -525,6 +530,7 @@ impl Engine {
         );
         self.ingested.clear();
         self.cancelled.clear();
+        self.ingested_keys.clear();
     }
 
     /// Resumes the store and reads what a start reads.

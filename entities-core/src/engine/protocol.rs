@@ -28,6 +28,8 @@ pub(crate) enum Command {
         messages: Vec<Message>,
         waiter: Option<(u64, oneshot::Sender<CallReply>)>,
         stored: Option<Stored>,
+        /// Idempotency keys the messages claim, stored with them (only with `stored`).
+        keys: Vec<crate::store::IdempotencyKey>,
     },
     /// An activity finished.
     ActivityDone(ActivityDone),

@@ -26,6 +26,10 @@ pub(crate) struct Shared {
     pub stopped: AtomicBool,
     /// The operations that failed lately, for operators.
     pub failures: Failures,
+    /// Idempotent sends of one key wait for each other.
+    pub key_locks: crate::idempotent::KeyLocks,
+    /// How long idempotency keys bind.
+    pub key_retention: std::time::Duration,
 }
 
 impl Shared {
@@ -35,6 +39,7 @@ impl Shared {
         commands: mpsc::UnboundedSender<Command>,
         first_id: MessageId,
         intake_bound: usize,
+        key_retention: std::time::Duration,
     ) -> Self {
         Self {
             store,
@@ -45,6 +50,8 @@ impl Shared {
             next_id: AtomicU64::new(first_id),
             stopped: AtomicBool::new(false),
             failures: Failures::default(),
+            key_locks: Default::default(),
+            key_retention,
         }
     }
 

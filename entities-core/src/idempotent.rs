@@ -1,0 +1,418 @@
+//! Idempotent sends (see [`Client::idempotent`]): a send that claims a key is applied once per
+//! key within the retention window, however often it is retried.
+//!
+//! The key is stored in the commit that stores the send (or, for a signal or call consumed in
+//! the batch that takes it in, its effects), so a process killed after the send was stored but
+//! before it heard back finds the key after its restart and does not send again. A call's
+//! answer becomes the key's outcome in the commit of the operation, so a retried call returns
+//! the first call's result. Within one process, sends of one key wait for each other; a
+//! retry that finds the key of a call not answered yet waits for the answer.
+
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use serde::de::DeserializeOwned;
+use serde::{Deserialize, Serialize};
+use serde_json::Value;
+use tokio::sync::oneshot;
+
+use crate::client::Client;
+use crate::engine::CallReply;
+use crate::entity::Entity;
+use crate::error::{Error, Result};
+use crate::id::EntityId;
+use crate::message::{now_millis, Body, Message, ReplyTo, Target};
+use crate::proxy::{ClientCall, ClientSignal};
+use crate::store::{Batch, IdempotencyKey};
+
+/// How long idempotency keys are kept by default.
+pub(crate) const DEFAULT_RETENTION: Duration = Duration::from_secs(24 * 3600);
+
+/// How often a retried call looks for the answer of the first one.
+const ANSWER_POLL: Duration = Duration::from_millis(10);
+
+/// What came of the send that claimed a key, as stored.
+#[derive(Clone, Debug, Serialize, Deserialize)]
+pub(crate) enum KeyOutcome {
+    /// A signal, stored.
+    Signalled,
+    /// A call: its answer once the operation ran.
+    Called(Option<CallReply>),
+    /// An orchestration start, with the instance id.
+    Started(String),
+}
+
+impl KeyOutcome {
+    /// The stored outcome of a call answered with `result`.
+    pub(crate) fn answer(result: &CallReply) -> Value {
+        KeyOutcome::Called(Some(result.clone())).to_json()
+    }
+
+    fn to_json(&self) -> Value {
+        serde_json::to_value(self).expect("a key outcome serializes")
+    }
+
+    fn kind(&self) -> &'static str {
+        match self {
+            KeyOutcome::Signalled => "a signal",
+            KeyOutcome::Called(_) => "a call",
+            KeyOutcome::Started(_) => "an orchestration start",
+        }
+    }
+}
+
+/// Sends of one key within this process wait for each other.
+#[derive(Default)]
+pub(crate) struct KeyLocks {
+    held: Mutex<HashMap<String, Arc<tokio::sync::Mutex<()>>>>,
+}
+
+/// A held key: released when dropped.
+struct KeyGuard<'a> {
+    locks: &'a KeyLocks,
+    key: String,
+    guard: Option<tokio::sync::OwnedMutexGuard<()>>,
+}
+
+impl KeyLocks {
+    async fn lock(&self, key: &str) -> KeyGuard<'_> {
+        let mutex = {
+            let mut held = self.held.lock().expect("key locks poisoned");
+            held.entry(key.to_string()).or_default().clone()
+        };
+        KeyGuard {
+            locks: self,
+            key: key.to_string(),
+            guard: Some(mutex.lock_owned().await),
+        }
+    }
+}
+
+impl Drop for KeyGuard<'_> {
+    fn drop(&mut self) {
+        drop(self.guard.take());
+        let mut held = self.locks.held.lock().expect("key locks poisoned");
+        // Only the map holds it once no send of this key holds or waits for it.
+        if held
+            .get(&self.key)
+            .is_some_and(|m| Arc::strong_count(m) == 1)
+        {
+            held.remove(&self.key);
+        }
+    }
+}
+
+/// A client whose sends claim one idempotency key: the first send is applied, and a second
+/// one with the same key within the retention window
+/// ([`RuntimeBuilder::idempotency_retention`](crate::RuntimeBuilder::idempotency_retention),
+/// default 24 hours) is not. A second signal returns `Ok`, a second call the first call's
+/// result, a second start the first instance's id. From [`Client::idempotent`].
+///
+/// A key belongs to one send: reusing it for another kind of send (a call after a signal) is
+/// an [`Error::IdempotencyKey`]; reusing it for another entity or operation returns what the
+/// first send returned.
+#[derive(Clone)]
+pub struct Idempotent {
+    client: Client,
+    key: String,
+}
+
+impl Client {
+    /// A client whose sends are applied once per `key` (see [`Idempotent`]).
+    pub fn idempotent(&self, key: impl Into<String>) -> Idempotent {
+        Idempotent {
+            client: self.clone(),
+            key: key.into(),
+        }
+    }
+}
+
+impl Idempotent {
+    /// The key.
+    pub fn key(&self) -> &str {
+        &self.key
+    }
+
+    /// A typed proxy whose methods signal the entity `E` with `key`, once per idempotency key.
+    pub fn signal<E: Entity>(&self, key: impl Into<String>) -> E::Proxy<ClientSignal> {
+        E::proxy(ClientSignal::keyed(
+            self.client.clone(),
+            EntityId::of::<E>(key),
+            self.key.clone(),
+        ))
+    }
+
+    /// A typed proxy whose methods call the entity `E` with `key`, once per idempotency key.
+    pub fn call<E: Entity>(&self, key: impl Into<String>) -> E::Proxy<ClientCall> {
+        E::proxy(ClientCall::keyed(
+            self.client.clone(),
+            EntityId::of::<E>(key),
+            self.key.clone(),
+        ))
+    }
+
+    /// Signals an entity, once per key; resolves once the signal (or the key of an earlier
+    /// one) is durably stored.
+    pub async fn signal_entity<I: Serialize + ?Sized>(
+        &self,
+        id: &EntityId,
+        operation: &str,
+        input: &I,
+    ) -> Result<()> {
+        let input = crate::json::to_value(input)?;
+        self.client
+            .signal_keyed(&self.key, id, operation, Some(input))
+            .await
+    }
+
+    /// Signals an entity with a JSON input (or none), once per key.
+    pub async fn signal_entity_raw(
+        &self,
+        id: &EntityId,
+        operation: &str,
+        input: Option<Value>,
+    ) -> Result<()> {
+        let input = input.map(|v| crate::json::to_value(&v)).transpose()?;
+        self.client
+            .signal_keyed(&self.key, id, operation, input)
+            .await
+    }
+
+    /// Calls an entity operation, once per key: a retry returns the first call's result.
+    pub async fn call_entity<R: DeserializeOwned, I: Serialize + ?Sized>(
+        &self,
+        id: &EntityId,
+        operation: &str,
+        input: &I,
+    ) -> Result<R> {
+        let input = crate::json::to_value(input)?;
+        let value = self
+            .client
+            .call_keyed(&self.key, id, operation, Some(input))
+            .await?;
+        crate::proxy::decode_with(value, |v| R::deserialize(v))
+    }
+
+    /// Calls an entity operation with a JSON input (or none), once per key; returns its JSON
+    /// result.
+    pub async fn call_entity_raw(
+        &self,
+        id: &EntityId,
+        operation: &str,
+        input: Option<Value>,
+    ) -> Result<Option<Value>> {
+        let input = input.map(|v| crate::json::to_value(&v)).transpose()?;
+        self.client
+            .call_keyed(&self.key, id, operation, input)
+            .await
+    }
+
+    /// Starts an orchestration with a new instance id, once per key: a retry returns the
+    /// first instance's id.
+    pub async fn start_orchestration<I: Serialize + ?Sized>(
+        &self,
+        name: &str,
+        input: &I,
+    ) -> Result<String> {
+        let id = uuid::Uuid::new_v4().to_string();
+        self.start_orchestration_with_id(name, &id, input).await
+    }
+
+    /// Starts an orchestration under a chosen instance id, once per key: a retry returns the
+    /// first instance's id (an id in use by another start is an error, as without a key).
+    pub async fn start_orchestration_with_id<I: Serialize + ?Sized>(
+        &self,
+        name: &str,
+        instance_id: &str,
+        input: &I,
+    ) -> Result<String> {
+        let input = crate::json::to_value(input)?;
+        let client = &self.client;
+        client.check_start(name, instance_id)?;
+        let _held = client.shared.key_locks.lock(&self.key).await;
+        match client.retained(&self.key).await? {
+            Some(KeyOutcome::Started(first)) => return Ok(first),
+            Some(other) => return Err(reused(&self.key, &other)),
+            None => {}
+        }
+        let claim = claim(&self.key, KeyOutcome::Started(instance_id.to_string()));
+        client
+            .start_with_keys(name, instance_id, input, vec![claim])
+            .await
+    }
+}
+
+/// A new claim of `key`.
+fn claim(key: &str, outcome: KeyOutcome) -> IdempotencyKey {
+    IdempotencyKey {
+        key: key.to_string(),
+        created: now_millis(),
+        outcome: outcome.to_json(),
+    }
+}
+
+/// The error for a key claimed by a send of another kind.
+fn reused(key: &str, first: &KeyOutcome) -> Error {
+    Error::IdempotencyKey {
+        key: key.to_string(),
+        reason: format!(
+            "it was claimed by {} within its retention window",
+            first.kind()
+        ),
+    }
+}
+
+impl Client {
+    /// What came of the send that claimed `key` within the retention window, if one did.
+    async fn retained(&self, key: &str) -> Result<Option<KeyOutcome>> {
+        if key.is_empty() {
+            return Err(Error::IdempotencyKey {
+                key: String::new(),
+                reason: "a key cannot be empty".into(),
+            });
+        }
+        let Some(stored) = self.shared.store.idempotency_key(key).await? else {
+            return Ok(None);
+        };
+        let retention = u64::try_from(self.shared.key_retention.as_millis()).unwrap_or(u64::MAX);
+        if stored.created.saturating_add(retention) <= now_millis() {
+            return Ok(None); // past its window: not forgotten yet, but no longer binding
+        }
+        let outcome = serde_json::from_value(stored.outcome).map_err(|err| {
+            Error::Store(crate::error::StoreError::new(format!(
+                "the stored outcome of idempotency key `{key}` cannot be decoded: {err}"
+            )))
+        })?;
+        Ok(Some(outcome))
+    }
+
+    /// Signals `operation` to `id` unless `key` was claimed already.
+    pub(crate) async fn signal_keyed(
+        &self,
+        key: &str,
+        id: &EntityId,
+        operation: &str,
+        input: Option<Value>,
+    ) -> Result<()> {
+        self.check_send(id, operation)?;
+        let _held = self.shared.key_locks.lock(key).await;
+        match self.retained(key).await? {
+            Some(KeyOutcome::Signalled) => return Ok(()),
+            Some(other) => return Err(reused(key, &other)),
+            None => {}
+        }
+        let message = Message {
+            id: self.shared.next_message_id(),
+            target: Target::Entity(id.clone()),
+            deliver_at: None,
+            body: Body::Operation {
+                name: operation.to_string(),
+                input,
+                reply: None,
+                sender: None,
+            },
+        };
+        let batch = Batch {
+            produced: vec![message],
+            keys: vec![claim(key, KeyOutcome::Signalled)],
+            ..Batch::default()
+        };
+        self.commit_and_deliver(batch, None).await
+    }
+
+    /// Calls `operation` on `id` unless `key` was claimed already; then returns the first
+    /// call's answer (waiting for it if the operation has not run yet).
+    pub(crate) async fn call_keyed(
+        &self,
+        key: &str,
+        id: &EntityId,
+        operation: &str,
+        input: Option<Value>,
+    ) -> Result<Option<Value>> {
+        self.check_send(id, operation)?;
+        let held = self.shared.key_locks.lock(key).await;
+        match self.retained(key).await? {
+            Some(KeyOutcome::Called(answer)) => {
+                drop(held);
+                return self.answer_of(key, answer).await;
+            }
+            Some(other) => return Err(reused(key, &other)),
+            None => {}
+        }
+        let message_id = self.shared.next_message_id();
+        let message = Message {
+            id: message_id,
+            target: Target::Entity(id.clone()),
+            deliver_at: None,
+            body: Body::Operation {
+                name: operation.to_string(),
+                input,
+                reply: Some(ReplyTo::Keyed {
+                    waiter: message_id,
+                    key: key.to_string(),
+                }),
+                sender: None,
+            },
+        };
+        let batch = Batch {
+            produced: vec![message],
+            keys: vec![claim(key, KeyOutcome::Called(None))],
+            ..Batch::default()
+        };
+        let (tx, rx) = oneshot::channel();
+        self.commit_and_deliver(batch, Some((message_id, tx)))
+            .await?;
+        drop(held);
+        match rx.await {
+            Ok(reply) => Ok(reply?),
+            Err(_) => Err(Error::Shutdown),
+        }
+    }
+
+    /// The answer of the call that claimed `key`: `answer` if it is known, else once the
+    /// operation has run (it is stored, so a runtime runs it).
+    async fn answer_of(&self, key: &str, mut answer: Option<CallReply>) -> Result<Option<Value>> {
+        loop {
+            if let Some(reply) = answer {
+                return Ok(reply?);
+            }
+            if self.is_shut_down() {
+                return Err(Error::Shutdown);
+            }
+            tokio::time::sleep(ANSWER_POLL).await;
+            answer = match self.retained(key).await? {
+                Some(KeyOutcome::Called(answer)) => answer,
+                Some(other) => return Err(reused(key, &other)),
+                // Forgotten meanwhile (a retention shorter than the call took).
+                None => {
+                    return Err(Error::IdempotencyKey {
+                        key: key.to_string(),
+                        reason: "its call's answer was forgotten before it was read".into(),
+                    })
+                }
+            };
+        }
+    }
+}
+
+/// Deletes the keys past their retention window, every quarter of it (between 50 ms and one
+/// minute), until the runtime stops.
+pub(crate) async fn forget_old_keys(client: Client) {
+    let retention = client.shared.key_retention;
+    let every = (retention / 4).clamp(Duration::from_millis(50), Duration::from_secs(60));
+    let retention_ms = u64::try_from(retention.as_millis()).unwrap_or(u64::MAX);
+    loop {
+        tokio::time::sleep(every).await;
+        if client.is_shut_down() {
+            return;
+        }
+        let batch = Batch {
+            forget_keys_before: Some(now_millis().saturating_sub(retention_ms)),
+            ..Batch::default()
+        };
+        if let Err(err) = client.shared.store.commit(batch).await {
+            tracing::warn!(error = %err, "forgetting old idempotency keys failed; it runs again later");
+        }
+    }
+}
