@@ -4,7 +4,9 @@
 //! the PostgreSQL benchmarks (see `pg.rs`).
 //!
 //! `cargo run --release -p entities-bench -- <workload> [--normal]`, where workload is one of
-//! `hot`, `spread`, `bank`, `call`, `rest`, `raw`, `isolated`, `backlog`, `http`, or `all`. `--normal` runs with
+//! `hot`, `spread`, `bank`, `call`, `rest`, `raw`, `isolated`, `backlog`, `http`, `ttl`,
+//! `schedules`, or `all`; `ttl-rest` (not in `all`) compares 1,000,000 idle entities with and
+//! without a TTL. `--normal` runs with
 //! `synchronous=NORMAL` instead of the default `FULL`. `spread` alternates with the raw
 //! rusqlite baseline for `ROUNDS` rounds (default 5) and reports medians. Every figure is durable: a signal counts
 //! once it is processed and its effect committed.
@@ -13,6 +15,7 @@ use std::path::Path;
 use std::sync::Mutex;
 use std::time::{Duration, Instant};
 
+mod lifecycle;
 mod pg;
 
 use entities::prelude::*;
@@ -71,6 +74,8 @@ struct Bench {
     _dir: tempfile::TempDir,
     path: std::path::PathBuf,
     sync: Synchronous,
+    /// A TTL for `Counter`, if the workload measures with one.
+    ttl: Option<Duration>,
 }
 
 impl Bench {
@@ -81,6 +86,7 @@ impl Bench {
             _dir: dir,
             path,
             sync,
+            ttl: None,
         }
     }
 
@@ -102,15 +108,16 @@ impl Bench {
             .ok()
             .and_then(|v| v.parse().ok())
             .unwrap_or(2);
-        let runtime = Runtime::builder()
+        let mut builder = Runtime::builder()
             .max_inflight_commits(inflight)
             .store(store.clone())
             .entity::<Counter>()
             .orchestration("transfer", transfer)
-            .orchestration("caller", caller)
-            .start()
-            .await
-            .expect("start runtime");
+            .orchestration("caller", caller);
+        if let Some(ttl) = self.ttl {
+            builder = builder.entity_ttl("Counter", ttl);
+        }
+        let runtime = builder.start().await.expect("start runtime");
         (runtime, store)
     }
 }
@@ -118,7 +125,7 @@ impl Bench {
 /// Sends `total` signals from `senders` concurrent tasks, `keys` distinct entities, and waits
 /// until all are processed and committed. Returns signals per second.
 async fn signals(sync: Synchronous, total: usize, keys: usize, senders: usize) -> f64 {
-    signals_with_cpu(sync, total, keys, senders).await.0
+    signals_with_cpu(sync, total, keys, senders, None).await.0
 }
 
 /// [`signals`], also returning the CPU time spent per signal (all threads), in microseconds,
@@ -128,8 +135,10 @@ async fn signals_with_cpu(
     total: usize,
     keys: usize,
     senders: usize,
+    ttl: Option<Duration>,
 ) -> (f64, f64, WriteStats) {
-    let bench = Bench::new(sync);
+    let mut bench = Bench::new(sync);
+    bench.ttl = ttl;
     let (runtime, store) = bench.runtime_and_store().await;
     let client = runtime.client();
     let cpu = cpu_seconds();
@@ -773,6 +782,9 @@ async fn main() {
     if args.first().map(String::as_str) == Some("backlog-child") {
         return backlog_child(&args[1]).await;
     }
+    if args.first().map(String::as_str) == Some("rest-child") {
+        return lifecycle::rest_child(&args[1..]).await;
+    }
     if args.first().map(String::as_str) == Some("pg-worker") {
         return pg::worker(&args[1..]).await;
     }
@@ -825,7 +837,7 @@ async fn main() {
             .max(1);
         let (mut rates, mut raws, mut shares) = (Vec::new(), Vec::new(), Vec::new());
         for round in 1..=rounds {
-            let (rate, cpu, stats) = signals_with_cpu(sync, 300_000, 1000, senders).await;
+            let (rate, cpu, stats) = signals_with_cpu(sync, 300_000, 1000, senders, None).await;
             let (raw_rate, raw_cpu) = raw(sync, 300_000, 1000, 4096);
             let share = 100.0 * rate / raw_rate;
             println!(
@@ -925,6 +937,15 @@ async fn main() {
             "http     sends, 64 in flight, 1,000 keys, end to end: {:>7.0} sends/s",
             f.sends_per_s
         );
+    }
+    if all || workload == "ttl" {
+        lifecycle::ttl_hot_path(sync, senders).await;
+    }
+    if workload == "ttl-rest" {
+        lifecycle::ttl_at_rest(sync).await;
+    }
+    if all || workload == "schedules" {
+        lifecycle::schedules(sync).await;
     }
     if all || workload == "rest" {
         let (before, rss, p50, p99) = at_rest(sync, 1_000_000, 20_000).await;
