@@ -23,6 +23,7 @@ use crate::message::{from_millis, now_millis, Body, Message, MessageId, Target};
 
 /// When a recurring schedule fires: at a fixed interval, or on a cron expression (UTC).
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[non_exhaustive]
 pub enum Schedule {
     /// Every `millis` milliseconds, counted from the previous fire.
     Every {

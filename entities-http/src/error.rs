@@ -71,6 +71,9 @@ impl From<Error> for ApiError {
             | Error::Serialization(_)
             | Error::ReservedOperation(_)
             | Error::Config(_) => (StatusCode::BAD_REQUEST, "bad_request"),
+            Error::InvalidSchedule(_) => (StatusCode::BAD_REQUEST, "bad_request"),
+            Error::IdempotencyKey { .. } => (StatusCode::CONFLICT, "idempotency_key"),
+            Error::NotRunHere(_) => (StatusCode::CONFLICT, "not_run_here"),
             Error::Shutdown => (StatusCode::SERVICE_UNAVAILABLE, "shut_down"),
             Error::Timeout(_) => (StatusCode::GATEWAY_TIMEOUT, "timeout"),
             Error::Store(store) => match store.kind() {

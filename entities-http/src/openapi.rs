@@ -9,6 +9,10 @@ pub const ROUTES: &[(&str, &[&str])] = &[
     ("/entities/{name}/{key}", &["get", "put"]),
     ("/entities/{name}/{key}/{operation}", &["post"]),
     ("/entities/{name}/{key}/{operation}/send", &["post"]),
+    ("/scheduled/{name}/{key}", &["get"]),
+    ("/scheduled/{name}/{key}/signals/{id}", &["delete"]),
+    ("/scheduled/{name}/{key}/schedules", &["post"]),
+    ("/scheduled/{name}/{key}/schedules/{id}", &["delete"]),
     ("/locks", &["get"]),
     ("/stats", &["get"]),
     ("/clean", &["post"]),
@@ -33,6 +37,15 @@ fn query_param(name: &str, schema: Value, description: &str) -> Value {
     json!({
         "name": name, "in": "query", "required": false, "description": description,
         "schema": schema
+    })
+}
+
+/// The `Idempotency-Key` header of the sends that take one.
+fn idempotency_header() -> Value {
+    json!({
+        "name": "Idempotency-Key", "in": "header", "required": false,
+        "description": "applies the send once per key within the runtime's retention window: a retry returns what the first send returned",
+        "schema": { "type": "string", "minLength": 1 }
     })
 }
 
@@ -130,24 +143,92 @@ pub fn openapi() -> Value {
         },
         "/entities/{name}/{key}/{operation}": {
             "post": with_body(operation("Call an operation and wait for its result", vec![
-                name(), key(), path_param("operation", "operation name"),
+                name(), key(), path_param("operation", "operation name"), idempotency_header(),
             ], vec![
                 ("200", ok_json("the operation's result", any.clone())),
                 ("400", error("bad JSON, bad entity id or reserved operation name")),
                 ("404", error("unknown entity name")),
+                ("409", error("the idempotency key was claimed by another kind of send")),
                 ("413", error("body too large")),
                 ("422", error("the operation's own error")),
             ]), json_body("the operation's input; empty for none", false)),
         },
         "/entities/{name}/{key}/{operation}/send": {
             "post": with_body(operation("Signal an operation (one-way); answers once durably stored", vec![
-                name(), key(), path_param("operation", "operation name"),
+                name(), key(), path_param("operation", "operation name"), idempotency_header(),
             ], vec![
                 ("202", ok_json("stored", json!({ "type": "object" }))),
                 ("400", error("bad JSON, bad entity id or reserved operation name")),
                 ("404", error("unknown entity name")),
+                ("409", error("the idempotency key was claimed by another kind of send")),
                 ("413", error("body too large")),
             ]), json_body("the operation's input; empty for none", false)),
+        },
+        "/scheduled/{name}/{key}": {
+            "get": operation("List an entity's scheduled one-off signals and recurring schedules", vec![name(), key()], vec![
+                ("200", ok_json("what is scheduled", json!({
+                    "type": "object", "required": ["id", "signals", "schedules"],
+                    "properties": {
+                        "id": string.clone(),
+                        "signals": { "type": "array", "items": {
+                            "type": "object", "required": ["id", "operation", "due", "due_ms"],
+                            "properties": {
+                                "id": { "type": "integer" }, "operation": string.clone(),
+                                "input": any.clone(), "due": string.clone(), "due_ms": { "type": "integer" }
+                            }
+                        }},
+                        "schedules": { "type": "array", "items": {
+                            "type": "object", "required": ["id", "operation", "schedule", "next_fire", "next_fire_ms"],
+                            "properties": {
+                                "id": { "type": "integer" }, "operation": string.clone(),
+                                "input": any.clone(), "schedule": { "type": "object" },
+                                "next_fire": string.clone(), "next_fire_ms": { "type": "integer" }
+                            }
+                        }}
+                    }
+                }))),
+                ("400", error("bad entity id")),
+            ]),
+        },
+        "/scheduled/{name}/{key}/signals/{id}": {
+            "delete": operation("Cancel a scheduled signal that has not run", vec![
+                name(), key(), path_param("id", "the signal's id (from the list)"),
+            ], vec![
+                ("200", ok_json("cancelled", json!({ "type": "object" }))),
+                ("400", error("bad entity id or signal id")),
+                ("404", error("no such signal waiting")),
+                ("409", error("the entity's partition is run by another process")),
+            ]),
+        },
+        "/scheduled/{name}/{key}/schedules": {
+            "post": with_body(operation("Start a recurring schedule of an operation", vec![name(), key()], vec![
+                ("201", ok_json("scheduled", json!({
+                    "type": "object", "required": ["id"], "properties": { "id": { "type": "integer" } }
+                }))),
+                ("400", error("bad JSON, bad entity id, bad schedule or reserved operation name")),
+                ("404", error("unknown entity name")),
+                ("413", error("body too large")),
+            ]), json!({
+                "description": "the operation, its input, and exactly one of `every_ms` and `cron` (with seconds, UTC)",
+                "required": true,
+                "content": { "application/json": { "schema": {
+                    "type": "object", "required": ["operation"], "additionalProperties": false,
+                    "properties": {
+                        "operation": string.clone(), "input": any.clone(),
+                        "every_ms": { "type": "integer", "minimum": 1 }, "cron": string.clone()
+                    }
+                }}}
+            })),
+        },
+        "/scheduled/{name}/{key}/schedules/{id}": {
+            "delete": operation("Stop a recurring schedule", vec![
+                name(), key(), path_param("id", "the schedule's id"),
+            ], vec![
+                ("200", ok_json("cancelled", json!({ "type": "object" }))),
+                ("400", error("bad entity id or schedule id")),
+                ("404", error("no such schedule")),
+                ("409", error("the entity's partition is run by another process")),
+            ]),
         },
         "/locks": {
             "get": operation("List locked entities and the instance holding each", vec![], vec![
@@ -254,6 +335,7 @@ pub fn openapi() -> Value {
             "post": with_body(operation("Start an instance of the orchestration named in the path", vec![
                 path_param("id", "orchestration name"),
                 query_param("id", string.clone(), "instance id (default: a new UUID)"),
+                idempotency_header(),
             ], vec![
                 ("202", ok_json("started", json!({
                     "type": "object", "required": ["id"], "properties": { "id": string.clone() }

@@ -6,13 +6,13 @@ use std::time::{Duration, SystemTime};
 use axum::body::Bytes;
 use axum::extract::rejection::{BytesRejection, PathRejection, QueryRejection};
 use axum::extract::{DefaultBodyLimit, Path, Query, State};
-use axum::http::{header, StatusCode};
+use axum::http::{header, HeaderMap, StatusCode};
 use axum::response::{IntoResponse, Response};
-use axum::routing::{get, post};
+use axum::routing::{delete, get, post};
 use axum::{Json, Router};
 use entities_core::{
     Client, EntityId, EntityMetadata, EntityQuery, Error, OrchestrationQuery, OrchestrationStatus,
-    RuntimeStatus,
+    RuntimeStatus, Schedule, ScheduleId,
 };
 use metrics_exporter_prometheus::PrometheusHandle;
 use serde::Deserialize;
@@ -43,6 +43,16 @@ pub(crate) fn router(state: AppState, body_limit: usize, token: Option<Arc<[u8]>
         .route("/entities/{name}/{key}", get(read_entity).put(set_state))
         .route("/entities/{name}/{key}/{operation}", post(call))
         .route("/entities/{name}/{key}/{operation}/send", post(signal))
+        .route("/scheduled/{name}/{key}", get(scheduled))
+        .route(
+            "/scheduled/{name}/{key}/signals/{id}",
+            delete(cancel_signal),
+        )
+        .route("/scheduled/{name}/{key}/schedules", post(add_schedule))
+        .route(
+            "/scheduled/{name}/{key}/schedules/{id}",
+            delete(cancel_schedule),
+        )
         .route("/locks", get(locks))
         .route("/stats", get(stats))
         .route("/ui", get(crate::ui::index))
@@ -159,28 +169,182 @@ fn accepted(value: Value) -> ApiResult {
     Ok((StatusCode::ACCEPTED, Json(value)).into_response())
 }
 
+/// The `Idempotency-Key` header, if the request has one; 400 if it is not text.
+fn idempotency_key(headers: &HeaderMap) -> Result<Option<String>, ApiError> {
+    headers
+        .get("idempotency-key")
+        .map(|v| {
+            v.to_str()
+                .map(str::to_string)
+                .map_err(|_| ApiError::bad_request("the Idempotency-Key header is not text"))
+        })
+        .transpose()
+}
+
 async fn call(
     State(app): State<AppState>,
     params: Result<Path<(String, String, String)>, PathRejection>,
+    headers: HeaderMap,
     body: Result<Bytes, BytesRejection>,
 ) -> ApiResult {
     let (name, key, operation) = path(params)?;
     let id = entity_id(&name, key)?;
     let input = body_json(body)?;
-    let result = app.client.call_entity_raw(&id, &operation, input).await?;
+    let result = match idempotency_key(&headers)? {
+        Some(k) => {
+            app.client
+                .idempotent(k)
+                .call_entity_raw(&id, &operation, input)
+                .await?
+        }
+        None => app.client.call_entity_raw(&id, &operation, input).await?,
+    };
     ok(result.unwrap_or(Value::Null))
 }
 
 async fn signal(
     State(app): State<AppState>,
     params: Result<Path<(String, String, String)>, PathRejection>,
+    headers: HeaderMap,
     body: Result<Bytes, BytesRejection>,
 ) -> ApiResult {
     let (name, key, operation) = path(params)?;
     let id = entity_id(&name, key)?;
     let input = body_json(body)?;
-    app.client.signal_entity_raw(&id, &operation, input).await?;
+    match idempotency_key(&headers)? {
+        Some(k) => {
+            app.client
+                .idempotent(k)
+                .signal_entity_raw(&id, &operation, input)
+                .await?
+        }
+        None => app.client.signal_entity_raw(&id, &operation, input).await?,
+    }
     accepted(json!({ "id": id.to_string(), "operation": operation }))
+}
+
+/// A time as milliseconds since the Unix epoch.
+fn millis(t: SystemTime) -> u64 {
+    t.duration_since(SystemTime::UNIX_EPOCH)
+        .map_or(0, |d| d.as_millis() as u64)
+}
+
+fn schedule_json(schedule: &Schedule) -> Value {
+    match schedule {
+        Schedule::Every { millis } => json!({ "every_ms": millis }),
+        Schedule::Cron { expression } => json!({ "cron": expression }),
+        other => json!({ "other": format!("{other:?}") }),
+    }
+}
+
+async fn scheduled(
+    State(app): State<AppState>,
+    params: Result<Path<(String, String)>, PathRejection>,
+) -> ApiResult {
+    let (name, key) = path(params)?;
+    let id = entity_id(&name, key)?;
+    let signals: Vec<Value> = app
+        .client
+        .pending_signals(&id)
+        .await?
+        .into_iter()
+        .map(|s| {
+            json!({
+                "id": s.id, "operation": s.operation, "input": s.input,
+                "due": time(s.due), "due_ms": millis(s.due),
+            })
+        })
+        .collect();
+    let schedules: Vec<Value> = app
+        .client
+        .schedules(&id)
+        .await?
+        .into_iter()
+        .map(|s| {
+            json!({
+                "id": s.id.0, "operation": s.operation, "input": s.input,
+                "schedule": schedule_json(&s.schedule),
+                "next_fire": time(s.next_fire), "next_fire_ms": millis(s.next_fire),
+            })
+        })
+        .collect();
+    ok(json!({ "id": id.to_string(), "signals": signals, "schedules": schedules }))
+}
+
+/// A numeric id of a path, or a 400.
+fn numeric_id(id: &str) -> Result<u64, ApiError> {
+    id.parse()
+        .map_err(|_| ApiError::bad_request(format!("`{id}` is not a numeric id")))
+}
+
+async fn cancel_signal(
+    State(app): State<AppState>,
+    params: Result<Path<(String, String, String)>, PathRejection>,
+) -> ApiResult {
+    let (name, key, signal) = path(params)?;
+    let id = entity_id(&name, key)?;
+    let signal = numeric_id(&signal)?;
+    if app.client.cancel_signal(&id, signal).await? {
+        ok(json!({ "id": signal, "cancelled": true }))
+    } else {
+        Err(ApiError::not_found(format!(
+            "{id} has no scheduled signal {signal} waiting"
+        )))
+    }
+}
+
+/// The body of `POST /scheduled/{name}/{key}/schedules`.
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct NewSchedule {
+    operation: String,
+    #[serde(default)]
+    input: Value,
+    every_ms: Option<u64>,
+    cron: Option<String>,
+}
+
+async fn add_schedule(
+    State(app): State<AppState>,
+    params: Result<Path<(String, String)>, PathRejection>,
+    body: Result<Bytes, BytesRejection>,
+) -> ApiResult {
+    let (name, key) = path(params)?;
+    let id = entity_id(&name, key)?;
+    let body = body_json(body)?
+        .ok_or_else(|| ApiError::bad_request("the body must say what to schedule"))?;
+    let new: NewSchedule = serde_json::from_value(body)
+        .map_err(|e| ApiError::bad_request(format!("invalid schedule: {e}")))?;
+    let schedule = match (new.every_ms, new.cron) {
+        (Some(ms), None) if ms > 0 => Schedule::every(Duration::from_millis(ms)),
+        (None, Some(cron)) => Schedule::cron(&cron)?,
+        _ => {
+            return Err(ApiError::bad_request(
+                "give exactly one of `every_ms` (at least 1) and `cron`",
+            ))
+        }
+    };
+    let schedule = app
+        .client
+        .schedule(&id, &new.operation, &new.input, schedule)
+        .await?;
+    Ok((StatusCode::CREATED, Json(json!({ "id": schedule.0 }))).into_response())
+}
+
+async fn cancel_schedule(
+    State(app): State<AppState>,
+    params: Result<Path<(String, String, String)>, PathRejection>,
+) -> ApiResult {
+    let (name, key, schedule) = path(params)?;
+    let id = entity_id(&name, key)?;
+    let schedule = ScheduleId(numeric_id(&schedule)?);
+    if app.client.cancel_schedule(&id, schedule).await? {
+        ok(json!({ "id": schedule.0, "cancelled": true }))
+    } else {
+        Err(ApiError::not_found(format!(
+            "{id} has no schedule {schedule}"
+        )))
+    }
 }
 
 async fn read_entity(
@@ -339,18 +503,32 @@ async fn start(
     State(app): State<AppState>,
     params: Result<Path<String>, PathRejection>,
     q: Result<Query<StartQuery>, QueryRejection>,
+    headers: HeaderMap,
     body: Result<Bytes, BytesRejection>,
 ) -> ApiResult {
     let name = path(params)?;
     let q = query(q)?;
     let input = body_json(body)?.unwrap_or(Value::Null);
-    let id = match q.id.filter(|id| !id.is_empty()) {
-        Some(id) => {
+    let key = idempotency_key(&headers)?;
+    let id = match (q.id.filter(|id| !id.is_empty()), key) {
+        (Some(id), Some(k)) => {
+            app.client
+                .idempotent(k)
+                .start_orchestration_with_id(&name, &id, &input)
+                .await?
+        }
+        (Some(id), None) => {
             app.client
                 .start_orchestration_with_id(&name, &id, &input)
                 .await?
         }
-        None => app.client.start_orchestration(&name, &input).await?,
+        (None, Some(k)) => {
+            app.client
+                .idempotent(k)
+                .start_orchestration(&name, &input)
+                .await?
+        }
+        (None, None) => app.client.start_orchestration(&name, &input).await?,
     };
     accepted(json!({ "id": id }))
 }
