@@ -4,9 +4,11 @@ use std::collections::HashMap;
 use std::sync::Arc;
 
 use crate::entity::EntityFunction;
-use crate::error::Error;
+use crate::error::{Error, StateVersionError};
 use crate::id::EntityId;
 use crate::orchestration::{ActivityFn, OrchestrationFn};
+use crate::services::Services;
+use crate::store::EntityRecord;
 
 /// The functions registered with one runtime.
 #[derive(Default)]
@@ -14,6 +16,7 @@ pub struct Registry {
     pub(crate) entities: HashMap<String, Arc<dyn EntityFunction>>,
     pub(crate) orchestrations: HashMap<String, Arc<dyn OrchestrationFn>>,
     pub(crate) activities: HashMap<String, Arc<dyn ActivityFn>>,
+    pub(crate) services: Services,
 }
 
 impl Registry {
@@ -29,6 +32,29 @@ impl Registry {
         } else {
             Err(Error::UnknownEntity(id.name().to_string()))
         }
+    }
+
+    /// Brings a state read from the store to the version its entity's code reads (see
+    /// `EntityFunction::versioning`), for the client's reads; a record without a state, or of
+    /// a name not registered here, is left as it is.
+    pub(crate) fn upgrade_record(
+        &self,
+        record: &mut EntityRecord,
+    ) -> Result<(), StateVersionError> {
+        let Some(function) = self.entity(record.id.name()) else {
+            return Ok(());
+        };
+        if record.state.is_some() {
+            let (state, version) = crate::entity::upgrade_state(
+                &**function,
+                &record.id,
+                record.state.take(),
+                record.state_version,
+            )?;
+            record.state = state;
+            record.state_version = version;
+        }
+        Ok(())
     }
 
     /// Whether an orchestration of this name is registered.
