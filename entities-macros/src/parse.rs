@@ -96,11 +96,14 @@ pub(crate) fn parse(args: TokenStream, input: TokenStream) -> syn::Result<Model>
             }
             Meta::NameValue(nv) if nv.path.is_ident("version") => match lit_int(&nv.value) {
                 Some(lit) => match lit.base10_parse::<u32>() {
-                    Ok(0) => errors.push(
-                        lit.span(),
-                        "state versions start at 1 (stored states without a version are version 1): \
-                         use `version = 2` or higher for a changed state shape",
-                    ),
+                    Ok(0) => {
+                        errors.push(
+                            lit.span(),
+                            "state versions start at 1 (stored states without a version are \
+                             version 1): use `version = 2` or higher for a changed state shape",
+                        );
+                        version = Some((0, lit.span()));
+                    }
                     Ok(n) => version = Some((n, lit.span())),
                     Err(_) => errors.push(lit.span(), "expected a version from 1 to 4294967295"),
                 },
@@ -122,7 +125,8 @@ pub(crate) fn parse(args: TokenStream, input: TokenStream) -> syn::Result<Model>
     }
 
     let versioning = match (version, migrate) {
-        (Some((1, _)), None) | (None, None) => None,
+        // Version 0 was reported above.
+        (Some((0, _)), _) | (Some((1, _)), None) | (None, None) => None,
         (Some((n, span)), None) => {
             errors.push(
                 span,
