@@ -105,11 +105,26 @@ impl RuntimeBuilder {
     /// instance, and the services of [`service`](Self::service)) besides its input:
     /// `async fn(ActivityContext, I) -> Result<O, E>` with `E: Display`.
     ///
-    /// ```ignore
-    /// .activity_with_context("notify", |ctx: ActivityContext, to: String| async move {
-    ///     ctx.service::<Mailer>()?.send(&to);
-    ///     Ok::<_, entities::Error>(())
-    /// })
+    /// ```
+    /// use entities_core::{ActivityContext, Error, MemoryStore, Runtime};
+    ///
+    /// struct Mailer;
+    /// impl Mailer {
+    ///     fn send(&self, to: &str) { /* .. */ }
+    /// }
+    ///
+    /// # async fn run() -> entities_core::Result<()> {
+    /// let runtime = Runtime::builder()
+    ///     .store(MemoryStore::new())
+    ///     .service(Mailer)
+    ///     .activity_with_context("notify", |ctx: ActivityContext, to: String| async move {
+    ///         ctx.service::<Mailer>()?.send(&to);
+    ///         Ok::<_, Error>(())
+    ///     })
+    ///     .start()
+    ///     .await?;
+    /// # runtime.shutdown().await
+    /// # }
     /// ```
     pub fn activity_with_context<F, Fut, I, O, E>(self, name: &str, function: F) -> Self
     where

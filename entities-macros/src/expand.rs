@@ -39,14 +39,17 @@ pub(crate) fn expand(model: &Model) -> syn::Result<TokenStream> {
     let versioning_items = versioning.as_ref().map(|(version, path)| {
         // The fn-pointer binding checks the signature, with the error at the user's path.
         let migrate = quote_spanned! {path.span()=>
-            let __migrate: fn(u32, #p::Value) -> ::core::result::Result<Self, ::std::string::String> = #path;
+            let __migrate: fn(
+                ::core::primitive::u32,
+                #p::Value,
+            ) -> ::core::result::Result<Self, ::std::string::String> = #path;
         };
         let state_codec = quote_spanned!(self_ty.span()=> #p::state_codec::<#self_ty>());
         quote! {
-            const VERSION: u32 = #version;
+            const VERSION: ::core::primitive::u32 = #version;
 
             fn migrate_state(
-                from: u32,
+                from: ::core::primitive::u32,
                 old: #p::Value,
             ) -> ::core::result::Result<#p::Value, ::std::string::String> {
                 #migrate

@@ -682,10 +682,11 @@ fn set_state(
     let result = match input {
         // Its stored row could not be read, lock included: writing it would drop a lock.
         Some(_) if slot.poisoned.is_some() => {
-            warn!(entity = %id, "set_entity_state refused: the stored state cannot be decoded");
+            let poison = slot.poisoned.as_deref().unwrap_or_default();
+            warn!(entity = %id, reason = poison, "set_entity_state refused: the stored state cannot be read");
             Err(OperationError::new(format!(
-                "the stored state of {id} cannot be decoded, so its row (lock included) cannot \
-                 be rewritten safely; repair it in the store"
+                "set_entity_state of {id} is refused, so that its stored row (lock included) is \
+                 not overwritten: {poison}"
             )))
         }
         Some(state) => {
