@@ -40,6 +40,9 @@ impl ProfileV2 {
         match from_version {
             1 => {
                 let name = old["name"].as_str().ok_or("the state has no name")?;
+                if name == "Boom Boom" {
+                    panic!("the migration exploded on {name}");
+                }
                 let (first, last) = name
                     .split_once(' ')
                     .ok_or_else(|| format!("cannot split the name `{name}` in two"))?;
@@ -277,10 +280,30 @@ async fn a_failing_migration_fails_the_entity_and_leaves_its_state_untouched() {
         .set_name("Ada Lovelace".into())
         .await
         .unwrap();
+    client
+        .call::<ProfileV1>("boom")
+        .set_name("Boom Boom".into())
+        .await
+        .unwrap();
     rt.shutdown().await.unwrap();
 
     let rt = runtime(&path, |b| b.entity::<ProfileV2>()).await;
     let client = rt.client();
+    // A migration that panics fails its entity only, from operations and from reads.
+    let err = client
+        .call::<ProfileV2>("boom")
+        .describe()
+        .await
+        .unwrap_err();
+    assert!(
+        err.to_string()
+            .contains("the migration panicked: the migration exploded on Boom Boom"),
+        "{err}"
+    );
+    assert!(matches!(
+        client.get_entity::<ProfileV2>("boom").await,
+        Err(Error::StateVersion(StateVersionError::Migration { .. }))
+    ));
     let err = client
         .call::<ProfileV2>("plato")
         .set_last("X".into())
@@ -324,6 +347,7 @@ async fn a_failing_migration_fails_the_entity_and_leaves_its_state_untouched() {
     );
     rt.shutdown().await.unwrap();
     assert_eq!(stored(&path, "plato"), (json!({"name": "Plato"}), 1));
+    assert_eq!(stored(&path, "boom"), (json!({"name": "Boom Boom"}), 1));
 
     // The version 1 code still reads it.
     let rt = runtime(&path, |b| b.entity::<ProfileV1>()).await;

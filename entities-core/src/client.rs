@@ -255,7 +255,9 @@ impl Client {
         Ok(Some(EntityMetadata::from_record(record, state)))
     }
 
-    /// Lists stored entities by name and key prefix, one page at a time.
+    /// Lists stored entities by name and key prefix, one page at a time. States of versioned
+    /// entities are returned migrated, as by [`get_entity_raw`](Self::get_entity_raw); a page
+    /// holding a state that cannot be migrated fails with [`Error::StateVersion`].
     pub async fn query_entities(&self, query: EntityQuery) -> Result<EntityPage> {
         let mut query = query;
         query.name = query.name.map(|n| n.to_lowercase());

@@ -68,15 +68,27 @@ pub(crate) fn upgrade_state(
             stored,
             current: versioning.current,
         }),
-        Some(old) => match (versioning.migrate)(stored, old) {
-            Ok(new) => Ok((Some(new), versioning.current)),
-            Err(message) => Err(StateVersionError::Migration {
-                id: id.to_string(),
-                from: stored,
-                to: versioning.current,
-                message,
-            }),
-        },
+        Some(old) => {
+            // A panic in the user's migration fails this entity only.
+            let migrated = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
+                (versioning.migrate)(stored, old)
+            }))
+            .unwrap_or_else(|panic| {
+                Err(format!(
+                    "the migration panicked: {}",
+                    crate::engine::panic_message(&panic)
+                ))
+            });
+            match migrated {
+                Ok(new) => Ok((Some(new), versioning.current)),
+                Err(message) => Err(StateVersionError::Migration {
+                    id: id.to_string(),
+                    from: stored,
+                    to: versioning.current,
+                    message,
+                }),
+            }
+        }
     }
 }
 
