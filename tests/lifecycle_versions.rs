@@ -57,6 +57,11 @@ impl ProfileV2 {
     pub fn set_last(&mut self, last: String) {
         self.last = last;
     }
+    pub fn meddle(&mut self, ctx: &mut EntityContext) -> u32 {
+        ctx.set_state_version(9);
+        self.last = "meddled".into();
+        ctx.state_version()
+    }
     pub fn describe(&self) -> String {
         format!("{} / {}", self.first, self.last)
     }
@@ -510,5 +515,29 @@ async fn a_migrated_state_in_memory_is_written_with_the_new_version_by_a_lock() 
     assert_eq!(
         stored(&path, "ada"),
         (json!({"first": "Ada", "last": "Lovelace"}), 2)
+    );
+}
+
+#[tokio::test]
+async fn a_class_entity_cannot_pick_its_stored_version() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("meddle.db");
+    let rt = runtime(&path, |b| b.entity::<ProfileV2>()).await;
+    let client = rt.client();
+    client
+        .call::<ProfileV2>("ada")
+        .set_last("L".into())
+        .await
+        .unwrap();
+    client.call::<ProfileV2>("ada").meddle().await.unwrap();
+    assert_eq!(
+        client.call::<ProfileV2>("ada").describe().await.unwrap(),
+        " / meddled"
+    );
+    rt.shutdown().await.unwrap();
+    assert_eq!(
+        stored(&path, "ada"),
+        (json!({"first": "", "last": "meddled"}), 2),
+        "the code's version is stored"
     );
 }

@@ -160,9 +160,11 @@ impl EntityContext {
         self.state_version
     }
 
-    /// Sets the version stored with the state when this operation commits (function-based
-    /// entities; a class-based entity's version comes from its `#[entity(version = N)]`).
-    /// Versions start at 1: 0 is taken as 1.
+    /// Sets the version stored with the state when this operation commits, for function-based
+    /// entities. It is ignored for entities whose versions the runtime keeps (class-based
+    /// entities, whose version is their `#[entity(version = N)]`, and any
+    /// [`EntityFunction::versioning`](crate::EntityFunction::versioning)). Versions start at
+    /// 1: 0 is taken as 1.
     pub fn set_state_version(&mut self, version: u32) {
         self.state_version = version.max(1);
     }

@@ -755,7 +755,22 @@ fn finish_operation(
         }
     }
     slot.state = finished.state;
-    slot.state_version = finished.state_version;
+    if finished.state_version != slot.state_version {
+        // Only a function entity without versioning picks its state's version.
+        match shared
+            .registry
+            .entity(id.name())
+            .and_then(|f| f.versioning())
+        {
+            Some(versioning) => warn!(
+                entity = %id,
+                asked = finished.state_version,
+                version = versioning.current,
+                "set_state_version ignored: this entity's version is its code's"
+            ),
+            None => slot.state_version = finished.state_version,
+        }
+    }
     if finished.state_written {
         part.written = true;
         slot.last_modified = now_millis();
