@@ -541,3 +541,78 @@ async fn a_class_entity_cannot_pick_its_stored_version() {
         "the code's version is stored"
     );
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn versions_are_stored_and_migrated_on_postgres() {
+    use entities_postgres::test_server::TestServer;
+    use entities_postgres::{PostgresOptions, PostgresStore};
+    let Some(server) = TestServer::start_or_skip("versions_are_stored_and_migrated_on_postgres")
+    else {
+        return;
+    };
+    let url = server.create_database().await.unwrap();
+    let start = |register: fn(RuntimeBuilder) -> RuntimeBuilder| {
+        let url = url.clone();
+        async move {
+            let options = PostgresOptions {
+                partitions: 4,
+                lease: Duration::from_millis(1500),
+                ..Default::default()
+            };
+            let store = PostgresStore::connect_with(&url, options).await.unwrap();
+            register(Runtime::builder().store(store))
+                .start()
+                .await
+                .unwrap()
+        }
+    };
+    let rt = start(|b| b.entity::<ProfileV1>()).await;
+    rt.client()
+        .call::<ProfileV1>("ada")
+        .set_name("Ada Lovelace".into())
+        .await
+        .unwrap();
+    rt.shutdown().await.unwrap();
+
+    let rt = start(|b| b.entity::<ProfileV2>()).await;
+    let client = rt.client();
+    assert_eq!(
+        client
+            .get_entity::<ProfileV2>("ada")
+            .await
+            .unwrap()
+            .unwrap()
+            .state,
+        ProfileV2 {
+            first: "Ada".into(),
+            last: "Lovelace".into()
+        }
+    );
+    client
+        .call::<ProfileV2>("ada")
+        .set_last("King".into())
+        .await
+        .unwrap();
+    rt.shutdown().await.unwrap();
+
+    // Stored at version 2: version 1 code refuses it, version 2 code reads it as it is.
+    let rt = start(|b| b.entity::<ProfileV1>()).await;
+    let err = rt
+        .client()
+        .call::<ProfileV1>("ada")
+        .describe()
+        .await
+        .unwrap_err();
+    assert!(err.to_string().contains("has version 2"), "{err}");
+    rt.shutdown().await.unwrap();
+    let rt = start(|b| b.entity::<ProfileV2>()).await;
+    assert_eq!(
+        rt.client()
+            .call::<ProfileV2>("ada")
+            .describe()
+            .await
+            .unwrap(),
+        "Ada / King"
+    );
+    rt.shutdown().await.unwrap();
+}
