@@ -71,6 +71,9 @@ impl From<Error> for ApiError {
             | Error::Serialization(_)
             | Error::ReservedOperation(_)
             | Error::Config(_) => (StatusCode::BAD_REQUEST, "bad_request"),
+            // A stored state this code cannot read (its migration failed, or newer code wrote
+            // it): a conflict between the data and the code running.
+            Error::StateVersion(_) => (StatusCode::CONFLICT, "state_version"),
             Error::Shutdown => (StatusCode::SERVICE_UNAVAILABLE, "shut_down"),
             Error::Timeout(_) => (StatusCode::GATEWAY_TIMEOUT, "timeout"),
             Error::Store(store) => match store.kind() {
