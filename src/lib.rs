@@ -42,12 +42,13 @@
 //! See the crate README for the semantics and guarantees.
 
 pub use entities_core::{
-    message, partition_of, store, CleanResult, Client, ClientCall, ClientSignal, CriticalSection,
-    Entity, EntityContext, EntityFunction, EntityId, EntityLock, EntityMetadata, EntityPage,
-    EntityQuery, EntitySignal, Error, Invoker, MemoryStore, OperationError, OrchestrationCall,
-    OrchestrationContext, OrchestrationPage, OrchestrationQuery, OrchestrationSignal,
-    OrchestrationStatus, PendingSignal, Result, Runtime, RuntimeBuilder, RuntimeStatus, Schedule,
-    ScheduleId, ScheduleInfo, Store, StoreError, StoreErrorKind, Uuid,
+    message, partition_of, store, ActivityContext, CleanResult, Client, ClientCall, ClientSignal,
+    CriticalSection, Entity, EntityContext, EntityFunction, EntityId, EntityLock, EntityMetadata,
+    EntityPage, EntityQuery, EntitySignal, Error, Idempotent, Invoker, MemoryStore, MissingService,
+    OperationError, OrchestrationCall, OrchestrationContext, OrchestrationPage, OrchestrationQuery,
+    OrchestrationSignal, OrchestrationStatus, PendingSignal, Result, Runtime, RuntimeBuilder,
+    RuntimeStatus, Schedule, ScheduleId, ScheduleInfo, StateVersionError, StateVersioning, Store,
+    StoreError, StoreErrorKind, Uuid,
 };
 pub use entities_macros::entity;
 pub use entities_sqlite::{SqliteOptions, SqliteStore, Synchronous, WriteStats};
@@ -67,9 +68,9 @@ pub use entities_http as http;
 /// What most programs need: `use entities::prelude::*;`.
 pub mod prelude {
     pub use crate::{
-        entity, Client, Entity, EntityContext, EntityFunction, EntityId, EntityMetadata,
-        EntityQuery, MemoryStore, OperationError, OrchestrationContext, OrchestrationStatus,
-        Runtime, RuntimeStatus, Schedule, SqliteStore,
+        entity, ActivityContext, Client, Entity, EntityContext, EntityFunction, EntityId,
+        EntityMetadata, EntityQuery, MemoryStore, OperationError, OrchestrationContext,
+        OrchestrationStatus, Runtime, RuntimeStatus, Schedule, SqliteStore,
     };
 }
 

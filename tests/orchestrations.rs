@@ -576,6 +576,7 @@ async fn clean_releases_locks_whose_owner_has_ended() {
             entities: vec![EntityRecord {
                 id: EntityId::of::<Counter>("orphan"),
                 state: Some(json!({"value": 1})),
+                state_version: 1,
                 lock_owner: Some("ghost".into()),
                 last_modified: 0,
                 pending_messages: 0,

@@ -240,23 +240,32 @@ impl Client {
     }
 
     /// The last committed state of an entity as JSON, with its lock holder and the number of
-    /// messages waiting for it; `None` if it has no state.
+    /// messages waiting for it; `None` if it has no state. A state stored by an older version
+    /// of a versioned entity (`#[entity(version = N, migrate = ..)]`) is returned migrated;
+    /// one that cannot be migrated, or is newer than the code, is an
+    /// [`Error::StateVersion`].
     pub async fn get_entity_raw(&self, id: &EntityId) -> Result<Option<EntityMetadata<Value>>> {
         let Some(mut record) = self.shared.store.read_entity(id).await? else {
             return Ok(None);
         };
+        self.shared.registry.upgrade_record(&mut record)?;
         let Some(state) = record.state.take() else {
             return Ok(None);
         };
         Ok(Some(EntityMetadata::from_record(record, state)))
     }
 
-    /// Lists stored entities by name and key prefix, one page at a time.
+    /// Lists stored entities by name and key prefix, one page at a time. States of versioned
+    /// entities are returned migrated, as by [`get_entity_raw`](Self::get_entity_raw); a page
+    /// holding a state that cannot be migrated fails with [`Error::StateVersion`].
     pub async fn query_entities(&self, query: EntityQuery) -> Result<EntityPage> {
         let mut query = query;
         query.name = query.name.map(|n| n.to_lowercase());
         query.page_size = query.page_size.max(1);
-        let page = self.shared.store.query_entities(&query).await?;
+        let mut page = self.shared.store.query_entities(&query).await?;
+        for record in &mut page.entities {
+            self.shared.registry.upgrade_record(record)?;
+        }
         Ok(EntityPage {
             entities: page
                 .entities

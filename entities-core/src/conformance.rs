@@ -79,6 +79,7 @@ macro_rules! store_conformance_tests {
             count_entities_counts_states_by_name,
             idempotency_keys_are_claimed_answered_and_forgotten,
             idle_entities_and_scheduled_for_find_their_rows,
+            state_versions_are_kept,
         }
     };
 }
@@ -176,6 +177,7 @@ fn entity(id: EntityId, state: Option<Value>) -> EntityRecord {
     EntityRecord {
         id,
         state,
+        state_version: 1,
         lock_owner: None,
         last_modified: 1,
         pending_messages: 0,
@@ -662,6 +664,7 @@ pub async fn entities_are_written_and_read_back(store: &dyn Store) {
     let full = EntityRecord {
         id: EntityId::new("Account", "K@y é"),
         state: Some(state_value.clone()),
+        state_version: 4,
         lock_owner: Some("orchestration-1".into()),
         last_modified: 1_700_000_000_123,
         pending_messages: 0,
@@ -669,6 +672,7 @@ pub async fn entities_are_written_and_read_back(store: &dyn Store) {
     let empty = EntityRecord {
         id: counter(""),
         state: None,
+        state_version: 1,
         lock_owner: None,
         last_modified: 7,
         pending_messages: 0,
@@ -707,6 +711,7 @@ pub async fn entities_are_written_and_read_back(store: &dyn Store) {
     // A rewrite replaces state, lock and time; a state set to none stays a row.
     let rewritten = EntityRecord {
         state: None,
+        state_version: 2,
         lock_owner: None,
         last_modified: 9,
         ..full.clone()
@@ -715,6 +720,65 @@ pub async fn entities_are_written_and_read_back(store: &dyn Store) {
     assert_eq!(
         store.read_entity(&full.id).await.expect("read_entity"),
         Some(rewritten)
+    );
+}
+
+/// The version stored with a state comes back from every entity read (`read_entity`,
+/// `load_entities`, `query_entities` with and without states), over the whole `u32` range;
+/// a rewrite replaces it, also down to a lower version.
+pub async fn state_versions_are_kept(store: &dyn Store) {
+    let versions = [1, 2, 7, u32::MAX];
+    let records: Vec<EntityRecord> = versions
+        .iter()
+        .map(|&v| EntityRecord {
+            state_version: v,
+            ..entity(counter(&format!("v{v}")), Some(json!({ "v": v })))
+        })
+        .collect();
+    commit(store, write(records.clone())).await;
+    for record in &records {
+        let read = store.read_entity(&record.id).await.expect("read_entity");
+        assert_eq!(read.map(|r| r.state_version), Some(record.state_version));
+    }
+    let ids = records.iter().map(|r| r.id.clone()).collect();
+    let loaded = store.load_entities(ids).await.expect("load_entities");
+    assert_eq!(
+        loaded.iter().map(|r| r.state_version).collect::<Vec<_>>(),
+        versions,
+        "load_entities returns the stored versions"
+    );
+    for include_state in [true, false] {
+        let page = store
+            .query_entities(&EntityQuery {
+                name: Some("counter".into()),
+                include_state,
+                ..EntityQuery::default()
+            })
+            .await
+            .expect("query_entities");
+        let mut found: Vec<(String, u32)> = page
+            .entities
+            .iter()
+            .map(|r| (r.id.key().to_string(), r.state_version))
+            .collect();
+        found.sort();
+        let mut expected: Vec<(String, u32)> =
+            versions.iter().map(|v| (format!("v{v}"), *v)).collect();
+        expected.sort();
+        assert_eq!(
+            found, expected,
+            "query_entities (include_state: {include_state})"
+        );
+    }
+    let lowered = EntityRecord {
+        state_version: 3,
+        state: Some(json!("rewritten")),
+        ..records[3].clone()
+    };
+    commit(store, write(vec![lowered.clone()])).await;
+    assert_eq!(
+        store.read_entity(&lowered.id).await.expect("read_entity"),
+        Some(lowered)
     );
 }
 

@@ -8,7 +8,7 @@ use serde::Serialize;
 use serde_json::Value;
 
 use crate::entity::Entity;
-use crate::error::{Error, OperationError};
+use crate::error::{Error, MissingService, OperationError};
 use crate::id::EntityId;
 use crate::proxy::EntitySignal;
 use crate::registry::Registry;
@@ -37,6 +37,9 @@ pub struct EntityContext {
     input: Option<Value>,
     original: Option<Value>,
     written: Option<Option<Value>>,
+    /// The version of the state's shape: as loaded, or as set by `set_state_version`.
+    state_version: u32,
+    original_version: u32,
     result: Option<Value>,
     outbox: Mutex<Vec<Outgoing>>,
     failure: Mutex<Option<OperationError>>,
@@ -49,6 +52,7 @@ impl EntityContext {
         operation: String,
         input: Option<Value>,
         state: Option<Value>,
+        state_version: u32,
         registry: Arc<Registry>,
     ) -> Self {
         Self {
@@ -57,6 +61,8 @@ impl EntityContext {
             input,
             original: state,
             written: None,
+            state_version,
+            original_version: state_version,
             result: None,
             outbox: Mutex::new(Vec::new()),
             failure: Mutex::new(None),
@@ -144,6 +150,25 @@ impl EntityContext {
         self.current()
     }
 
+    /// The version of the shape of the entity's state. For a class-based entity this is the
+    /// `version` of its `#[entity]` (older stored states were migrated before the operation
+    /// ran). For a function-based entity it is the version stored with its state: 1 for a
+    /// state stored before versions existed or by a function that never set one, and for an
+    /// entity without a state. A function entity upgrades an old state itself and records the
+    /// new shape with [`set_state_version`](Self::set_state_version).
+    pub fn state_version(&self) -> u32 {
+        self.state_version
+    }
+
+    /// Sets the version stored with the state when this operation commits, for function-based
+    /// entities. It is ignored for entities whose versions the runtime keeps (class-based
+    /// entities, whose version is their `#[entity(version = N)]`, and any
+    /// [`EntityFunction::versioning`](crate::EntityFunction::versioning)). Versions start at
+    /// 1: 0 is taken as 1.
+    pub fn set_state_version(&mut self, version: u32) {
+        self.state_version = version.max(1);
+    }
+
     /// Replaces the entity's state. A state that could not be read back (a non-finite float, or
     /// more than 100 levels of nesting; see [`Error::Serialization`]) is an error, and the
     /// state stays as it was.
@@ -182,6 +207,12 @@ impl EntityContext {
             ))
         })?);
         Ok(())
+    }
+
+    /// The service of type `T` registered with `Runtime::builder().service(value)`, or an
+    /// error naming `T` if none was.
+    pub fn service<T: Send + Sync + 'static>(&self) -> Result<&T, MissingService> {
+        self.registry.services.get::<T>()
     }
 
     /// Signals an entity: the message is sent when this operation commits.
@@ -269,7 +300,8 @@ impl EntityContext {
                     Some(written) => written,
                     None => self.original,
                 },
-                state_written,
+                state_written: state_written || self.state_version != self.original_version,
+                state_version: self.state_version,
                 result: Ok(self.result),
                 outgoing: self.outbox.into_inner().unwrap_or_else(|e| e.into_inner()),
                 operation: self.operation,
@@ -277,6 +309,7 @@ impl EntityContext {
             (Err(err), _) | (Ok(()), Some(err)) => Finished {
                 state: self.original,
                 state_written: false,
+                state_version: self.original_version,
                 result: Err(err),
                 outgoing: Vec::new(),
                 operation: self.operation,
@@ -289,6 +322,8 @@ impl EntityContext {
 pub(crate) struct Finished {
     pub state: Option<Value>,
     pub state_written: bool,
+    /// The version of `state`'s shape.
+    pub state_version: u32,
     pub result: Result<Option<Value>, OperationError>,
     pub outgoing: Vec<Outgoing>,
     /// The operation's name (for the record of recent failures).

@@ -4,8 +4,11 @@
 use async_trait::async_trait;
 use futures::future::BoxFuture;
 
+use serde_json::Value;
+
 use crate::context::EntityContext;
-use crate::error::OperationError;
+use crate::error::{OperationError, StateVersionError};
+use crate::id::EntityId;
 use crate::proxy::Invoker;
 
 /// An entity implemented as a function that dispatches on `ctx.operation_name()`.
@@ -24,6 +27,74 @@ pub trait EntityFunction: Send + Sync + 'static {
         let _ = ctx;
         None
     }
+
+    /// How this entity's stored states are versioned: the version this code reads and writes,
+    /// and how older stored states are migrated to it when they are loaded. `None` (the
+    /// default) leaves versions to the function: it reads the stored version with
+    /// [`EntityContext::state_version`] and records a new one with
+    /// [`EntityContext::set_state_version`].
+    fn versioning(&self) -> Option<StateVersioning> {
+        None
+    }
+}
+
+/// The state versions of an entity (see [`EntityFunction::versioning`]).
+#[derive(Clone, Copy, Debug)]
+pub struct StateVersioning {
+    /// The version of the state's shape this code reads and writes (at least 1).
+    pub current: u32,
+    /// Turns a stored state of an older version (the first argument) into a state of version
+    /// `current`; an `Err` fails the entity's operations with its message and leaves the
+    /// stored state untouched.
+    pub migrate: fn(u32, Value) -> Result<Value, String>,
+}
+
+/// Brings a stored state of version `stored` to the version `function` reads: returns it with
+/// its version. Costs a comparison when the state has the current version already.
+pub(crate) fn upgrade_state(
+    function: &dyn EntityFunction,
+    id: &EntityId,
+    state: Option<Value>,
+    stored: u32,
+) -> Result<(Option<Value>, u32), StateVersionError> {
+    let Some(versioning) = function.versioning() else {
+        return Ok((state, stored.max(1)));
+    };
+    match state {
+        None => Ok((None, versioning.current)),
+        Some(state) if stored == versioning.current => Ok((Some(state), stored)),
+        Some(_) if stored > versioning.current => Err(StateVersionError::Newer {
+            id: id.to_string(),
+            stored,
+            current: versioning.current,
+        }),
+        Some(old) => {
+            // A panic in the user's migration fails this entity only.
+            let migrated = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
+                (versioning.migrate)(stored, old)
+            }))
+            .unwrap_or_else(|panic| {
+                Err(format!(
+                    "the migration panicked: {}",
+                    crate::engine::panic_message(&panic)
+                ))
+            });
+            match migrated {
+                Ok(new) => Ok((Some(new), versioning.current)),
+                Err(message) => Err(StateVersionError::Migration {
+                    id: id.to_string(),
+                    from: stored,
+                    to: versioning.current,
+                    message,
+                }),
+            }
+        }
+    }
+}
+
+/// The version a new state of an entity of `function` gets.
+pub(crate) fn initial_version(function: &dyn EntityFunction) -> u32 {
+    function.versioning().map_or(1, |v| v.current)
 }
 
 #[async_trait]
@@ -64,6 +135,22 @@ pub trait Entity: Send + 'static {
     /// Runs the operation at once if it is not `async` (and answers unknown operations);
     /// `None` for an `async` operation, which must go through [`dispatch`](Self::dispatch).
     fn dispatch_now(ctx: &mut EntityContext) -> Option<Result<(), OperationError>>;
+
+    /// The version of the state's shape this code reads and writes:
+    /// `#[entity(version = N)]`, 1 by default.
+    const VERSION: u32 = 1;
+
+    /// Turns a stored state of an older version `from` into a state of
+    /// [`VERSION`](Self::VERSION), as JSON: `#[entity(migrate = path)]` generates it from the
+    /// user's `fn(u32, serde_json::Value) -> Result<Self, String>`. The default refuses.
+    fn migrate_state(from: u32, old: Value) -> Result<Value, String> {
+        let _ = old;
+        Err(format!(
+            "entity `{}` of version {} has no `migrate` function for a state of version {from}",
+            Self::NAME,
+            Self::VERSION
+        ))
+    }
 }
 
 /// Adapts a class-based entity to [`EntityFunction`].
@@ -83,5 +170,12 @@ impl<E: Entity> EntityFunction for ClassEntity<E> {
 
     fn run_now(&self, ctx: &mut EntityContext) -> Option<Result<(), OperationError>> {
         E::dispatch_now(ctx)
+    }
+
+    fn versioning(&self) -> Option<StateVersioning> {
+        Some(StateVersioning {
+            current: E::VERSION,
+            migrate: E::migrate_state,
+        })
     }
 }

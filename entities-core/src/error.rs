@@ -92,6 +92,80 @@ pub enum Error {
         /// What is wrong with it.
         reason: String,
     },
+    /// An entity operation or an activity asked for a service that was not registered.
+    #[error(transparent)]
+    MissingService(#[from] MissingService),
+    /// A stored entity state could not be brought to the version its code reads.
+    #[error(transparent)]
+    StateVersion(#[from] StateVersionError),
+}
+
+/// The error of `ctx.service::<T>()` when no service of type `T` was registered with
+/// `Runtime::builder().service(value)`.
+#[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
+#[error(
+    "no service of type `{type_name}` is registered; register one with \
+     `Runtime::builder().service(value)`"
+)]
+pub struct MissingService {
+    type_name: &'static str,
+}
+
+impl MissingService {
+    /// The error for the service type `T`.
+    pub fn of<T: ?Sized>() -> Self {
+        Self {
+            type_name: std::any::type_name::<T>(),
+        }
+    }
+
+    /// The name of the type asked for (as `std::any::type_name` gives it).
+    pub fn type_name(&self) -> &'static str {
+        self.type_name
+    }
+}
+
+impl From<MissingService> for OperationError {
+    fn from(err: MissingService) -> Self {
+        OperationError::new(err)
+    }
+}
+
+/// Why a stored entity state cannot be brought to the version its code reads (see
+/// `#[entity(version = N, migrate = ..)]`). The stored state is left untouched, and the
+/// entity's operations fail with this error until code that can read it runs.
+#[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
+#[non_exhaustive]
+pub enum StateVersionError {
+    /// The entity's `migrate` function refused the stored state.
+    #[error(
+        "the stored state of {id} has version {from} and its migration to version {to} \
+         failed: {message}; the stored state is left untouched"
+    )]
+    Migration {
+        /// The entity.
+        id: String,
+        /// The stored version.
+        from: u32,
+        /// The version of the code.
+        to: u32,
+        /// The message of the migration's error.
+        message: String,
+    },
+    /// The stored state was written by newer code (a higher version) than the code running.
+    #[error(
+        "the stored state of {id} has version {stored}, newer than version {current} of the \
+         code running; it is left untouched (run code of version {stored} or later for this \
+         entity)"
+    )]
+    Newer {
+        /// The entity.
+        id: String,
+        /// The stored version.
+        stored: u32,
+        /// The version of the code.
+        current: u32,
+    },
 }
 
 impl Error {

@@ -22,6 +22,7 @@ mod proxy;
 mod registry;
 mod runtime;
 mod schedule;
+mod services;
 pub mod store;
 
 #[cfg(feature = "conformance")]
@@ -33,8 +34,10 @@ pub use client::{
 };
 pub use context::EntityContext;
 pub use engine::partition::{partition_of, partition_of_instance, partition_of_message};
-pub use entity::{Entity, EntityFunction};
-pub use error::{Error, OperationError, Result, StoreError, StoreErrorKind};
+pub use entity::{Entity, EntityFunction, StateVersioning};
+pub use error::{
+    Error, MissingService, OperationError, Result, StateVersionError, StoreError, StoreErrorKind,
+};
 pub use id::EntityId;
 pub use idempotent::Idempotent;
 pub use inspect::{RecentFailure, WaitingOperation};
@@ -46,6 +49,7 @@ pub use orchestration::{
 pub use proxy::{ClientCall, ClientSignal, EntitySignal, Invoker};
 pub use runtime::{Runtime, RuntimeBuilder};
 pub use schedule::{PendingSignal, Schedule, ScheduleId, ScheduleInfo};
+pub use services::ActivityContext;
 pub use store::RuntimeStatus;
 pub use store::{EntityQuery, Store};
 pub use uuid::Uuid;

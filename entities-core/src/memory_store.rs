@@ -83,6 +83,7 @@ struct Data {
 /// An entity as stored.
 struct EntityRow {
     state: Option<Value>,
+    state_version: u32,
     lock_owner: Option<String>,
     last_modified: u64,
 }
@@ -267,6 +268,7 @@ impl Data {
                 record.id.clone(),
                 EntityRow {
                     state: record.state.clone(),
+                    state_version: record.state_version,
                     lock_owner: record.lock_owner.clone(),
                     last_modified: record.last_modified,
                 },
@@ -341,6 +343,7 @@ impl Data {
         EntityRecord {
             id: id.clone(),
             state: if state { row.state.clone() } else { None },
+            state_version: row.state_version,
             lock_owner: row.lock_owner.clone(),
             last_modified: row.last_modified,
             pending_messages: if pending {

@@ -5,7 +5,7 @@ use std::fmt::Display;
 
 use serde::de::DeserializeOwned;
 use serde::Serialize;
-use serde_json::Value;
+pub use serde_json::Value;
 
 pub use crate::context::EntityContext;
 pub use crate::entity::Entity;
@@ -166,6 +166,12 @@ pub fn store_state<T>(
     })?;
     ctx.set_state_raw(value);
     Ok(())
+}
+
+/// The JSON of a state a `migrate` function returned, or its error.
+pub fn migrated_state<T>(migrated: Result<T, String>, codec: Codec<T>) -> Result<Value, String> {
+    let state = migrated?;
+    (codec.to_json)(&state).map_err(|err| format!("the migrated state does not serialize: {err}"))
 }
 
 /// Turns an operation's `Err` into its error.

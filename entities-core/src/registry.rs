@@ -5,9 +5,11 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use crate::entity::EntityFunction;
-use crate::error::Error;
+use crate::error::{Error, StateVersionError};
 use crate::id::EntityId;
 use crate::orchestration::{ActivityFn, OrchestrationFn};
+use crate::services::Services;
+use crate::store::EntityRecord;
 
 /// The functions registered with one runtime.
 #[derive(Default)]
@@ -17,6 +19,7 @@ pub struct Registry {
     pub(crate) activities: HashMap<String, Arc<dyn ActivityFn>>,
     /// Time to live of idle entities, by (lower-cased) entity name.
     pub(crate) ttls: HashMap<String, Duration>,
+    pub(crate) services: Services,
 }
 
 impl Registry {
@@ -37,6 +40,29 @@ impl Registry {
         } else {
             Err(Error::UnknownEntity(id.name().to_string()))
         }
+    }
+
+    /// Brings a state read from the store to the version its entity's code reads (see
+    /// `EntityFunction::versioning`), for the client's reads; a record without a state, or of
+    /// a name not registered here, is left as it is.
+    pub(crate) fn upgrade_record(
+        &self,
+        record: &mut EntityRecord,
+    ) -> Result<(), StateVersionError> {
+        let Some(function) = self.entity(record.id.name()) else {
+            return Ok(());
+        };
+        if record.state.is_some() {
+            let (state, version) = crate::entity::upgrade_state(
+                &**function,
+                &record.id,
+                record.state.take(),
+                record.state_version,
+            )?;
+            record.state = state;
+            record.state_version = version;
+        }
+        Ok(())
     }
 
     /// Whether an orchestration of this name is registered.

@@ -14,8 +14,11 @@ use crate::client::Client;
 use crate::engine::{Command, Engine, EngineConfig, Shared};
 use crate::entity::{ClassEntity, Entity, EntityFunction};
 use crate::error::{Error, Result};
-use crate::orchestration::{ActivityAdapter, OrchestrationAdapter, OrchestrationContext};
+use crate::orchestration::{
+    ActivityAdapter, ActivityFn, ContextActivityAdapter, OrchestrationAdapter, OrchestrationContext,
+};
 use crate::registry::Registry;
+use crate::services::ActivityContext;
 use crate::store::Store;
 
 /// Configures and starts a [`Runtime`].
@@ -85,8 +88,10 @@ impl RuntimeBuilder {
         self
     }
 
-    /// Registers an activity: `async fn(I) -> Result<O, E>` with `E: Display`.
-    pub fn activity<F, Fut, I, O, E>(mut self, name: &str, function: F) -> Self
+    /// Registers an activity: `async fn(I) -> Result<O, E>` with `E: Display`. An activity
+    /// that needs services takes a context: see
+    /// [`activity_with_context`](Self::activity_with_context).
+    pub fn activity<F, Fut, I, O, E>(self, name: &str, function: F) -> Self
     where
         F: Fn(I) -> Fut + Send + Sync + 'static,
         Fut: Future<Output = std::result::Result<O, E>> + Send + 'static,
@@ -94,7 +99,46 @@ impl RuntimeBuilder {
         O: Serialize + Send + 'static,
         E: std::fmt::Display + Send + 'static,
     {
-        let adapter = Arc::new(ActivityAdapter::new(function));
+        self.activity_fn(name, Arc::new(ActivityAdapter::new(function)))
+    }
+
+    /// Registers an activity that receives an [`ActivityContext`] (its name, the calling
+    /// instance, and the services of [`service`](Self::service)) besides its input:
+    /// `async fn(ActivityContext, I) -> Result<O, E>` with `E: Display`.
+    ///
+    /// ```
+    /// use entities_core::{ActivityContext, Error, MemoryStore, Runtime};
+    ///
+    /// struct Mailer;
+    /// impl Mailer {
+    ///     fn send(&self, to: &str) { /* .. */ }
+    /// }
+    ///
+    /// # async fn run() -> entities_core::Result<()> {
+    /// let runtime = Runtime::builder()
+    ///     .store(MemoryStore::new())
+    ///     .service(Mailer)
+    ///     .activity_with_context("notify", |ctx: ActivityContext, to: String| async move {
+    ///         ctx.service::<Mailer>()?.send(&to);
+    ///         Ok::<_, Error>(())
+    ///     })
+    ///     .start()
+    ///     .await?;
+    /// # runtime.shutdown().await
+    /// # }
+    /// ```
+    pub fn activity_with_context<F, Fut, I, O, E>(self, name: &str, function: F) -> Self
+    where
+        F: Fn(ActivityContext, I) -> Fut + Send + Sync + 'static,
+        Fut: Future<Output = std::result::Result<O, E>> + Send + 'static,
+        I: DeserializeOwned + Send + 'static,
+        O: Serialize + Send + 'static,
+        E: std::fmt::Display + Send + 'static,
+    {
+        self.activity_fn(name, Arc::new(ContextActivityAdapter::new(function)))
+    }
+
+    fn activity_fn(mut self, name: &str, adapter: Arc<dyn ActivityFn>) -> Self {
         if self
             .registry
             .activities
@@ -103,6 +147,28 @@ impl RuntimeBuilder {
         {
             self.errors
                 .push(format!("activity `{name}` is registered twice"));
+        }
+        self
+    }
+
+    /// Registers a service: a value that entity operations
+    /// ([`EntityContext::service`](crate::EntityContext::service)) and activities
+    /// ([`ActivityContext::service`]) reach by its type, `ctx.service::<T>()`. Services are
+    /// shared read-only (use interior mutability for state they change) and are not durable.
+    /// Orchestrations do not see them, as they must stay deterministic: they call activities
+    /// that use services. One service per type.
+    pub fn service<T: Send + Sync + 'static>(self, value: T) -> Self {
+        self.service_arc(Arc::new(value))
+    }
+
+    /// Registers a service that the caller keeps a handle on too (see
+    /// [`service`](Self::service)).
+    pub fn service_arc<T: Send + Sync + 'static>(mut self, value: Arc<T>) -> Self {
+        if !self.registry.services.insert(value) {
+            self.errors.push(format!(
+                "a service of type `{}` is registered twice",
+                std::any::type_name::<T>()
+            ));
         }
         self
     }

@@ -22,6 +22,9 @@ pub struct EntityRecord {
     pub id: EntityId,
     /// Its state, `None` when it has none (deleted or never set).
     pub state: Option<Value>,
+    /// The version of the state's shape (see `#[entity(version = N)]`), at least 1. Rows
+    /// stored before versions existed read as 1. Stores keep it with the state.
+    pub state_version: u32,
     /// The orchestration instance holding its lock.
     pub lock_owner: Option<String>,
     /// When it was last written, in milliseconds since the Unix epoch.

@@ -74,6 +74,9 @@ impl From<Error> for ApiError {
             Error::InvalidSchedule(_) => (StatusCode::BAD_REQUEST, "bad_request"),
             Error::IdempotencyKey { .. } => (StatusCode::CONFLICT, "idempotency_key"),
             Error::NotRunHere(_) => (StatusCode::CONFLICT, "not_run_here"),
+            // A stored state this code cannot read (its migration failed, or newer code wrote
+            // it): a conflict between the data and the code running.
+            Error::StateVersion(_) => (StatusCode::CONFLICT, "state_version"),
             Error::Shutdown => (StatusCode::SERVICE_UNAVAILABLE, "shut_down"),
             Error::Timeout(_) => (StatusCode::GATEWAY_TIMEOUT, "timeout"),
             Error::Store(store) => match store.kind() {

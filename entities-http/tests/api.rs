@@ -561,7 +561,9 @@ async fn the_openapi_document_matches_the_routes() {
         for method in *methods {
             let answers = &paths[*path][*method]["responses"];
             assert!(
-                ["200", "201", "202"].iter().any(|c| answers[*c].is_object()),
+                ["200", "201", "202"]
+                    .iter()
+                    .any(|c| answers[*c].is_object()),
                 "{method} {path} documents no success answer"
             );
         }
@@ -726,4 +728,75 @@ async fn scheduled_signals_and_schedules_are_listed_and_cancelled() {
     let (status, _) = delete("/scheduled/counter/sched/signals/x".into()).await;
     assert_eq!(status, StatusCode::BAD_REQUEST);
     s.shutdown().await;
+}
+
+/// A document whose stored states are at version 3 while the code running reads version 2.
+#[derive(Default, serde::Serialize, serde::Deserialize)]
+pub struct Doc {
+    text: String,
+}
+
+#[entity(version = 2, migrate = Self::migrate)]
+impl Doc {
+    fn migrate(_from_version: u32, old: Value) -> Result<Self, String> {
+        Ok(Self {
+            text: old.to_string(),
+        })
+    }
+    pub fn text(&self) -> String {
+        self.text.clone()
+    }
+}
+
+/// Writes its input as the state, stored at version 3.
+fn doc_v3(ctx: &mut EntityContext) -> Result<(), OperationError> {
+    let text: String = ctx.input()?;
+    ctx.set_state(&json!({ "text": text, "v3": true }))?;
+    ctx.set_state_version(3);
+    Ok(())
+}
+
+#[tokio::test]
+async fn a_state_newer_than_the_code_is_409_state_version() {
+    let store = MemoryStore::new();
+    let newer = Runtime::builder()
+        .store(store.reopen())
+        .entity_fn("Doc", doc_v3)
+        .start()
+        .await
+        .unwrap();
+    newer
+        .client()
+        .call_entity::<(), _>(&EntityId::new("Doc", "d"), "write", &"hello")
+        .await
+        .unwrap();
+    newer.shutdown().await.unwrap();
+
+    let runtime = Runtime::builder()
+        .store(store.reopen())
+        .entity::<Doc>()
+        .start()
+        .await
+        .unwrap();
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let base = format!("http://{}", listener.local_addr().unwrap());
+    tokio::spawn(Http::new(runtime.client()).serve_on(listener, std::future::pending()));
+    let response = reqwest::get(format!("{base}/entities/Doc/d"))
+        .await
+        .unwrap();
+    assert_eq!(response.status(), StatusCode::CONFLICT);
+    let body: Value = response.json().await.unwrap();
+    assert_eq!(body["kind"], "state_version", "{body}");
+    assert!(
+        body["message"].as_str().unwrap().contains("has version 3"),
+        "{body}"
+    );
+    // Operations fail as operation errors, with the same message.
+    let response = reqwest::Client::new()
+        .post(format!("{base}/entities/Doc/d/text"))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(response.status(), StatusCode::UNPROCESSABLE_ENTITY);
+    runtime.shutdown().await.unwrap();
 }

@@ -14,6 +14,7 @@ pub(crate) fn expand(model: &Model) -> syn::Result<TokenStream> {
         name,
         krate,
         operations,
+        versioning,
     } = model;
     let p = quote!(#krate::__private);
     let proxy = format_ident!("{}Proxy", type_ident);
@@ -35,6 +36,27 @@ pub(crate) fn expand(model: &Model) -> syn::Result<TokenStream> {
         }
     });
     let proxy_methods = operations.iter().map(|op| proxy_method(model, op));
+    let versioning_items = versioning.as_ref().map(|(version, path)| {
+        // The fn-pointer binding checks the signature, with the error at the user's path.
+        let migrate = quote_spanned! {path.span()=>
+            let __migrate: fn(
+                ::core::primitive::u32,
+                #p::Value,
+            ) -> ::core::result::Result<Self, ::std::string::String> = #path;
+        };
+        let state_codec = quote_spanned!(self_ty.span()=> #p::state_codec::<#self_ty>());
+        quote! {
+            const VERSION: ::core::primitive::u32 = #version;
+
+            fn migrate_state(
+                from: ::core::primitive::u32,
+                old: #p::Value,
+            ) -> ::core::result::Result<#p::Value, ::std::string::String> {
+                #migrate
+                #p::migrated_state(__migrate(from, old), #state_codec)
+            }
+        }
+    });
     let delete_method = (!defines_delete).then(|| {
         quote! {
             /// Built-in operation: removes the entity's state.
@@ -64,6 +86,7 @@ pub(crate) fn expand(model: &Model) -> syn::Result<TokenStream> {
 
         impl #p::Entity for #self_ty {
             const NAME: &'static str = #name;
+            #versioning_items
             type Proxy<I: #p::Invoker> = #proxy<I>;
 
             fn proxy<I: #p::Invoker>(invoker: I) -> Self::Proxy<I> {

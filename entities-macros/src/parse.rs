@@ -16,6 +16,8 @@ pub(crate) struct Model {
     pub name: String,
     pub krate: syn::Path,
     pub operations: Vec<Operation>,
+    /// `version = N` (at least 1) and `migrate = path`: given together, or neither.
+    pub versioning: Option<(u32, syn::Path)>,
 }
 
 /// One operation (a `pub fn` of the block).
@@ -71,6 +73,7 @@ pub(crate) fn parse(args: TokenStream, input: TokenStream) -> syn::Result<Model>
     })?;
     let mut errors = Errors::default();
     let (mut name, mut krate) = (None, None);
+    let (mut version, mut migrate): (Option<(u32, Span)>, Option<syn::Path>) = (None, None);
     let metas = Punctuated::<Meta, Token![,]>::parse_terminated.parse2(args)?;
     for meta in metas {
         match &meta {
@@ -91,12 +94,64 @@ pub(crate) fn parse(args: TokenStream, input: TokenStream) -> syn::Result<Model>
                     ),
                 }
             }
+            Meta::NameValue(nv) if nv.path.is_ident("version") => match lit_int(&nv.value) {
+                Some(lit) => match lit.base10_parse::<u32>() {
+                    Ok(0) => {
+                        errors.push(
+                            lit.span(),
+                            "state versions start at 1 (stored states without a version are \
+                             version 1): use `version = 2` or higher for a changed state shape",
+                        );
+                        version = Some((0, lit.span()));
+                    }
+                    Ok(n) => version = Some((n, lit.span())),
+                    Err(_) => errors.push(lit.span(), "expected a version from 1 to 4294967295"),
+                },
+                None => errors.push(nv.value.span(), "expected an integer: `version = 2`"),
+            },
+            Meta::NameValue(nv) if nv.path.is_ident("migrate") => match &nv.value {
+                syn::Expr::Path(p) if p.qself.is_none() => migrate = Some(p.path.clone()),
+                other => errors.push(
+                    other.span(),
+                    "expected the path of a function: `migrate = Self::migrate`",
+                ),
+            },
             other => errors.push(
                 other.span(),
-                "unknown #[entity] argument; expected `name = \"...\"` or `crate = \"...\"`",
+                "unknown #[entity] argument; expected `name = \"...\"`, `crate = \"...\"`, \
+                 `version = N` or `migrate = Self::migrate`",
             ),
         }
     }
+
+    let versioning = match (version, migrate) {
+        // Version 0 was reported above.
+        (Some((0, _)), _) | (Some((1, _)), None) | (None, None) => None,
+        (Some((n, span)), None) => {
+            errors.push(
+                span,
+                format!(
+                    "`version = {n}` needs a migration for the states stored by older versions: \
+                     add `migrate = Self::migrate` with \
+                     `fn migrate(from_version: u32, old: serde_json::Value) -> Result<Self, String>`"
+                ),
+            );
+            None
+        }
+        (None, Some(path)) => {
+            errors.push(
+                path.span(),
+                "`migrate` needs the version the migration leads to: add `version = 2` (or higher)",
+            );
+            None
+        }
+        (Some((n, _)), Some(path)) => Some((n, path)),
+    };
+    // The migration function is no operation, even if it is `pub`.
+    let migrate_fn = versioning.as_ref().and_then(|(_, path)| {
+        (path.segments.len() == 2 && path.segments[0].ident == "Self")
+            .then(|| path.segments[1].ident.clone())
+    });
 
     if let Some((_, path, _)) = &item.trait_ {
         errors.push(
@@ -128,7 +183,9 @@ pub(crate) fn parse(args: TokenStream, input: TokenStream) -> syn::Result<Model>
         let ImplItem::Fn(method) = impl_item else {
             continue;
         };
-        if !matches!(method.vis, Visibility::Public(_)) {
+        if !matches!(method.vis, Visibility::Public(_))
+            || migrate_fn.as_ref() == Some(&method.sig.ident)
+        {
             continue;
         }
         if let Some(op) = parse_operation(method, &mut errors) {
@@ -158,8 +215,19 @@ pub(crate) fn parse(args: TokenStream, input: TokenStream) -> syn::Result<Model>
         type_ident,
         krate,
         operations,
+        versioning,
         item,
     })
+}
+
+fn lit_int(expr: &syn::Expr) -> Option<&syn::LitInt> {
+    match expr {
+        syn::Expr::Lit(syn::ExprLit {
+            lit: syn::Lit::Int(i),
+            ..
+        }) => Some(i),
+        _ => None,
+    }
 }
 
 fn lit_str(expr: &syn::Expr) -> Option<&LitStr> {

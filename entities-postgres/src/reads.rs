@@ -240,7 +240,8 @@ impl Inner {
         let conn = self.connection().await?;
         let found = conn
             .query(
-                "SELECT e.name, e.key, e.state, e.lock_owner, e.last_modified FROM entities_entities e \
+                "SELECT e.name, e.key, e.state, e.lock_owner, e.last_modified, e.state_version \
+                 FROM entities_entities e \
                  JOIN unnest($1::text[], $2::bytea[]) AS w(name, key) \
                    ON e.name = w.name AND e.key = w.key",
                 &[&names, &keys],
@@ -263,7 +264,7 @@ impl Inner {
         let conn = self.connection().await?;
         let row = conn
             .query_opt(
-                "SELECT state, lock_owner, last_modified, \
+                "SELECT state, lock_owner, last_modified, state_version, \
                    (SELECT count(*) FROM entities_messages WHERE target = $3) \
                  FROM entities_entities WHERE name = $1 AND key = $2",
                 &[
@@ -274,7 +275,7 @@ impl Inner {
             )
             .await
             .map_err(read_failed)?;
-        row.map(|row| rows::entity(id.clone(), &row, 0, Some(3)))
+        row.map(|row| rows::entity(id.clone(), &row, 0, Some(4)))
             .transpose()
     }
 
@@ -325,7 +326,7 @@ impl Inner {
         let found = conn
             .query(
                 "SELECT name, key, CASE WHEN $1 THEN state END, lock_owner, last_modified, \
-                   (SELECT count(*) FROM entities_messages m \
+                   state_version, (SELECT count(*) FROM entities_messages m \
                     WHERE m.target = convert_to('@' || e.name || '@', 'UTF8') || e.key) \
                  FROM entities_entities e \
                  WHERE ($2::text IS NULL OR name = $2) \
@@ -349,7 +350,7 @@ impl Inner {
         let mut entities = Vec::with_capacity(found.len());
         for row in &found {
             let id = rows::entity_id(row)?;
-            entities.push(rows::entity(id, row, 2, Some(5))?);
+            entities.push(rows::entity(id, row, 2, Some(6))?);
         }
         let continuation = if entities.len() > page_size {
             entities.truncate(page_size);

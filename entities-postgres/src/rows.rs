@@ -84,7 +84,8 @@ fn message(row: &Row) -> Result<Message, String> {
     })
 }
 
-/// An entity record from `state, lock_owner, last_modified[, pending]` starting at `first`.
+/// An entity record from `state, lock_owner, last_modified, state_version[, pending]` starting
+/// at `first`.
 pub(crate) fn entity(
     id: EntityId,
     row: &Row,
@@ -98,6 +99,9 @@ pub(crate) fn entity(
         state,
         lock_owner: row.get::<_, Option<&[u8]>>(first + 1).map(text),
         last_modified: row.get::<_, i64>(first + 2) as u64,
+        state_version: u32::try_from(row.get::<_, i64>(first + 3))
+            .unwrap_or(1)
+            .max(1),
         pending_messages: pending.map_or(0, |i| row.get::<_, i64>(i) as u64),
         id,
     })

@@ -7,7 +7,7 @@ use tokio_postgres::Client;
 use crate::{pg_error, StoreError};
 
 /// The schema version this crate writes.
-pub(crate) const VERSION: i64 = 2;
+pub(crate) const VERSION: i64 = 3;
 
 /// The class of this crate's advisory locks (the first key of the two-key form); the second
 /// key is a partition number, or -1 for the schema.
@@ -84,7 +84,10 @@ const MIGRATIONS: &[&str] = &[
      );
      CREATE INDEX entities_replies_by_node ON entities_replies (node);
      CREATE SEQUENCE entities_nodes;",
-    // 1 -> 2: idempotency keys of client sends, with what came of each; old ones are deleted
+    // 1 -> 2: the version of each state's shape (`#[entity(version = N)]`); the states stored
+    // before versions existed are version 1.
+    "ALTER TABLE entities_entities ADD COLUMN state_version BIGINT NOT NULL DEFAULT 1;",
+    // 2 -> 3: idempotency keys of client sends, with what came of each; old ones are deleted
     // by creation time.
     "CREATE TABLE entities_keys (
         key TEXT COLLATE \"C\" PRIMARY KEY,

@@ -151,10 +151,13 @@ const CONSUME: &str = "DELETE FROM entities_messages WHERE id = ANY($1) RETURNIN
 const PRODUCE: &str = "INSERT INTO entities_messages (id, part, target, deliver_at, body, fresh) \
      SELECT * FROM unnest($1::bigint[], $2::int[], $3::bytea[], $4::bigint[], $5::text[], $6::bool[])";
 const WRITE_ENTITIES: &str =
-    "INSERT INTO entities_entities (name, key, part, state, lock_owner, last_modified) \
-     SELECT * FROM unnest($1::text[], $2::bytea[], $3::int[], $4::text[], $5::bytea[], $6::bigint[]) \
+    "INSERT INTO entities_entities (name, key, part, state, lock_owner, last_modified, \
+       state_version) \
+     SELECT * FROM unnest($1::text[], $2::bytea[], $3::int[], $4::text[], $5::bytea[], $6::bigint[], \
+       $7::bigint[]) \
      ON CONFLICT (name, key) DO UPDATE SET state = excluded.state, \
-       lock_owner = excluded.lock_owner, last_modified = excluded.last_modified";
+       lock_owner = excluded.lock_owner, last_modified = excluded.last_modified, \
+       state_version = excluded.state_version";
 const WRITE_INSTANCES: &str =
     "INSERT INTO entities_instances (id, part, name, status, input, output, created, updated) \
      SELECT * FROM unnest($1::bytea[], $2::int[], $3::text[], $4::text[], $5::text[], $6::text[], \
@@ -382,6 +385,7 @@ async fn commit(inner: &Inner, batches: &[Batch]) -> Result<bool, StoreError> {
         .map(|r| r.lock_owner.as_deref().map(str::as_bytes))
         .collect();
     let modified: Vec<i64> = records.iter().map(|r| int(r.last_modified)).collect();
+    let versions: Vec<i64> = records.iter().map(|r| i64::from(r.state_version)).collect();
 
     let mut updates = InstanceColumns::default();
     let mut updated_ids = Vec::new();
@@ -417,8 +421,15 @@ async fn commit(inner: &Inner, batches: &[Batch]) -> Result<bool, StoreError> {
     let consume_params: [&(dyn ToSql + Sync); 1] = [&consumed];
     let produce_params: [&(dyn ToSql + Sync); 6] =
         [&ids, &parts, &targets, &times, &bodies, &fresh];
-    let entity_params: [&(dyn ToSql + Sync); 6] =
-        [&names, &keys, &entity_parts_sql, &states, &locks, &modified];
+    let entity_params: [&(dyn ToSql + Sync); 7] = [
+        &names,
+        &keys,
+        &entity_parts_sql,
+        &states,
+        &locks,
+        &modified,
+        &versions,
+    ];
     let update_params = updates.params();
     let history_params: [&(dyn ToSql + Sync); 3] =
         [&history.instances, &history.seqs, &history.events];

@@ -21,6 +21,7 @@ fn record(key: &str, value: i64) -> EntityRecord {
     EntityRecord {
         id: EntityId::new("Counter", key),
         state: Some(serde_json::json!(value)),
+        state_version: 1,
         lock_owner: None,
         last_modified: 1,
         pending_messages: 0,

@@ -766,6 +766,7 @@ mod tests {
         EntityRecord {
             id: EntityId::new("Counter", key),
             state: Some(serde_json::json!(value)),
+            state_version: 1,
             lock_owner: None,
             last_modified: 0,
             pending_messages: 0,

@@ -183,6 +183,7 @@ async fn a_state_that_is_not_json_fails_only_its_entity() {
     let entity = |key: &str, value: i64| EntityRecord {
         id: EntityId::new("Counter", key),
         state: Some(json!(value)),
+        state_version: 1,
         lock_owner: None,
         last_modified: 0,
         pending_messages: 0,
@@ -388,7 +389,12 @@ async fn a_version_1_database_keeps_its_rows() {
         .read_entity(&EntityId::new("Counter", "k"))
         .await
         .unwrap();
-    assert_eq!(entity.unwrap().state, Some(json!(7)));
+    let entity = entity.unwrap();
+    assert_eq!(entity.state, Some(json!(7)));
+    assert_eq!(
+        entity.state_version, 1,
+        "states stored before versions are version 1"
+    );
     assert!(store.set_aside_messages().await.unwrap().is_empty());
     drop(store);
     let conn = Connection::open(&path).unwrap();

@@ -6,7 +6,7 @@ use rusqlite::Connection;
 use crate::sqlite_error;
 
 /// The schema version this crate writes.
-pub(crate) const CURRENT_VERSION: i64 = 4;
+pub(crate) const CURRENT_VERSION: i64 = 5;
 
 /// Migrations, in order: `MIGRATIONS[n]` takes the schema from version `n` to `n + 1`.
 pub(crate) const MIGRATIONS: &[&str] = &[
@@ -63,7 +63,10 @@ pub(crate) const MIGRATIONS: &[&str] = &[
     // 2 -> 3: the locked entities are listed and counted by operators and the metrics; a
     // partial index holds only them (few, and written only when a lock changes).
     "CREATE INDEX entities_locked ON entities (lock_owner) WHERE lock_owner IS NOT NULL;",
-    // 3 -> 4: idempotency keys of client sends, with what came of each; old ones are deleted
+    // 3 -> 4: the version of each state's shape (`#[entity(version = N)]`); the states stored
+    // before versions existed are version 1.
+    "ALTER TABLE entities ADD COLUMN state_version INTEGER NOT NULL DEFAULT 1;",
+    // 4 -> 5: idempotency keys of client sends, with what came of each; old ones are deleted
     // by creation time.
     "CREATE TABLE idempotency_keys (
         key TEXT PRIMARY KEY,

@@ -317,8 +317,8 @@ pub(crate) fn set_aside_messages(conn: &Connection) -> ReadResult<Vec<SetAsideMe
     Ok(rows.collect::<rusqlite::Result<_>>()?)
 }
 
-/// The record of entity `id` from the columns `state, lock_owner, last_modified` starting at
-/// `first`, with its count of pending messages from column `pending`, if given.
+/// The record of entity `id` from the columns `state, lock_owner, last_modified,
+/// state_version` starting at `first`, with its count of pending messages from column `pending`, if given.
 fn entity_record(
     id: EntityId,
     row: &Row<'_>,
@@ -337,6 +337,9 @@ fn entity_record(
         state,
         lock_owner: row.get(first + 1)?,
         last_modified: row.get::<_, i64>(first + 2)? as u64,
+        state_version: u32::try_from(row.get::<_, i64>(first + 3)?)
+            .unwrap_or(1)
+            .max(1),
         pending_messages: match pending {
             Some(column) => row.get::<_, i64>(column)? as u64,
             None => 0,
@@ -349,7 +352,8 @@ fn entity_record(
 pub(crate) fn load_entities(conn: &Connection, ids: &[EntityId]) -> ReadResult<Vec<EntityRecord>> {
     let tx = conn.unchecked_transaction()?;
     let mut stmt = tx.prepare_cached(
-        "SELECT state, lock_owner, last_modified FROM entities WHERE name = ?1 AND key = ?2",
+        "SELECT state, lock_owner, last_modified, state_version FROM entities \
+         WHERE name = ?1 AND key = ?2",
     )?;
     let mut records = Vec::with_capacity(ids.len());
     for id in ids {
@@ -393,19 +397,20 @@ pub(crate) fn idempotency_key(conn: &Connection, key: &str) -> ReadResult<Option
 
 pub(crate) fn read_entity(conn: &Connection, id: &EntityId) -> ReadResult<Option<EntityRecord>> {
     let mut stmt = conn.prepare_cached(
-        "SELECT state, lock_owner, last_modified, \
+        "SELECT state, lock_owner, last_modified, state_version, \
          (SELECT COUNT(*) FROM messages WHERE target = ?3 AND substr(target, 1, 1) = '@') \
          FROM entities WHERE name = ?1 AND key = ?2",
     )?;
     let record = stmt
         .query_row(params![id.name(), id.key(), id.to_string()], |row| {
-            entity_record(id.clone(), row, 0, Some(3))
+            entity_record(id.clone(), row, 0, Some(4))
         })
         .optional()?;
     Ok(record.transpose()?)
 }
 
-/// An entity row of a query page (`name, key, state, lock_owner, last_modified, pending`).
+/// An entity row of a query page (`name, key, state, lock_owner, last_modified,
+/// state_version, pending`).
 fn queried_entity(row: &Row<'_>) -> rusqlite::Result<Result<EntityRecord, StoreError>> {
     let name: String = row.get(0)?;
     let key: String = row.get(1)?;
@@ -420,7 +425,7 @@ fn queried_entity(row: &Row<'_>) -> rusqlite::Result<Result<EntityRecord, StoreE
             )));
         }
     };
-    entity_record(id, row, 2, Some(5))
+    entity_record(id, row, 2, Some(6))
 }
 
 /// A page of entities. The name is compared case-insensitively (names are stored lower-cased),
@@ -439,7 +444,7 @@ pub(crate) fn query_entities(
     let name = query.name.as_ref().map(|name| name.to_lowercase());
     let page_size = query.page_size.max(1);
     let mut stmt = conn.prepare_cached(
-        "SELECT name, key, CASE WHEN ?1 THEN state END, lock_owner, last_modified, \
+        "SELECT name, key, CASE WHEN ?1 THEN state END, lock_owner, last_modified, state_version, \
            (SELECT COUNT(*) FROM messages m \
             WHERE m.target = '@' || e.name || '@' || e.key AND substr(m.target, 1, 1) = '@') \
          FROM entities e \

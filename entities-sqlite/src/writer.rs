@@ -462,10 +462,11 @@ impl<'c> Writes<'c> {
         let upsert = prepared(
             self.conn,
             &mut self.upsert,
-            "INSERT INTO entities (name, key, state, lock_owner, last_modified) \
-             VALUES (?1, ?2, ?3, ?4, ?5) \
+            "INSERT INTO entities (name, key, state, lock_owner, last_modified, state_version) \
+             VALUES (?1, ?2, ?3, ?4, ?5, ?6) \
              ON CONFLICT (name, key) DO UPDATE SET state = excluded.state, \
-             lock_owner = excluded.lock_owner, last_modified = excluded.last_modified",
+             lock_owner = excluded.lock_owner, last_modified = excluded.last_modified, \
+             state_version = excluded.state_version",
         )?;
         let state = match &entity.state {
             None => None,
@@ -480,7 +481,8 @@ impl<'c> Writes<'c> {
             entity.id.key(),
             state,
             entity.lock_owner,
-            entity.last_modified as i64
+            entity.last_modified as i64,
+            i64::from(entity.state_version)
         ])?;
         self.count.entity_rows_written += 1;
         Ok(())

@@ -196,6 +196,7 @@ fn counter(key: &str, value: i64) -> EntityRecord {
     EntityRecord {
         id: EntityId::new("Counter", key),
         state: Some(json!(value)),
+        state_version: 1,
         lock_owner: None,
         last_modified: 7,
         pending_messages: 0,

@@ -39,6 +39,8 @@ const LOAD_RETRY: Duration = Duration::from_millis(200);
 struct Slot {
     loaded: bool,
     state: Option<Value>,
+    /// The version of `state`'s shape (see `EntityFunction::versioning`).
+    state_version: u32,
     lock: Option<String>,
     last_modified: u64,
     queue: VecDeque<Message>,
@@ -376,6 +378,7 @@ impl Entities {
                     EntityRecord {
                         id: id.clone(),
                         state: slot.state.clone(),
+                        state_version: slot.state_version,
                         lock_owner: slot.lock.clone(),
                         last_modified: slot.last_modified,
                         pending_messages: 0,
@@ -470,9 +473,36 @@ impl Entities {
                 records
             }
         };
+        for id in &missing {
+            if let (Some(slot), Some(function)) = (
+                self.slots.get_mut(id),
+                self.shared.registry.entity(id.name()),
+            ) {
+                slot.state_version = crate::entity::initial_version(&**function);
+            }
+        }
         for record in records {
             if let Some(slot) = self.slots.get_mut(&record.id) {
-                slot.state = record.state;
+                let function = self.shared.registry.entity(record.id.name());
+                let upgraded = match function {
+                    Some(function) => crate::entity::upgrade_state(
+                        &**function,
+                        &record.id,
+                        record.state,
+                        record.state_version,
+                    ),
+                    None => Ok((record.state, record.state_version)),
+                };
+                match upgraded {
+                    Ok((state, version)) => {
+                        slot.state = state;
+                        slot.state_version = version;
+                    }
+                    Err(err) => {
+                        error!(entity = %record.id, error = %err, "the stored state cannot be brought to this code's version; the entity's operations fail and its row is not written");
+                        slot.poisoned = Some(err.to_string());
+                    }
+                }
                 slot.lock = record.lock_owner;
                 slot.last_modified = record.last_modified;
             }
@@ -593,6 +623,7 @@ fn run_entity_now(
                     name,
                     input,
                     slot.state.take(),
+                    slot.state_version,
                     shared.registry.clone(),
                 );
                 let mut ctx = ctx;
@@ -732,14 +763,24 @@ fn set_state(
     let result = match input {
         // Its stored row could not be read, lock included: writing it would drop a lock.
         Some(_) if slot.poisoned.is_some() => {
-            warn!(entity = %id, "set_entity_state refused: the stored state cannot be decoded");
+            let poison = slot.poisoned.as_deref().unwrap_or_default();
+            warn!(entity = %id, reason = poison, "set_entity_state refused: the stored state cannot be read");
             Err(OperationError::new(format!(
-                "the stored state of {id} cannot be decoded, so its row (lock included) cannot \
-                 be rewritten safely; repair it in the store"
+                "set_entity_state of {id} is refused, so that its stored row (lock included) is \
+                 not overwritten: {poison}"
             )))
         }
         Some(state) => {
             slot.state = Some(state);
+            // A class entity's raw state is taken as of its code's version; a function
+            // entity's keeps its version.
+            if let Some(versioning) = shared
+                .registry
+                .entity(id.name())
+                .and_then(|f| f.versioning())
+            {
+                slot.state_version = versioning.current;
+            }
             slot.last_modified = now_millis();
             part.written = true;
             Ok(None)
@@ -800,6 +841,22 @@ fn finish_operation(
         }
     }
     slot.state = finished.state;
+    if finished.state_version != slot.state_version {
+        // Only a function entity without versioning picks its state's version.
+        match shared
+            .registry
+            .entity(id.name())
+            .and_then(|f| f.versioning())
+        {
+            Some(versioning) => warn!(
+                entity = %id,
+                asked = finished.state_version,
+                version = versioning.current,
+                "set_state_version ignored: this entity's version is its code's"
+            ),
+            None => slot.state_version = finished.state_version,
+        }
+    }
     // An entity that expires counts its time from its last operation, whatever it did.
     if finished.state_written || (slot.state.is_some() && shared.registry.expires(id.name())) {
         part.written = true;

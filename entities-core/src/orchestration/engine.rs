@@ -134,6 +134,7 @@ impl Orchestrations {
             return;
         };
         let function = self.shared.registry.activities.get(&name).cloned();
+        let ctx = crate::ActivityContext::new(&name, &instance, self.shared.registry.clone());
         let commands = self.shared.commands.clone();
         let generation = self.generation;
         tokio::spawn(async move {
@@ -143,7 +144,10 @@ impl Orchestrations {
                     format!("no activity named `{name}` is registered"),
                 ),
                 Some(function) => {
-                    match AssertUnwindSafe(function.run(input)).catch_unwind().await {
+                    match AssertUnwindSafe(function.run(ctx, input))
+                        .catch_unwind()
+                        .await
+                    {
                         Ok(Ok(value)) => Outcome::Ok(value),
                         Ok(Err(err)) => Outcome::Err(FailureKind::Activity, err),
                         Err(panic) => Outcome::Err(

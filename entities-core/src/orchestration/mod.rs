@@ -19,6 +19,7 @@ use serde::Serialize;
 use serde_json::Value;
 
 use crate::error::Error;
+use crate::services::ActivityContext;
 
 /// A registered orchestration function, type-erased.
 pub trait OrchestrationFn: Send + Sync + 'static {
@@ -66,8 +67,9 @@ where
 
 /// A registered activity function, type-erased.
 pub trait ActivityFn: Send + Sync + 'static {
-    /// Runs the activity with its JSON input; an error is the activity's error message.
-    fn run(&self, input: Value) -> BoxFuture<'static, Result<Value, String>>;
+    /// Runs the activity with its context and JSON input; an error is the activity's error
+    /// message.
+    fn run(&self, ctx: ActivityContext, input: Value) -> BoxFuture<'static, Result<Value, String>>;
 }
 
 /// Adapts `async fn(I) -> Result<O, E>` with `E: Display`.
@@ -87,13 +89,53 @@ where
     O: Serialize + Send + 'static,
     E: std::fmt::Display + Send + 'static,
 {
-    fn run(&self, input: Value) -> BoxFuture<'static, Result<Value, String>> {
-        let input = I::deserialize(&input)
-            .map_err(|err| format!("the activity input does not deserialize: {err}"));
-        let future = input.map(|input| (self.0)(input));
-        Box::pin(async move {
-            let output = future?.await.map_err(|err| err.to_string())?;
-            crate::json::to_value(&output).map_err(|err| err.to_string())
-        })
+    fn run(
+        &self,
+        _ctx: ActivityContext,
+        input: Value,
+    ) -> BoxFuture<'static, Result<Value, String>> {
+        run_activity(input, |input| (self.0)(input))
     }
+}
+
+/// Adapts `async fn(ActivityContext, I) -> Result<O, E>` with `E: Display`.
+pub(crate) struct ContextActivityAdapter<F, I, O, E>(pub F, PhantomData<fn(I) -> (O, E)>);
+
+impl<F, I, O, E> ContextActivityAdapter<F, I, O, E> {
+    pub(crate) fn new(f: F) -> Self {
+        Self(f, PhantomData)
+    }
+}
+
+impl<F, Fut, I, O, E> ActivityFn for ContextActivityAdapter<F, I, O, E>
+where
+    F: Fn(ActivityContext, I) -> Fut + Send + Sync + 'static,
+    Fut: Future<Output = Result<O, E>> + Send + 'static,
+    I: DeserializeOwned + Send + 'static,
+    O: Serialize + Send + 'static,
+    E: std::fmt::Display + Send + 'static,
+{
+    fn run(&self, ctx: ActivityContext, input: Value) -> BoxFuture<'static, Result<Value, String>> {
+        run_activity(input, |input| (self.0)(ctx, input))
+    }
+}
+
+/// Decodes an activity's input, starts it with `start`, and encodes its output.
+fn run_activity<Fut, I, O, E>(
+    input: Value,
+    start: impl FnOnce(I) -> Fut,
+) -> BoxFuture<'static, Result<Value, String>>
+where
+    Fut: Future<Output = Result<O, E>> + Send + 'static,
+    I: DeserializeOwned,
+    O: Serialize + Send + 'static,
+    E: std::fmt::Display + Send + 'static,
+{
+    let input = I::deserialize(&input)
+        .map_err(|err| format!("the activity input does not deserialize: {err}"));
+    let future = input.map(start);
+    Box::pin(async move {
+        let output = future?.await.map_err(|err| err.to_string())?;
+        crate::json::to_value(&output).map_err(|err| err.to_string())
+    })
 }

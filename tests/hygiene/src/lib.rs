@@ -44,6 +44,37 @@ pub mod counter {
     }
 }
 
+/// A versioned entity under the same shadows.
+#[no_implicit_prelude]
+pub mod versioned {
+    #[allow(unused_imports)]
+    use super::shadows::*;
+    use ::renamed_entities::entity;
+
+    #[derive(::core::default::Default, ::serde::Serialize, ::serde::Deserialize)]
+    pub struct Level {
+        value: i64,
+    }
+
+    #[entity(version = 2, migrate = Self::migrate)]
+    impl Level {
+        fn migrate(
+            from_version: u32,
+            old: ::serde_json::Value,
+        ) -> ::core::result::Result<Self, ::std::string::String> {
+            match old.as_i64() {
+                ::core::option::Option::Some(value) if from_version == 1 => {
+                    ::core::result::Result::Ok(Self { value: value * 10 })
+                }
+                _ => ::core::result::Result::Err(::std::format!("cannot read {old}")),
+            }
+        }
+        pub fn get(&self) -> i64 {
+            self.value
+        }
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use renamed_entities::prelude::*;
@@ -65,5 +96,16 @@ mod tests {
         let err = client.call::<Tally>("t").check(5).await.unwrap_err();
         assert_eq!(err.to_string(), "operation failed: 12 is over 5");
         runtime.shutdown().await.unwrap();
+    }
+
+    #[test]
+    fn a_versioned_entity_expands_under_shadowed_names() {
+        use crate::versioned::Level;
+        assert_eq!(<Level as Entity>::VERSION, 2);
+        assert_eq!(
+            <Level as Entity>::migrate_state(1, serde_json::json!(4)),
+            Ok(serde_json::json!({ "value": 40 }))
+        );
+        assert!(<Level as Entity>::migrate_state(1, serde_json::json!("x")).is_err());
     }
 }
