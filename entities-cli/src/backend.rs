@@ -54,8 +54,23 @@ impl HttpApi {
         query: &[(&str, String)],
         body: Option<&Value>,
     ) -> Result<Value, CliError> {
+        self.request_keyed(method, path, query, body, None).await
+    }
+
+    /// [`HttpApi::request`] with an `Idempotency-Key` header when `key` is given.
+    pub(crate) async fn request_keyed(
+        &self,
+        method: Method,
+        path: &str,
+        query: &[(&str, String)],
+        body: Option<&Value>,
+        key: Option<&str>,
+    ) -> Result<Value, CliError> {
         let url = format!("{}{path}", self.base);
         let mut req = self.http.request(method, &url).query(query);
+        if let Some(key) = key {
+            req = req.header("idempotency-key", key);
+        }
         if let Some(token) = &self.token {
             req = req.bearer_auth(token);
         }
@@ -101,6 +116,18 @@ impl HttpApi {
         body: Option<&Value>,
     ) -> Result<Value, CliError> {
         self.request(Method::POST, path, query, body).await
+    }
+
+    /// A POST applied once per idempotency key, if one is given.
+    pub(crate) async fn post_keyed(
+        &self,
+        path: &str,
+        query: &[(&str, String)],
+        body: Option<&Value>,
+        key: Option<&str>,
+    ) -> Result<Value, CliError> {
+        self.request_keyed(Method::POST, path, query, body, key)
+            .await
     }
 }
 

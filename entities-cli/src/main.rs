@@ -81,6 +81,9 @@ enum Command {
         operation: String,
         /// The input, as JSON (quote strings: '"text"').
         input: Option<String>,
+        /// Apply it once per key: a retry with the same key returns what the first send did.
+        #[arg(long)]
+        key: Option<String>,
     },
     /// Call an operation and print its result.
     Call {
@@ -90,6 +93,9 @@ enum Command {
         operation: String,
         /// The input, as JSON (quote strings: '"text"').
         input: Option<String>,
+        /// Apply it once per key: a retry with the same key returns what the first send did.
+        #[arg(long)]
+        key: Option<String>,
     },
     /// Edit an entity's state in $EDITOR; it is written back in the entity's queue.
     Edit {
@@ -134,6 +140,43 @@ enum Command {
         /// The instance id (default: a new UUID).
         #[arg(long)]
         id: Option<String>,
+        /// Apply it once per key: a retry with the same key returns what the first send did.
+        #[arg(long)]
+        key: Option<String>,
+    },
+    /// List an entity's scheduled signals and recurring schedules.
+    Scheduled {
+        /// The entity, as @name@key.
+        id: String,
+    },
+    /// Cancel a scheduled signal that has not run (ids from `scheduled`).
+    CancelSignal {
+        /// The entity, as @name@key.
+        id: String,
+        /// The signal's id.
+        signal: u64,
+    },
+    /// Start a recurring schedule that signals an operation; prints its id.
+    Schedule {
+        /// The entity, as @name@key.
+        id: String,
+        /// The operation each fire signals.
+        operation: String,
+        /// The input, as JSON.
+        input: Option<String>,
+        /// Fire every this many milliseconds.
+        #[arg(long, conflicts_with = "cron", required_unless_present = "cron")]
+        every_ms: Option<u64>,
+        /// Fire on a cron expression with seconds, in UTC ("0 */5 * * * *").
+        #[arg(long)]
+        cron: Option<String>,
+    },
+    /// Stop a recurring schedule (ids from `scheduled`).
+    Unschedule {
+        /// The entity, as @name@key.
+        id: String,
+        /// The schedule's id.
+        schedule: u64,
     },
     /// Raise an event on an orchestration instance.
     Raise {
@@ -182,6 +225,11 @@ fn main() -> ExitCode {
 fn entity_id(text: &str) -> Result<EntityId, CliError> {
     text.parse::<EntityId>()
         .map_err(|e| CliError::Usage(format!("{e} (write the entity as @name@key)")))
+}
+
+/// The path of an entity's scheduled signals and schedules.
+fn scheduled_path(id: &EntityId) -> String {
+    format!("/scheduled/{}/{}", segment(id.name()), segment(id.key()))
 }
 
 fn parse_json(text: Option<&str>) -> Result<Option<Value>, CliError> {
@@ -259,12 +307,15 @@ async fn run(cli: Cli) -> Result<(), CliError> {
             id,
             operation,
             input,
+            key,
         } => {
             needs_api("signal")?;
             let id = entity_id(&id)?;
             let input = parse_json(input.as_deref())?;
             let path = format!("{}/{}/send", entity_path(&id), segment(&operation));
-            let answer = api.post(&path, &[], input.as_ref()).await?;
+            let answer = api
+                .post_keyed(&path, &[], input.as_ref(), key.as_deref())
+                .await?;
             print(json, &answer, |_| {
                 format!("signal {operation} to {id} stored")
             });
@@ -273,12 +324,15 @@ async fn run(cli: Cli) -> Result<(), CliError> {
             id,
             operation,
             input,
+            key,
         } => {
             needs_api("call")?;
             let id = entity_id(&id)?;
             let input = parse_json(input.as_deref())?;
             let path = format!("{}/{}", entity_path(&id), segment(&operation));
-            let result = api.post(&path, &[], input.as_ref()).await?;
+            let result = api
+                .post_keyed(&path, &[], input.as_ref(), key.as_deref())
+                .await?;
             // A result is JSON either way.
             print(true, &result, |_| String::new());
         }
@@ -345,15 +399,21 @@ async fn run(cli: Cli) -> Result<(), CliError> {
             }
             print(json, &status, render::instance);
         }
-        Command::Start { name, input, id } => {
+        Command::Start {
+            name,
+            input,
+            id,
+            key,
+        } => {
             needs_api("start")?;
             let input = parse_json(input.as_deref())?;
             let query: Vec<(&str, String)> = id.into_iter().map(|id| ("id", id)).collect();
             let answer = api
-                .post(
+                .post_keyed(
                     &format!("/orchestrations/{}", segment(&name)),
                     &query,
                     input.as_ref(),
+                    key.as_deref(),
                 )
                 .await?;
             print(json, &answer, |v| {
@@ -377,6 +437,54 @@ async fn run(cli: Cli) -> Result<(), CliError> {
             let reason = reason.map(Value::String);
             let answer = api.post(&path, &[], reason.as_ref()).await?;
             print(json, &answer, |_| format!("{id} terminated"));
+        }
+        Command::Scheduled { id } => {
+            needs_api("scheduled")?;
+            let id = entity_id(&id)?;
+            let answer = api.get(&scheduled_path(&id), &[]).await?;
+            print(json, &answer, render::scheduled);
+        }
+        Command::CancelSignal { id, signal } => {
+            needs_api("cancel-signal")?;
+            let id = entity_id(&id)?;
+            let path = format!("{}/signals/{signal}", scheduled_path(&id));
+            let answer = api.request(Method::DELETE, &path, &[], None).await?;
+            print(json, &answer, |_| {
+                format!("signal {signal} of {id} cancelled")
+            });
+        }
+        Command::Schedule {
+            id,
+            operation,
+            input,
+            every_ms,
+            cron,
+        } => {
+            needs_api("schedule")?;
+            let id = entity_id(&id)?;
+            let mut body = json!({ "operation": operation });
+            if let Some(input) = parse_json(input.as_deref())? {
+                body["input"] = input;
+            }
+            match (every_ms, cron) {
+                (Some(ms), _) => body["every_ms"] = json!(ms),
+                (None, Some(cron)) => body["cron"] = json!(cron),
+                (None, None) => {
+                    return Err(CliError::Usage("give --every-ms or --cron".into()));
+                }
+            }
+            let path = format!("{}/schedules", scheduled_path(&id));
+            let answer = api.post(&path, &[], Some(&body)).await?;
+            print(json, &answer, |v| v["id"].to_string());
+        }
+        Command::Unschedule { id, schedule } => {
+            needs_api("unschedule")?;
+            let id = entity_id(&id)?;
+            let path = format!("{}/schedules/{schedule}", scheduled_path(&id));
+            let answer = api.request(Method::DELETE, &path, &[], None).await?;
+            print(json, &answer, |_| {
+                format!("schedule {schedule} of {id} stopped")
+            });
         }
         Command::Purge { id } => {
             needs_api("purge")?;

@@ -104,6 +104,41 @@ pub(crate) fn locks(list: &Value) -> String {
     table(&["ENTITY", "LOCKED BY", "WAITING BEHIND"], rows)
 }
 
+/// An entity's scheduled signals and recurring schedules.
+pub(crate) fn scheduled(answer: &Value) -> String {
+    let list = |field: &str| answer[field].as_array().cloned().unwrap_or_default();
+    let mut rows: Vec<Vec<String>> = list("signals")
+        .iter()
+        .map(|s| {
+            vec![
+                "signal".into(),
+                cell(&s["id"]),
+                cell(&s["operation"]),
+                cell(&s["input"]),
+                cell(&s["due"]),
+            ]
+        })
+        .collect();
+    rows.extend(list("schedules").iter().map(|s| {
+        let when = match (&s["schedule"]["every_ms"], &s["schedule"]["cron"]) {
+            (Value::Number(ms), _) => format!("every {ms} ms, next {}", cell(&s["next_fire"])),
+            (_, Value::String(cron)) => format!("cron {cron}, next {}", cell(&s["next_fire"])),
+            _ => cell(&s["next_fire"]),
+        };
+        vec![
+            "schedule".into(),
+            cell(&s["id"]),
+            cell(&s["operation"]),
+            cell(&s["input"]),
+            when,
+        ]
+    }));
+    if rows.is_empty() {
+        return "nothing scheduled".into();
+    }
+    table(&["KIND", "ID", "OPERATION", "INPUT", "WHEN"], rows)
+}
+
 /// The operations queued behind a lock, as `deposit (client, 1.2 s), lock (t2)`.
 fn waiting(list: &Value) -> String {
     let items: Vec<String> = list

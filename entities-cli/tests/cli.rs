@@ -345,3 +345,65 @@ async fn against_a_db_file() {
         .unwrap();
     assert_eq!(x.state, Some(json!(3)));
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn schedules_and_idempotency_keys() {
+    let runtime = runtime(SqliteStore::in_memory().unwrap()).await;
+    let url = serve(&runtime, "tok").await;
+    let env = [("ENTITIES_URL", url.as_str()), ("ENTITIES_TOKEN", "tok")];
+    let run = |args: &'static [&'static str]| entities(args, &env);
+
+    // A keyed signal and call apply once.
+    for _ in 0..2 {
+        let out = run(&["signal", "@counter@k", "add", "5", "--key", "s1"]).await;
+        assert_eq!(out.code, 0, "{}", out.stderr);
+        let out = run(&["call", "@counter@k", "add", "1", "--key", "c1"]).await;
+        assert_eq!(out.code, 0, "{}", out.stderr);
+    }
+    let out = run(&["call", "@counter@k", "get"]).await;
+    assert_eq!(out.stdout.trim(), "6", "{}", out.stderr);
+
+    // Schedules: start one, list it, stop it.
+    let out = run(&[
+        "schedule",
+        "@counter@k",
+        "add",
+        "1",
+        "--every-ms",
+        "3600000",
+    ])
+    .await;
+    assert_eq!(out.code, 0, "{}", out.stderr);
+    let id = out.stdout.trim().to_string();
+    let later = std::time::SystemTime::now() + Duration::from_secs(3600);
+    let counter = EntityId::new("Counter", "k");
+    runtime
+        .client()
+        .signal_entity_at(&counter, "add", &9, later)
+        .await
+        .unwrap();
+    let out = run(&["scheduled", "@counter@k"]).await;
+    assert_eq!(out.code, 0, "{}", out.stderr);
+    assert!(out.stdout.contains("every 3600000 ms"), "{}", out.stdout);
+    assert!(out.stdout.contains("signal"), "{}", out.stdout);
+    let listed = run(&["--json", "scheduled", "@counter@k"]).await.json();
+    let signal = listed["signals"][0]["id"].to_string();
+    let args: Vec<String> = ["cancel-signal", "@counter@k", &signal]
+        .map(String::from)
+        .into();
+    let refs: Vec<&str> = args.iter().map(String::as_str).collect();
+    assert_eq!(entities(&refs, &env).await.code, 0);
+    let out = entities(&refs, &env).await;
+    assert_eq!(out.code, 3, "cancelled twice: {}", out.stderr);
+    let args: Vec<String> = ["unschedule", "@counter@k", &id].map(String::from).into();
+    let refs: Vec<&str> = args.iter().map(String::as_str).collect();
+    let out = entities(&refs, &env).await;
+    assert_eq!(out.code, 0, "{}", out.stderr);
+    assert_eq!(
+        run(&["scheduled", "@counter@k"]).await.stdout.trim(),
+        "nothing scheduled"
+    );
+    // Neither --every-ms nor --cron is a usage error.
+    assert_eq!(run(&["schedule", "@counter@k", "add"]).await.code, 2);
+    runtime.shutdown().await.unwrap();
+}
