@@ -306,12 +306,23 @@ async fn the_dashboard_in_headless_chromium() {
         "a stored key ran as a script"
     );
 
-    // An entity's page: signal from the form and see the new state; a call's error.
+    // An entity's page: its schedules, stopped from the page; signal from the form and see
+    // the new state; a call's error.
+    let (status, _) = post(
+        "/scheduled/account/alice/schedules".into(),
+        r#"{"operation": "deposit", "input": 1, "every_ms": 7200000}"#.into(),
+    )
+    .await;
+    assert_eq!(status, 201);
     browser
         .goto(&format!("{base}/ui#/entity/account/alice"))
         .await
         .unwrap();
     wait_text(&browser, "#entity-state", "100").await;
+    wait_text(&browser, "#entity-scheduled", "every 2.0 h").await;
+    click(&browser, "#entity-scheduled button").await;
+    wait_text(&browser, "#scheduled-result", "cancelled").await;
+    wait_text(&browser, "#entity-scheduled", "nothing scheduled").await;
     fill(&browser, "#op-name", "deposit").await;
     fill(&browser, "#op-input", "7").await;
     click(&browser, "#op-signal").await;

@@ -634,6 +634,34 @@
         changedHint),
       stateResult);
 
+    // Scheduled one-off signals and recurring schedules, each with a button to cancel it.
+    const scheduledBox = el('div', { id: 'entity-scheduled' }, 'loading…');
+    const scheduledResult = el('pre', { id: 'scheduled-result', class: 'result' });
+    const scheduledPath = `/scheduled/${enc(name)}/${enc(key)}`;
+    async function cancelScheduled(kind, id) {
+      showResult(scheduledResult, `cancelling ${kind} ${id}…`, 'pending');
+      try {
+        await api(`${scheduledPath}/${kind === 'signal' ? 'signals' : 'schedules'}/${enc(String(id))}`,
+          { method: 'DELETE' });
+        showResult(scheduledResult, `${kind} ${id} cancelled`);
+      } catch (err) {
+        showResult(scheduledResult, errorText(err), 'error');
+      }
+      soon(page);
+    }
+    function renderScheduled(s) {
+      const when = (x) => (x.every_ms != null ? `every ${formatMs(x.every_ms)}` : `cron ${x.cron ?? '?'}`);
+      const rows = [
+        ...(s.signals || []).map((x) => ['signal', x.operation, preview(x.input), localTime(x.due),
+          el('button', { type: 'button', class: 'secondary', onclick: () => cancelScheduled('signal', x.id) }, 'Cancel')]),
+        ...(s.schedules || []).map((x) => ['schedule', x.operation, preview(x.input),
+          `${when(x.schedule || {})}, next ${localTime(x.next_fire)}`,
+          el('button', { type: 'button', class: 'secondary', onclick: () => cancelScheduled('schedule', x.id) }, 'Stop')]),
+      ];
+      if (!rows.length) return el('p', { class: 'muted' }, 'nothing scheduled');
+      return table(['Kind', 'Operation', 'Input', 'When', ''], rows);
+    }
+
     page.root = el('div', { id: 'page-entity' },
       el('div', { class: 'crumbs' }, link('#/entities', 'Entities'), ' › ',
         link(`#/entities${query({ name })}`, name), ' › '),
@@ -646,7 +674,7 @@
           el('dt', {}, 'Last modified'), el('dd', {}, modified),
           el('dt', {}, 'Locked by'), el('dd', {}, lock),
           el('dt', {}, 'Messages waiting'), el('dd', {}, pending)),
-        el('p', { class: 'muted' }, 'Pending scheduled signals: not yet offered by the API'))),
+        card('Scheduled', scheduledBox, scheduledResult))),
       el('div', { class: 'grid grid-2' },
         card('Run an operation', opForm),
         card('Edit the state', stateForm)));
@@ -679,6 +707,12 @@
         latest = '';
       }
       fillEditor(false);
+      try {
+        const scheduled = await api(scheduledPath);
+        replaceIfChanged(scheduledBox, scheduled, () => renderScheduled(scheduled));
+      } catch (err) {
+        if (!(err instanceof NetworkError)) scheduledBox.textContent = errorText(err);
+      }
     };
     return page;
   }
