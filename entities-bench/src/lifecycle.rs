@@ -25,14 +25,20 @@ pub(crate) async fn ttl_hot_path(sync: Synchronous, senders: usize) {
     let rounds = rounds();
     let (mut hot, mut hot_ttl, mut spread, mut spread_ttl) = (vec![], vec![], vec![], vec![]);
     for round in 1..=rounds {
-        let a = signals_with_cpu(sync, 300_000, 1, senders, None).await.0;
-        let b = signals_with_cpu(sync, 300_000, 1, senders, Some(LONG_TTL))
-            .await
-            .0;
-        let c = signals_with_cpu(sync, 300_000, 1000, senders, None).await.0;
-        let d = signals_with_cpu(sync, 300_000, 1000, senders, Some(LONG_TTL))
-            .await
-            .0;
+        // Which of the pair runs first alternates, so that an order effect cancels out.
+        let pair = |keys: usize| async move {
+            let run =
+                |ttl| async move { signals_with_cpu(sync, 300_000, keys, senders, ttl).await.0 };
+            if round % 2 == 1 {
+                let without = run(None).await;
+                (without, run(Some(LONG_TTL)).await)
+            } else {
+                let with = run(Some(LONG_TTL)).await;
+                (run(None).await, with)
+            }
+        };
+        let (a, b) = pair(1).await;
+        let (c, d) = pair(1000).await;
         println!(
             "  round {round}: hot {a:>8.0} / with TTL {b:>8.0}; spread {c:>8.0} / with TTL {d:>8.0} signals/s"
         );
