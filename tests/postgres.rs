@@ -97,3 +97,87 @@ async fn two_runtimes_share_partitions_and_calls_cross() {
     a.shutdown().await.unwrap();
     b.shutdown().await.unwrap();
 }
+
+/// Schedules, scheduled signals, expiry and idempotent sends on PostgreSQL, with one runtime
+/// (so that it runs every partition) and across a restart.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn lifecycle_on_postgres() {
+    let Some(server) = TestServer::start_or_skip("lifecycle_on_postgres") else {
+        return;
+    };
+    let url = server.create_database().await.unwrap();
+    let start = || async {
+        let store = PostgresStore::connect_with(&url, options()).await.unwrap();
+        Runtime::builder()
+            .store(store)
+            .entity_fn("Counter", counter)
+            .entity_fn("Idle", counter)
+            .entity_ttl("Idle", Duration::from_millis(300))
+            .start()
+            .await
+            .unwrap()
+    };
+    let rt = start().await;
+    let client = rt.client();
+    let ticking = EntityId::new("Counter", "ticking");
+    let schedule = client
+        .schedule(
+            &ticking,
+            "add",
+            &1,
+            entities::Schedule::every(Duration::from_millis(50)),
+        )
+        .await
+        .unwrap();
+    let later = std::time::SystemTime::now() + Duration::from_secs(3600);
+    let waiting = EntityId::new("Counter", "waiting");
+    client
+        .signal_entity_at(&waiting, "add", &1, later)
+        .await
+        .unwrap();
+    let pending = client.pending_signals(&waiting).await.unwrap();
+    assert_eq!(pending.len(), 1);
+    assert!(client.cancel_signal(&waiting, pending[0].id).await.unwrap());
+    assert!(client.pending_signals(&waiting).await.unwrap().is_empty());
+
+    let keyed = EntityId::new("Counter", "keyed");
+    for _ in 0..3 {
+        client
+            .idempotent("pg-key")
+            .signal_entity(&keyed, "add", &5)
+            .await
+            .unwrap();
+    }
+    let idle = EntityId::new("Idle", "i");
+    client.signal_entity(&idle, "add", &1).await.unwrap();
+    tokio::time::sleep(Duration::from_millis(400)).await;
+    rt.shutdown().await.unwrap();
+
+    let rt = start().await;
+    let client = rt.client();
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
+    while state_of(&client, &idle).await.is_some() {
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "the idle entity did not expire"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    let before = state_of(&client, &ticking).await.unwrap().as_i64().unwrap();
+    while state_of(&client, &ticking).await.unwrap().as_i64().unwrap() < before + 3 {
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "the schedule stopped firing"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    assert!(client.cancel_schedule(&ticking, schedule).await.unwrap());
+    client
+        .idempotent("pg-key")
+        .signal_entity(&keyed, "add", &5)
+        .await
+        .unwrap();
+    let value: i64 = client.call_entity(&keyed, "get", &()).await.unwrap();
+    assert_eq!(value, 5, "one key, applied once");
+    rt.shutdown().await.unwrap();
+}

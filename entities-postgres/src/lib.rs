@@ -462,6 +462,22 @@ impl Store for PostgresStore {
         self.inner.read_entity(id).await
     }
 
+    async fn scheduled_for(
+        &self,
+        target: &entities_core::message::Target,
+    ) -> Result<Vec<Message>, StoreError> {
+        self.inner.scheduled_for(target).await
+    }
+
+    async fn idle_entities(
+        &self,
+        name: &str,
+        before: u64,
+        limit: usize,
+    ) -> Result<Vec<EntityId>, StoreError> {
+        self.inner.idle_entities(name, before, limit).await
+    }
+
     async fn idempotency_key(
         &self,
         key: &str,

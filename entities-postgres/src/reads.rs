@@ -5,7 +5,7 @@
 use std::collections::HashMap;
 
 use deadpool_postgres::Transaction;
-use entities_core::message::{now_millis, Message, MessageId};
+use entities_core::message::{now_millis, Message, MessageId, Target};
 use entities_core::store::{
     EntityQuery, EntityRecord, EntityRecordPage, InstanceQuery, InstanceRecord, InstanceRecordPage,
     LockRecord, Recovery, SetAsideMessage, StoreStats,
@@ -204,6 +204,57 @@ impl Inner {
             tx.commit().await.map_err(read_failed)?;
         }
         Ok(rows.messages)
+    }
+
+    /// The scheduled messages of one target, by time then id (through the index by target).
+    pub(crate) async fn scheduled_for(&self, target: &Target) -> Result<Vec<Message>, StoreError> {
+        let conn = self.connection().await?;
+        let found = conn
+            .query(
+                "SELECT id, target, deliver_at, body FROM entities_messages \
+                 WHERE target = $1 AND deliver_at IS NOT NULL ORDER BY deliver_at, id",
+                &[&target.to_string().into_bytes()],
+            )
+            .await
+            .map_err(read_failed)?;
+        let mut rows = MessageRows::default();
+        rows.extend(&found);
+        Ok(rows.messages)
+    }
+
+    /// Up to `limit` entities named `name` with a state, no lock and no stored message, last
+    /// written before `before`.
+    pub(crate) async fn idle_entities(
+        &self,
+        name: &str,
+        before: u64,
+        limit: usize,
+    ) -> Result<Vec<EntityId>, StoreError> {
+        let conn = self.connection().await?;
+        let found = conn
+            .query(
+                "SELECT key FROM entities_entities e WHERE name = $1 AND last_modified < $2 \
+                 AND state IS NOT NULL AND lock_owner IS NULL AND NOT EXISTS \
+                 (SELECT 1 FROM entities_messages m \
+                  WHERE m.target = convert_to('@' || e.name || '@', 'UTF8') || e.key) \
+                 LIMIT $3",
+                &[&name, &int(before), &(limit.min(i64::MAX as usize) as i64)],
+            )
+            .await
+            .map_err(read_failed)?;
+        found
+            .iter()
+            .map(|row| {
+                let key = rows::text(row.get::<_, &[u8]>(0));
+                EntityId::try_new(name, key.clone()).map_err(|err| {
+                    StoreError::corrupt(
+                        format!("the stored entity id `@{name}@{key}` is not valid"),
+                        format!("@{name}@{key}"),
+                        err,
+                    )
+                })
+            })
+            .collect()
     }
 
     pub(crate) async fn set_aside_messages(&self) -> Result<Vec<SetAsideMessage>, StoreError> {
