@@ -295,6 +295,7 @@ impl Source {
                         status: f.status.as_deref().map(parse_status).transpose()?,
                         created_from: None,
                         created_to: None,
+                        ended_before: None,
                         page_size: f.page_size.max(1),
                         continuation: f.continuation.clone(),
                     })

@@ -88,7 +88,11 @@ pub struct OrchestrationQuery {
     pub created_from: Option<SystemTime>,
     /// Only instances created before this time.
     pub created_to: Option<SystemTime>,
-    /// Instances per page (at least 1).
+    /// Only instances that have ended (completed, failed or terminated), last updated
+    /// before this time; running instances never match.
+    pub ended_before: Option<SystemTime>,
+    /// Instances per page (at least 1). For [`Client::purge_orchestrations`], how many
+    /// instances one store transaction deletes.
     pub page_size: usize,
     /// The `continuation` of the previous page.
     pub continuation: Option<String>,
@@ -101,6 +105,7 @@ impl Default for OrchestrationQuery {
             status: None,
             created_from: None,
             created_to: None,
+            ended_before: None,
             page_size: 100,
             continuation: None,
         }
@@ -126,6 +131,19 @@ pub struct EntityLock {
     /// The operations and lock requests queued behind the lock in this process, oldest first (at most the first 100).
     /// With several processes, only the process that owns the entity's partition sees them.
     pub waiting: Vec<WaitingOperation>,
+}
+
+/// The store's form of a client's instance query.
+fn instance_query(query: OrchestrationQuery) -> InstanceQuery {
+    InstanceQuery {
+        name: query.name,
+        status: query.status,
+        created_from: query.created_from.map(to_millis),
+        created_to: query.created_to.map(to_millis_ceil),
+        ended_before: query.ended_before.map(to_millis_ceil),
+        page_size: query.page_size.max(1),
+        continuation: query.continuation,
+    }
 }
 
 /// The client of a runtime: cheap to clone, usable from any task.
@@ -285,14 +303,7 @@ impl Client {
         &self,
         query: OrchestrationQuery,
     ) -> Result<OrchestrationPage> {
-        let query = InstanceQuery {
-            name: query.name,
-            status: query.status,
-            created_from: query.created_from.map(to_millis),
-            created_to: query.created_to.map(to_millis_ceil),
-            page_size: query.page_size.max(1),
-            continuation: query.continuation,
-        };
+        let query = instance_query(query);
         let page = self.shared.store.query_instances(&query).await?;
         Ok(OrchestrationPage {
             instances: page
@@ -302,6 +313,29 @@ impl Client {
                 .collect(),
             continuation: page.continuation,
         })
+    }
+
+    /// Purges every ended instance (completed, failed or terminated) that `query` selects by
+    /// name, status, creation time and end time ([`OrchestrationQuery::ended_before`]), with
+    /// its history, and returns how many it purged. Running instances are never purged,
+    /// whatever the query says. It deletes `page_size` instances per store transaction, so
+    /// that it neither holds everything in memory nor holds back the runtime's commits;
+    /// `continuation` is ignored. Purged instances are gone from every read, and their ids
+    /// can be used again.
+    pub async fn purge_orchestrations(&self, query: OrchestrationQuery) -> Result<u64> {
+        let query = InstanceQuery {
+            continuation: None,
+            ..instance_query(query)
+        };
+        let limit = query.page_size as u64;
+        let mut purged = 0;
+        loop {
+            let n = self.shared.store.purge_instances(&query).await?;
+            purged += n;
+            if n < limit {
+                return Ok(purged);
+            }
+        }
     }
 
     /// The history of an orchestration instance: its recorded events as JSON, in order;
@@ -524,6 +558,7 @@ impl Client {
                 first_event: 0,
                 events: Vec::new(),
                 create: true,
+                restart: false,
             }],
             keys,
             ..Batch::default()

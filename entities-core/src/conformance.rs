@@ -80,6 +80,8 @@ macro_rules! store_conformance_tests {
             idempotency_keys_are_claimed_answered_and_forgotten,
             idle_entities_and_scheduled_for_find_their_rows,
             state_versions_are_kept,
+            purge_instances_deletes_the_ended_instances_a_query_selects,
+            a_restart_replaces_the_history_and_the_input,
         }
     };
 }
@@ -209,6 +211,7 @@ fn instance_write(
         first_event,
         events,
         create,
+        restart: false,
     }
 }
 
@@ -1711,4 +1714,157 @@ pub async fn idle_entities_and_scheduled_for_find_their_rows(store: &dyn Store) 
         .await
         .expect("scheduled_for")
         .is_empty());
+}
+
+/// `purge_instances` deletes up to `page_size` of the ended instances a query selects (by
+/// name, status, creation and end time), oldest first, with their histories, and never a
+/// running one; `query_instances` filters by end time the same way.
+pub async fn purge_instances_deletes_the_ended_instances_a_query_selects(store: &dyn Store) {
+    let specs = [
+        ("r1", "alpha", RuntimeStatus::Running, 100),
+        ("c1", "alpha", RuntimeStatus::Completed, 200),
+        ("f1", "alpha", RuntimeStatus::Failed, 300),
+        ("t1", "beta", RuntimeStatus::Terminated, 400),
+        ("c2", "alpha", RuntimeStatus::Completed, 500),
+        ("r2", "beta", RuntimeStatus::Running, 600),
+    ];
+    for (id, name, status, time) in specs {
+        let mut record = instance(id, status);
+        record.name = name.into();
+        record.created = time;
+        record.updated = time;
+        commit(
+            store,
+            Batch {
+                instances: vec![instance_write(record, 0, vec![json!(id)], true)],
+                ..Batch::default()
+            },
+        )
+        .await;
+    }
+    let ids = |page: crate::store::InstanceRecordPage| {
+        page.instances.into_iter().map(|r| r.id).collect::<Vec<_>>()
+    };
+    let ended_before = InstanceQuery {
+        ended_before: Some(450),
+        page_size: 100,
+        ..InstanceQuery::default()
+    };
+    assert_eq!(
+        ids(store.query_instances(&ended_before).await.expect("query")),
+        ["c1", "f1", "t1"]
+    );
+    // Running instances are never purged, even when asked for by status.
+    let running = InstanceQuery {
+        status: Some(RuntimeStatus::Running),
+        page_size: 100,
+        ..InstanceQuery::default()
+    };
+    assert_eq!(store.purge_instances(&running).await.expect("purge"), 0);
+    // By name and end time, one at a time, oldest first.
+    let alpha_early = InstanceQuery {
+        name: Some("alpha".into()),
+        ended_before: Some(450),
+        page_size: 1,
+        ..InstanceQuery::default()
+    };
+    assert_eq!(store.purge_instances(&alpha_early).await.expect("purge"), 1);
+    assert_eq!(store.read_instance("c1").await.expect("read"), None);
+    assert!(store.read_history("c1").await.expect("history").is_empty());
+    assert!(store.read_instance("f1").await.expect("read").is_some());
+    assert_eq!(store.purge_instances(&alpha_early).await.expect("purge"), 1);
+    assert_eq!(store.read_instance("f1").await.expect("read"), None);
+    assert_eq!(store.purge_instances(&alpha_early).await.expect("purge"), 0);
+    // By status.
+    let terminated = InstanceQuery {
+        status: Some(RuntimeStatus::Terminated),
+        page_size: 10,
+        ..InstanceQuery::default()
+    };
+    assert_eq!(store.purge_instances(&terminated).await.expect("purge"), 1);
+    // Everything ended.
+    let everything = InstanceQuery {
+        page_size: 10,
+        ..InstanceQuery::default()
+    };
+    assert_eq!(store.purge_instances(&everything).await.expect("purge"), 1);
+    assert_eq!(
+        ids(store.query_instances(&everything).await.expect("query")),
+        ["r1", "r2"]
+    );
+    assert_eq!(
+        store.read_history("r1").await.expect("history"),
+        [json!("r1")]
+    );
+}
+
+/// A write with `restart` replaces the stored history with its events and the stored input
+/// with its record's; later writes append to the new history.
+pub async fn a_restart_replaces_the_history_and_the_input(store: &dyn Store) {
+    commit(store, create("o", vec![json!(0), json!(1), json!(2)])).await;
+    commit(store, create("p", vec![json!("p0")])).await;
+    let mut record = instance("o", RuntimeStatus::Running);
+    record.input = json!("second run");
+    record.updated = 20;
+    let mut restart = instance_write(record.clone(), 0, vec![json!("a")], false);
+    restart.restart = true;
+    commit(
+        store,
+        Batch {
+            instances: vec![restart],
+            ..Batch::default()
+        },
+    )
+    .await;
+    assert_eq!(
+        store.read_history("o").await.expect("history"),
+        [json!("a")]
+    );
+    let stored = store
+        .read_instance("o")
+        .await
+        .expect("read")
+        .expect("exists");
+    assert_eq!(stored.input, json!("second run"));
+    assert_eq!(stored.updated, 20);
+    assert_eq!(stored.created, 10);
+    // A turn, then a restart, then a turn of the new run, queued together (a store may merge
+    // them into one transaction).
+    let mut again = instance_write(record.clone(), 0, vec![json!("x")], false);
+    again.restart = true;
+    again.record.input = json!("third run");
+    let writes = [
+        instance_write(record.clone(), 1, vec![json!("b")], false),
+        again,
+        instance_write(record, 1, vec![json!("y")], false),
+    ];
+    let pending: Vec<_> = writes
+        .into_iter()
+        .map(|write| {
+            store.commit(Batch {
+                instances: vec![write],
+                ..Batch::default()
+            })
+        })
+        .collect();
+    for commit in pending {
+        commit.await.expect("commit");
+    }
+    assert_eq!(
+        store.read_history("o").await.expect("history"),
+        [json!("x"), json!("y")]
+    );
+    assert_eq!(
+        store
+            .read_instance("o")
+            .await
+            .expect("read")
+            .expect("exists")
+            .input,
+        json!("third run")
+    );
+    assert_eq!(
+        store.read_history("p").await.expect("history"),
+        [json!("p0")]
+    );
 }

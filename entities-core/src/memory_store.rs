@@ -239,7 +239,7 @@ impl Data {
                 _ => None,
             };
             for seq in (write.first_event..).take(write.events.len()) {
-                let exists = history.is_some_and(|h| h.contains_key(&seq));
+                let exists = !write.restart && history.is_some_and(|h| h.contains_key(&seq));
                 if exists || !appended.insert((id, seq)) {
                     return Err(StoreError::new(format!(
                         "event {seq} of the history of orchestration instance `{id}` is \
@@ -291,7 +291,8 @@ impl Data {
     }
 
     /// Writes an instance: a new one whole; of an existing one, only its status, output and
-    /// update time (its name, input and creation time stay). Appends its events.
+    /// update time (its name, input and creation time stay), and its input too on a restart.
+    /// Appends its events, after deleting the stored ones on a restart.
     fn write_instance(&mut self, write: &InstanceWrite) {
         let record = &write.record;
         let row = self
@@ -301,6 +302,10 @@ impl Data {
                 row.record.status = record.status;
                 row.record.output = record.output.clone();
                 row.record.updated = record.updated;
+                if write.restart {
+                    row.record.input = record.input.clone();
+                    row.history.clear();
+                }
             })
             .or_insert_with(|| InstanceRow {
                 record: record.clone(),
@@ -498,6 +503,25 @@ impl Store for MemoryStore {
             .write(|data| data.instances.remove(id).is_some())
     }
 
+    async fn purge_instances(&self, query: &InstanceQuery) -> Result<u64, StoreError> {
+        let limit = query.page_size.max(1);
+        self.handle.write(|data| {
+            let mut doomed: Vec<(u64, String)> = data
+                .instances
+                .values()
+                .map(|row| &row.record)
+                .filter(|r| r.status.is_terminal() && query.selects(r))
+                .map(|r| (r.created, r.id.clone()))
+                .collect();
+            doomed.sort();
+            doomed.truncate(limit);
+            for (_, id) in &doomed {
+                data.instances.remove(id);
+            }
+            doomed.len() as u64
+        })
+    }
+
     /// Instances in creation order, ties broken by id; the continuation is the
     /// `[created, id]` of the page's last instance.
     async fn query_instances(
@@ -520,10 +544,7 @@ impl Store for MemoryStore {
                 after
                     .as_ref()
                     .is_none_or(|(created, id)| (r.created, &r.id) > (*created, id))
-                    && query.name.as_ref().is_none_or(|name| &r.name == name)
-                    && query.status.is_none_or(|status| r.status == status)
-                    && query.created_from.is_none_or(|from| r.created >= from)
-                    && query.created_to.is_none_or(|to| r.created < to)
+                    && query.selects(r)
             })
             .cloned()
             .collect();

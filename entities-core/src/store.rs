@@ -84,6 +84,11 @@ pub struct InstanceWrite {
     /// The instance must not exist yet: if it does, the commit fails with a conflict
     /// ([`StoreError::is_conflict`]) and none of the batch is applied.
     pub create: bool,
+    /// The instance starts again (continue-as-new): its stored history is deleted and
+    /// `events` (from `first_event` 0) become the whole history, and its stored input is
+    /// replaced by the record's. Without it, a write of an existing instance keeps its input
+    /// and appends to its history.
+    pub restart: bool,
 }
 
 /// Everything one commit changes, applied atomically.
@@ -203,10 +208,27 @@ pub struct InstanceQuery {
     pub created_from: Option<u64>,
     /// Only instances created strictly before this time.
     pub created_to: Option<u64>,
+    /// Only instances that have ended (completed, failed or terminated) with their last
+    /// update strictly before this time; running instances never match.
+    pub ended_before: Option<u64>,
     /// Instances per page (at least 1).
     pub page_size: usize,
     /// The `continuation` of the previous page.
     pub continuation: Option<String>,
+}
+
+impl InstanceQuery {
+    /// Whether `record` passes the query's filters (name, status, creation and end times;
+    /// not the paging).
+    pub fn selects(&self, record: &InstanceRecord) -> bool {
+        self.name.as_ref().is_none_or(|name| &record.name == name)
+            && self.status.is_none_or(|status| record.status == status)
+            && self.created_from.is_none_or(|from| record.created >= from)
+            && self.created_to.is_none_or(|to| record.created < to)
+            && self
+                .ended_before
+                .is_none_or(|before| record.status.is_terminal() && record.updated < before)
+    }
 }
 
 /// A page of an instance query, in creation order.
@@ -502,6 +524,41 @@ pub trait Store: Send + Sync + 'static {
 
     /// Deletes an instance and its history; returns whether it existed.
     async fn purge_instance(&self, id: &str) -> Result<bool, StoreError>;
+
+    /// Deletes, with their histories, up to `query.page_size` (at least 1) of the ended
+    /// instances (completed, failed or terminated) that `query` selects, the oldest first, and
+    /// returns how many it deleted: fewer than `page_size` only once no ended instance the
+    /// query selects is left. A running instance is never deleted, whatever the query's
+    /// status; `query.continuation` is ignored. The default pages through
+    /// [`Store::query_instances`] and calls [`Store::purge_instance`] for each; a store that
+    /// can delete by query in one transaction overrides it.
+    async fn purge_instances(&self, query: &InstanceQuery) -> Result<u64, StoreError> {
+        let limit = query.page_size.max(1) as u64;
+        if query.status == Some(RuntimeStatus::Running) {
+            return Ok(0);
+        }
+        let mut page_query = InstanceQuery {
+            continuation: None,
+            page_size: 1000,
+            ..query.clone()
+        };
+        let mut purged = 0;
+        loop {
+            let page = self.query_instances(&page_query).await?;
+            for record in page.instances {
+                if purged == limit {
+                    return Ok(purged);
+                }
+                if record.status.is_terminal() && self.purge_instance(&record.id).await? {
+                    purged += 1;
+                }
+            }
+            match page.continuation {
+                Some(next) => page_query.continuation = Some(next),
+                None => return Ok(purged),
+            }
+        }
+    }
 
     /// Lists instances that have not ended (for recovery). An input or output that cannot be
     /// decoded fails the list with kind

@@ -649,6 +649,7 @@ async fn list_orchestrations(
                 .transpose()?,
             page_size: q.page_size.unwrap_or(100).clamp(1, MAX_PAGE_SIZE),
             continuation: nonempty(q.continuation),
+            ..OrchestrationQuery::default()
         })
         .await
         .map_err(continuation_error)?;

@@ -505,6 +505,10 @@ impl Store for PostgresStore {
         self.inner.purge_instance(id).await
     }
 
+    async fn purge_instances(&self, query: &InstanceQuery) -> Result<u64, StoreError> {
+        self.inner.purge_instances(query).await
+    }
+
     async fn running_instances(&self) -> Result<Vec<InstanceRecord>, StoreError> {
         self.inner.running_instances().await
     }

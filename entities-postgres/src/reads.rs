@@ -481,6 +481,38 @@ impl Inner {
         Ok(deleted > 0)
     }
 
+    /// Deletes up to `query.page_size` ended instances that `query` selects, oldest first,
+    /// with their histories, in one statement; returns how many.
+    pub(crate) async fn purge_instances(&self, query: &InstanceQuery) -> Result<u64, StoreError> {
+        self.refuse_if_closed()?;
+        let conn = self.connection().await?;
+        let purged = conn
+            .query(
+                "WITH doomed AS ( \
+                   SELECT id FROM entities_instances WHERE status <> 'Running' \
+                     AND ($1::text IS NULL OR name = $1) \
+                     AND ($2::text IS NULL OR status = $2) \
+                     AND ($3::bigint IS NULL OR created >= $3) \
+                     AND ($4::bigint IS NULL OR created < $4) \
+                     AND ($5::bigint IS NULL OR updated < $5) \
+                   ORDER BY created, id LIMIT $6 FOR UPDATE), \
+                 history AS ( \
+                   DELETE FROM entities_history WHERE instance IN (SELECT id FROM doomed)) \
+                 DELETE FROM entities_instances WHERE id IN (SELECT id FROM doomed) RETURNING id",
+                &[
+                    &query.name,
+                    &query.status.map(rows::status_text),
+                    &query.created_from.map(int),
+                    &query.created_to.map(int),
+                    &query.ended_before.map(int),
+                    &(query.page_size.max(1) as i64),
+                ],
+            )
+            .await
+            .map_err(|e| pg_error("cannot purge instances", e))?;
+        Ok(purged.len() as u64)
+    }
+
     /// A page of instances in creation order, ties broken by id; the continuation is the
     /// `[created, id]` of the page's last instance.
     pub(crate) async fn query_instances(
@@ -505,6 +537,7 @@ impl Inner {
                        AND ($5::text IS NULL OR status = $5) \
                        AND ($6::bigint IS NULL OR created >= $6) \
                        AND ($7::bigint IS NULL OR created < $7) \
+                       AND ($9::bigint IS NULL OR (status <> 'Running' AND updated < $9)) \
                      ORDER BY created, id LIMIT $8"
                 ),
                 &[
@@ -516,6 +549,7 @@ impl Inner {
                     &query.created_from.map(int),
                     &query.created_to.map(int),
                     &(page_size as i64 + 1),
+                    &query.ended_before.map(int),
                 ],
             )
             .await

@@ -167,6 +167,9 @@ const WRITE_INSTANCES: &str =
 const APPEND_HISTORY: &str = "INSERT INTO entities_history (instance, seq, event) \
      SELECT * FROM unnest($1::bytea[], $2::bigint[], $3::text[]) \
      ON CONFLICT (instance, seq) DO UPDATE SET event = excluded.event";
+const RESTART_INSTANCES: &str = "UPDATE entities_instances i SET input = r.input \
+     FROM unnest($1::bytea[], $2::text[]) r(id, input) WHERE i.id = r.id";
+const DELETE_HISTORIES: &str = "DELETE FROM entities_history WHERE instance = ANY($1)";
 const WRITE_REPLIES: &str = "INSERT INTO entities_replies (waiter, node, reply) \
      SELECT * FROM unnest($1::bigint[], $2::bigint[], $3::text[]) ON CONFLICT DO NOTHING";
 const MARK_FRESH: &str = "UPDATE entities_messages SET fresh = true WHERE id = ANY($1)";
@@ -224,6 +227,20 @@ struct HistoryColumns<'a> {
 
 impl<'a> HistoryColumns<'a> {
     fn push(&mut self, write: &'a InstanceWrite) {
+        if write.restart {
+            // The events written before the restart are deleted with the stored history.
+            let id = write.record.id.as_bytes();
+            let mut i = 0;
+            while i < self.instances.len() {
+                if self.instances[i] == id {
+                    self.instances.swap_remove(i);
+                    self.seqs.swap_remove(i);
+                    self.events.swap_remove(i);
+                } else {
+                    i += 1;
+                }
+            }
+        }
         for (i, event) in write.events.iter().enumerate() {
             self.instances.push(write.record.id.as_bytes());
             self.seqs.push(int(write.first_event + i as u64));
@@ -329,14 +346,20 @@ async fn commit(inner: &Inner, batches: &[Batch]) -> Result<bool, StoreError> {
         }
         replies.extend(&batch.replies);
     }
+    // Restarts (continue-as-new): their stored histories go, their inputs change.
+    let mut restarts: HashMap<&[u8], String> = HashMap::new();
     for write in batches
         .iter()
         .flat_map(|b| &b.instances)
         .filter(|i| !i.create)
     {
+        if write.restart {
+            restarts.insert(write.record.id.as_bytes(), write.record.input.to_string());
+        }
         history.push(write);
     }
     let history = history.dedup();
+    let (restarted, restart_inputs): (Vec<&[u8]>, Vec<String>) = restarts.into_iter().unzip();
 
     // The fence: the partitions this process believes it holds, checked in the transaction.
     let held = inner.held_now();
@@ -412,6 +435,15 @@ async fn commit(inner: &Inner, batches: &[Batch]) -> Result<bool, StoreError> {
     let write_instances = tx.prepare_cached(WRITE_INSTANCES).await.map_err(failed)?;
     let append_history = tx.prepare_cached(APPEND_HISTORY).await.map_err(failed)?;
     let write_replies = tx.prepare_cached(WRITE_REPLIES).await.map_err(failed)?;
+    let restarting = !restarted.is_empty();
+    let (restart_instances, delete_histories) = if restarting {
+        (
+            Some(tx.prepare_cached(RESTART_INSTANCES).await.map_err(failed)?),
+            Some(tx.prepare_cached(DELETE_HISTORIES).await.map_err(failed)?),
+        )
+    } else {
+        (None, None)
+    };
 
     // The parameters outlive the queries that borrow them.
     let node = inner.node;
@@ -434,6 +466,8 @@ async fn commit(inner: &Inner, batches: &[Batch]) -> Result<bool, StoreError> {
     let history_params: [&(dyn ToSql + Sync); 3] =
         [&history.instances, &history.seqs, &history.events];
     let reply_params: [&(dyn ToSql + Sync); 3] = [&waiters, &nodes, &texts];
+    let restart_params: [&(dyn ToSql + Sync); 2] = [&restarted, &restart_inputs];
+    let delete_history_params: [&(dyn ToSql + Sync); 1] = [&restarted];
 
     let fenced_query = !held_parts.is_empty();
     let creating = !created_ids.is_empty();
@@ -457,6 +491,10 @@ async fn commit(inner: &Inner, batches: &[Batch]) -> Result<bool, StoreError> {
     }
     if !updated_ids.is_empty() {
         queries.push(Box::pin(tx.query(&write_instances, &update_params)));
+    }
+    if let (Some(restart), Some(delete)) = (&restart_instances, &delete_histories) {
+        queries.push(Box::pin(tx.query(restart, &restart_params)));
+        queries.push(Box::pin(tx.query(delete, &delete_history_params)));
     }
     if !history.seqs.is_empty() {
         queries.push(Box::pin(tx.query(&append_history, &history_params)));

@@ -556,6 +556,12 @@ impl Store for SqliteStore {
         self.queue(|tx| WriteRequest::PurgeInstance(id, tx)).await
     }
 
+    async fn purge_instances(&self, query: &InstanceQuery) -> Result<u64, StoreError> {
+        let query = query.clone();
+        self.queue(|tx| WriteRequest::PurgeInstances(query, tx))
+            .await
+    }
+
     async fn running_instances(&self) -> Result<Vec<InstanceRecord>, StoreError> {
         self.read(sql::running_instances).await
     }
@@ -623,6 +629,7 @@ mod tests {
                 first_event: 0,
                 events: vec![],
                 create: true,
+                restart: false,
             }],
             ..Batch::default()
         }

@@ -245,6 +245,7 @@ fn create_instance(id: &str, events: Vec<serde_json::Value>) -> Batch {
             first_event: 0,
             events,
             create: true,
+            restart: false,
         }],
         ..Batch::default()
     }

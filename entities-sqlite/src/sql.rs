@@ -547,6 +547,7 @@ pub(crate) fn query_instances(
         "SELECT {INSTANCE_COLUMNS}, num FROM instances \
          WHERE num > ?1 AND (?2 IS NULL OR name = ?2) AND (?3 IS NULL OR status = ?3) \
            AND (?4 IS NULL OR created >= ?4) AND (?5 IS NULL OR created < ?5) \
+           AND (?7 IS NULL OR (status <> 'Running' AND updated < ?7)) \
          ORDER BY num LIMIT ?6"
     ))?;
     let rows = stmt
@@ -557,7 +558,8 @@ pub(crate) fn query_instances(
                 query.status.map(status_text),
                 query.created_from.map(sql_int),
                 query.created_to.map(sql_int),
-                page_size as i64 + 1
+                page_size as i64 + 1,
+                query.ended_before.map(sql_int)
             ],
             |row| Ok((instance_from_row(row)?, row.get::<_, i64>(7)?)),
         )?
@@ -577,6 +579,39 @@ pub(crate) fn query_instances(
             None
         },
     })
+}
+
+/// Deletes up to `query.page_size` ended instances that `query` selects, oldest first, with
+/// their histories (see `Store::purge_instances`); returns how many. Runs in the writer's
+/// transaction.
+pub(crate) fn purge_instances(conn: &Connection, query: &InstanceQuery) -> rusqlite::Result<u64> {
+    let nums = conn
+        .prepare_cached(
+            "SELECT num FROM instances WHERE status <> 'Running' \
+               AND (?1 IS NULL OR name = ?1) AND (?2 IS NULL OR status = ?2) \
+               AND (?3 IS NULL OR created >= ?3) AND (?4 IS NULL OR created < ?4) \
+               AND (?5 IS NULL OR updated < ?5) \
+             ORDER BY num LIMIT ?6",
+        )?
+        .query_map(
+            params![
+                query.name,
+                query.status.map(status_text),
+                query.created_from.map(sql_int),
+                query.created_to.map(sql_int),
+                query.ended_before.map(sql_int),
+                query.page_size.max(1) as i64
+            ],
+            |row| row.get::<_, i64>(0),
+        )?
+        .collect::<rusqlite::Result<Vec<_>>>()?;
+    let mut history = conn.prepare_cached("DELETE FROM history WHERE instance = ?1")?;
+    let mut instance = conn.prepare_cached("DELETE FROM instances WHERE num = ?1")?;
+    for num in &nums {
+        history.execute([num])?;
+        instance.execute([num])?;
+    }
+    Ok(nums.len() as u64)
 }
 
 /// The counts of the metrics.

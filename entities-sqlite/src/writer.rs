@@ -16,7 +16,7 @@ use std::sync::mpsc::Receiver;
 use std::sync::{Arc, Mutex};
 
 use entities_core::message::{now_millis, Message, MessageId};
-use entities_core::store::{Batch, EntityRecord, InstanceWrite};
+use entities_core::store::{Batch, EntityRecord, InstanceQuery, InstanceWrite};
 use entities_core::{EntityId, StoreError, StoreErrorKind};
 use rusqlite::{params, CachedStatement, Connection, TransactionBehavior};
 use tokio::sync::oneshot;
@@ -38,6 +38,8 @@ pub(crate) enum WriteRequest {
     Commit(Batch, oneshot::Sender<Result<Batch, StoreError>>),
     DeleteEmptyEntities(oneshot::Sender<Result<u64, StoreError>>),
     PurgeInstance(String, oneshot::Sender<Result<bool, StoreError>>),
+    /// Deletes ended instances by query (see `Store::purge_instances`); answers how many.
+    PurgeInstances(InstanceQuery, oneshot::Sender<Result<u64, StoreError>>),
     /// Accept writes again after a failure (see `Store::resume`). Never part of a group.
     Resume(oneshot::Sender<Result<(), StoreError>>),
     /// Moves messages that cannot be decoded to `set_aside_messages`; answers how many moved.
@@ -247,6 +249,7 @@ impl WriteRequest {
             WriteRequest::Commit(batch, _) => batch.instances.iter().any(|i| i.create),
             WriteRequest::DeleteEmptyEntities(_)
             | WriteRequest::PurgeInstance(..)
+            | WriteRequest::PurgeInstances(..)
             | WriteRequest::Resume(_)
             | WriteRequest::SetAside(..) => true,
         }
@@ -294,6 +297,9 @@ fn answer(group: impl Iterator<Item = WriteRequest>, outcome: Result<Vec<Outcome
             }
             WriteRequest::PurgeInstance(_, tx) => {
                 let _ = tx.send(value.map(|n| n > 0));
+            }
+            WriteRequest::PurgeInstances(_, tx) => {
+                let _ = tx.send(value);
             }
             WriteRequest::Resume(tx) => {
                 let _ = tx.send(value.map(|_| ()));
@@ -356,6 +362,7 @@ impl<'c> Writes<'c> {
                 )
                 .map(|n| n as u64),
             WriteRequest::PurgeInstance(id, _) => purge(self.conn, id),
+            WriteRequest::PurgeInstances(query, _) => crate::sql::purge_instances(self.conn, query),
             WriteRequest::SetAside(messages, _) => set_aside(self.conn, messages),
         }
     }
@@ -566,6 +573,13 @@ fn write_instance(tx: &Connection, write: &InstanceWrite) -> rusqlite::Result<()
         ],
         |row| row.get(0),
     )?;
+    if write.restart {
+        // Continue-as-new: the new run's input, and its history alone.
+        tx.prepare_cached("UPDATE instances SET input = ?2 WHERE num = ?1")?
+            .execute(params![num, r.input.to_string()])?;
+        tx.prepare_cached("DELETE FROM history WHERE instance = ?1")?
+            .execute([num])?;
+    }
     let mut insert =
         tx.prepare_cached("INSERT INTO history (instance, seq, event) VALUES (?1, ?2, ?3)")?;
     for (i, event) in write.events.iter().enumerate() {

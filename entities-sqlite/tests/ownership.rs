@@ -217,6 +217,7 @@ fn instance(id: &str) -> InstanceWrite {
         first_event: 0,
         events: vec![json!("started"), json!("called")],
         create: true,
+        restart: false,
     }
 }
 

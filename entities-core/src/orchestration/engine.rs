@@ -477,6 +477,7 @@ impl Orchestrations {
                                 first_event: 0,
                                 events: Vec::new(),
                                 create: false,
+                                restart: false,
                             });
                             slot.ended = true;
                             ended_now = true;
@@ -545,6 +546,7 @@ impl Orchestrations {
             record: live.record.clone(),
             first_event: live.history_len,
             create: false,
+            restart: false,
             events: events
                 .iter()
                 .map(|e| serde_json::to_value(e).expect("history events serialize"))
