@@ -43,6 +43,15 @@ pub(crate) struct OrchState {
     calls_in_flight: HashSet<EntityId>,
     /// Set while the instance is being torn down: guards dropping then release nothing.
     pub closed: bool,
+    /// The step of the current section's lock.
+    section_seq: Option<u64>,
+    /// Whether the current section's lock was granted and taken by the code.
+    section_granted: bool,
+    /// The first step number of this run: 0 for the first run, above every step of the
+    /// previous run after a continue-as-new (older completions are stale).
+    pub first_seq: u64,
+    /// The input of the next run, once the code called `continue_as_new`.
+    pub continue_with: Option<Value>,
 }
 
 impl OrchState {
@@ -62,6 +71,10 @@ impl OrchState {
             section: None,
             calls_in_flight: HashSet::new(),
             closed: false,
+            section_seq: None,
+            section_granted: false,
+            first_seq: 0,
+            continue_with: None,
         }
     }
 
@@ -117,11 +130,14 @@ impl OrchestrationContext {
         from_millis(self.lock_state().now)
     }
 
-    /// A new UUID, the same on every replay.
+    /// A new UUID, the same on every replay (and different in each run of a continue-as-new).
     pub fn new_uuid(&self) -> uuid::Uuid {
         let mut state = self.lock_state();
         state.uuid_count += 1;
-        let name = format!("{}/{}", state.instance, state.uuid_count);
+        let name = match state.first_seq {
+            0 => format!("{}/{}", state.instance, state.uuid_count),
+            run => format!("{}/{run}/{}", state.instance, state.uuid_count),
+        };
         uuid::Uuid::new_v5(&uuid::Uuid::NAMESPACE_OID, name.as_bytes())
     }
 
@@ -300,14 +316,68 @@ impl OrchestrationContext {
                 state.registry.check_entity(id)?;
             }
             state.section = Some(ids.clone());
-            Ok(state.schedule(Action::Lock { ids }))
+            let seq = state.schedule(Action::Lock { ids });
+            state.section_seq = Some(seq);
+            state.section_granted = false;
+            Ok(seq)
         })();
         let state = self.state.clone();
         async move {
             let seq = prepared?;
             Step::new(state.clone(), seq).await;
+            state
+                .lock()
+                .unwrap_or_else(|e| e.into_inner())
+                .section_granted = true;
             Ok(CriticalSection { state })
         }
+    }
+
+    /// Restarts this instance as a new run with `input`, keeping its id: the history starts
+    /// again empty, so that an eternal orchestration (one that loops forever, e.g. waking up
+    /// once an hour) does not grow its history without bound. Return the future this gives
+    /// from the orchestration function, as its last step:
+    ///
+    /// ```ignore
+    /// async fn eternal(ctx: OrchestrationContext, n: u64) -> Result<(), entities::Error> {
+    ///     ctx.timer(Duration::from_secs(3600)).await;
+    ///     ctx.signal::<Counter>("ticks").add(1)?;
+    ///     ctx.continue_as_new(&(n + 1)).await
+    /// }
+    /// ```
+    ///
+    /// The future never resolves once the restart is accepted: the current run goes no
+    /// further, and when its turn commits the new run starts, in the same commit (a crash
+    /// leaves either the old run or the new one, never a mix). Steps scheduled before it in
+    /// the same turn are carried out (a signal is sent); results that the old run still
+    /// awaited are dropped. The critical section the run holds, if any, is released first.
+    /// External events raised and not yet received by the old run are not lost: the new run
+    /// receives them, in the order raised. The output of an instance that continues as new is
+    /// that of its last run; a parent orchestration waiting for it waits for that.
+    ///
+    /// It resolves with an error, and nothing restarts, if `input` does not serialize, or
+    /// (`Error::LockingRulesViolation`) if a critical section is still being acquired: await
+    /// the lock first.
+    pub fn continue_as_new<T: Send + 'static>(
+        &self,
+        input: &(impl Serialize + ?Sized),
+    ) -> BoxFuture<'static, Result<T, Error>> {
+        let input = match crate::json::to_value(input) {
+            Ok(input) => input,
+            Err(err) => return ready(Err(err.into())),
+        };
+        let mut state = self.lock_state();
+        if let (Some(_), Some(seq)) = (&state.section, state.section_seq) {
+            if !state.section_granted && !state.completions.contains_key(&seq) {
+                return ready(Err(Error::LockingRulesViolation(
+                    "an orchestration cannot continue as new while a critical section is \
+                     still being acquired; await the lock first"
+                        .into(),
+                )));
+            }
+        }
+        state.continue_with = Some(input);
+        Box::pin(futures::future::pending())
     }
 
     fn call_raw<R: Send + 'static>(
@@ -416,6 +486,8 @@ impl Drop for CriticalSection {
         }
         if let Some(ids) = state.section.take() {
             state.calls_in_flight.clear();
+            state.section_seq = None;
+            state.section_granted = false;
             state.schedule(Action::Release { ids });
         }
     }

@@ -29,6 +29,9 @@ use crate::store::{Batch, InstanceRecord, InstanceWrite, RuntimeStatus};
 /// Most instances run in one batch.
 const MAX_INSTANCES_PER_BATCH: usize = 4096;
 
+/// What an orchestration's code returned.
+type RunResult = Result<Value, Error>;
+
 /// A running instance in memory.
 struct Live {
     record: InstanceRecord,
@@ -37,6 +40,9 @@ struct Live {
     /// The entities of the last lock step with no release after it, from the history: what
     /// to release when the instance ends, whatever its code did.
     locks: Option<Vec<EntityId>>,
+    /// The first step number of this run (see [`OrchState::first_seq`]): completions of
+    /// older steps belong to a run that continued as new, and are dropped.
+    first_seq: u64,
     state: Arc<Mutex<OrchState>>,
     future: Option<BoxFuture<'static, Result<Value, Error>>>,
 }
@@ -299,10 +305,15 @@ impl Orchestrations {
             .map(serde_json::from_value)
             .collect::<Result<_, _>>()
             .map_err(|err| format!("its history does not parse: {err}"))?;
-        let parent = events.iter().find_map(|e| match e {
-            Event::Started { parent, .. } => Some(parent.clone()),
-            _ => None,
-        });
+        let (parent, first_seq) = events
+            .iter()
+            .find_map(|e| match e {
+                Event::Started {
+                    parent, first_seq, ..
+                } => Some((parent.clone(), *first_seq)),
+                _ => None,
+            })
+            .map_or((None, 0), |(parent, first_seq)| (Some(parent), first_seq));
         let recorded = events
             .iter()
             .filter_map(|e| match e {
@@ -312,6 +323,7 @@ impl Orchestrations {
             .collect();
         let mut live = self.create(record, parent.flatten(), Some(recorded))?;
         live.history_len = events.len() as u64;
+        live.set_first_seq(first_seq);
         for event in &events {
             track_locks(&mut live.locks, event);
         }
@@ -394,6 +406,7 @@ impl Orchestrations {
             parent,
             history_len: 0,
             locks: None,
+            first_seq: 0,
             state,
             future: Some(future),
         })
@@ -488,7 +501,36 @@ impl Orchestrations {
                         name,
                         input,
                         parent,
+                        first_seq: 0,
                     });
+                }
+                Body::Completion { seq, .. }
+                    if slot.live.as_ref().is_some_and(|l| seq < l.first_seq) =>
+                {
+                    debug!(
+                        instance = id,
+                        seq, "result of a step of a run that continued as new dropped"
+                    );
+                }
+                Body::LockGranted { seq, ids }
+                    if slot.live.as_ref().is_some_and(|l| seq < l.first_seq) =>
+                {
+                    // Not expected (a run cannot continue as new while acquiring a lock), but
+                    // a lock must never stay held by nobody.
+                    let live = slot.live.as_ref().expect("live");
+                    let section = live
+                        .state
+                        .lock()
+                        .unwrap_or_else(|e| e.into_inner())
+                        .section
+                        .clone();
+                    for entity in ids {
+                        let kept = section.as_ref().is_some_and(|s| s.contains(&entity))
+                            || live.locks.as_ref().is_some_and(|l| l.contains(&entity));
+                        if !kept {
+                            batch.produced.push(self.shared.release(id, entity));
+                        }
+                    }
                 }
                 Body::Completion { seq, result } => events.push(Event::Completed { seq, result }),
                 Body::LockGranted { seq, .. } => events.push(Event::Completed {
@@ -537,16 +579,40 @@ impl Orchestrations {
                 }
             }
         };
+        let mut result = result;
+        let mut restarted = false;
+        let continued = live
+            .state
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .continue_with
+            .take();
+        if let Some(input) = continued {
+            // An error (a termination, a departure from the history) wins over the restart.
+            if !matches!(result, Some(Err(_))) {
+                match self.restart(id, live, input, now, batch) {
+                    Ok((new_events, new_result)) => {
+                        events = new_events;
+                        result = new_result;
+                        restarted = true;
+                    }
+                    Err(message) => result = Some(Err(Error::OrchestrationFailed(message))),
+                }
+            }
+        }
         live.record.updated = now;
         let finished = result.is_some();
         if let Some(result) = result {
             self.finish(id, live, result, batch);
         }
+        if restarted {
+            live.history_len = 0;
+        }
         batch.instances.push(InstanceWrite {
             record: live.record.clone(),
             first_event: live.history_len,
             create: false,
-            restart: false,
+            restart: restarted,
             events: events
                 .iter()
                 .map(|e| serde_json::to_value(e).expect("history events serialize"))
@@ -558,6 +624,91 @@ impl Orchestrations {
             slot.ended = true;
         }
         finished
+    }
+
+    /// Continues `live` as new: releases the locks of its run, drops the run, and starts a new
+    /// run with `input` and the events the old run had not received, polling it once, all in
+    /// this turn. Returns the new run's history (to replace the stored one) and its result if
+    /// it finished at once. A new run that continues as new again at once is restarted by the
+    /// next turn, which a message to itself brings about (so that a run that continues without
+    /// waiting for anything cannot hold the engine in a loop).
+    fn restart(
+        &self,
+        id: &str,
+        live: &mut Live,
+        input: Value,
+        now: u64,
+        batch: &mut Batch,
+    ) -> Result<(Vec<Event>, Option<RunResult>), String> {
+        let (carried, first_seq, mut held) = {
+            let mut state = live.state.lock().unwrap_or_else(|e| e.into_inner());
+            state.closed = true;
+            let mut carried: Vec<(String, VecDeque<Value>)> = state.events.drain().collect();
+            carried.sort_by(|a, b| a.0.cmp(&b.0));
+            // One step number stays unused between the runs: the wake-up message's.
+            (
+                carried,
+                state.next_seq + 1,
+                state.section.take().unwrap_or_default(),
+            )
+        };
+        held.extend(live.locks.take().unwrap_or_default());
+        held.sort();
+        held.dedup();
+        live.future = None; // drops the old run's guards: `closed` keeps them quiet
+        for entity in held {
+            batch.produced.push(self.shared.release(id, entity));
+        }
+        live.record.input = input.clone();
+        live.record.updated = now;
+        let mut new = self.create(live.record.clone(), live.parent.clone(), None)?;
+        new.set_first_seq(first_seq);
+        let mut events = vec![
+            Event::Turn { time: now },
+            Event::Started {
+                name: live.record.name.clone(),
+                input,
+                parent: live.parent.clone(),
+                first_seq,
+            },
+        ];
+        for (name, data) in carried {
+            events.extend(data.into_iter().map(|data| Event::Raised {
+                name: name.clone(),
+                data,
+            }));
+        }
+        apply(&new.state, events.iter().cloned());
+        let result = poll(&mut new);
+        let mut state = new.state.lock().unwrap_or_else(|e| e.into_inner());
+        for (seq, action) in state.new_actions.drain(..) {
+            batch
+                .produced
+                .extend(self.shared.action_messages(id, seq, &action));
+            let event = Event::Scheduled { seq, action };
+            track_locks(&mut new.locks, &event);
+            events.push(event);
+        }
+        if state.continue_with.is_some() && !matches!(result, Some(Err(_))) {
+            // Its step number is below the new run's first: the next turn drops it.
+            batch.produced.push(self.shared.completion(
+                id.to_string(),
+                first_seq - 1,
+                Outcome::Ok(Value::Null),
+            ));
+        }
+        let continues = state.continue_with.is_some();
+        drop(state);
+        let result = match result {
+            // It returned after asking to continue as new: the restart wins, next turn.
+            Some(Ok(_)) if continues => {
+                new.future = None;
+                None
+            }
+            other => other,
+        };
+        *live = new;
+        Ok((events, result))
     }
 
     /// Ends an instance: records its status, releases its locks, answers its parent.
@@ -653,6 +804,16 @@ impl Orchestrations {
             w.retain(|tx| !tx.is_closed());
             !w.is_empty()
         });
+    }
+}
+
+impl Live {
+    /// Starts the step numbers of this run at `first_seq`.
+    fn set_first_seq(&mut self, first_seq: u64) {
+        self.first_seq = first_seq;
+        let mut state = self.state.lock().unwrap_or_else(|e| e.into_inner());
+        state.first_seq = first_seq;
+        state.next_seq = first_seq;
     }
 }
 

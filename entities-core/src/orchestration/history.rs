@@ -17,6 +17,9 @@ pub(crate) enum Event {
         name: String,
         input: Value,
         parent: Option<ReplyTo>,
+        /// The first step number of this run (0 unless it continued as new).
+        #[serde(default)]
+        first_seq: u64,
     },
     /// Step `seq` was scheduled.
     Scheduled { seq: u64, action: Action },
