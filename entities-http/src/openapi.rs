@@ -16,7 +16,7 @@ pub const ROUTES: &[(&str, &[&str])] = &[
     ("/locks", &["get"]),
     ("/stats", &["get"]),
     ("/clean", &["post"]),
-    ("/orchestrations", &["get"]),
+    ("/orchestrations", &["get", "delete"]),
     ("/orchestrations/{id}", &["get", "post", "delete"]),
     ("/orchestrations/{id}/history", &["get"]),
     ("/orchestrations/{id}/events/{event}", &["post"]),
@@ -310,6 +310,7 @@ pub fn openapi() -> Value {
                 query_param("status", json!({ "type": "string", "enum": ["running", "completed", "failed", "terminated"] }), "only instances with this status"),
                 query_param("created_from", json!({ "type": "string", "format": "date-time" }), "created at or after"),
                 query_param("created_to", json!({ "type": "string", "format": "date-time" }), "created before"),
+                query_param("ended_before", json!({ "type": "string", "format": "date-time" }), "ended, last updated before"),
                 query_param("page_size", integer.clone(), "instances per page (default 100)"),
                 query_param("continuation", string.clone(), "the continuation of the previous page"),
             ], vec![
@@ -321,6 +322,20 @@ pub fn openapi() -> Value {
                     }
                 }))),
                 ("400", error("bad query")),
+            ]),
+            "delete": operation("Purge every ended instance a query selects (running ones never); at least one filter", vec![
+                query_param("name", string.clone(), "only instances of this orchestration"),
+                query_param("status", json!({ "type": "string", "enum": ["running", "completed", "failed", "terminated"] }), "only instances with this status"),
+                query_param("created_from", json!({ "type": "string", "format": "date-time" }), "created at or after"),
+                query_param("created_to", json!({ "type": "string", "format": "date-time" }), "created before"),
+                query_param("ended_before", json!({ "type": "string", "format": "date-time" }), "ended, last updated before"),
+                query_param("page_size", integer.clone(), "instances purged per store transaction (default 100)"),
+            ], vec![
+                ("200", ok_json("how many were purged", json!({
+                    "type": "object", "required": ["purged"],
+                    "properties": { "purged": { "type": "integer", "minimum": 0 } }
+                }))),
+                ("400", error("bad query, or no filter")),
             ]),
         },
         "/orchestrations/{id}": {

@@ -60,7 +60,10 @@ pub(crate) fn router(state: AppState, body_limit: usize, token: Option<Arc<[u8]>
         .route("/ui/app.js", get(crate::ui::script))
         .route("/ui/style.css", get(crate::ui::style))
         .route("/clean", post(clean))
-        .route("/orchestrations", get(list_orchestrations))
+        .route(
+            "/orchestrations",
+            get(list_orchestrations).delete(purge_orchestrations),
+        )
         .route(
             "/orchestrations/{id}",
             get(orchestration).post(start).delete(purge),
@@ -603,8 +606,31 @@ struct InstanceListQuery {
     status: Option<String>,
     created_from: Option<String>,
     created_to: Option<String>,
+    ended_before: Option<String>,
     page_size: Option<usize>,
     continuation: Option<String>,
+}
+
+impl InstanceListQuery {
+    /// The client query this one asks for; 400 for a bad status or time.
+    fn to_query(self) -> Result<OrchestrationQuery, ApiError> {
+        let nonempty = |s: Option<String>| s.filter(|s| !s.is_empty());
+        let time =
+            |field: &str, s: Option<String>| nonempty(s).map(|t| parse_time(field, &t)).transpose();
+        Ok(OrchestrationQuery {
+            name: nonempty(self.name),
+            status: nonempty(self.status)
+                .as_deref()
+                .map(parse_status)
+                .transpose()?,
+            created_from: time("created_from", self.created_from)?,
+            created_to: time("created_to", self.created_to)?,
+            ended_before: time("ended_before", self.ended_before)?,
+            page_size: self.page_size.unwrap_or(100).clamp(1, MAX_PAGE_SIZE),
+            continuation: nonempty(self.continuation),
+            ..OrchestrationQuery::default()
+        })
+    }
 }
 
 fn parse_status(text: &str) -> Result<RuntimeStatus, ApiError> {
@@ -631,32 +657,37 @@ async fn list_orchestrations(
     State(app): State<AppState>,
     params: Result<Query<InstanceListQuery>, QueryRejection>,
 ) -> ApiResult {
-    let q = query(params)?;
-    let nonempty = |s: Option<String>| s.filter(|s| !s.is_empty());
+    let q = query(params)?.to_query()?;
     let page = app
         .client
-        .query_orchestrations(OrchestrationQuery {
-            name: nonempty(q.name),
-            status: nonempty(q.status)
-                .as_deref()
-                .map(parse_status)
-                .transpose()?,
-            created_from: nonempty(q.created_from)
-                .map(|t| parse_time("created_from", &t))
-                .transpose()?,
-            created_to: nonempty(q.created_to)
-                .map(|t| parse_time("created_to", &t))
-                .transpose()?,
-            page_size: q.page_size.unwrap_or(100).clamp(1, MAX_PAGE_SIZE),
-            continuation: nonempty(q.continuation),
-            ..OrchestrationQuery::default()
-        })
+        .query_orchestrations(q)
         .await
         .map_err(continuation_error)?;
     ok(json!({
         "instances": page.instances.into_iter().map(status_json).collect::<Vec<_>>(),
         "continuation": page.continuation,
     }))
+}
+
+/// Purges the ended instances a query selects; at least one filter is needed.
+async fn purge_orchestrations(
+    State(app): State<AppState>,
+    params: Result<Query<InstanceListQuery>, QueryRejection>,
+) -> ApiResult {
+    let q = query(params)?.to_query()?;
+    if q.name.is_none()
+        && q.status.is_none()
+        && q.created_from.is_none()
+        && q.created_to.is_none()
+        && q.ended_before.is_none()
+    {
+        return Err(ApiError::bad_request(
+            "give at least one of name, status, created_from, created_to and ended_before \
+             (status=completed purges every completed instance)",
+        ));
+    }
+    let purged = app.client.purge_orchestrations(q).await?;
+    ok(json!({ "purged": purged }))
 }
 
 /// The instance exists, or a 404.

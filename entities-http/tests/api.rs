@@ -800,3 +800,43 @@ async fn a_state_newer_than_the_code_is_409_state_version() {
     assert_eq!(response.status(), StatusCode::UNPROCESSABLE_ENTITY);
     runtime.shutdown().await.unwrap();
 }
+
+#[tokio::test]
+async fn purge_orchestrations_by_query() {
+    let s = Server::start(|h| h).await;
+    for n in 0..3 {
+        let (status, _) = s
+            .post(&format!("/orchestrations/double?id=d{n}"), "2")
+            .await;
+        assert_eq!(status, StatusCode::ACCEPTED);
+        let (status, body) = s.get(&format!("/orchestrations/d{n}?wait=5s")).await;
+        assert_eq!(
+            (status, &body["status"]),
+            (StatusCode::OK, &json!("Completed")),
+            "{body}"
+        );
+    }
+    s.post("/orchestrations/wait_go?id=w", "").await;
+    let delete = |path: &str| s.send(s.req(reqwest::Method::DELETE, path));
+    let (status, body) = delete("/orchestrations").await;
+    assert_eq!(status, StatusCode::BAD_REQUEST, "no filter: {body}");
+    let (status, body) = delete("/orchestrations?name=wait_go").await;
+    assert_eq!(
+        (status, body),
+        (StatusCode::OK, json!({"purged": 0})),
+        "running: never"
+    );
+    let (status, body) = delete("/orchestrations?status=completed&page_size=2").await;
+    assert_eq!((status, body), (StatusCode::OK, json!({"purged": 3})));
+    let (_, page) = s.get("/orchestrations").await;
+    let ids: Vec<&str> = page["instances"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|i| i["id"].as_str().unwrap())
+        .collect();
+    assert_eq!(ids, ["w"]);
+    let (status, _) = delete("/orchestrations?ended_before=yesterday").await;
+    assert_eq!(status, StatusCode::BAD_REQUEST);
+    s.shutdown().await;
+}
