@@ -613,7 +613,7 @@ struct InstanceListQuery {
 
 impl InstanceListQuery {
     /// The client query this one asks for; 400 for a bad status or time.
-    fn to_query(self) -> Result<OrchestrationQuery, ApiError> {
+    fn into_query(self) -> Result<OrchestrationQuery, ApiError> {
         let nonempty = |s: Option<String>| s.filter(|s| !s.is_empty());
         let time =
             |field: &str, s: Option<String>| nonempty(s).map(|t| parse_time(field, &t)).transpose();
@@ -628,7 +628,6 @@ impl InstanceListQuery {
             ended_before: time("ended_before", self.ended_before)?,
             page_size: self.page_size.unwrap_or(100).clamp(1, MAX_PAGE_SIZE),
             continuation: nonempty(self.continuation),
-            ..OrchestrationQuery::default()
         })
     }
 }
@@ -657,7 +656,7 @@ async fn list_orchestrations(
     State(app): State<AppState>,
     params: Result<Query<InstanceListQuery>, QueryRejection>,
 ) -> ApiResult {
-    let q = query(params)?.to_query()?;
+    let q = query(params)?.into_query()?;
     let page = app
         .client
         .query_orchestrations(q)
@@ -674,7 +673,7 @@ async fn purge_orchestrations(
     State(app): State<AppState>,
     params: Result<Query<InstanceListQuery>, QueryRejection>,
 ) -> ApiResult {
-    let q = query(params)?.to_query()?;
+    let q = query(params)?.into_query()?;
     if q.name.is_none()
         && q.status.is_none()
         && q.created_from.is_none()
