@@ -110,7 +110,7 @@ async fn operations_keep_an_entity_alive() {
     let dir = tempfile::tempdir().unwrap();
     let runtime = builder(
         &dir.path().join("alive.db"),
-        Some(Duration::from_millis(300)),
+        Some(Duration::from_millis(800)),
     )
     .start()
     .await
@@ -119,6 +119,7 @@ async fn operations_keep_an_entity_alive() {
     let written = EntityId::new("Counter", "written");
     let read = EntityId::new("Counter", "read");
     client.signal_entity(&read, "add", &7).await.unwrap();
+    // 2.25 s of use, far past the TTL, at most 150 ms apart.
     for _ in 0..15 {
         client.signal_entity(&written, "add", &1).await.unwrap();
         // A read-only operation counts as use too.
@@ -129,7 +130,7 @@ async fn operations_keep_an_entity_alive() {
                 .unwrap(),
             7
         );
-        tokio::time::sleep(Duration::from_millis(100)).await;
+        tokio::time::sleep(Duration::from_millis(150)).await;
     }
     assert_eq!(
         client

@@ -197,7 +197,7 @@ async fn retried_start_returns_the_first_instance() {
 async fn keys_bind_only_within_their_retention() {
     let dir = tempfile::tempdir().unwrap();
     let runtime = builder(&dir.path().join("retention.db"))
-        .idempotency_retention(Duration::from_millis(300))
+        .idempotency_retention(Duration::from_secs(1))
         .start()
         .await
         .unwrap();
@@ -214,7 +214,7 @@ async fn keys_bind_only_within_their_retention() {
         client.call::<Cart>("erin").add("-".into()).await.unwrap(),
         2
     );
-    tokio::time::sleep(Duration::from_millis(800)).await;
+    tokio::time::sleep(Duration::from_millis(1500)).await;
     send().await.unwrap();
     assert_eq!(
         client.call::<Cart>("erin").add("-".into()).await.unwrap(),
