@@ -502,6 +502,7 @@ impl Client {
         instance_id: &str,
         input: &I,
     ) -> Result<String> {
+        self.check_start(name, instance_id)?;
         let input = crate::json::to_value(input)?;
         self.start_with_keys(name, instance_id, input, Vec::new())
             .await
@@ -521,7 +522,8 @@ impl Client {
         Ok(())
     }
 
-    /// Starts an instance (name and id checked) whose commit also stores `keys`.
+    /// Starts an instance (name and id checked by the caller, see [`Client::check_start`])
+    /// whose commit also stores `keys`.
     pub(crate) async fn start_with_keys(
         &self,
         name: &str,
@@ -529,7 +531,6 @@ impl Client {
         input: Value,
         keys: Vec<crate::store::IdempotencyKey>,
     ) -> Result<String> {
-        self.check_start(name, instance_id)?;
         let now = now_millis();
         // The record is written with the start message, so that the id is taken at once.
         let record = InstanceRecord {
@@ -687,19 +688,15 @@ impl Client {
         input: Option<Value>,
         at: Option<SystemTime>,
     ) -> Result<()> {
-        self.shared.registry.check_entity(id)?;
-        check_operation_name(operation)?;
-        let message = Message {
-            id: self.shared.next_message_id(),
-            target: Target::Entity(id.clone()),
-            deliver_at: at.map(to_millis_ceil),
-            body: Body::Operation {
-                name: operation.to_string(),
-                input,
-                reply: None,
-                sender: None,
-            },
-        };
+        self.check_send(id, operation)?;
+        let message = operation_message(
+            self.shared.next_message_id(),
+            id,
+            operation,
+            input,
+            None,
+            at.map(to_millis_ceil),
+        );
         self.store_and_deliver(vec![message], None).await
     }
 
@@ -709,8 +706,7 @@ impl Client {
         operation: &str,
         input: Option<Value>,
     ) -> Result<Option<Value>> {
-        self.shared.registry.check_entity(id)?;
-        check_operation_name(operation)?;
+        self.check_send(id, operation)?;
         self.send_call_unchecked(id, operation, input).await
     }
 
@@ -722,17 +718,8 @@ impl Client {
         input: Option<Value>,
     ) -> Result<Option<Value>> {
         let message_id = self.shared.next_message_id();
-        let message = Message {
-            id: message_id,
-            target: Target::Entity(id.clone()),
-            deliver_at: None,
-            body: Body::Operation {
-                name: operation.to_string(),
-                input,
-                reply: Some(ReplyTo::Client(message_id)),
-                sender: None,
-            },
-        };
+        let reply = Some(ReplyTo::Client(message_id));
+        let message = operation_message(message_id, id, operation, input, reply, None);
         let (tx, rx) = oneshot::channel();
         self.store_and_deliver(vec![message], Some((message_id, tx)))
             .await?;
@@ -806,6 +793,29 @@ impl Client {
             Ok(result) => Ok(result?),
             Err(_) => Err(Error::Shutdown),
         }
+    }
+}
+
+/// The message of a client's operation `operation` on `id`: a signal without `reply`, a call
+/// with one.
+pub(crate) fn operation_message(
+    message_id: crate::message::MessageId,
+    id: &EntityId,
+    operation: &str,
+    input: Option<Value>,
+    reply: Option<ReplyTo>,
+    deliver_at: Option<u64>,
+) -> Message {
+    Message {
+        id: message_id,
+        target: Target::Entity(id.clone()),
+        deliver_at,
+        body: Body::Operation {
+            name: operation.to_string(),
+            input,
+            reply,
+            sender: None,
+        },
     }
 }
 

@@ -17,12 +17,12 @@ use serde::{Deserialize, Serialize};
 use serde_json::Value;
 use tokio::sync::oneshot;
 
-use crate::client::Client;
+use crate::client::{operation_message, Client};
 use crate::engine::CallReply;
 use crate::entity::Entity;
 use crate::error::{Error, Result};
 use crate::id::EntityId;
-use crate::message::{now_millis, Body, Message, ReplyTo, Target};
+use crate::message::{now_millis, ReplyTo};
 use crate::proxy::{ClientCall, ClientSignal};
 use crate::store::{Batch, IdempotencyKey};
 
@@ -302,17 +302,8 @@ impl Client {
             Some(other) => return Err(reused(key, &other)),
             None => {}
         }
-        let message = Message {
-            id: self.shared.next_message_id(),
-            target: Target::Entity(id.clone()),
-            deliver_at: None,
-            body: Body::Operation {
-                name: operation.to_string(),
-                input,
-                reply: None,
-                sender: None,
-            },
-        };
+        let message_id = self.shared.next_message_id();
+        let message = operation_message(message_id, id, operation, input, None, None);
         let batch = Batch {
             produced: vec![message],
             keys: vec![claim(key, KeyOutcome::Signalled)],
@@ -341,20 +332,11 @@ impl Client {
             None => {}
         }
         let message_id = self.shared.next_message_id();
-        let message = Message {
-            id: message_id,
-            target: Target::Entity(id.clone()),
-            deliver_at: None,
-            body: Body::Operation {
-                name: operation.to_string(),
-                input,
-                reply: Some(ReplyTo::Keyed {
-                    waiter: message_id,
-                    key: key.to_string(),
-                }),
-                sender: None,
-            },
-        };
+        let reply = Some(ReplyTo::Keyed {
+            waiter: message_id,
+            key: key.to_string(),
+        });
+        let message = operation_message(message_id, id, operation, input, reply, None);
         let batch = Batch {
             produced: vec![message],
             keys: vec![claim(key, KeyOutcome::Called(None))],

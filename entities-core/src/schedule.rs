@@ -132,6 +132,16 @@ impl Client {
     /// The scheduled one-off signals waiting for entity `id` (sent with a delivery time, by
     /// [`Client::signal_entity_at`] or an entity's `signal_at`, and not run yet), by due time.
     pub async fn pending_signals(&self, id: &EntityId) -> Result<Vec<PendingSignal>> {
+        Ok(self
+            .pending(id)
+            .await?
+            .into_iter()
+            .map(|(_, signal)| signal)
+            .collect())
+    }
+
+    /// The stored scheduled signals of `id`, with what they show.
+    async fn pending(&self, id: &EntityId) -> Result<Vec<(Message, PendingSignal)>> {
         let stored = self
             .shared
             .store
@@ -139,18 +149,21 @@ impl Client {
             .await?;
         Ok(stored
             .into_iter()
-            .filter_map(|m| match m.body {
+            .filter_map(|m| match &m.body {
                 Body::Operation {
                     name,
                     input,
                     reply: None,
                     ..
-                } if !name.starts_with(crate::client::RESERVED_PREFIX) => Some(PendingSignal {
-                    id: m.id,
-                    operation: name,
-                    input,
-                    due: from_millis(m.deliver_at.unwrap_or(0)),
-                }),
+                } if !name.starts_with(crate::client::RESERVED_PREFIX) => {
+                    let signal = PendingSignal {
+                        id: m.id,
+                        operation: name.clone(),
+                        input: input.clone(),
+                        due: from_millis(m.deliver_at.unwrap_or(0)),
+                    };
+                    Some((m, signal))
+                }
                 _ => None,
             })
             .collect())
@@ -162,22 +175,15 @@ impl Client {
     /// store shared by several processes, only a client of the process that runs the entity's
     /// partition can cancel ([`Error::NotRunHere`]).
     pub async fn cancel_signal(&self, id: &EntityId, signal: MessageId) -> Result<bool> {
-        let waiting = self.pending_signals(id).await?;
-        let Some(found) = waiting.into_iter().find(|p| p.id == signal) else {
-            return Ok(false);
-        };
-        let message = Message {
-            id: found.id,
-            target: Target::Entity(id.clone()),
-            deliver_at: Some(crate::message::to_millis_ceil(found.due)),
-            body: Body::Operation {
-                name: found.operation,
-                input: found.input,
-                reply: None,
-                sender: None,
-            },
-        };
-        self.cancel_message(id, message).await
+        let found = self
+            .pending(id)
+            .await?
+            .into_iter()
+            .find(|(m, _)| m.id == signal);
+        match found {
+            Some((message, _)) => self.cancel_message(id, message).await,
+            None => Ok(false),
+        }
     }
 
     /// Has the engine drop a stored scheduled message of `id` that has not run and delete it.
