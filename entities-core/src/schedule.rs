@@ -193,7 +193,7 @@ impl Client {
         self.shared
             .commands
             .send(Command::Cancel {
-                message,
+                message: Box::new(message),
                 found: found_tx,
                 stored: Stored { tx, permits: 0 },
             })

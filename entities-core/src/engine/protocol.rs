@@ -48,7 +48,8 @@ pub(crate) enum Command {
     /// waiting (`None`: its partition is run by another process); `stored` hears once the
     /// deletion committed.
     Cancel {
-        message: Message,
+        /// Boxed: every command moves through the channel at the size of the largest.
+        message: Box<Message>,
         found: oneshot::Sender<Option<bool>>,
         stored: Stored,
     },
