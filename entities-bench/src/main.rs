@@ -621,9 +621,15 @@ fn run_raw(
     total as f64 / start.elapsed().as_secs_f64()
 }
 
-/// The HTTP API served on 127.0.0.1 by this process, loaded by a reqwest client in the same
-/// process (the load generator shares the machine's cores with the server).
+/// The HTTP API served on 127.0.0.1 by this process, loaded by hyper client connections in the
+/// same process (the load generator shares the machine's cores with the server).
 struct HttpFigures {
+    /// Sequential calls on a fresh database, while its WAL file still grows.
+    fresh_p50: Duration,
+    /// `GET /health`, sequential: the HTTP round trip alone.
+    health_p50: Duration,
+    /// The sequential call through the in-process client.
+    in_process_p50: Duration,
     sequential_p50: Duration,
     sequential_p99: Duration,
     calls_per_s: f64,
@@ -632,7 +638,14 @@ struct HttpFigures {
     sends_per_s: f64,
 }
 
-/// Sequential calls to one key; `total` calls by `in_flight` callers over `keys` keys; then
+/// Calls made to warm a fresh database up before the sequential calls are timed: SQLite's WAL
+/// file grows until its first checkpoint (1,000 pages, one page per call here) and is then
+/// rewritten in place, and a sync that grows a file costs about 0.1 ms more on this machine's
+/// disk. A server that has run a while has its WAL at full size.
+const WARM_UP_CALLS: usize = 1500;
+
+/// Sequential calls to one key (after [`WARM_UP_CALLS`]), with the HTTP round trip alone and the
+/// same call in process for comparison; `total` calls by `in_flight` callers over `keys` keys; then
 /// `total` one-way sends by `in_flight` senders over `keys` keys, timed until every one is
 /// processed and committed.
 async fn http_load(sync: Synchronous, total: usize, in_flight: usize, keys: usize) -> HttpFigures {
@@ -651,15 +664,56 @@ async fn http_load(sync: Synchronous, total: usize, in_flight: usize, keys: usiz
         },
     ));
     let addr = listener_addr;
-    let mut one = HttpConnection::open(addr).await;
-    let mut lat = Vec::with_capacity(2000);
-    for _ in 0..2000 {
-        let start = Instant::now();
-        one.post("/entities/counter/one/add".to_string(), "1").await;
-        lat.push(start.elapsed());
-    }
+    // On a task, like every load task below: the runtime's worker that polls its socket runs
+    // it, as a load generator's own event loop would.
+    let (one, fresh, mut lat) = tokio::spawn(async move {
+        let mut one = HttpConnection::open(addr).await;
+        let mut lat = Vec::with_capacity(2000);
+        for _ in 0..WARM_UP_CALLS + 2000 {
+            let start = Instant::now();
+            one.post("/entities/counter/one/add".to_string(), "1").await;
+            lat.push(start.elapsed());
+        }
+        let mut fresh = lat.drain(..WARM_UP_CALLS).collect::<Vec<_>>();
+        fresh.sort();
+        (one, fresh, lat)
+    })
+    .await
+    .expect("sequential load task");
     lat.sort();
     let (sequential_p50, sequential_p99) = (percentile(&lat, 50.0), percentile(&lat, 99.0));
+    let fresh_p50 = percentile(&fresh, 50.0);
+    // What the sequential call is made of: an HTTP round trip that does not reach the engine,
+    // and the same call through the in-process client on a task.
+    let (one, health) = tokio::spawn(async move {
+        let mut one = one;
+        let mut health = Vec::with_capacity(2000);
+        for _ in 0..2000 {
+            let start = Instant::now();
+            one.get("/health").await;
+            health.push(start.elapsed());
+        }
+        health.sort();
+        (one, health)
+    })
+    .await
+    .expect("health load task");
+    drop(one);
+    let in_process = tokio::spawn({
+        let client = client.clone();
+        async move {
+            let mut lat = Vec::with_capacity(2000);
+            for _ in 0..2000 {
+                let start = Instant::now();
+                client.call::<Counter>("one").add(1).await.unwrap();
+                lat.push(start.elapsed());
+            }
+            lat.sort();
+            lat
+        }
+    })
+    .await
+    .expect("in-process call task");
 
     let run = |path: &'static str| {
         let tasks: Vec<_> = (0..in_flight)
@@ -704,6 +758,9 @@ async fn http_load(sync: Synchronous, total: usize, in_flight: usize, keys: usiz
     let _ = server.await;
     runtime.shutdown().await.unwrap();
     HttpFigures {
+        fresh_p50,
+        health_p50: percentile(&health, 50.0),
+        in_process_p50: percentile(&in_process, 50.0),
         sequential_p50,
         sequential_p99,
         calls_per_s,
@@ -714,10 +771,19 @@ async fn http_load(sync: Synchronous, total: usize, in_flight: usize, keys: usiz
 }
 
 /// One HTTP/1.1 keep-alive connection of the load generator: hyper's client connection,
-/// without a pool or URL parsing, so that the generator takes as little of the machine's two
-/// cores as it can.
+/// without a pool or URL parsing, driven by the task that sends on it (no task of its own),
+/// so that the generator takes as few thread wake-ups and as little of the machine's two
+/// cores as it can, like a single-threaded tool such as `wrk` would.
 struct HttpConnection {
     sender: hyper::client::conn::http1::SendRequest<http_body_util::Full<bytes::Bytes>>,
+    connection: std::pin::Pin<
+        Box<
+            hyper::client::conn::http1::Connection<
+                hyper_util::rt::TokioIo<tokio::net::TcpStream>,
+                http_body_util::Full<bytes::Bytes>,
+            >,
+        >,
+    >,
     host: String,
 }
 
@@ -729,17 +795,24 @@ impl HttpConnection {
             hyper::client::conn::http1::handshake(hyper_util::rt::TokioIo::new(stream))
                 .await
                 .expect("HTTP handshake");
-        tokio::spawn(connection);
         Self {
             sender,
+            connection: Box::pin(connection),
             host: addr.to_string(),
         }
     }
 
+    /// Gets `path` and reads the whole answer, which must be a success.
+    async fn get(&mut self, path: &'static str) {
+        let request = hyper::Request::get(path)
+            .header(hyper::header::HOST, &self.host)
+            .body(http_body_util::Full::new(bytes::Bytes::new()))
+            .expect("request");
+        self.exchange(request).await;
+    }
+
     /// Posts `body` to `path` and reads the whole answer, which must be a success.
     async fn post(&mut self, path: String, body: &'static str) {
-        use http_body_util::BodyExt;
-        self.sender.ready().await.expect("connection ready");
         let request = hyper::Request::post(path)
             .header(hyper::header::HOST, &self.host)
             .header(hyper::header::CONTENT_TYPE, "application/json")
@@ -747,9 +820,23 @@ impl HttpConnection {
                 body.as_bytes(),
             )))
             .expect("request");
-        let response = self.sender.send_request(request).await.expect("request");
-        assert!(response.status().is_success(), "{}", response.status());
-        response.into_body().collect().await.expect("body");
+        self.exchange(request).await;
+    }
+
+    /// Sends `request` and reads its whole answer while driving the connection.
+    async fn exchange(&mut self, request: hyper::Request<http_body_util::Full<bytes::Bytes>>) {
+        use http_body_util::BodyExt;
+        let sender = &mut self.sender;
+        let answer = async move {
+            sender.ready().await.expect("connection ready");
+            let response = sender.send_request(request).await.expect("request");
+            assert!(response.status().is_success(), "{}", response.status());
+            response.into_body().collect().await.expect("body");
+        };
+        tokio::select! {
+            () = answer => {}
+            ended = &mut self.connection => panic!("the HTTP connection ended: {ended:?}"),
+        }
     }
 }
 
@@ -926,6 +1013,18 @@ async fn main() {
             "http     call over HTTP, one key, sequential:      p50 {:>8.3} ms, p99 {:>8.3} ms",
             ms(f.sequential_p50),
             ms(f.sequential_p99)
+        );
+        println!(
+            "http     sequential, first {WARM_UP_CALLS} calls on a fresh database: p50 {:>8.3} ms",
+            ms(f.fresh_p50)
+        );
+        println!(
+            "http     GET /health, sequential (HTTP alone):       p50 {:>8.3} ms",
+            ms(f.health_p50)
+        );
+        println!(
+            "http     the same call in process, sequential:      p50 {:>8.3} ms",
+            ms(f.in_process_p50)
         );
         println!(
             "http     calls, 64 in flight, 1,000 keys:          {:>10.0} calls/s (p50 {:.3} ms, p99 {:.3} ms)",
