@@ -132,6 +132,8 @@ pub(crate) struct Inner {
     events_rx: Mutex<Option<mpsc::UnboundedReceiver<OwnershipEvent>>>,
     /// Arrivals or replies may be waiting.
     hint: Arc<Notify>,
+    /// A commit stored arrivals or replies for other processes: a hint should go out.
+    wake_wanted: Arc<Notify>,
     /// Another process joined or left.
     pub(crate) leases_changed: Notify,
     /// One lease round at a time.
@@ -215,6 +217,7 @@ impl PostgresStore {
             events,
             events_rx: Mutex::new(Some(events_rx)),
             hint: Arc::new(Notify::new()),
+            wake_wanted: Arc::new(Notify::new()),
             leases_changed: Notify::new(),
             lease_round: AsyncMutex::new(()),
             leasing: AtomicBool::new(false),
@@ -222,6 +225,10 @@ impl PostgresStore {
             leases_paused: AtomicBool::new(false),
         });
         tokio::spawn(listen(config, Arc::downgrade(&inner)));
+        tokio::spawn(send_wake_hints(
+            inner.wake_wanted.clone(),
+            Arc::downgrade(&inner),
+        ));
         let (writer, rx) = mpsc::unbounded_channel();
         tokio::spawn(writer::run(inner.clone(), rx));
         debug!(node, partitions = count, "connected to PostgreSQL");
@@ -285,11 +292,16 @@ async fn listen_once(
         .await
         .map_err(|e| pg_error("cannot connect the listener", e))?;
     let (tx, mut rx) = mpsc::unbounded_channel();
+    let own = match inner.upgrade() {
+        Some(inner) => inner.node.to_string(),
+        None => return Ok(()),
+    };
     tokio::spawn(async move {
         let mut stream = futures::stream::poll_fn(move |cx| connection.poll_message(cx));
         while let Some(message) = futures::StreamExt::next(&mut stream).await {
             match message {
-                Ok(AsyncMessage::Notification(n)) => {
+                // A wake-up hint carries its sender's node: this process's own are skipped.
+                Ok(AsyncMessage::Notification(n)) if n.payload() != own => {
                     let _ = tx.send(n.channel() == "entities_leases");
                 }
                 Ok(_) => {}
@@ -320,6 +332,39 @@ async fn listen_once(
     Ok(())
 }
 
+/// Sends the hints that [`Inner::wake_others`] asks for, one at a time, until the store is gone
+/// or closed. A `NOTIFY` commits a transaction of its own, with an id: it is sent with
+/// `synchronous_commit` off, so that it does not wait for a WAL flush. A hint lost in a crash
+/// of the server costs nothing but a poll interval.
+async fn send_wake_hints(wanted: Arc<Notify>, inner: std::sync::Weak<Inner>) {
+    loop {
+        let asked = tokio::time::timeout(Duration::from_secs(1), wanted.notified())
+            .await
+            .is_ok();
+        let Some(inner) = inner.upgrade() else {
+            return;
+        };
+        if inner.is_closed() {
+            return;
+        }
+        if !asked {
+            continue;
+        }
+        if let Ok(conn) = inner.connection().await {
+            if let Err(err) = conn
+                .batch_execute(&format!(
+                    "BEGIN; SET LOCAL synchronous_commit TO off; \
+                     SELECT pg_notify('entities_wake', '{}'); COMMIT",
+                    inner.node
+                ))
+                .await
+            {
+                debug!(error = %err, "wake-up hint not sent");
+            }
+        }
+    }
+}
+
 impl Inner {
     pub(crate) async fn connection(&self) -> Result<Object, StoreError> {
         self.pool.get().await.map_err(pool_error)
@@ -343,16 +388,12 @@ impl Inner {
         Ok(())
     }
 
-    /// Tells other processes that arrivals or replies wait (outside any write transaction).
-    pub(crate) async fn wake_others(&self) {
-        if let Ok(conn) = self.connection().await {
-            if let Err(err) = conn
-                .execute("SELECT pg_notify('entities_wake', '')", &[])
-                .await
-            {
-                debug!(error = %err, "wake-up hint not sent");
-            }
-        }
+    /// Asks for a hint to other processes that arrivals or replies wait. The hint goes out
+    /// from a task of its own, outside every write transaction and after the commit's senders
+    /// were answered; requests made while a hint is being sent make one more hint, not one
+    /// each.
+    pub(crate) fn wake_others(&self) {
+        self.wake_wanted.notify_one();
     }
 
     /// The partitions this process holds now, with their epochs.
@@ -619,14 +660,34 @@ impl Partitioned for Inner {
     }
 
     async fn take_replies(&self) -> Result<Vec<RemoteReply>, StoreError> {
-        let conn = self.connection().await?;
-        let rows = conn
+        let mut conn = self.connection().await?;
+        let failed = |e| pg_error("cannot read replies", e);
+        // Most polls find no reply: look before writing.
+        let any = conn
+            .query_one(
+                "SELECT EXISTS (SELECT 1 FROM entities_replies WHERE node = $1)",
+                &[&self.node],
+            )
+            .await
+            .map_err(failed)?
+            .get::<_, bool>(0);
+        if !any {
+            return Ok(Vec::new());
+        }
+        // Without waiting for a WAL flush: a deletion lost in a crash of the server brings
+        // back replies whose waiters have heard already, and those are ignored.
+        let tx = conn.transaction().await.map_err(failed)?;
+        tx.batch_execute("SET LOCAL synchronous_commit TO off")
+            .await
+            .map_err(failed)?;
+        let rows = tx
             .query(
                 "DELETE FROM entities_replies WHERE node = $1 RETURNING waiter, reply",
                 &[&self.node],
             )
             .await
-            .map_err(|e| pg_error("cannot read replies", e))?;
+            .map_err(failed)?;
+        tx.commit().await.map_err(failed)?;
         Ok(rows
             .iter()
             .map(|row| RemoteReply {

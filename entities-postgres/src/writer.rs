@@ -117,11 +117,11 @@ pub(crate) async fn run(inner: Arc<Inner>, mut rx: mpsc::UnboundedReceiver<Reque
         };
         match result {
             Ok(wake) => {
-                if wake {
-                    inner.wake_others().await;
-                }
                 for (batch, tx) in batches.into_iter().zip(answers) {
                     let _ = tx.send(Ok(batch));
+                }
+                if wake {
+                    inner.wake_others();
                 }
             }
             Err(err) => {
