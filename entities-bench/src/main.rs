@@ -644,6 +644,9 @@ struct HttpFigures {
 /// disk. A server that has run a while has its WAL at full size.
 const WARM_UP_CALLS: usize = 1500;
 
+/// Sequential calls (and `GET /health` requests) timed by the HTTP workload.
+const SEQUENTIAL_CALLS: usize = 2000;
+
 /// Sequential calls to one key (after [`WARM_UP_CALLS`]), with the HTTP round trip alone and the
 /// same call in process for comparison; `total` calls by `in_flight` callers over `keys` keys; then
 /// `total` one-way sends by `in_flight` senders over `keys` keys, timed until every one is
@@ -668,8 +671,8 @@ async fn http_load(sync: Synchronous, total: usize, in_flight: usize, keys: usiz
     // it, as a load generator's own event loop would.
     let (one, fresh, mut lat) = tokio::spawn(async move {
         let mut one = HttpConnection::open(addr).await;
-        let mut lat = Vec::with_capacity(2000);
-        for _ in 0..WARM_UP_CALLS + 2000 {
+        let mut lat = Vec::with_capacity(WARM_UP_CALLS + SEQUENTIAL_CALLS);
+        for _ in 0..WARM_UP_CALLS + SEQUENTIAL_CALLS {
             let start = Instant::now();
             one.post("/entities/counter/one/add".to_string(), "1").await;
             lat.push(start.elapsed());
@@ -687,8 +690,8 @@ async fn http_load(sync: Synchronous, total: usize, in_flight: usize, keys: usiz
     // and the same call through the in-process client on a task.
     let (one, health) = tokio::spawn(async move {
         let mut one = one;
-        let mut health = Vec::with_capacity(2000);
-        for _ in 0..2000 {
+        let mut health = Vec::with_capacity(SEQUENTIAL_CALLS);
+        for _ in 0..SEQUENTIAL_CALLS {
             let start = Instant::now();
             one.get("/health").await;
             health.push(start.elapsed());
@@ -702,8 +705,8 @@ async fn http_load(sync: Synchronous, total: usize, in_flight: usize, keys: usiz
     let in_process = tokio::spawn({
         let client = client.clone();
         async move {
-            let mut lat = Vec::with_capacity(2000);
-            for _ in 0..2000 {
+            let mut lat = Vec::with_capacity(SEQUENTIAL_CALLS);
+            for _ in 0..SEQUENTIAL_CALLS {
                 let start = Instant::now();
                 client.call::<Counter>("one").add(1).await.unwrap();
                 lat.push(start.elapsed());
