@@ -108,21 +108,26 @@ pub async fn worker(args: &[String]) {
                 })
                 .collect();
             futures::future::join_all(tasks).await;
-            // Durable end: every signal applied (read through calls, wherever the key runs).
-            for k in 0..keys {
-                let want = (total / keys + usize::from(k < total % keys)) as i64;
-                loop {
-                    let got = client
-                        .call::<Counter>(format!("w{index}-k{k}"))
-                        .get()
-                        .await
-                        .unwrap();
-                    if got == want {
-                        break;
+            // Durable end: every signal applied, read through calls to all keys at once
+            // (wherever each key runs), repeated for keys not done yet.
+            let checks = (0..keys).map(|k| {
+                let client = client.clone();
+                async move {
+                    let want = (total / keys + usize::from(k < total % keys)) as i64;
+                    loop {
+                        let got = client
+                            .call::<Counter>(format!("w{index}-k{k}"))
+                            .get()
+                            .await
+                            .unwrap();
+                        if got == want {
+                            break;
+                        }
+                        tokio::time::sleep(Duration::from_millis(5)).await;
                     }
-                    tokio::time::sleep(Duration::from_millis(5)).await;
                 }
-            }
+            });
+            futures::future::join_all(checks).await;
             println!("result {total} {}", start.elapsed().as_secs_f64());
         }
         "bank" => {

@@ -29,6 +29,7 @@
 //! # }
 //! ```
 
+mod arrivals;
 mod leases;
 mod reads;
 mod rows;
@@ -126,6 +127,8 @@ pub(crate) struct Inner {
     pub(crate) options: PostgresOptions,
     /// Partitions held and their epochs.
     pub(crate) held: Mutex<Held>,
+    /// Which arrivals were taken.
+    pub(crate) arrivals: Mutex<arrivals::ArrivalCursor>,
     /// Partitions being handed over (held until the runtime let go of them).
     pub(crate) releasing: Mutex<BTreeSet<u32>>,
     pub(crate) events: mpsc::UnboundedSender<OwnershipEvent>,
@@ -223,6 +226,7 @@ impl PostgresStore {
             leasing: AtomicBool::new(false),
             closed: AtomicBool::new(false),
             leases_paused: AtomicBool::new(false),
+            arrivals: Mutex::default(),
         });
         tokio::spawn(listen(config, Arc::downgrade(&inner)));
         tokio::spawn(send_wake_hints(

@@ -13,6 +13,7 @@ use entities_core::store::{
 use entities_core::{EntityId, StoreError, StoreErrorKind};
 use tracing::warn;
 
+use crate::arrivals::Seen;
 use crate::rows::{self, int, MessageRows, INSTANCE_COLUMNS};
 use crate::{pg_error, sorted_parts, Inner};
 
@@ -82,15 +83,13 @@ impl Inner {
                 "this process no longer holds the partitions it recovers",
             ));
         }
-        tx.execute(
-            "UPDATE entities_messages SET fresh = false WHERE fresh AND part = ANY($1)",
-            &[&owned],
-        )
-        .await
-        .map_err(read_failed)?;
+        // One statement, so one snapshot: the arrivals marked taken are those read, and any
+        // stored after it are left to `claim_arrivals`.
         let found = tx
             .query(
-                "SELECT id, target, deliver_at, body FROM entities_messages \
+                "WITH taken AS (UPDATE entities_messages SET fresh = false \
+                   WHERE fresh AND part = ANY($1)) \
+                 SELECT id, target, deliver_at, body FROM entities_messages \
                  WHERE part = ANY($1) AND (deliver_at IS NULL OR deliver_at < $2 \
                    OR (deliver_at = $2 AND id <= $3)) ORDER BY seq",
                 &[&owned, &int(until.0), &int(until.1)],
@@ -119,65 +118,89 @@ impl Inner {
         })
     }
 
-    /// Claims messages stored for `parts` and not picked up yet.
+    /// Takes messages stored for `parts` and not taken yet, in the order stored, by the
+    /// cursor of [`crate::arrivals`]: one read, no write (scheduled ones excepted).
+    ///
+    /// Only partitions whose lease names this process are read. That check takes no lock: a
+    /// partition taken over while the read runs may give messages its new owner recovers too,
+    /// and the commit that would consume them here fails.
     pub(crate) async fn claim_arrivals(
         &self,
         parts: &[u32],
         limit: usize,
     ) -> Result<Vec<Message>, StoreError> {
-        let mut conn = self.connection().await?;
-        let tx = conn.transaction().await.map_err(read_failed)?;
-        // A claim only marks messages as taken in memory. It need not wait for a WAL flush:
-        // the commit that consumes them waits for one, which covers the claim before it, and a
-        // claim lost in a crash of the server leaves its messages to the recovery that the
-        // runtime's failed commits start.
-        //
-        // Claimed and consumed messages leave dead entries in the index of fresh messages
-        // until a vacuum. An index scan marks the entries of rows dead to everyone as such, so
-        // that later scans skip them; a bitmap scan, which the planner prefers for `ANY`, does
-        // not, and visits every dead row again at each poll.
-        tx.batch_execute(
-            "SET LOCAL synchronous_commit TO off; SET LOCAL enable_bitmapscan TO off; \
-             SET LOCAL enable_seqscan TO off",
-        )
-        .await
-        .map_err(read_failed)?;
-        // Most polls find nothing: look before taking locks.
-        let parts_db = sorted_parts(parts);
-        let exists = tx
+        let conn = self.connection().await?;
+        let (low, read_limit) = {
+            let cursor = self.arrivals.lock().expect("arrival cursor");
+            (cursor.low(), cursor.read_limit(limit))
+        };
+        // The snapshot's xmin comes from the same statement, so from the snapshot the rows
+        // were read with; the outer join gives it when no row is found.
+        let read = conn
             .prepare_cached(
-                "SELECT EXISTS (SELECT 1 FROM entities_messages WHERE fresh AND part = ANY($1))",
+                "SELECT m.id, m.target, m.deliver_at, m.body, m.xid, s.xmin \
+                 FROM (SELECT pg_snapshot_xmin(pg_current_snapshot())::text::bigint AS xmin) s \
+                 LEFT JOIN LATERAL (SELECT id, target, deliver_at, body, xid \
+                   FROM entities_messages WHERE fresh AND part = ANY($1) AND xid >= $2 \
+                     AND part IN (SELECT part FROM entities_leases WHERE owner = $4) \
+                   ORDER BY xid, seq LIMIT $3) m ON true",
             )
             .await
             .map_err(read_failed)?;
-        let any = tx
-            .query_one(&exists, &[&parts_db])
+        let found = conn
+            .query(
+                &read,
+                &[&sorted_parts(parts), &low, &(read_limit as i64), &self.node],
+            )
             .await
-            .map_err(read_failed)?
-            .get::<_, bool>(0);
-        if !any {
-            return Ok(Vec::new());
+            .map_err(read_failed)?;
+        let xmin = found.first().map_or(low, |row| row.get::<_, i64>(5));
+        let found: Vec<_> = found
+            .into_iter()
+            .filter(|row| row.get::<_, Option<i64>>(0).is_some())
+            .collect();
+        let seen: Vec<Seen> = found
+            .iter()
+            .map(|row| Seen {
+                id: row.get(0),
+                xid: row.get(4),
+            })
+            .collect();
+        let new = self
+            .arrivals
+            .lock()
+            .expect("arrival cursor")
+            .advance(&seen, xmin, read_limit);
+        let mut keep = vec![false; found.len()];
+        for i in new {
+            keep[i] = true;
         }
-        let owned = self.fenced_parts(&tx, parts).await?;
-        let claim = tx
-            .prepare_cached(
-                "WITH c AS (SELECT id FROM entities_messages WHERE fresh AND part = ANY($1) \
-                   ORDER BY seq LIMIT $2 FOR UPDATE) \
-                 UPDATE entities_messages m SET fresh = false FROM c WHERE m.id = c.id \
-                 RETURNING m.id, m.target, m.deliver_at, m.body, m.seq",
+        let new: Vec<_> = found
+            .into_iter()
+            .zip(keep)
+            .filter_map(|(row, keep)| keep.then_some(row))
+            .collect();
+        let mut rows = MessageRows::default();
+        rows.extend(&new);
+        // Scheduled arrivals are marked taken: when due beyond the runtime's horizon they are
+        // read again by `scheduled`, which skips arrivals not taken.
+        let scheduled: Vec<i64> = new
+            .iter()
+            .filter(|row| row.get::<_, Option<i64>>(2).is_some())
+            .map(|row| row.get(0))
+            .collect();
+        if !scheduled.is_empty() || !rows.undecodable.is_empty() {
+            let mut conn = conn;
+            let tx = conn.transaction().await.map_err(read_failed)?;
+            tx.execute(
+                "UPDATE entities_messages SET fresh = false WHERE id = ANY($1)",
+                &[&scheduled],
             )
             .await
             .map_err(read_failed)?;
-        let found = tx
-            .query(&claim, &[&owned, &(limit as i64)])
-            .await
-            .map_err(read_failed)?;
-        let mut found = found;
-        found.sort_by_key(|row| row.get::<_, i64>(4));
-        let mut rows = MessageRows::default();
-        rows.extend(&found);
-        self.set_aside(&tx, &mut rows).await?;
-        tx.commit().await.map_err(read_failed)?;
+            self.set_aside(&tx, &mut rows).await?;
+            tx.commit().await.map_err(read_failed)?;
+        }
         Ok(rows.messages)
     }
 

@@ -7,7 +7,7 @@ use tokio_postgres::Client;
 use crate::{pg_error, StoreError};
 
 /// The schema version this crate writes.
-pub(crate) const VERSION: i64 = 3;
+pub(crate) const VERSION: i64 = 4;
 
 /// The class of this crate's advisory locks (the first key of the two-key form); the second
 /// key is a partition number, or -1 for the schema.
@@ -95,6 +95,14 @@ const MIGRATIONS: &[&str] = &[
         outcome TEXT NOT NULL
      );
      CREATE INDEX entities_keys_by_created ON entities_keys (created);",
+    // 3 -> 4: each arrival records the transaction that stored it, so that the owner of a
+    // partition takes arrivals by a cursor over transaction ids (see `crate::arrivals`)
+    // instead of marking each one taken. Other messages leave it null. Arrivals stored
+    // before have 0, where every cursor starts.
+    "ALTER TABLE entities_messages ADD COLUMN xid BIGINT;
+     UPDATE entities_messages SET xid = 0 WHERE fresh;
+     DROP INDEX entities_messages_fresh;
+     CREATE INDEX entities_messages_arrivals ON entities_messages (part, xid, seq) WHERE fresh;",
 ];
 
 /// Creates or migrates the schema; returns the partition count (fixed when the schema was

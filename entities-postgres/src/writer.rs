@@ -148,8 +148,11 @@ const CREATE_INSTANCES: &str =
        $7::bigint[], $8::bigint[]) \
      ON CONFLICT (id) DO NOTHING RETURNING id";
 const CONSUME: &str = "DELETE FROM entities_messages WHERE id = ANY($1) RETURNING part";
-const PRODUCE: &str = "INSERT INTO entities_messages (id, part, target, deliver_at, body, fresh) \
-     SELECT * FROM unnest($1::bigint[], $2::int[], $3::bytea[], $4::bigint[], $5::text[], $6::bool[])";
+const PRODUCE: &str =
+    "INSERT INTO entities_messages (id, part, target, deliver_at, body, fresh, xid) \
+     SELECT *, CASE WHEN fresh THEN pg_current_xact_id()::text::bigint END \
+     FROM unnest($1::bigint[], $2::int[], $3::bytea[], $4::bigint[], $5::text[], $6::bool[]) \
+       m(id, part, target, deliver_at, body, fresh)";
 const WRITE_ENTITIES: &str =
     "INSERT INTO entities_entities (name, key, part, state, lock_owner, last_modified, \
        state_version) \
@@ -172,7 +175,8 @@ const RESTART_INSTANCES: &str = "UPDATE entities_instances i SET input = r.input
 const DELETE_HISTORIES: &str = "DELETE FROM entities_history WHERE instance = ANY($1)";
 const WRITE_REPLIES: &str = "INSERT INTO entities_replies (waiter, node, reply) \
      SELECT * FROM unnest($1::bigint[], $2::bigint[], $3::text[]) ON CONFLICT DO NOTHING";
-const MARK_FRESH: &str = "UPDATE entities_messages SET fresh = true WHERE id = ANY($1)";
+const MARK_FRESH: &str = "UPDATE entities_messages SET fresh = true, \
+     xid = pg_current_xact_id()::text::bigint WHERE id = ANY($1)";
 
 /// Instance rows as the columns of an `unnest` insert.
 #[derive(Default)]

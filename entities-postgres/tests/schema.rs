@@ -1,8 +1,33 @@
 //! Schema migrations of `PostgresStore` on a database written by an earlier version of this
 //! crate: its rows are kept, and the entity states stored before state versions existed read
-//! as version 1.
+//! as version 1, and messages stored before transaction ids were recorded are found.
 
-use entities_core::message::Target;
+fn add_one(id: MessageId, key: &EntityId) -> Message {
+    Message {
+        id,
+        target: Target::Entity(key.clone()),
+        deliver_at: None,
+        body: Body::Operation {
+            name: "add".into(),
+            input: Some(json!(1)),
+            reply: None,
+            sender: None,
+        },
+    }
+}
+
+/// Commits `message` as one for another process to pick up.
+async fn store_arrival(store: &PostgresStore, message: Message) {
+    let mut batch = Batch {
+        produced: vec![message.clone()],
+        ..Batch::default()
+    };
+    batch.remote.insert(message.id);
+    store.commit(batch).await.expect("a message stored");
+}
+
+use entities_core::message::{Body, Message, MessageId, Target};
+use entities_core::store::Batch;
 use entities_core::{partition_of, EntityId, Store};
 use entities_postgres::test_server::TestServer;
 use entities_postgres::PostgresStore;
@@ -16,6 +41,10 @@ async fn a_schema_1_database_keeps_its_entities_at_state_version_1() {
     let url = server.create_database().await.expect("a new database");
     let store = PostgresStore::connect(&url).await.expect("connecting");
     let partitions = store.partitions();
+    let id = EntityId::new("Counter", "k");
+    let old_message = add_one(store.partitioned().unwrap().id_base(), &id);
+    store.recover(0).await.expect("recovery");
+    store_arrival(&store, old_message.clone()).await;
     Store::shutdown(&store).await;
     drop(store);
 
@@ -25,12 +54,14 @@ async fn a_schema_1_database_keeps_its_entities_at_state_version_1() {
         .await
         .expect("a plain connection");
     let connection = tokio::spawn(connection);
-    let id = EntityId::new("Counter", "k");
     let part = partition_of(&Target::Entity(id.clone()), partitions) as i32;
     client
         .batch_execute(
             "ALTER TABLE entities_entities DROP COLUMN state_version; \
              DROP TABLE entities_keys; \
+             DROP INDEX entities_messages_arrivals; \
+             ALTER TABLE entities_messages DROP COLUMN xid; \
+             CREATE INDEX entities_messages_fresh ON entities_messages (part, seq) WHERE fresh; \
              UPDATE entities_meta SET value = 1 WHERE key = 'version';",
         )
         .await
@@ -57,7 +88,26 @@ async fn a_schema_1_database_keeps_its_entities_at_state_version_1() {
         .await
         .expect("the schema version")
         .get(0);
-    assert_eq!(version, 3);
+    assert_eq!(version, 4);
+
+    // The message stored under schema 1 is pending work of its partition, once.
+    let recovery = store.recover(0).await.expect("recovery");
+    let ids: Vec<MessageId> = recovery.messages.iter().map(|m| m.id).collect();
+    assert_eq!(ids, [old_message.id]);
+    let new_message = add_one(store.partitioned().unwrap().id_base(), &id);
+    store_arrival(&store, new_message.clone()).await;
+    let arrivals = store
+        .partitioned()
+        .unwrap()
+        .arrivals(&(0..partitions).collect::<Vec<_>>(), 100)
+        .await
+        .expect("arrivals");
+    let ids: Vec<MessageId> = arrivals.iter().map(|m| m.id).collect();
+    assert_eq!(
+        ids,
+        [new_message.id],
+        "only the message stored since recovery"
+    );
     Store::shutdown(&store).await;
     drop(client);
     let _ = connection.await;

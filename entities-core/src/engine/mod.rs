@@ -635,21 +635,26 @@ impl Engine {
         p.poll_at = tokio::time::Instant::now() + POLL_INTERVAL;
         let store = p.store.clone();
         let parts = self.ownership.partitions().unwrap_or_default();
-        if !parts.is_empty() {
-            loop {
-                let arrivals = store.arrivals(&parts, ARRIVALS_PAGE).await?;
-                let full = arrivals.len() >= ARRIVALS_PAGE;
-                for message in arrivals {
-                    if self.ownership.owns(&message) {
-                        self.deliver(message);
-                    }
-                }
+        // Arrivals and replies are read at the same time, on two connections.
+        let take_arrivals = async {
+            let mut taken = Vec::new();
+            while !parts.is_empty() {
+                let page = store.arrivals(&parts, ARRIVALS_PAGE).await?;
+                let full = page.len() >= ARRIVALS_PAGE;
+                taken.extend(page);
                 if !full {
                     break;
                 }
             }
+            Ok::<_, StoreError>(taken)
+        };
+        let (arrivals, replies) = tokio::join!(take_arrivals, store.take_replies());
+        for message in arrivals? {
+            if self.ownership.owns(&message) {
+                self.deliver(message);
+            }
         }
-        for reply in store.take_replies().await? {
+        for reply in replies? {
             let Some(tx) = self.waiters.remove(&reply.waiter) else {
                 continue;
             };

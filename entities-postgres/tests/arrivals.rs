@@ -1,0 +1,122 @@
+//! Arrivals are taken by a cursor over the ids of the transactions that stored them: a
+//! producer that commits after a later one is still found, a poll cut short by its limit goes
+//! on where it stopped, and nothing is returned twice.
+
+use entities_core::message::{Body, Message, MessageId, Target};
+use entities_core::store::Batch;
+use entities_core::{EntityId, Store};
+use entities_postgres::test_server::TestServer;
+use entities_postgres::PostgresStore;
+use serde_json::json;
+
+fn add_one(id: MessageId, key: &str) -> Message {
+    Message {
+        id,
+        target: Target::Entity(EntityId::new("Counter", key)),
+        deliver_at: None,
+        body: Body::Operation {
+            name: "add".into(),
+            input: Some(json!(1)),
+            reply: None,
+            sender: None,
+        },
+    }
+}
+
+/// Commits `messages` as arrivals (for the owner to pick up), in one transaction.
+async fn store_arrivals(store: &PostgresStore, messages: Vec<Message>) {
+    let mut batch = Batch::default();
+    for message in messages {
+        batch.remote.insert(message.id);
+        batch.produced.push(message);
+    }
+    store.commit(batch).await.expect("arrivals stored");
+}
+
+async fn take(store: &PostgresStore, limit: usize) -> Vec<MessageId> {
+    let all: Vec<u32> = (0..store.partitions()).collect();
+    store
+        .partitioned()
+        .unwrap()
+        .arrivals(&all, limit)
+        .await
+        .expect("arrivals")
+        .iter()
+        .map(|m| m.id)
+        .collect()
+}
+
+#[tokio::test]
+async fn arrivals_committed_out_of_order_are_all_taken_once() {
+    let Some(server) = TestServer::start_or_skip("the PostgreSQL arrivals test") else {
+        return;
+    };
+    let url = server.create_database().await.expect("a new database");
+    let store = PostgresStore::connect(&url).await.expect("connecting");
+    store.recover(0).await.expect("taking the partitions");
+    let base = store.partitioned().unwrap().id_base();
+
+    // A producer whose transaction started first (its id is lower) and commits last, as
+    // another process's commit can.
+    let (mut admin, connection) = tokio_postgres::connect(&url, tokio_postgres::NoTls)
+        .await
+        .expect("a plain connection");
+    tokio::spawn(connection);
+    let slow = admin.transaction().await.unwrap();
+    let late = add_one(base + 100, "late");
+    slow.execute(
+        "INSERT INTO entities_messages (id, part, target, body, fresh, xid) \
+         VALUES ($1, 0, $2, $3, true, pg_current_xact_id()::text::bigint)",
+        &[
+            &(late.id as i64),
+            &late.target.to_string().into_bytes(),
+            &serde_json::to_string(&late.body).unwrap(),
+        ],
+    )
+    .await
+    .unwrap();
+
+    let early = add_one(base, "early");
+    store_arrivals(&store, vec![early.clone()]).await;
+    assert_eq!(take(&store, 100).await, [early.id]);
+    assert_eq!(take(&store, 100).await, Vec::<MessageId>::new());
+
+    slow.commit().await.unwrap();
+    assert_eq!(
+        take(&store, 100).await,
+        [late.id],
+        "the arrival committed last is found though a later transaction's was taken first"
+    );
+    assert_eq!(take(&store, 100).await, Vec::<MessageId>::new());
+    Store::shutdown(&store).await;
+}
+
+#[tokio::test]
+async fn a_poll_cut_short_by_its_limit_goes_on_in_order() {
+    let Some(server) = TestServer::start_or_skip("the PostgreSQL arrivals test") else {
+        return;
+    };
+    let url = server.create_database().await.expect("a new database");
+    let store = PostgresStore::connect(&url).await.expect("connecting");
+    store.recover(0).await.expect("taking the partitions");
+    let base = store.partitioned().unwrap().id_base();
+
+    let first: Vec<Message> = (0..5)
+        .map(|i| add_one(base + i, &format!("k{i}")))
+        .collect();
+    let second: Vec<Message> = (5..8)
+        .map(|i| add_one(base + i, &format!("k{i}")))
+        .collect();
+    store_arrivals(&store, first).await;
+    store_arrivals(&store, second).await;
+    let mut taken = Vec::new();
+    for _ in 0..4 {
+        let page = take(&store, 2).await;
+        assert!(page.len() <= 2, "{page:?}");
+        taken.extend(page);
+    }
+    let want: Vec<MessageId> = (0..8).map(|i| base + i).collect();
+    assert_eq!(taken, want, "every arrival once, in the order stored");
+    assert_eq!(take(&store, 2).await, Vec::<MessageId>::new());
+    Store::shutdown(&store).await;
+}
