@@ -667,11 +667,12 @@ impl Partitioned for Inner {
         let mut conn = self.connection().await?;
         let failed = |e| pg_error("cannot read replies", e);
         // Most polls find no reply: look before writing.
+        let exists = conn
+            .prepare_cached("SELECT EXISTS (SELECT 1 FROM entities_replies WHERE node = $1)")
+            .await
+            .map_err(failed)?;
         let any = conn
-            .query_one(
-                "SELECT EXISTS (SELECT 1 FROM entities_replies WHERE node = $1)",
-                &[&self.node],
-            )
+            .query_one(&exists, &[&self.node])
             .await
             .map_err(failed)?
             .get::<_, bool>(0);

@@ -10,7 +10,7 @@ use entities_core::store::{
     EntityQuery, EntityRecord, EntityRecordPage, InstanceQuery, InstanceRecord, InstanceRecordPage,
     LockRecord, Recovery, SetAsideMessage, StoreStats,
 };
-use entities_core::{EntityId, StoreError, StoreErrorKind};
+use entities_core::{partition_of, EntityId, StoreError, StoreErrorKind};
 use tracing::warn;
 
 use crate::arrivals::Seen;
@@ -243,14 +243,20 @@ impl Inner {
         Ok(rows.messages)
     }
 
-    /// The scheduled messages of one target, by time then id (through the index by target).
+    /// The scheduled messages of one target, by time then id (through the index by partition
+    /// and target; activity messages belong to their instances' partitions).
     pub(crate) async fn scheduled_for(&self, target: &Target) -> Result<Vec<Message>, StoreError> {
+        let part = match target {
+            Target::Activity => None,
+            target => Some(partition_of(target, self.count) as i32),
+        };
         let conn = self.connection().await?;
         let found = conn
             .query(
                 "SELECT id, target, deliver_at, body FROM entities_messages \
-                 WHERE target = $1 AND deliver_at IS NOT NULL ORDER BY deliver_at, id",
-                &[&target.to_string().into_bytes()],
+                 WHERE ($2::int IS NULL OR part = $2) AND target = $1 \
+                   AND deliver_at IS NOT NULL ORDER BY deliver_at, id",
+                &[&target.to_string().into_bytes(), &part],
             )
             .await
             .map_err(read_failed)?;
@@ -273,7 +279,7 @@ impl Inner {
                 "SELECT key FROM entities_entities e WHERE name = $1 AND last_modified < $2 \
                  AND state IS NOT NULL AND lock_owner IS NULL AND NOT EXISTS \
                  (SELECT 1 FROM entities_messages m \
-                  WHERE m.target = convert_to('@' || e.name || '@', 'UTF8') || e.key) \
+                  WHERE m.part = e.part AND m.target = convert_to('@' || e.name || '@', 'UTF8') || e.key) \
                  LIMIT $3",
                 &[&name, &int(before), &(limit.min(i64::MAX as usize) as i64)],
             )
@@ -353,12 +359,13 @@ impl Inner {
         let row = conn
             .query_opt(
                 "SELECT state, lock_owner, last_modified, state_version, \
-                   (SELECT count(*) FROM entities_messages WHERE target = $3) \
+                   (SELECT count(*) FROM entities_messages WHERE part = $4 AND target = $3) \
                  FROM entities_entities WHERE name = $1 AND key = $2",
                 &[
                     &id.name(),
                     &id.key().as_bytes(),
                     &id.to_string().into_bytes(),
+                    &(partition_of(&Target::Entity(id.clone()), self.count) as i32),
                 ],
             )
             .await
@@ -415,7 +422,7 @@ impl Inner {
             .query(
                 "SELECT name, key, CASE WHEN $1 THEN state END, lock_owner, last_modified, \
                    state_version, (SELECT count(*) FROM entities_messages m \
-                    WHERE m.target = convert_to('@' || e.name || '@', 'UTF8') || e.key) \
+                    WHERE m.part = e.part AND m.target = convert_to('@' || e.name || '@', 'UTF8') || e.key) \
                  FROM entities_entities e \
                  WHERE ($2::text IS NULL OR name = $2) \
                    AND ($3::bytea IS NULL OR substring(key FROM 1 FOR length($3)) = $3) \
@@ -459,7 +466,7 @@ impl Inner {
         conn.execute(
             "DELETE FROM entities_entities e WHERE state IS NULL AND lock_owner IS NULL \
              AND NOT EXISTS (SELECT 1 FROM entities_messages m \
-               WHERE m.target = convert_to('@' || e.name || '@', 'UTF8') || e.key)",
+               WHERE m.part = e.part AND m.target = convert_to('@' || e.name || '@', 'UTF8') || e.key)",
             &[],
         )
         .await

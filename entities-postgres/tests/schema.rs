@@ -62,6 +62,9 @@ async fn a_schema_1_database_keeps_its_entities_at_state_version_1() {
              DROP INDEX entities_messages_arrivals; \
              ALTER TABLE entities_messages DROP COLUMN xid; \
              CREATE INDEX entities_messages_fresh ON entities_messages (part, seq) WHERE fresh; \
+             DROP INDEX entities_messages_by_part_target; \
+             CREATE INDEX entities_messages_by_part ON entities_messages (part, seq); \
+             CREATE INDEX entities_messages_by_target ON entities_messages (target); \
              UPDATE entities_meta SET value = 1 WHERE key = 'version';",
         )
         .await

@@ -648,7 +648,15 @@ impl Engine {
             }
             Ok::<_, StoreError>(taken)
         };
-        let (arrivals, replies) = tokio::join!(take_arrivals, store.take_replies());
+        // Replies are looked for only while calls wait (one left unheard is taken later).
+        let take_replies = async {
+            if self.waiters.is_empty() {
+                Ok(Vec::new())
+            } else {
+                store.take_replies().await
+            }
+        };
+        let (arrivals, replies) = tokio::join!(take_arrivals, take_replies);
         for message in arrivals? {
             if self.ownership.owns(&message) {
                 self.deliver(message);
