@@ -107,7 +107,9 @@ pub async fn worker(args: &[String]) {
                     })
                 })
                 .collect();
-            futures::future::join_all(tasks).await;
+            for sender in futures::future::join_all(tasks).await {
+                sender.expect("a sender failed");
+            }
             // Durable end: every signal applied, read through calls to all keys at once
             // (wherever each key runs), repeated for keys not done yet.
             let checks = (0..keys).map(|k| {
@@ -159,7 +161,9 @@ pub async fn worker(args: &[String]) {
                     })
                 })
                 .collect();
-            futures::future::join_all(tasks).await;
+            for sender in futures::future::join_all(tasks).await {
+                sender.expect("a sender failed");
+            }
             println!("result {total} {}", start.elapsed().as_secs_f64());
         }
         "call" => {

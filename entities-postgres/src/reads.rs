@@ -182,6 +182,9 @@ impl Inner {
             .collect();
         let mut rows = MessageRows::default();
         rows.extend(&new);
+        // Should what follows fail, the cursor is past these rows already: the runtime
+        // recovers after a failed poll, and recovery reads every stored message again.
+        //
         // Scheduled arrivals are marked taken: when due beyond the runtime's horizon they are
         // read again by `scheduled`, which skips arrivals not taken.
         let scheduled: Vec<i64> = new
