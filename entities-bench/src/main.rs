@@ -1,7 +1,8 @@
 //! Benchmarks of `entities` on the embedded SQLite store.
 //!
-//! `cargo run --release -p entities-bench -- --store postgres [spread|bank|call|failover]` runs
-//! the PostgreSQL benchmarks (see `pg.rs`).
+//! `cargo run --release -p entities-bench -- --store postgres [spread|bank|call|failover]
+//! [--processes N]` runs the PostgreSQL benchmarks (see `pg.rs`) with 1, 2 and 3 runtime
+//! processes, or with N only.
 //!
 //! `cargo run --release -p entities-bench -- <workload> [--normal]`, where workload is one of
 //! `hot`, `spread`, `bank`, `call`, `rest`, `raw`, `isolated`, `backlog`, `http`, `ttl`,
@@ -880,12 +881,22 @@ async fn main() {
     }
     if let Some(i) = args.iter().position(|a| a == "--store") {
         if args.get(i + 1).map(String::as_str) == Some("postgres") {
+            let counts = args.iter().position(|a| a == "--processes");
+            let processes = match counts.and_then(|c| args.get(c + 1)) {
+                Some(n) => {
+                    let n: usize = n.parse().expect("--processes takes a number");
+                    n..=n
+                }
+                None => 1..=3,
+            };
             let workload = args
                 .iter()
                 .enumerate()
-                .find(|(j, a)| !a.starts_with("--") && *j != i + 1)
+                .find(|(j, a)| {
+                    !a.starts_with("--") && *j != i + 1 && counts.is_none_or(|c| *j != c + 1)
+                })
                 .map_or("all", |(_, a)| a.as_str());
-            return pg::main(workload).await;
+            return pg::main(workload, processes).await;
         }
     }
     let sync = if args.iter().any(|a| a == "--normal") {

@@ -63,6 +63,14 @@ async fn live_owners(url: &str) -> usize {
 
 /// A worker: `pg-worker <workload> <url> <index> <processes>`.
 pub async fn worker(args: &[String]) {
+    // Warnings and errors of the runtime (a store fault, a lease lost) go to stderr.
+    tracing_subscriber::fmt()
+        .with_env_filter(
+            tracing_subscriber::EnvFilter::try_from_default_env()
+                .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("warn")),
+        )
+        .with_writer(std::io::stderr)
+        .init();
     let (workload, url, index, processes) = (
         args[0].as_str(),
         args[1].as_str(),
@@ -427,7 +435,7 @@ async fn failover(server: &TestServer) -> Duration {
 }
 
 /// The `--store postgres` benchmarks.
-pub async fn main(workload: &str) {
+pub async fn main(workload: &str, processes: std::ops::RangeInclusive<usize>) {
     let server = TestServer::start()
         .expect("a PostgreSQL server (install `postgresql` or set ENTITIES_POSTGRES_URL)");
     let url = server.create_database().await.unwrap();
@@ -454,7 +462,7 @@ pub async fn main(workload: &str) {
     if all || workload == "spread" {
         let raw_rate = raw(&url, 60_000, 1000).await;
         println!("raw      tokio-postgres, same rows, 1,000 per txn:  {raw_rate:>8.0} signals/s");
-        for n in 1..=3 {
+        for n in processes.clone() {
             let (rate, _) = run(&server, "spread", n).await;
             println!(
                 "spread   {n} process(es), 256 senders each:           {rate:>8.0} signals/s ({:.0} % of raw)",
@@ -463,7 +471,7 @@ pub async fn main(workload: &str) {
         }
     }
     if all || workload == "bank" {
-        for n in 1..=3 {
+        for n in processes.clone() {
             let (rate, _) = run(&server, "bank", n).await;
             println!(
                 "bank     {n} process(es), 32 in flight each:         {rate:>8.0} transfers/s"
@@ -471,7 +479,7 @@ pub async fn main(workload: &str) {
         }
     }
     if all || workload == "call" {
-        for n in 1..=3 {
+        for n in processes.clone() {
             let (rate, figures) = run(&server, "call", n).await;
             let p50 = figures.iter().map(|f| f[2]).sum::<f64>() / figures.len() as f64;
             println!(

@@ -120,3 +120,67 @@ async fn a_poll_cut_short_by_its_limit_goes_on_in_order() {
     assert_eq!(take(&store, 2).await, Vec::<MessageId>::new());
     Store::shutdown(&store).await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_message_recovered_is_never_an_arrival_again() {
+    let Some(server) = TestServer::start_or_skip("the PostgreSQL arrivals test") else {
+        return;
+    };
+    let url = server.create_database().await.expect("a new database");
+    let store = PostgresStore::connect(&url).await.expect("connecting");
+    store.recover(0).await.expect("taking the partitions");
+    let base = store.partitioned().unwrap().id_base();
+    let all: Vec<u32> = (0..store.partitions()).collect();
+
+    // Another process stores arrivals, one per transaction, while this one recovers its
+    // partitions again and again and polls between recoveries.
+    let (producer, connection) = tokio_postgres::connect(&url, tokio_postgres::NoTls)
+        .await
+        .expect("a plain connection");
+    tokio::spawn(connection);
+    let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let producing = {
+        let stop = stop.clone();
+        tokio::spawn(async move {
+            let mut n = 0;
+            while !stop.load(std::sync::atomic::Ordering::SeqCst) {
+                let message = add_one(base + 1_000 + n, "k");
+                producer
+                    .execute(
+                        "INSERT INTO entities_messages (id, part, target, body, fresh, xid) \
+                         VALUES ($1, 0, $2, $3, true, pg_current_xact_id()::text::bigint)",
+                        &[
+                            &(message.id as i64),
+                            &message.target.to_string().into_bytes(),
+                            &serde_json::to_string(&message.body).unwrap(),
+                        ],
+                    )
+                    .await
+                    .unwrap();
+                n += 1;
+            }
+            n
+        })
+    };
+    let partitioned = store.partitioned().unwrap();
+    let mut recovered = std::collections::HashSet::new();
+    for _ in 0..200 {
+        let recovery = partitioned
+            .recover_partitions(&all, (u64::MAX, MessageId::MAX))
+            .await
+            .expect("recovery");
+        recovered.extend(recovery.messages.iter().map(|m| m.id));
+        let arrivals = partitioned.arrivals(&all, 1000).await.expect("arrivals");
+        for message in arrivals {
+            assert!(
+                !recovered.contains(&message.id),
+                "message {} was recovered and then returned as an arrival",
+                message.id
+            );
+        }
+    }
+    stop.store(true, std::sync::atomic::Ordering::SeqCst);
+    let produced = producing.await.unwrap();
+    assert!(produced > 0, "the producer stored nothing");
+    Store::shutdown(&store).await;
+}
