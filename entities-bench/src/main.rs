@@ -281,13 +281,7 @@ async fn client_calls(
     let bench = Bench::new(sync);
     let runtime = bench.runtime().await;
     let client = runtime.client();
-    let mut lat = Vec::with_capacity(sequential);
-    for _ in 0..sequential {
-        let start = Instant::now();
-        client.call::<Counter>("one").add(1).await.unwrap();
-        lat.push(start.elapsed());
-    }
-    lat.sort();
+    let lat = sequential_calls(&client, sequential).await;
     let start = Instant::now();
     let tasks: Vec<_> = (0..in_flight)
         .map(|_| {
@@ -705,16 +699,7 @@ async fn http_load(sync: Synchronous, total: usize, in_flight: usize, keys: usiz
     drop(one);
     let in_process = tokio::spawn({
         let client = client.clone();
-        async move {
-            let mut lat = Vec::with_capacity(SEQUENTIAL_CALLS);
-            for _ in 0..SEQUENTIAL_CALLS {
-                let start = Instant::now();
-                client.call::<Counter>("one").add(1).await.unwrap();
-                lat.push(start.elapsed());
-            }
-            lat.sort();
-            lat
-        }
+        async move { sequential_calls(&client, SEQUENTIAL_CALLS).await }
     })
     .await
     .expect("in-process call task");
@@ -845,6 +830,18 @@ impl HttpConnection {
 }
 
 /// The sum of the committed values of the counters `k*`.
+/// The latencies of `n` calls to one counter made one after the other, sorted.
+async fn sequential_calls(client: &Client, n: usize) -> Vec<Duration> {
+    let mut lat = Vec::with_capacity(n);
+    for _ in 0..n {
+        let start = Instant::now();
+        client.call::<Counter>("one").add(1).await.unwrap();
+        lat.push(start.elapsed());
+    }
+    lat.sort();
+    lat
+}
+
 async fn sum_of_keys(client: &Client) -> i64 {
     let mut query = EntityQuery {
         name: Some("counter".into()),

@@ -43,14 +43,13 @@ impl ArrivalCursor {
     }
 
     /// Records a poll that read `rows` (in `(xid, seq)` order, `read_limit` at most, all at or
-    /// above `low`) with snapshot `xmin`; returns the indexes of the rows not taken before.
-    pub(crate) fn advance(&mut self, rows: &[Seen], xmin: i64, read_limit: usize) -> Vec<usize> {
-        let new: Vec<usize> = (0..rows.len())
-            .filter(|i| !self.taken.contains_key(&rows[*i].id))
+    /// above `low`) with snapshot `xmin`; returns, for each row, whether it was not taken
+    /// before.
+    pub(crate) fn advance(&mut self, rows: &[Seen], xmin: i64, read_limit: usize) -> Vec<bool> {
+        let new: Vec<bool> = rows
+            .iter()
+            .map(|row| self.taken.insert(row.id, row.xid).is_none())
             .collect();
-        for i in &new {
-            self.taken.insert(rows[*i].id, rows[*i].xid);
-        }
         let cut_short = rows.len() >= read_limit;
         let bound = match rows.last() {
             Some(last) if cut_short => xmin.min(last.xid),
@@ -76,11 +75,14 @@ mod tests {
         let mut cursor = ArrivalCursor::default();
         // Transaction 10 is still running; 12 committed.
         let first = [seen(1, 12)];
-        assert_eq!(cursor.advance(&first, 10, cursor.read_limit(100)), vec![0]);
+        assert_eq!(cursor.advance(&first, 10, cursor.read_limit(100)), [true]);
         assert_eq!(cursor.low(), 10);
         // 10 commits later with a row stored before 12's.
         let second = [seen(2, 10), seen(1, 12)];
-        assert_eq!(cursor.advance(&second, 13, cursor.read_limit(100)), vec![0]);
+        assert_eq!(
+            cursor.advance(&second, 13, cursor.read_limit(100)),
+            [true, false]
+        );
         assert_eq!(cursor.low(), 13);
         // Both lie below the cursor now and are forgotten.
         assert_eq!(cursor.read_limit(100), 100);
@@ -92,13 +94,16 @@ mod tests {
         let limit = cursor.read_limit(2);
         // Transaction 5 stored three rows; the limit cut after two of them.
         let first = [seen(1, 5), seen(2, 5)];
-        assert_eq!(cursor.advance(&first, 9, limit), vec![0, 1]);
+        assert_eq!(cursor.advance(&first, 9, limit), [true, true]);
         assert_eq!(cursor.low(), 5);
         // The next poll reads the two again and skips them.
         let limit = cursor.read_limit(2);
         assert_eq!(limit, 4);
         let second = [seen(1, 5), seen(2, 5), seen(3, 5), seen(4, 7)];
-        assert_eq!(cursor.advance(&second, 9, limit), vec![2, 3]);
+        assert_eq!(
+            cursor.advance(&second, 9, limit),
+            [false, false, true, true]
+        );
         assert_eq!(cursor.low(), 7);
         assert_eq!(cursor.read_limit(0), 1);
     }

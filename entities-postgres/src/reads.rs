@@ -166,19 +166,15 @@ impl Inner {
                 xid: row.get(4),
             })
             .collect();
-        let new = self
+        let unseen = self
             .arrivals
             .lock()
             .expect("arrival cursor")
             .advance(&seen, xmin, read_limit);
-        let mut keep = vec![false; found.len()];
-        for i in new {
-            keep[i] = true;
-        }
         let new: Vec<_> = found
             .into_iter()
-            .zip(keep)
-            .filter_map(|(row, keep)| keep.then_some(row))
+            .zip(unseen)
+            .filter_map(|(row, unseen)| unseen.then_some(row))
             .collect();
         let mut rows = MessageRows::default();
         rows.extend(&new);
@@ -195,12 +191,14 @@ impl Inner {
         if !scheduled.is_empty() || !rows.undecodable.is_empty() {
             let mut conn = conn;
             let tx = conn.transaction().await.map_err(read_failed)?;
-            tx.execute(
-                "UPDATE entities_messages SET fresh = false WHERE id = ANY($1)",
-                &[&scheduled],
-            )
-            .await
-            .map_err(read_failed)?;
+            if !scheduled.is_empty() {
+                tx.execute(
+                    "UPDATE entities_messages SET fresh = false WHERE id = ANY($1)",
+                    &[&scheduled],
+                )
+                .await
+                .map_err(read_failed)?;
+            }
             self.set_aside(&tx, &mut rows).await?;
             tx.commit().await.map_err(read_failed)?;
         }

@@ -2,36 +2,13 @@
 //! producer that commits after a later one is still found, a poll cut short by its limit goes
 //! on where it stopped, and nothing is returned twice.
 
-use entities_core::message::{Body, Message, MessageId, Target};
-use entities_core::store::Batch;
-use entities_core::{EntityId, Store};
+mod common;
+
+use common::{add_one, insert_arrival, store_arrivals};
+use entities_core::message::{Message, MessageId};
+use entities_core::Store;
 use entities_postgres::test_server::TestServer;
 use entities_postgres::PostgresStore;
-use serde_json::json;
-
-fn add_one(id: MessageId, key: &str) -> Message {
-    Message {
-        id,
-        target: Target::Entity(EntityId::new("Counter", key)),
-        deliver_at: None,
-        body: Body::Operation {
-            name: "add".into(),
-            input: Some(json!(1)),
-            reply: None,
-            sender: None,
-        },
-    }
-}
-
-/// Commits `messages` as arrivals (for the owner to pick up), in one transaction.
-async fn store_arrivals(store: &PostgresStore, messages: Vec<Message>) {
-    let mut batch = Batch::default();
-    for message in messages {
-        batch.remote.insert(message.id);
-        batch.produced.push(message);
-    }
-    store.commit(batch).await.expect("arrivals stored");
-}
 
 async fn take(store: &PostgresStore, limit: usize) -> Vec<MessageId> {
     let all: Vec<u32> = (0..store.partitions()).collect();
@@ -64,17 +41,7 @@ async fn arrivals_committed_out_of_order_are_all_taken_once() {
     tokio::spawn(connection);
     let slow = admin.transaction().await.unwrap();
     let late = add_one(base + 100, "late");
-    slow.execute(
-        "INSERT INTO entities_messages (id, part, target, body, fresh, xid) \
-         VALUES ($1, 0, $2, $3, true, pg_current_xact_id()::text::bigint)",
-        &[
-            &(late.id as i64),
-            &late.target.to_string().into_bytes(),
-            &serde_json::to_string(&late.body).unwrap(),
-        ],
-    )
-    .await
-    .unwrap();
+    insert_arrival(&slow, &late, store.partitions()).await;
 
     let early = add_one(base, "early");
     store_arrivals(&store, vec![early.clone()]).await;
@@ -130,7 +97,8 @@ async fn a_message_recovered_is_never_an_arrival_again() {
     let store = PostgresStore::connect(&url).await.expect("connecting");
     store.recover(0).await.expect("taking the partitions");
     let base = store.partitioned().unwrap().id_base();
-    let all: Vec<u32> = (0..store.partitions()).collect();
+    let partitions = store.partitions();
+    let all: Vec<u32> = (0..partitions).collect();
 
     // Another process stores arrivals, one per transaction, while this one recovers its
     // partitions again and again and polls between recoveries.
@@ -145,18 +113,7 @@ async fn a_message_recovered_is_never_an_arrival_again() {
             let mut n = 0;
             while !stop.load(std::sync::atomic::Ordering::SeqCst) {
                 let message = add_one(base + 1_000 + n, "k");
-                producer
-                    .execute(
-                        "INSERT INTO entities_messages (id, part, target, body, fresh, xid) \
-                         VALUES ($1, 0, $2, $3, true, pg_current_xact_id()::text::bigint)",
-                        &[
-                            &(message.id as i64),
-                            &message.target.to_string().into_bytes(),
-                            &serde_json::to_string(&message.body).unwrap(),
-                        ],
-                    )
-                    .await
-                    .unwrap();
+                insert_arrival(&producer, &message, partitions).await;
                 n += 1;
             }
             n

@@ -2,32 +2,10 @@
 //! crate: its rows are kept, and the entity states stored before state versions existed read
 //! as version 1, and messages stored before transaction ids were recorded are found.
 
-fn add_one(id: MessageId, key: &EntityId) -> Message {
-    Message {
-        id,
-        target: Target::Entity(key.clone()),
-        deliver_at: None,
-        body: Body::Operation {
-            name: "add".into(),
-            input: Some(json!(1)),
-            reply: None,
-            sender: None,
-        },
-    }
-}
+mod common;
 
-/// Commits `message` as one for another process to pick up.
-async fn store_arrival(store: &PostgresStore, message: Message) {
-    let mut batch = Batch {
-        produced: vec![message.clone()],
-        ..Batch::default()
-    };
-    batch.remote.insert(message.id);
-    store.commit(batch).await.expect("a message stored");
-}
-
-use entities_core::message::{Body, Message, MessageId, Target};
-use entities_core::store::Batch;
+use common::{add_one, store_arrivals};
+use entities_core::message::{MessageId, Target};
 use entities_core::{partition_of, EntityId, Store};
 use entities_postgres::test_server::TestServer;
 use entities_postgres::PostgresStore;
@@ -42,9 +20,9 @@ async fn a_schema_1_database_keeps_its_entities_at_state_version_1() {
     let store = PostgresStore::connect(&url).await.expect("connecting");
     let partitions = store.partitions();
     let id = EntityId::new("Counter", "k");
-    let old_message = add_one(store.partitioned().unwrap().id_base(), &id);
+    let old_message = add_one(store.partitioned().unwrap().id_base(), id.key());
     store.recover(0).await.expect("recovery");
-    store_arrival(&store, old_message.clone()).await;
+    store_arrivals(&store, vec![old_message.clone()]).await;
     Store::shutdown(&store).await;
     drop(store);
 
@@ -97,8 +75,8 @@ async fn a_schema_1_database_keeps_its_entities_at_state_version_1() {
     let recovery = store.recover(0).await.expect("recovery");
     let ids: Vec<MessageId> = recovery.messages.iter().map(|m| m.id).collect();
     assert_eq!(ids, [old_message.id]);
-    let new_message = add_one(store.partitioned().unwrap().id_base(), &id);
-    store_arrival(&store, new_message.clone()).await;
+    let new_message = add_one(store.partitioned().unwrap().id_base(), id.key());
+    store_arrivals(&store, vec![new_message.clone()]).await;
     let arrivals = store
         .partitioned()
         .unwrap()

@@ -638,12 +638,14 @@ impl Engine {
         // Arrivals and replies are read at the same time, on two connections.
         let take_arrivals = async {
             let mut taken = Vec::new();
-            while !parts.is_empty() {
-                let page = store.arrivals(&parts, ARRIVALS_PAGE).await?;
-                let full = page.len() >= ARRIVALS_PAGE;
-                taken.extend(page);
-                if !full {
-                    break;
+            if !parts.is_empty() {
+                loop {
+                    let page = store.arrivals(&parts, ARRIVALS_PAGE).await?;
+                    let full = page.len() >= ARRIVALS_PAGE;
+                    taken.extend(page);
+                    if !full {
+                        break;
+                    }
                 }
             }
             Ok::<_, StoreError>(taken)
