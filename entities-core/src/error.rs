@@ -247,6 +247,9 @@ pub enum StoreErrorKind {
     /// This process no longer owns a partition the batch writes (another process took it
     /// over); none of the batch was applied.
     Fenced,
+    /// The database could not be reached for longer than the store waits for it
+    /// (`unavailable_timeout`); nothing of the send or batch was applied, so a retry is safe.
+    Unavailable,
 }
 
 /// An error of the store (database I/O, corruption, a schema from a newer version). Cheap to

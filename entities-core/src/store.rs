@@ -591,6 +591,18 @@ pub trait Store: Send + Sync + 'static {
     fn partitioned(&self) -> Option<Arc<dyn Partitioned>> {
         None
     }
+
+    /// Checks, cheaply, that the database answers (for readiness probes). The default
+    /// answers `Ok`.
+    async fn ping(&self) -> Result<(), StoreError> {
+        Ok(())
+    }
+
+    /// How long a send waits while the database cannot be reached before it fails with
+    /// [`StoreErrorKind::Unavailable`](crate::StoreErrorKind::Unavailable). Default 30 s.
+    fn unavailable_timeout(&self) -> std::time::Duration {
+        std::time::Duration::from_secs(30)
+    }
 }
 
 /// A change of the partitions a process owns, told by a [`Partitioned`] store to its runtime.

@@ -83,7 +83,10 @@ impl From<Error> for ApiError {
                 StoreErrorKind::Closed | StoreErrorKind::InUse => {
                     (StatusCode::SERVICE_UNAVAILABLE, "store_unavailable")
                 }
-                StoreErrorKind::DiskFull | StoreErrorKind::ReadOnly | StoreErrorKind::Io => {
+                StoreErrorKind::DiskFull
+                | StoreErrorKind::ReadOnly
+                | StoreErrorKind::Io
+                | StoreErrorKind::Unavailable => {
                     (StatusCode::SERVICE_UNAVAILABLE, "store_unavailable")
                 }
                 _ => (StatusCode::INTERNAL_SERVER_ERROR, "store_error"),

@@ -89,6 +89,11 @@ pub struct PostgresOptions {
     pub lease: Duration,
     /// Connections in the pool (reads, claims, leases; commits use one at a time). Default 8.
     pub pool_size: usize,
+    /// How long sends and calls wait while the database cannot be reached (a restart, a
+    /// network cut) before they fail with
+    /// [`StoreErrorKind::Unavailable`](entities_core::StoreErrorKind::Unavailable); a commit
+    /// that failed before it could apply is sent again meanwhile. Default 30 seconds.
+    pub unavailable_timeout: Duration,
 }
 
 impl Default for PostgresOptions {
@@ -97,6 +102,7 @@ impl Default for PostgresOptions {
             partitions: 32,
             lease: Duration::from_secs(10),
             pool_size: 8,
+            unavailable_timeout: Duration::from_secs(30),
         }
     }
 }
@@ -620,6 +626,14 @@ impl Store for PostgresStore {
 
     fn partitioned(&self) -> Option<Arc<dyn Partitioned>> {
         Some(self.inner.clone())
+    }
+
+    async fn ping(&self) -> Result<(), StoreError> {
+        self.inner.probe().await
+    }
+
+    fn unavailable_timeout(&self) -> Duration {
+        self.inner.options.unavailable_timeout
     }
 }
 
