@@ -370,6 +370,7 @@ async fn check_audit(url: &str, acked: &HashMap<String, Vec<u64>>) {
     }
 }
 
+#[derive(Clone, Copy)]
 enum Fault {
     Kill,
     Stop,
@@ -450,6 +451,17 @@ async fn three_processes(fault: Fault, what: &str) {
         drop(p.child.stdin.take());
         p.drain(&mut acked);
         let _ = p.child.wait();
+        if let Fault::Stop = fault {
+            // A process paused past its lease: what it had not committed is sent again (to
+            // the new owners), and its clients never hear of the move.
+            let failed = failures(&p.log);
+            assert!(
+                failed.is_empty(),
+                "{} client requests failed, e.g. {:?}",
+                failed.len(),
+                &failed[..failed.len().min(5)]
+            );
+        }
     }
 }
 
@@ -461,6 +473,132 @@ async fn killed_process_is_replaced_and_nothing_is_lost() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn stopped_process_is_fenced_and_rejoins() {
     three_processes(Fault::Stop, "stopped_process_is_fenced").await;
+}
+
+/// The lines of a child's log that tell of a send or call that failed.
+fn failures(log: &std::path::Path) -> Vec<String> {
+    std::fs::read_to_string(log)
+        .unwrap_or_default()
+        .lines()
+        .filter(|l| l.contains(" not acknowledged: ") || l.starts_with("call to "))
+        .map(str::to_string)
+        .collect()
+}
+
+/// Leases as stored: partition, owner, epoch.
+async fn leases(url: &str) -> Vec<(i32, Option<i64>, i64)> {
+    let (client, conn) = tokio_postgres::connect(url, tokio_postgres::NoTls)
+        .await
+        .unwrap();
+    tokio::spawn(conn);
+    client
+        .query(
+            "SELECT part, owner, epoch FROM entities_leases ORDER BY part",
+            &[],
+        )
+        .await
+        .unwrap()
+        .iter()
+        .map(|row| (row.get(0), row.get(1), row.get(2)))
+        .collect()
+}
+
+/// What happens to the database server under load.
+#[derive(Clone, Copy, Debug)]
+enum ServerFault {
+    /// `pg_ctl restart -m fast`.
+    Restart,
+    /// Stopped for 10 s, then started again.
+    Down,
+    /// Every server process SIGSTOPped for 10 s, then continued.
+    Freeze,
+}
+
+/// Three processes send under load while the server restarts, is down 10 s or is frozen 10 s:
+/// no client send or call fails, every acknowledged signal is applied once and in order, and
+/// (frozen) no partition changes owner.
+async fn server_fault(fault: ServerFault, what: &str) {
+    let _serial = ONE_AT_A_TIME.lock().await;
+    let Some(server) = TestServer::start_or_skip(what) else {
+        return;
+    };
+    let url = server.create_database().await.unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    let dir = dir.path();
+    let mut acked = HashMap::new();
+    let count = match fault {
+        ServerFault::Restart => 300,
+        ServerFault::Down | ServerFault::Freeze => 400,
+    };
+    let procs: Vec<Proc> = (0..3)
+        .map(|i| spawn(&url, &format!("s{i}"), count, dir))
+        .collect();
+    for p in &procs {
+        p.until("started", &mut acked, Duration::from_secs(30));
+    }
+    let deadline = Instant::now() + Duration::from_secs(15);
+    while live_owners(&url).await.len() < 3 {
+        assert!(Instant::now() < deadline, "partitions never spread");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    tokio::time::sleep(Duration::from_millis(1000)).await;
+    let before = leases(&url).await;
+    match fault {
+        ServerFault::Restart => server.restart().unwrap(),
+        ServerFault::Down => {
+            server.stop().unwrap();
+            tokio::time::sleep(Duration::from_secs(10)).await;
+            server.start_again().unwrap();
+        }
+        ServerFault::Freeze => {
+            server.freeze(true).unwrap();
+            tokio::time::sleep(Duration::from_secs(10)).await;
+            server.freeze(false).unwrap();
+        }
+    }
+    let back = Instant::now();
+    for p in &procs {
+        p.until("done", &mut acked, Duration::from_secs(180));
+    }
+    println!(
+        "{fault:?}: every process done {:?} after the server came back",
+        back.elapsed()
+    );
+    if let ServerFault::Freeze = fault {
+        assert_eq!(
+            leases(&url).await,
+            before,
+            "a partition changed owner across the freeze"
+        );
+    }
+    check_audit(&url, &acked).await;
+    for mut p in procs {
+        drop(p.child.stdin.take());
+        p.drain(&mut acked);
+        let _ = p.child.wait();
+        let failed = failures(&p.log);
+        assert!(
+            failed.is_empty(),
+            "{fault:?}: {} client requests failed, e.g. {:?}",
+            failed.len(),
+            &failed[..failed.len().min(5)]
+        );
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn server_restart_fails_no_request() {
+    server_fault(ServerFault::Restart, "server_restart_fails_no_request").await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn server_down_ten_seconds_fails_no_request() {
+    server_fault(ServerFault::Down, "server_down_ten_seconds").await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn server_frozen_ten_seconds_moves_no_partition() {
+    server_fault(ServerFault::Freeze, "server_frozen_ten_seconds").await;
 }
 
 /// A bank account (money moves only inside transfers).

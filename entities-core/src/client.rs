@@ -764,7 +764,7 @@ impl Client {
                 .map_err(|_| Error::Shutdown)
         };
         if !batch.instances.is_empty() || !batch.consumed.is_empty() || !batch.entities.is_empty() {
-            let batch = self.shared.store.commit(batch).await?;
+            let batch = self.commit_waiting_out(batch).await?;
             return send(Command::Deliver {
                 messages: batch.produced,
                 waiter,
@@ -785,13 +785,39 @@ impl Client {
         send(Command::Deliver {
             messages: batch.produced,
             waiter,
-            stored: Some(crate::engine::Stored { tx, permits }),
+            stored: Some(crate::engine::Stored::new(tx, permits)),
             keys: batch.keys,
         })?;
         permit.forget();
         match done.await {
             Ok(result) => Ok(result?),
             Err(_) => Err(Error::Shutdown),
+        }
+    }
+}
+
+impl Client {
+    /// Commits `batch` directly, making it again while the store fails without applying it
+    /// (its partition moved, the database cannot be reached), for at most the store's
+    /// `unavailable_timeout`.
+    async fn commit_waiting_out(&self, batch: Batch) -> Result<Batch> {
+        let deadline = tokio::time::Instant::now() + self.shared.store.unavailable_timeout();
+        let mut backoff = Duration::from_millis(10);
+        loop {
+            match self.shared.store.commit(batch.clone()).await {
+                Err(err)
+                    if crate::engine::resendable(&err)
+                        && tokio::time::Instant::now() + backoff < deadline =>
+                {
+                    tracing::debug!(error = %err, "a client commit is made again");
+                }
+                other => return Ok(other?),
+            }
+            if self.is_shut_down() {
+                return Err(Error::Shutdown);
+            }
+            tokio::time::sleep(backoff).await;
+            backoff = (backoff * 2).min(Duration::from_millis(250));
         }
     }
 }

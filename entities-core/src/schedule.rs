@@ -195,7 +195,7 @@ impl Client {
             .send(Command::Cancel {
                 message: Box::new(message),
                 found: found_tx,
-                stored: Stored { tx, permits: 0 },
+                stored: Stored::new(tx, 0),
             })
             .map_err(|_| Error::Shutdown)?;
         let found = found.await.map_err(|_| Error::Shutdown)?;

@@ -92,7 +92,7 @@ pub struct InstanceWrite {
 }
 
 /// Everything one commit changes, applied atomically.
-#[derive(Debug, Default)]
+#[derive(Clone, Debug, Default)]
 pub struct Batch {
     /// Entity rows to write (state and lock), keyed by id.
     pub entities: Vec<EntityRecord>,

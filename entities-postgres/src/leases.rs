@@ -6,9 +6,9 @@
 //! partition takes its exclusive advisory lock, so it waits for the commits under way, which
 //! hold it shared (see the writer).
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, HashMap};
 use std::sync::Arc;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use entities_core::store::OwnershipEvent;
 use entities_core::StoreError;
@@ -20,6 +20,46 @@ use crate::{pg_error, Inner};
 
 /// The partitions held, with their epochs.
 pub(crate) type Held = BTreeMap<u32, i64>;
+
+/// What this process has seen of other processes' leases, by its own clock. A lease is taken
+/// over only once this process has seen it unrenewed for a whole lease period while its own
+/// lease rounds went through without a gap: the database's clock alone cannot tell a dead
+/// owner from a database that was frozen or slow (after such a pause every lease looks
+/// expired, though each owner renews at its next round).
+#[derive(Default)]
+pub(crate) struct Observed {
+    /// When this process's leases were last renewed.
+    last_renewal: Option<Instant>,
+    /// Per partition: the lease as last read (owner, epoch, expiry) and since when it has
+    /// been seen unchanged.
+    leases: HashMap<u32, (Option<i64>, i64, String, Instant)>,
+}
+
+impl Observed {
+    /// Notes a renewal of this process's leases at `now`; a gap over `max_gap` since the
+    /// previous one (a pause of the database or of this process) forgets what was seen.
+    fn renewed(&mut self, now: Instant, max_gap: Duration) {
+        if self
+            .last_renewal
+            .is_none_or(|last| now.duration_since(last) > max_gap)
+        {
+            self.leases.clear();
+        }
+        self.last_renewal = Some(now);
+    }
+
+    /// Notes a lease as read at `now`; returns how long it has been seen unchanged.
+    fn saw(&mut self, part: u32, lease: (Option<i64>, i64, String), now: Instant) -> Duration {
+        let entry = self
+            .leases
+            .entry(part)
+            .or_insert_with(|| (lease.0, lease.1, lease.2.clone(), now));
+        if (entry.0, entry.1, &entry.2) != (lease.0, lease.1, &lease.2) {
+            *entry = (lease.0, lease.1, lease.2, now);
+        }
+        now.duration_since(entry.3)
+    }
+}
 
 /// Millisecond count for SQL intervals.
 fn ms(d: Duration) -> i64 {
@@ -70,6 +110,12 @@ impl Inner {
             .iter()
             .map(|row| (row.get::<_, i32>(0) as u32, row.get::<_, i64>(1)))
             .collect();
+        // Rounds come every quarter lease: a gap of half a lease means this process could
+        // not have seen renewals meanwhile.
+        self.observed
+            .lock()
+            .expect("observed")
+            .renewed(Instant::now(), self.options.lease / 2);
         let lost: Vec<u32> = {
             let mut held = self.held.lock().expect("held");
             let lost: Vec<u32> = held
@@ -120,9 +166,41 @@ impl Inner {
         if holding > target {
             self.hand_over(holding - target);
         } else if holding < target {
-            self.take(target - holding).await?;
+            let takeable = self.takeable().await?;
+            if !takeable.is_empty() {
+                self.take(target - holding, &takeable).await?;
+            }
         }
         Ok(())
+    }
+
+    /// The partitions this process may take: free ones, and expired ones it has seen
+    /// unrenewed for a whole lease period of its own observation (see [`Observed`]).
+    async fn takeable(&self) -> Result<Vec<i32>, StoreError> {
+        let conn = self.connection().await?;
+        let rows = conn
+            .query(
+                "SELECT part, owner, epoch, expires_at::text, expires_at < now() \
+                 FROM entities_leases",
+                &[],
+            )
+            .await
+            .map_err(|e| pg_error("cannot read partition leases", e))?;
+        let now = Instant::now();
+        let mut observed = self.observed.lock().expect("observed");
+        let mut takeable = Vec::new();
+        for row in &rows {
+            let part: i32 = row.get(0);
+            let owner: Option<i64> = row.get(1);
+            let lease = (owner, row.get::<_, i64>(2), row.get::<_, String>(3));
+            let unchanged = observed.saw(part as u32, lease, now);
+            let expired: bool = row.get(4);
+            let free = owner.is_none();
+            if owner != Some(self.node) && (free || (expired && unchanged >= self.options.lease)) {
+                takeable.push(part);
+            }
+        }
+        Ok(takeable)
     }
 
     /// Hands `n` partitions over: the runtime first stores what it holds of them and
@@ -206,8 +284,8 @@ impl Inner {
         Ok(())
     }
 
-    /// Takes up to `n` free or expired partitions.
-    async fn take(&self, n: usize) -> Result<(), StoreError> {
+    /// Takes up to `n` of the partitions `candidates` that are still free or expired.
+    async fn take(&self, n: usize, candidates: &[i32]) -> Result<(), StoreError> {
         let failed = |e| pg_error("cannot take partitions", e);
         let lease = ms(self.options.lease);
         let mut conn = self.connection().await?;
@@ -225,8 +303,9 @@ impl Inner {
             .query(
                 "SELECT part FROM entities_leases \
                  WHERE (owner IS NULL OR expires_at < now()) AND owner IS DISTINCT FROM $2 \
+                   AND part = ANY($3) \
                  ORDER BY part LIMIT $1 FOR UPDATE SKIP LOCKED",
-                &[&(n as i64), &self.node],
+                &[&(n as i64), &self.node, &candidates],
             )
             .await
             .map_err(failed)?

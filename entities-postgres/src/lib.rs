@@ -135,6 +135,8 @@ pub(crate) struct Inner {
     pub(crate) held: Mutex<Held>,
     /// Which arrivals were taken.
     pub(crate) arrivals: Mutex<arrivals::ArrivalCursor>,
+    /// What this process has seen of the leases (see [`leases::Observed`]).
+    pub(crate) observed: Mutex<leases::Observed>,
     /// Partitions being handed over (held until the runtime let go of them).
     pub(crate) releasing: Mutex<BTreeSet<u32>>,
     pub(crate) events: mpsc::UnboundedSender<OwnershipEvent>,
@@ -153,20 +155,51 @@ pub(crate) struct Inner {
     leases_paused: AtomicBool,
 }
 
-/// A database error as a [`StoreError`] with `what` as context, classified by kind.
+/// A database error as a [`StoreError`] with `what` as context, classified by kind. A lost
+/// connection (the server restarts, shuts down or cannot be reached) is
+/// [`StoreErrorKind::Unavailable`]: the statement it cut off was not applied (a `COMMIT` cut
+/// off is the one case that can have been, and the writer resolves it itself).
 pub(crate) fn pg_error(what: &str, err: tokio_postgres::Error) -> StoreError {
-    let kind = match err.code().map(|c| c.code()) {
-        Some("53100") => StoreErrorKind::DiskFull,
-        Some("25006") => StoreErrorKind::ReadOnly,
-        Some("58030") => StoreErrorKind::Io,
-        _ => StoreErrorKind::Other,
+    let kind = if connection_lost(&err) {
+        StoreErrorKind::Unavailable
+    } else {
+        match err.code().map(|c| c.code()) {
+            Some("53100") => StoreErrorKind::DiskFull,
+            Some("25006") => StoreErrorKind::ReadOnly,
+            Some("58030") => StoreErrorKind::Io,
+            _ => StoreErrorKind::Other,
+        }
     };
     StoreError::with_kind(kind, what, err)
 }
 
+/// Whether `err` means the connection is gone rather than that a statement failed: closed,
+/// an I/O error, a connection exception (SQLSTATE class 08), the server shutting down or
+/// starting (57P01, 57P02, 57P03), or the session ended for idling in a transaction (25P03,
+/// after a pause of the process or the server). Each rolls back what the session had not
+/// committed.
+pub(crate) fn connection_lost(err: &tokio_postgres::Error) -> bool {
+    if err.is_closed() {
+        return true;
+    }
+    if let Some(code) = err.code() {
+        let code = code.code();
+        return code.starts_with("08") || matches!(code, "57P01" | "57P02" | "57P03" | "25P03");
+    }
+    let mut source = std::error::Error::source(err);
+    while let Some(cause) = source {
+        if cause.is::<std::io::Error>() {
+            return true;
+        }
+        source = cause.source();
+    }
+    false
+}
+
+/// A connection that cannot be had from the pool: the database cannot be reached.
 fn pool_error(err: deadpool_postgres::PoolError) -> StoreError {
     StoreError::with_kind(
-        StoreErrorKind::Io,
+        StoreErrorKind::Unavailable,
         "cannot get a PostgreSQL connection",
         err,
     )
@@ -188,6 +221,11 @@ impl PostgresStore {
         let idle = (options.lease / 4)
             .max(Duration::from_millis(100))
             .as_millis();
+        // A server that accepts connections but does not answer (a frozen host) must not
+        // hold a connection attempt forever: the attempt is made again.
+        if config.get_connect_timeout().is_none() {
+            config.connect_timeout(Duration::from_secs(5));
+        }
         let existing = config.get_options().unwrap_or("").to_string();
         config.options(format!("{existing} -c idle_in_transaction_session_timeout={idle}").trim());
         if options.partitions == 0 || options.partitions > 4096 {
@@ -223,6 +261,7 @@ impl PostgresStore {
             options,
             held: Mutex::new(Held::new()),
             releasing: Mutex::new(BTreeSet::new()),
+            observed: Mutex::default(),
             events,
             events_rx: Mutex::new(Some(events_rx)),
             hint: Arc::new(Notify::new()),

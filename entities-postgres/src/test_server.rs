@@ -204,3 +204,98 @@ impl Drop for TestServer {
         }
     }
 }
+
+/// Faults of the server itself, for tests of outages.
+impl TestServer {
+    fn data_dir(&self) -> Option<PathBuf> {
+        self.dir.as_ref().map(|d| d.path().join("data"))
+    }
+
+    /// Restarts the server (`pg_ctl restart -m fast`: sessions are ended, the server is down
+    /// for a moment). Does nothing on a server given by `ENTITIES_POSTGRES_URL`.
+    pub fn restart(&self) -> Result<(), Unavailable> {
+        let Some(data) = self.data_dir() else {
+            return Ok(());
+        };
+        run(self
+            .pg("pg_ctl")
+            .args(["restart", "-m", "fast", "-w", "-t", "60", "-D"])
+            .arg(&data)
+            .arg("-l")
+            .arg(self.socket_dir().join("log")))
+    }
+
+    /// Stops the server (`pg_ctl stop -m fast`) until [`TestServer::start_again`].
+    pub fn stop(&self) -> Result<(), Unavailable> {
+        let Some(data) = self.data_dir() else {
+            return Ok(());
+        };
+        let opts = std::fs::read_to_string(data.join("postmaster.opts"))
+            .map_err(|e| Unavailable(format!("cannot read postmaster.opts: {e}")))?;
+        std::fs::write(self.socket_dir().join("opts"), opts)
+            .map_err(|e| Unavailable(format!("cannot keep the server's options: {e}")))?;
+        run(self
+            .pg("pg_ctl")
+            .args(["stop", "-m", "fast", "-w", "-t", "60", "-D"])
+            .arg(&data))
+    }
+
+    /// Starts a server stopped by [`TestServer::stop`] again, with the options it had.
+    pub fn start_again(&self) -> Result<(), Unavailable> {
+        let Some(data) = self.data_dir() else {
+            return Ok(());
+        };
+        let opts = std::fs::read_to_string(self.socket_dir().join("opts"))
+            .map_err(|e| Unavailable(format!("cannot read the server's options: {e}")))?;
+        // postmaster.opts: the binary, then its quoted arguments; `-D` is given here.
+        let args: Vec<String> = opts
+            .split('"')
+            .skip(1)
+            .step_by(2)
+            .map(str::to_string)
+            .collect();
+        let mut options = Vec::new();
+        let mut args = args.into_iter();
+        while let Some(arg) = args.next() {
+            if arg == "-D" {
+                args.next();
+            } else {
+                options.push(arg);
+            }
+        }
+        run(self
+            .pg("pg_ctl")
+            .args(["start", "-w", "-t", "60", "-D"])
+            .arg(&data)
+            .arg("-l")
+            .arg(self.socket_dir().join("log"))
+            .args(["-o", &options.join(" ")]))
+    }
+
+    /// Freezes (`true`, SIGSTOP) or thaws (`false`, SIGCONT) every process of the server, as
+    /// a stalled database host would.
+    pub fn freeze(&self, frozen: bool) -> Result<(), Unavailable> {
+        let Some(data) = self.data_dir() else {
+            return Ok(());
+        };
+        let pid = std::fs::read_to_string(data.join("postmaster.pid"))
+            .map_err(|e| Unavailable(format!("cannot read postmaster.pid: {e}")))?
+            .lines()
+            .next()
+            .unwrap_or("")
+            .trim()
+            .to_string();
+        let signal = if frozen { "-STOP" } else { "-CONT" };
+        // The postmaster first (it forks no backend while stopped), then its children; one
+        // that exited meanwhile is no error.
+        run(Command::new("kill").args([signal, &pid]))?;
+        let children = Command::new("pgrep")
+            .args(["-P", &pid])
+            .output()
+            .map_err(|e| Unavailable(format!("cannot run pgrep: {e}")))?;
+        for child in String::from_utf8_lossy(&children.stdout).split_whitespace() {
+            let _ = Command::new("kill").args([signal, child]).output();
+        }
+        Ok(())
+    }
+}

@@ -7,6 +7,7 @@
 use std::collections::{HashMap, HashSet};
 use std::pin::Pin;
 use std::sync::Arc;
+use std::time::{Duration, Instant};
 
 use entities_core::message::{Message, MessageId};
 use entities_core::store::{Batch, EntityRecord, InstanceWrite};
@@ -113,7 +114,7 @@ pub(crate) async fn run(inner: Arc<Inner>, mut rx: mpsc::UnboundedReceiver<Reque
                 StoreErrorKind::Closed,
                 "the store is closed: its runtime has stopped",
             )),
-            (None, false) => commit(&inner, &batches).await,
+            (None, false) => commit_retrying(&inner, &batches).await,
         };
         match result {
             Ok(wake) => {
@@ -137,7 +138,96 @@ pub(crate) async fn run(inner: Arc<Inner>, mut rx: mpsc::UnboundedReceiver<Reque
     }
 }
 
+/// Commits a group, waiting out a database that cannot be reached: a commit that failed
+/// before it could apply (no connection, the server shutting down or restarting) is made
+/// again, and one whose `COMMIT` was cut off is looked up by its transaction id: applied, it
+/// succeeded; rolled back, it is made again. Past `unavailable_timeout` it fails with
+/// [`StoreErrorKind::Unavailable`], nothing of it applied.
+async fn commit_retrying(inner: &Inner, batches: &[Batch]) -> Result<bool, StoreError> {
+    let timeout = inner.options.unavailable_timeout;
+    let started = Instant::now();
+    let mut backoff = Duration::from_millis(20);
+    let mut warned = false;
+    loop {
+        let mut committing = None;
+        let err = match commit(inner, batches, &mut committing).await {
+            Ok(wake) => return Ok(wake),
+            Err(err) if err.kind() != StoreErrorKind::Unavailable => return Err(err),
+            Err(err) => err,
+        };
+        if let Some(xid) = committing {
+            if landed(inner, &xid, started).await? {
+                debug!(xid, "a commit cut off by a lost connection had landed");
+                return Ok(true);
+            }
+        }
+        if inner.is_closed() {
+            return Err(StoreError::of_kind(
+                StoreErrorKind::Closed,
+                "the store is closed: its runtime has stopped",
+            ));
+        }
+        if started.elapsed() >= timeout {
+            return Err(StoreError::of_kind(
+                StoreErrorKind::Unavailable,
+                format!(
+                    "the database could not be reached for {timeout:?}; nothing of the batch \
+                     was applied ({err})"
+                ),
+            ));
+        }
+        if !warned {
+            warn!(error = %err, "the database cannot be reached; the commit is made again once it can");
+            warned = true;
+        }
+        tokio::time::sleep(backoff).await;
+        backoff = (backoff * 2).min(Duration::from_millis(250));
+    }
+}
+
+/// Whether the transaction `xid`, whose `COMMIT` was cut off, committed: asks the database
+/// (on a new connection) until it answers, for at most `unavailable_timeout` from `started`.
+async fn landed(inner: &Inner, xid: &str, started: Instant) -> Result<bool, StoreError> {
+    let timeout = inner.options.unavailable_timeout;
+    let mut backoff = Duration::from_millis(20);
+    loop {
+        let status = match inner.connection().await {
+            Ok(conn) => conn
+                .query_one("SELECT pg_xact_status($1::text::xid8)", &[&xid])
+                .await
+                .map(|row| row.get::<_, Option<String>>(0))
+                .map_err(|e| pg_error("cannot look up a commit cut off", e)),
+            Err(err) => Err(err),
+        };
+        match status {
+            Ok(Some(status)) if status == "committed" => return Ok(true),
+            Ok(Some(status)) if status == "aborted" => return Ok(false),
+            // Still in progress: the server has not yet noticed its client is gone.
+            Ok(Some(_)) => {}
+            Ok(None) => {
+                return Err(StoreError::new(format!(
+                    "the outcome of transaction {xid}, cut off during COMMIT, is no longer known"
+                )))
+            }
+            Err(err) if err.kind() == StoreErrorKind::Unavailable => {}
+            Err(err) => return Err(err),
+        }
+        if started.elapsed() >= timeout {
+            return Err(StoreError::of_kind(
+                StoreErrorKind::Other,
+                format!(
+                    "a commit was cut off during COMMIT and the database did not answer for \
+                     {timeout:?}: whether it landed is unknown until the runtime recovers"
+                ),
+            ));
+        }
+        tokio::time::sleep(backoff).await;
+        backoff = (backoff * 2).min(Duration::from_millis(250));
+    }
+}
+
 /// The statements of a commit, prepared once per connection (deadpool's statement cache).
+pub(crate) const XACT_ID: &str = "SELECT pg_current_xact_id()::text";
 pub(crate) const LOCK_SHARED: &str =
     "SELECT pg_advisory_xact_lock_shared($1, p) FROM unnest($2::int[]) p";
 pub(crate) const READ_LEASES: &str =
@@ -302,7 +392,11 @@ async fn pipelined(
 /// (pipelined): the fence first (its shared locks, then the lease read, so that writes run
 /// under the locks), then the writes; the answers are checked before `COMMIT`, and a failed
 /// check drops the transaction, which rolls it back.
-async fn commit(inner: &Inner, batches: &[Batch]) -> Result<bool, StoreError> {
+async fn commit(
+    inner: &Inner,
+    batches: &[Batch],
+    committing: &mut Option<String>,
+) -> Result<bool, StoreError> {
     let failed = |e| pg_error("commit failed", e);
     let count = inner.count;
     let fenced = |what: String| {
@@ -431,6 +525,7 @@ async fn commit(inner: &Inner, batches: &[Batch]) -> Result<bool, StoreError> {
     let mut conn = inner.connection().await?;
     let tx = conn.transaction().await.map_err(failed)?;
     let lock_shared = tx.prepare_cached(LOCK_SHARED).await.map_err(failed)?;
+    let xact_id = tx.prepare_cached(XACT_ID).await.map_err(failed)?;
     let read_leases = tx.prepare_cached(READ_LEASES).await.map_err(failed)?;
     let create = tx.prepare_cached(CREATE_INSTANCES).await.map_err(failed)?;
     let consume = tx.prepare_cached(CONSUME).await.map_err(failed)?;
@@ -477,6 +572,7 @@ async fn commit(inner: &Inner, batches: &[Batch]) -> Result<bool, StoreError> {
     let creating = !created_ids.is_empty();
     let consuming = !consumed.is_empty();
     let mut queries: Vec<BoxFuture<'_, Result<Vec<Row>, tokio_postgres::Error>>> = Vec::new();
+    queries.push(Box::pin(tx.query(&xact_id, &[])));
     if fenced_query {
         queries.push(Box::pin(tx.query(&lock_shared, &lock_params)));
         queries.push(Box::pin(tx.query(&read_leases, &lease_params)));
@@ -507,6 +603,9 @@ async fn commit(inner: &Inner, batches: &[Batch]) -> Result<bool, StoreError> {
         queries.push(Box::pin(tx.query(&write_replies, &reply_params)));
     }
     let mut answers = pipelined(queries).await.map_err(failed)?.into_iter();
+    let xid: Option<String> = answers
+        .next()
+        .and_then(|rows| rows.first().map(|row| row.get(0)));
 
     let verified: HashSet<u32> = if fenced_query {
         let _locks = answers.next();
@@ -574,6 +673,8 @@ async fn commit(inner: &Inner, batches: &[Batch]) -> Result<bool, StoreError> {
     }
     write_keys(&tx, batches).await.map_err(failed)?;
     let wake = !waiters.is_empty() || fresh.iter().any(|f| *f) || !lost.is_empty();
+    // From here a lost connection leaves the outcome open: the caller looks it up by the id.
+    *committing = xid;
     tx.commit().await.map_err(failed)?;
     debug!(batches = batches.len(), "committed");
     Ok(wake)

@@ -5,7 +5,6 @@ use std::collections::{HashMap, HashSet};
 
 use super::commits::Effects;
 use super::entities::RoundOutput;
-use super::protocol::answer_stored;
 use super::Engine;
 use crate::error::StoreError;
 use crate::id::EntityId;
@@ -42,6 +41,12 @@ impl Engine {
     /// client messages taken in, and runs nothing else.
     pub(super) async fn run_batch(&mut self, only_finished: bool) -> Result<(), StoreError> {
         self.batch_no += 1;
+        // On a shared store a commit can fail without applying (the partition moved, the
+        // database went away): the client messages are kept to be sent again.
+        let resend = self
+            .partitioned
+            .as_ref()
+            .map(|_| (self.ingested.clone(), self.ingested_keys.clone()));
         let mut b = Building {
             local: self.ingested.iter().map(|m| m.id).collect(),
             batch: Batch {
@@ -51,7 +56,9 @@ impl Engine {
                 ..Batch::default()
             },
             effects: Effects {
-                stored: std::mem::take(&mut self.ingested_acks),
+                stored: std::mem::take(&mut self.cancel_acks),
+                sends: std::mem::take(&mut self.ingested_acks),
+                resend,
                 ..Effects::default()
             },
             ..Building::default()
@@ -59,12 +66,9 @@ impl Engine {
         let span = tracing::debug_span!("batch", batch = self.batch_no);
         let rounds = self.run_rounds(&mut b, only_finished);
         if let Err(err) = tracing::Instrument::instrument(rounds, span.clone()).await {
-            // The senders of the client messages it took in hear why they are not stored.
-            answer_stored(
-                &self.shared.intake,
-                std::mem::take(&mut b.effects.stored),
-                Some(&err),
-            );
+            // The senders of the client messages it took in hear why they are not stored, or
+            // are kept to be sent again.
+            self.failed_effects(std::mem::take(&mut b.effects), &err);
             return Err(err);
         }
         let Building {

@@ -16,8 +16,13 @@ use crate::store::{Batch, InstanceRecord, Store};
 /// Effects released once a batch has committed.
 #[derive(Default)]
 pub(crate) struct Effects {
-    /// Clients whose messages the batch stores.
+    /// Clients waiting for the batch's deletions (cancelled scheduled messages).
     pub stored: Vec<Stored>,
+    /// Clients whose messages the batch stores.
+    pub sends: Vec<Stored>,
+    /// On a shared store, the client messages the batch took in, with their keys: sent
+    /// again if the commit fails without applying (see [`super::protocol::resendable`]).
+    pub resend: Option<(Vec<Message>, Vec<crate::store::IdempotencyKey>)>,
     /// Replies to client calls.
     pub replies: Vec<(u64, CallReply)>,
     /// Messages delivered only after the commit (activities: side effects outside).
@@ -29,6 +34,7 @@ pub(crate) struct Effects {
 impl Effects {
     fn is_empty(&self) -> bool {
         self.stored.is_empty()
+            && self.sends.is_empty()
             && self.replies.is_empty()
             && self.deferred.is_empty()
             && self.finished_instances.is_empty()

@@ -34,11 +34,13 @@ use std::time::Duration;
 use tokio::sync::{mpsc, oneshot, Notify};
 use tracing::{debug, error, info, warn};
 
+use self::commits::Effects;
 use self::commits::{Commits, Done};
 use self::entities::Entities;
 pub(crate) use self::entities::{panic_message, Timeouts};
 use self::partition::Ownership;
-use self::protocol::answer_stored;
+pub(crate) use self::protocol::resendable;
+use self::protocol::{answer_stored, Resend};
 pub(crate) use self::protocol::{CallReply, Command, Stored};
 pub(crate) use self::shared::Shared;
 use self::timers::Timers;
@@ -111,6 +113,10 @@ pub(crate) struct Engine {
     /// Client messages delivered but not stored yet: the next batch stores them.
     ingested: Vec<Message>,
     ingested_acks: Vec<Stored>,
+    /// Clients waiting for the deletion of the messages of `cancelled`.
+    cancel_acks: Vec<Stored>,
+    /// Client sends to make again after a recovery (see [`protocol::Resend`]).
+    resend: Vec<Resend>,
     /// Idempotency keys claimed by the client messages of `ingested`.
     ingested_keys: Vec<crate::store::IdempotencyKey>,
     /// Stored scheduled messages cancelled by clients: the next batch deletes them.
@@ -166,6 +172,8 @@ impl Engine {
             waiters: HashMap::new(),
             ingested: Vec::new(),
             ingested_acks: Vec::new(),
+            cancel_acks: Vec::new(),
+            resend: Vec::new(),
             cancelled: Vec::new(),
             ingested_keys: Vec::new(),
             batch_no: 0,
@@ -198,7 +206,16 @@ impl Engine {
         // Commits still queued may land: their senders hear how they ended.
         while !self.commits.is_empty() {
             let (result, effects) = self.commits.next().await;
-            answer_stored(&self.shared.intake, effects.stored, result.as_ref().err());
+            let failure = result.as_ref().err();
+            answer_stored(&self.shared.intake, effects.stored, failure);
+            answer_stored(&self.shared.intake, effects.sends, failure);
+        }
+        let unsent = StoreError::of_kind(
+            StoreErrorKind::Closed,
+            "the runtime stopped before the database could be reached again",
+        );
+        for resend in std::mem::take(&mut self.resend) {
+            answer_stored(&self.shared.intake, resend.acks, Some(&unsent));
         }
         self.shared.stopped.store(true, Ordering::SeqCst);
         if let Some(done) = self.shutdown.take() {
@@ -405,7 +422,7 @@ impl Engine {
             };
         if waiting {
             self.cancelled.push(message.id);
-            self.ingested_acks.push(stored);
+            self.cancel_acks.push(stored);
         } else {
             answer_stored(&self.shared.intake, vec![stored], None);
         }
@@ -434,11 +451,12 @@ impl Engine {
     /// failed commit is a fault.
     fn committed(&mut self, (result, effects): Done) -> Result<(), StoreError> {
         if let Err(err) = result {
-            answer_stored(&self.shared.intake, effects.stored, Some(&err));
+            self.failed_effects(effects, &err);
             return Err(err);
         }
         self.committed_no += 1;
         answer_stored(&self.shared.intake, effects.stored, None);
+        answer_stored(&self.shared.intake, effects.sends, None);
         for message in effects.deferred {
             self.deliver(message);
         }
@@ -454,6 +472,92 @@ impl Engine {
             self.orchestrations.unload_idle();
         }
         Ok(())
+    }
+
+    /// The effects of a batch that did not commit: client sends that can be made again are
+    /// kept for after the recovery (see [`resendable`]); every other waiter hears `err`.
+    fn failed_effects(&mut self, effects: Effects, err: &StoreError) {
+        answer_stored(&self.shared.intake, effects.stored, Some(err));
+        match effects.resend {
+            Some((messages, keys)) if resendable(err) && !effects.sends.is_empty() => {
+                self.keep_for_resend(messages, keys, effects.sends);
+            }
+            _ => answer_stored(&self.shared.intake, effects.sends, Some(err)),
+        }
+    }
+
+    /// Keeps client sends to be made again after the recovery.
+    fn keep_for_resend(
+        &mut self,
+        messages: Vec<Message>,
+        keys: Vec<crate::store::IdempotencyKey>,
+        acks: Vec<Stored>,
+    ) {
+        let Some(since) = acks.iter().map(|a| a.since).min() else {
+            return;
+        };
+        self.resend.push(Resend {
+            since,
+            messages,
+            keys,
+            acks,
+        });
+    }
+
+    /// Fails the sends kept through an outage (to send again, or postponed commands) that
+    /// have waited the store's `unavailable_timeout`: nothing of them was applied.
+    fn expire_waiting_sends(&mut self, postponed: &mut Vec<Command>) {
+        let timeout = self.shared.store.unavailable_timeout();
+        let now = tokio::time::Instant::now();
+        let gave_up = || {
+            StoreError::of_kind(
+                StoreErrorKind::Unavailable,
+                format!(
+                    "the store could not be reached for {timeout:?}; nothing of this send was \
+                     applied"
+                ),
+            )
+        };
+        let (expired, kept): (Vec<Resend>, Vec<Resend>) = std::mem::take(&mut self.resend)
+            .into_iter()
+            .partition(|r| r.since + timeout <= now);
+        self.resend = kept;
+        for resend in expired {
+            answer_stored(&self.shared.intake, resend.acks, Some(&gave_up()));
+        }
+        let mut kept = Vec::with_capacity(postponed.len());
+        for command in postponed.drain(..) {
+            match command {
+                Command::Deliver {
+                    stored: Some(stored),
+                    ..
+                } if stored.since + timeout <= now => {
+                    answer_stored(&self.shared.intake, vec![stored], Some(&gave_up()));
+                }
+                other => kept.push(other),
+            }
+        }
+        *postponed = kept;
+    }
+
+    /// Sends again, after a recovery, the client sends kept through the fault, oldest first.
+    fn resend_kept(&mut self) {
+        for resend in std::mem::take(&mut self.resend) {
+            if !resend.messages.is_empty() {
+                debug!(
+                    messages = resend.messages.len(),
+                    "sending again what a failed commit did not apply"
+                );
+            }
+            self.ingested.extend(resend.messages.iter().cloned());
+            self.ingested_acks.extend(resend.acks);
+            self.ingested_keys.extend(resend.keys);
+            for message in resend.messages {
+                if self.ownership.owns(&message) {
+                    self.deliver(message);
+                }
+            }
+        }
     }
 
     /// After a fault: answers the senders it holds with the cause, drops everything in
@@ -484,6 +588,7 @@ impl Engine {
                     warn!(error = %err, retry_in = ?backoff, "the store does not accept writes yet")
                 }
             }
+            self.expire_waiting_sends(&mut postponed);
             // Commands wait for the recovery: handled before it, a new message could overtake
             // older stored ones from its sender.
             let sleep = tokio::time::sleep(backoff);
@@ -505,7 +610,8 @@ impl Engine {
                     () = &mut sleep => break,
                 }
             }
-            backoff = (backoff * 2).min(Duration::from_secs(2));
+            // Capped low: a database that comes back is served again within a second.
+            backoff = (backoff * 2).min(Duration::from_millis(500));
         };
         info!(
             messages = recovered.len(),
@@ -514,6 +620,7 @@ impl Engine {
         for message in recovered {
             self.deliver(message);
         }
+        self.resend_kept();
         for command in postponed {
             self.handle(command);
         }
@@ -525,12 +632,18 @@ impl Engine {
     fn fail_ingested(&mut self, err: &StoreError) {
         answer_stored(
             &self.shared.intake,
-            std::mem::take(&mut self.ingested_acks),
+            std::mem::take(&mut self.cancel_acks),
             Some(err),
         );
-        self.ingested.clear();
         self.cancelled.clear();
-        self.ingested_keys.clear();
+        let messages = std::mem::take(&mut self.ingested);
+        let keys = std::mem::take(&mut self.ingested_keys);
+        let acks = std::mem::take(&mut self.ingested_acks);
+        if resendable(err) && self.partitioned.is_some() {
+            self.keep_for_resend(messages, keys, acks);
+        } else {
+            answer_stored(&self.shared.intake, acks, Some(err));
+        }
     }
 
     /// Resumes the store and reads what a start reads.

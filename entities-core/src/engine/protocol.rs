@@ -17,6 +17,40 @@ pub(crate) type CallReply = Result<Option<Value>, OperationError>;
 pub(crate) struct Stored {
     pub tx: oneshot::Sender<Result<(), StoreError>>,
     pub permits: u32,
+    /// When the client handed the messages over: a send kept through a store outage fails
+    /// once it has waited the store's `unavailable_timeout`.
+    pub since: tokio::time::Instant,
+}
+
+impl Stored {
+    /// An answer channel for `permits` intake permits, from now.
+    pub(crate) fn new(tx: oneshot::Sender<Result<(), StoreError>>, permits: u32) -> Self {
+        Self {
+            tx,
+            permits,
+            since: tokio::time::Instant::now(),
+        }
+    }
+}
+
+/// Client sends whose commit failed without applying anything (the partition moved, the
+/// database could not be reached): sent again once the runtime has recovered, unless they
+/// have waited too long by then.
+pub(crate) struct Resend {
+    /// When the oldest of them was handed over.
+    pub since: tokio::time::Instant,
+    pub messages: Vec<Message>,
+    pub keys: Vec<crate::store::IdempotencyKey>,
+    pub acks: Vec<Stored>,
+}
+
+/// Whether a failure leaves a client's send to be made again: nothing of it was applied and
+/// a later attempt can succeed.
+pub(crate) fn resendable(err: &StoreError) -> bool {
+    matches!(
+        err.kind(),
+        crate::error::StoreErrorKind::Fenced | crate::error::StoreErrorKind::Unavailable
+    )
 }
 
 /// What clients and tasks ask of the engine.
