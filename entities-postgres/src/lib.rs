@@ -28,12 +28,49 @@
 //! # Ok(())
 //! # }
 //! ```
+//!
+//! # TLS
+//!
+//! The URL's `sslmode` and `sslrootcert` (a PEM file) mean what they mean to libpq:
+//!
+//! | `sslmode` | TLS | verified |
+//! | --- | --- | --- |
+//! | `disable` | never | |
+//! | `prefer` (the default) | if the server offers it | nothing |
+//! | `require` | always | nothing; the chain, as `verify-ca`, if `sslrootcert` is given |
+//! | `verify-ca` | always | the chain, against the roots; not the host name |
+//! | `verify-full` | always | the chain and the host name |
+//!
+//! Without `sslrootcert` the roots are the system's (`sslrootcert=system` says so too, and
+//! makes `verify-full` the default). Both the URL form and the `key=value` form take them:
+//!
+//! ```no_run
+//! # async fn run() -> Result<(), Box<dyn std::error::Error>> {
+//! use entities_postgres::PostgresStore;
+//!
+//! let store = PostgresStore::connect(
+//!     "postgres://app@db.internal:5432/app?sslmode=verify-full&sslrootcert=/etc/ssl/db-ca.pem",
+//! )
+//! .await?;
+//! # let _ = store;
+//! # Ok(())
+//! # }
+//! ```
+//!
+//! A refusal is [`Error::Tls`] and says which check failed ([`TlsError`]): an unknown
+//! authority, a certificate for another host, a server without TLS when the mode demands it,
+//! a root file that cannot be read. The pool and the `LISTEN` connection use the same
+//! settings. The TLS stack is rustls with the `ring` provider and the system's roots from
+//! `rustls-native-certs`: pure Rust, so the workspace still builds on a fresh machine with
+//! only the Rust toolchain (native-tls would need OpenSSL's headers, aws-lc-rs cmake). Client
+//! certificates (`sslcert`, `sslkey`) and `sslmode=allow` are not supported.
 
 mod arrivals;
 mod leases;
 mod reads;
 mod rows;
 mod schema;
+mod tls;
 mod writer;
 
 #[cfg(feature = "test-server")]
@@ -56,11 +93,14 @@ use entities_core::{EntityId, Store, StoreError, StoreErrorKind};
 use futures::future::BoxFuture;
 use futures::FutureExt;
 use tokio::sync::{mpsc, oneshot, Mutex as AsyncMutex, Notify};
-use tokio_postgres::{AsyncMessage, NoTls};
+use tokio_postgres::AsyncMessage;
+use tokio_postgres_rustls::MakeRustlsConnect;
 use tracing::{debug, warn};
 
 use crate::leases::Held;
 use crate::schema::LOCK_CLASS;
+use crate::tls::TlsSettings;
+pub use crate::tls::{SslMode, TlsError};
 
 /// Message ids are `node << NODE_SHIFT | counter`: unique across processes without
 /// coordination, and a call's id tells which process waits for its reply.
@@ -73,6 +113,9 @@ pub enum Error {
     /// The connection URL cannot be parsed.
     #[error("invalid PostgreSQL URL: {0}")]
     Url(#[source] tokio_postgres::Error),
+    /// TLS was refused (which check failed, see [`TlsError`]) or cannot be set up.
+    #[error(transparent)]
+    Tls(#[from] TlsError),
     /// The database refused or failed.
     #[error(transparent)]
     Store(#[from] StoreError),
@@ -206,7 +249,8 @@ fn pool_error(err: deadpool_postgres::PoolError) -> StoreError {
 }
 
 impl PostgresStore {
-    /// Connects with default options, creating or migrating the schema.
+    /// Connects with default options, creating or migrating the schema. `url` may carry
+    /// `sslmode` and `sslrootcert` (see the crate documentation, "TLS").
     pub async fn connect(url: &str) -> Result<Self, Error> {
         Self::connect_with(url, PostgresOptions::default()).await
     }
@@ -214,7 +258,10 @@ impl PostgresStore {
     /// Connects with `options`, creating or migrating the schema (safe when several processes
     /// connect at once).
     pub async fn connect_with(url: &str, options: PostgresOptions) -> Result<Self, Error> {
+        let (url, tls) = TlsSettings::split(url)?;
         let mut config: tokio_postgres::Config = url.parse().map_err(Error::Url)?;
+        config.ssl_mode(tls.negotiation());
+        let connector = tls.connector()?;
         // A process that stops (SIGSTOP, a long pause) inside a transaction must not keep
         // its locks: the server ends such a session, rolls its transaction back, and the
         // partitions can be taken over.
@@ -236,7 +283,7 @@ impl PostgresStore {
         }
         let manager = Manager::from_config(
             config.clone(),
-            NoTls,
+            connector.clone(),
             ManagerConfig {
                 recycling_method: RecyclingMethod::Fast,
             },
@@ -245,7 +292,14 @@ impl PostgresStore {
             .max_size(options.pool_size.max(2))
             .build()
             .map_err(|e| StoreError::with_source("cannot build the connection pool", e))?;
-        let mut conn = pool.get().await.map_err(pool_error)?;
+        // The first connection: a TLS refusal says which.
+        let mut conn = pool.get().await.map_err(|err| match err {
+            deadpool_postgres::PoolError::Backend(err) => match tls.classify(err) {
+                Ok(refused) => Error::Tls(refused),
+                Err(err) => pool_error(deadpool_postgres::PoolError::Backend(err)).into(),
+            },
+            err => pool_error(err).into(),
+        })?;
         let count = schema::migrate(&mut conn, options.partitions).await?;
         let node: i64 = conn
             .query_one("SELECT nextval('entities_nodes')", &[])
@@ -273,7 +327,7 @@ impl PostgresStore {
             leases_paused: AtomicBool::new(false),
             arrivals: Mutex::default(),
         });
-        tokio::spawn(listen(config, Arc::downgrade(&inner)));
+        tokio::spawn(listen(config, tls, connector, Arc::downgrade(&inner)));
         tokio::spawn(send_wake_hints(
             inner.wake_wanted.clone(),
             Arc::downgrade(&inner),
@@ -317,9 +371,14 @@ impl PostgresStore {
 /// Listens for hints on a connection of its own: `entities_wake` (arrivals or replies
 /// stored) and `entities_leases` (a process joined or left). Reconnects when the connection
 /// drops (polling covers the gap); stops when the store is gone.
-async fn listen(config: tokio_postgres::Config, inner: std::sync::Weak<Inner>) {
+async fn listen(
+    config: tokio_postgres::Config,
+    settings: TlsSettings,
+    tls: MakeRustlsConnect,
+    inner: std::sync::Weak<Inner>,
+) {
     loop {
-        match listen_once(&config, &inner).await {
+        match listen_once(&config, &settings, &tls, &inner).await {
             Ok(()) => {}
             Err(err) => warn!(error = %err, "the hint listener failed; polling covers the gap"),
         }
@@ -334,12 +393,19 @@ async fn listen(config: tokio_postgres::Config, inner: std::sync::Weak<Inner>) {
 /// One listening connection, until it drops or the store is gone.
 async fn listen_once(
     config: &tokio_postgres::Config,
+    settings: &TlsSettings,
+    tls: &MakeRustlsConnect,
     inner: &std::sync::Weak<Inner>,
 ) -> Result<(), StoreError> {
-    let (client, mut connection) = config
-        .connect(NoTls)
-        .await
-        .map_err(|e| pg_error("cannot connect the listener", e))?;
+    const FAILED: &str = "cannot connect the listener";
+    let (client, mut connection) =
+        config
+            .connect(tls.clone())
+            .await
+            .map_err(|err| match settings.classify(err) {
+                Ok(refused) => StoreError::with_source(FAILED, refused),
+                Err(err) => pg_error(FAILED, err),
+            })?;
     let (tx, mut rx) = mpsc::unbounded_channel();
     let own = match inner.upgrade() {
         Some(inner) => inner.node.to_string(),

@@ -4,7 +4,8 @@
 //! port of 127.0.0.1 with trust authentication; dropping it stops the server and removes the
 //! directory. PostgreSQL refuses to run as root: as root, the server runs as the `postgres`
 //! system user. With `ENTITIES_POSTGRES_URL` set, no server is started and databases are
-//! created on that server instead.
+//! created on that server instead. [`TestServer::start_with`] always starts a private server,
+//! with [`ServerOptions`] (TLS with given certificate and key, or none).
 
 use std::path::{Path, PathBuf};
 use std::process::Command;
@@ -13,6 +14,26 @@ use std::process::Command;
 #[derive(Debug, thiserror::Error)]
 #[error("{0}")]
 pub struct Unavailable(String);
+
+/// Options of [`TestServer::start_with`].
+#[derive(Clone, Debug, Default)]
+pub struct ServerOptions {
+    tls: Option<(String, String)>,
+}
+
+impl ServerOptions {
+    /// Options of a server without TLS (`ssl=off`).
+    pub fn new() -> Self {
+        Self::default()
+    }
+
+    /// `ssl=on` with this certificate (chain) and private key, both PEM. The server keeps its
+    /// copies of them, owned by the server's user, the key readable by it alone.
+    pub fn tls(mut self, cert_pem: impl Into<String>, key_pem: impl Into<String>) -> Self {
+        self.tls = Some((cert_pem.into(), key_pem.into()));
+        self
+    }
+}
 
 /// A running private server (or the server of `ENTITIES_POSTGRES_URL`).
 #[derive(Debug)]
@@ -62,6 +83,11 @@ impl TestServer {
                 as_postgres: false,
             });
         }
+        Self::start_with(ServerOptions::new())
+    }
+
+    /// Starts a private server with `options` (whether or not `ENTITIES_POSTGRES_URL` is set).
+    pub fn start_with(options: ServerOptions) -> Result<Self, Unavailable> {
         let bin = find_bin().ok_or_else(|| {
             Unavailable("no PostgreSQL server binaries (initdb) found; install the Debian package `postgresql` or set ENTITIES_POSTGRES_URL".into())
         })?;
@@ -99,24 +125,67 @@ impl TestServer {
                 "-D",
             ])
             .arg(&data))?;
-        let options = format!(
+        let mut settings = format!(
             "-p {port} -c listen_addresses=127.0.0.1 -k {} -c max_connections=300 -c fsync=on -c synchronous_commit=on",
             server.socket_dir().display()
         );
+        if let Some((cert, key)) = &options.tls {
+            let cert_file = server.socket_dir().join("server.crt");
+            let key_file = server.socket_dir().join("server.key");
+            server.write_private(&cert_file, cert, 0o644)?;
+            server.write_private(&key_file, key, 0o600)?;
+            settings.push_str(&format!(
+                " -c ssl=on -c ssl_cert_file={} -c ssl_key_file={}",
+                cert_file.display(),
+                key_file.display()
+            ));
+        } else {
+            settings.push_str(" -c ssl=off");
+        }
         run(server
             .pg("pg_ctl")
             .args(["start", "-w", "-t", "60", "-D"])
             .arg(&data)
             .arg("-l")
             .arg(server.socket_dir().join("log"))
-            .args(["-o", &options]))?;
+            .args(["-o", &settings]))?;
         Ok(server)
+    }
+
+    /// Writes `contents` to `path` with `mode`, owned by the server's user.
+    fn write_private(&self, path: &Path, contents: &str, mode: u32) -> Result<(), Unavailable> {
+        use std::io::Write;
+        use std::os::unix::fs::{OpenOptionsExt, PermissionsExt};
+        let failed = |e| Unavailable(format!("cannot write {}: {e}", path.display()));
+        // Created with its mode: a key is never readable by others, not even for a moment.
+        std::fs::OpenOptions::new()
+            .write(true)
+            .create_new(true)
+            .mode(mode)
+            .open(path)
+            .and_then(|mut file| file.write_all(contents.as_bytes()))
+            .map_err(failed)?;
+        std::fs::set_permissions(path, std::fs::Permissions::from_mode(mode)).map_err(failed)?;
+        if self.as_postgres {
+            run(Command::new("chown").args(["postgres:postgres"]).arg(path))?;
+        }
+        Ok(())
     }
 
     /// Starts a server, or returns `None` after printing one line saying why the caller
     /// skips; with `ENTITIES_REQUIRE_ALL_TESTS=1` a missing server panics instead.
     pub fn start_or_skip(what: &str) -> Option<Self> {
-        match Self::start() {
+        Self::skip_unless(what, Self::start())
+    }
+
+    /// [`start_with`](Self::start_with) `options`, or `None` after one line saying why the
+    /// caller skips, as [`start_or_skip`](Self::start_or_skip).
+    pub fn start_with_or_skip(what: &str, options: ServerOptions) -> Option<Self> {
+        Self::skip_unless(what, Self::start_with(options))
+    }
+
+    fn skip_unless(what: &str, started: Result<Self, Unavailable>) -> Option<Self> {
+        match started {
             Ok(server) => Some(server),
             Err(err) => {
                 if std::env::var("ENTITIES_REQUIRE_ALL_TESTS").is_ok_and(|v| v == "1") {
