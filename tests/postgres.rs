@@ -181,3 +181,74 @@ async fn lifecycle_on_postgres() {
     assert_eq!(value, 5, "one key, applied once");
     rt.shutdown().await.unwrap();
 }
+
+/// Cancels reach the process that runs the entity: a scheduled signal and a recurring
+/// schedule cancelled from the other process never run.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn cancel_from_a_process_that_does_not_run_the_entity() {
+    let Some(server) = TestServer::start_or_skip("cancel_from_a_non_owner") else {
+        return;
+    };
+    let url = server.create_database().await.unwrap();
+    let store_a = PostgresStore::connect_with(&url, options()).await.unwrap();
+    let store_b = PostgresStore::connect_with(&url, options()).await.unwrap();
+    let start = |store: PostgresStore| async move {
+        Runtime::builder()
+            .store(store)
+            .entity_fn("Counter", counter)
+            .start()
+            .await
+            .unwrap()
+    };
+    let a = start(store_a.clone()).await;
+    let b = start(store_b.clone()).await;
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(20);
+    while store_a.held_partitions().len() != 4 || store_b.held_partitions().len() != 4 {
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "partitions never spread"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    // Entities run by `a`, cancelled from `b`'s client.
+    let keys: Vec<EntityId> = (0..64)
+        .map(|k| EntityId::new("Counter", format!("c{k}")))
+        .filter(|id| {
+            let part = entities::partition_of(&entities::message::Target::Entity(id.clone()), 8);
+            store_a.held_partitions().contains(&part)
+        })
+        .take(3)
+        .collect();
+    assert_eq!(keys.len(), 3);
+    let (ca, cb) = (a.client(), b.client());
+    let due = std::time::SystemTime::now() + Duration::from_secs(2);
+    for id in &keys {
+        ca.signal_entity_at(id, "add", &100, due).await.unwrap();
+        let pending = cb.pending_signals(id).await.unwrap();
+        assert_eq!(pending.len(), 1);
+        assert!(
+            cb.cancel_signal(id, pending[0].id).await.unwrap(),
+            "a scheduled signal is cancelled from a process that does not run {id}"
+        );
+        assert!(!cb.cancel_signal(id, pending[0].id).await.unwrap());
+        let schedule = cb
+            .schedule(
+                id,
+                "add",
+                &1000,
+                Schedule::every(Duration::from_millis(500)),
+            )
+            .await
+            .unwrap();
+        assert!(cb.cancel_schedule(id, schedule).await.unwrap());
+        assert!(cb.schedules(id).await.unwrap().is_empty());
+    }
+    tokio::time::sleep(Duration::from_millis(2500)).await;
+    for id in &keys {
+        let value: i64 = ca.call_entity(id, "get", &()).await.unwrap();
+        assert_eq!(value, 0, "{id}: a cancelled signal or schedule ran");
+        assert!(cb.pending_signals(id).await.unwrap().is_empty());
+    }
+    a.shutdown().await.unwrap();
+    b.shutdown().await.unwrap();
+}

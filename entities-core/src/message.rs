@@ -146,6 +146,18 @@ pub enum Body {
         /// Event data.
         data: Value,
     },
+    /// Cancels the stored scheduled message `message` (due at `at`) of the receiving entity
+    /// if it has not run yet; sent by a client of a process that does not run the entity's
+    /// partition, to the one that does. The answer (`true` if it was cancelled) goes to
+    /// `reply`.
+    Cancel {
+        /// The scheduled message.
+        message: MessageId,
+        /// When it is due.
+        at: u64,
+        /// The client waiting for the answer.
+        reply: ReplyTo,
+    },
     /// Ends an orchestration instance.
     Terminate {
         /// Why.

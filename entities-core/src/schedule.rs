@@ -172,8 +172,8 @@ impl Client {
     /// Cancels the scheduled signal `signal` of entity `id` (an id from
     /// [`Client::pending_signals`]) if it has not run yet. Returns whether it was cancelled;
     /// `false` if it ran already, is running, or is no scheduled signal of this entity. On a
-    /// store shared by several processes, only a client of the process that runs the entity's
-    /// partition can cancel ([`Error::NotRunHere`]).
+    /// store shared by several processes, the cancel goes to the process that runs the
+    /// entity's partition, through the store, and returns its answer.
     pub async fn cancel_signal(&self, id: &EntityId, signal: MessageId) -> Result<bool> {
         let found = self
             .pending(id)
@@ -190,6 +190,7 @@ impl Client {
     async fn cancel_message(&self, id: &EntityId, message: Message) -> Result<bool> {
         let (found_tx, found) = oneshot::channel();
         let (tx, stored) = oneshot::channel();
+        let (scheduled, at) = (message.id, message.deliver_at);
         self.shared
             .commands
             .send(Command::Cancel {
@@ -200,7 +201,37 @@ impl Client {
             .map_err(|_| Error::Shutdown)?;
         let found = found.await.map_err(|_| Error::Shutdown)?;
         stored.await.map_err(|_| Error::Shutdown)??;
-        found.ok_or_else(|| Error::NotRunHere(id.to_string()))
+        match found {
+            Some(found) => Ok(found),
+            None => self.cancel_elsewhere(id, scheduled, at.unwrap_or(0)).await,
+        }
+    }
+
+    /// Has the process that runs the partition of `id` cancel `message`: the cancel goes
+    /// through the store like any message to another process, and its answer comes back
+    /// once the deletion committed.
+    async fn cancel_elsewhere(&self, id: &EntityId, message: MessageId, at: u64) -> Result<bool> {
+        let waiter = self.shared.next_message_id();
+        let cancel = Message {
+            id: waiter,
+            target: Target::Entity(id.clone()),
+            deliver_at: None,
+            body: Body::Cancel {
+                message,
+                at,
+                reply: crate::message::ReplyTo::Client(waiter),
+            },
+        };
+        let (tx, rx) = oneshot::channel();
+        self.store_and_deliver(vec![cancel], Some((waiter, tx)))
+            .await?;
+        match rx.await.map_err(|_| Error::Shutdown)? {
+            Ok(Some(serde_json::Value::Bool(cancelled))) => Ok(cancelled),
+            Ok(other) => Err(Error::Store(crate::error::StoreError::new(format!(
+                "the answer to a cancel of {id} is not a boolean: {other:?}"
+            )))),
+            Err(err) => Err(Error::Operation(err)),
+        }
     }
 
     /// Starts a recurring schedule: entity `id` is signalled `operation` with `input` at every

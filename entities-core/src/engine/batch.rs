@@ -58,6 +58,7 @@ impl Engine {
             effects: Effects {
                 stored: std::mem::take(&mut self.cancel_acks),
                 sends: std::mem::take(&mut self.ingested_acks),
+                replies: std::mem::take(&mut self.cancel_replies),
                 resend,
                 ..Effects::default()
             },

@@ -117,6 +117,8 @@ pub(crate) struct Engine {
     cancel_acks: Vec<Stored>,
     /// Client sends to make again after a recovery (see [`protocol::Resend`]).
     resend: Vec<Resend>,
+    /// Answers to cancels sent from other processes, released with the next batch's commit.
+    cancel_replies: Vec<(u64, CallReply)>,
     /// Idempotency keys claimed by the client messages of `ingested`.
     ingested_keys: Vec<crate::store::IdempotencyKey>,
     /// Stored scheduled messages cancelled by clients: the next batch deletes them.
@@ -174,6 +176,7 @@ impl Engine {
             ingested_acks: Vec::new(),
             cancel_acks: Vec::new(),
             resend: Vec::new(),
+            cancel_replies: Vec::new(),
             cancelled: Vec::new(),
             ingested_keys: Vec::new(),
             batch_no: 0,
@@ -228,6 +231,7 @@ impl Engine {
         self.entities.has_work()
             || !self.ingested.is_empty()
             || !self.cancelled.is_empty()
+            || !self.cancel_replies.is_empty()
             || self.orchestrations.has_work()
     }
 
@@ -429,6 +433,37 @@ impl Engine {
         Some(waiting)
     }
 
+    /// Applies a cancel sent by a client of another process (see
+    /// [`Body::Cancel`](crate::message::Body::Cancel)): drops the scheduled message if it has
+    /// not run, has the next batch delete it and the cancel, and answers with that commit.
+    fn cancel_from_elsewhere(&mut self, cancel: Message) {
+        let crate::message::Body::Cancel { message, at, reply } = cancel.body else {
+            return;
+        };
+        let waiting = self.timers.cancel(at, message)
+            || match &cancel.target {
+                Target::Entity(id) => self.entities.cancel_queued(id, message),
+                _ => false,
+            };
+        if waiting {
+            self.cancelled.push(message);
+        }
+        // A cancel taken in here and not stored yet is never stored; a stored one is deleted.
+        match self.ingested.iter().position(|m| m.id == cancel.id) {
+            Some(at) => {
+                self.ingested.remove(at);
+            }
+            None => self.cancelled.push(cancel.id),
+        }
+        let waiter = match reply {
+            crate::message::ReplyTo::Client(waiter)
+            | crate::message::ReplyTo::Keyed { waiter, .. } => waiter,
+            crate::message::ReplyTo::Instance { .. } => return,
+        };
+        self.cancel_replies
+            .push((waiter, Ok(Some(serde_json::Value::Bool(waiting)))));
+    }
+
     /// Routes one stored message: to the timers if it is not due, else to its receiver.
     fn deliver(&mut self, message: Message) {
         if let Some(message) = self.timers.schedule(message) {
@@ -438,6 +473,10 @@ impl Engine {
 
     /// Hands a due message to its entity or instance.
     fn route(&mut self, message: Message) {
+        if let crate::message::Body::Cancel { .. } = &message.body {
+            self.cancel_from_elsewhere(message);
+            return;
+        }
         match &message.target {
             Target::Entity(id) => {
                 let id = id.clone();
@@ -574,6 +613,8 @@ impl Engine {
         }
         self.entities.reset().await;
         self.orchestrations.reset();
+        // Answers of cancels not committed: the stored cancels run again after the recovery.
+        self.cancel_replies.clear();
         if self.shutdown.is_some() {
             return false; // stopping anyway: what is stored is recovered at the next start
         }
