@@ -19,6 +19,7 @@ pub mod message;
 pub mod metrics;
 mod orchestration;
 mod proxy;
+mod readiness;
 mod registry;
 mod runtime;
 mod schedule;

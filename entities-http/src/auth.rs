@@ -10,9 +10,17 @@ use subtle::ConstantTimeEq;
 
 use crate::error::ApiError;
 
-/// The paths served without a token: liveness probes carry no secret, and the dashboard's
-/// static files hold none (the page asks for the token and sends it with its API requests).
-const PUBLIC: [&str; 5] = ["/health", "/ui", "/ui/", "/ui/app.js", "/ui/style.css"];
+/// The paths served without a token: liveness and readiness probes carry no secret, and the
+/// dashboard's static files hold none (the page asks for the token and sends it with its API
+/// requests).
+pub(crate) const PUBLIC: [&str; 6] = [
+    "/health",
+    "/ready",
+    "/ui",
+    "/ui/",
+    "/ui/app.js",
+    "/ui/style.css",
+];
 
 /// Lets a request through when it carries `Authorization: Bearer <token>`; the [`PUBLIC`]
 /// paths always pass. The token is compared in constant time.

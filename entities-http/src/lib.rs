@@ -30,6 +30,7 @@
 //! | `POST /orchestrations/{id}/terminate` | terminates, body = reason (a JSON string) | 202, or 404 |
 //! | `DELETE /orchestrations/{id}` | purges an ended instance | 200, 404, or 409 while it runs |
 //! | `GET /health`, `GET /metrics`, `GET /openapi.json` | liveness; Prometheus text; the API's description | 200 |
+//! | `GET /ready` | readiness, for load balancers | 200; 503 with the reason while draining, shut down, or the store cannot be reached |
 //!
 //! Names are case-insensitive; keys (and instance ids) are percent-decoded path segments, so
 //! a key with `/` or `@` travels as `%2F` or `%40`. Every error is JSON with at least a
@@ -37,8 +38,15 @@
 //! instance exists (or still running, for a purge), 413 body too large, 422 the operation's own
 //! error, 503 the runtime is shut down.
 //!
-//! With a token set, every route but `/health` requires `Authorization: Bearer <token>`
-//! (compared in constant time).
+//! With a token set, every route but `/health` and `/ready` requires
+//! `Authorization: Bearer <token>` (compared in constant time).
+//!
+//! `GET /ready` answers 200 `{"status": "ready"}` while the process can serve, and 503 with
+//! the reason in `kind` otherwise: `draining` once the shutdown signal of
+//! [`Http::serve_with_shutdown`] has fired, `shut_down` once the runtime has shut down,
+//! `store_unavailable` while the store does not answer a ping (within 2 s, see
+//! [`Client::ready`]). `/health` stays the liveness check: it fails only once the runtime has
+//! shut down.
 //!
 //! `/metrics` renders the `metrics` facade through a Prometheus recorder that this crate
 //! installs globally the first time a router is built, unless the process installed a
@@ -53,6 +61,7 @@ mod routes;
 mod ui;
 
 use std::future::Future;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, OnceLock};
 use std::time::Duration;
 
@@ -84,6 +93,13 @@ pub async fn serve(client: Client, addr: impl ToSocketAddrs) -> Result<(), HttpE
 }
 
 /// The HTTP API with its options: build the router or serve it.
+///
+/// Clones share one drain state: once the shutdown signal of [`serve_with_shutdown`]
+/// (or [`serve_on`]) has fired, `/ready` answers 503 on every router built from this `Http`
+/// or a clone of it.
+///
+/// [`serve_with_shutdown`]: Http::serve_with_shutdown
+/// [`serve_on`]: Http::serve_on
 #[derive(Clone)]
 pub struct Http {
     client: Client,
@@ -91,6 +107,9 @@ pub struct Http {
     body_limit: usize,
     max_wait: Duration,
     prometheus: Option<PrometheusHandle>,
+    drain_delay: Duration,
+    /// Set when the shutdown signal of a serve has fired.
+    draining: Arc<AtomicBool>,
 }
 
 impl std::fmt::Debug for Http {
@@ -99,6 +118,8 @@ impl std::fmt::Debug for Http {
             .field("token", &self.token.as_ref().map(|_| "<set>"))
             .field("body_limit", &self.body_limit)
             .field("max_wait", &self.max_wait)
+            .field("drain_delay", &self.drain_delay)
+            .field("draining", &self.draining.load(Ordering::SeqCst))
             .finish_non_exhaustive()
     }
 }
@@ -112,11 +133,13 @@ impl Http {
             body_limit: DEFAULT_BODY_LIMIT,
             max_wait: DEFAULT_MAX_WAIT,
             prometheus: None,
+            drain_delay: Duration::ZERO,
+            draining: Arc::new(AtomicBool::new(false)),
         }
     }
 
-    /// Requires `Authorization: Bearer <token>` on every route but `/health`. An empty token
-    /// turns the requirement off.
+    /// Requires `Authorization: Bearer <token>` on every route but `/health` and `/ready`
+    /// (probes carry no secret). An empty token turns the requirement off.
     pub fn token(mut self, token: impl AsRef<str>) -> Self {
         let token = token.as_ref();
         self.token = (!token.is_empty()).then(|| Arc::from(token.as_bytes()));
@@ -135,6 +158,15 @@ impl Http {
         self
     }
 
+    /// How long [`serve_with_shutdown`](Self::serve_with_shutdown) goes on taking requests
+    /// after its shutdown signal, with `/ready` answering 503, before it stops taking new
+    /// ones: time for a load balancer that polls `/ready` to stop sending here first. Default
+    /// zero: new requests stop at the signal.
+    pub fn drain_delay(mut self, delay: Duration) -> Self {
+        self.drain_delay = delay;
+        self
+    }
+
     /// Renders `/metrics` with this Prometheus handle instead of the recorder this crate
     /// installs (for a process that installed its own).
     pub fn prometheus(mut self, handle: PrometheusHandle) -> Self {
@@ -150,6 +182,7 @@ impl Http {
             max_wait: self.max_wait,
             prometheus,
             token_required: self.token.is_some(),
+            draining: self.draining,
         };
         routes::router(state, self.body_limit, self.token)
     }
@@ -159,8 +192,25 @@ impl Http {
         self.serve_with_shutdown(addr, std::future::pending()).await
     }
 
-    /// Binds `addr` and serves until `shutdown` resolves (then finishes the requests under
-    /// way) or the listener fails.
+    /// Binds `addr` and serves until `shutdown` resolves or the listener fails. From the
+    /// moment `shutdown` resolves, `/ready` answers 503 (`draining`); after the
+    /// [`drain_delay`](Self::drain_delay) (default none) it stops taking new connections and
+    /// requests, finishes the requests under way, and returns: then call
+    /// `runtime.shutdown()`, which hands the runtime's partitions over.
+    ///
+    /// ```no_run
+    /// # async fn run(runtime: entities_core::Runtime) -> Result<(), Box<dyn std::error::Error>> {
+    /// // Fired by a signal handler (SIGTERM, Ctrl-C): see `examples/server.rs`.
+    /// let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
+    /// # drop(stop);
+    /// entities_http::Http::new(runtime.client())
+    ///     .serve_with_shutdown("0.0.0.0:8080", async {
+    ///         let _ = stopped.await;
+    ///     })
+    ///     .await?;
+    /// runtime.shutdown().await?;
+    /// # Ok(()) }
+    /// ```
     pub async fn serve_with_shutdown(
         self,
         addr: impl ToSocketAddrs,
@@ -173,7 +223,8 @@ impl Http {
     }
 
     /// Serves on a listener bound already (for instance to port 0) until `shutdown`
-    /// resolves or the listener fails.
+    /// resolves or the listener fails, draining as
+    /// [`serve_with_shutdown`](Self::serve_with_shutdown) does.
     pub async fn serve_on(
         self,
         listener: TcpListener,
@@ -188,6 +239,19 @@ impl Http {
                 tracing::debug!(error = %err, "cannot set TCP_NODELAY on an accepted connection");
             }
         });
+        let draining = self.draining.clone();
+        let delay = self.drain_delay;
+        let shutdown = async move {
+            shutdown.await;
+            draining.store(true, Ordering::SeqCst);
+            tracing::info!(
+                ?delay,
+                "shutdown signal: /ready answers 503; requests under way finish, new ones stop after the drain delay"
+            );
+            if !delay.is_zero() {
+                tokio::time::sleep(delay).await;
+            }
+        };
         axum::serve(listener, self.router())
             .with_graceful_shutdown(shutdown)
             .await

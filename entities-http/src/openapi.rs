@@ -22,6 +22,7 @@ pub const ROUTES: &[(&str, &[&str])] = &[
     ("/orchestrations/{id}/events/{event}", &["post"]),
     ("/orchestrations/{id}/terminate", &["post"]),
     ("/health", &["get"]),
+    ("/ready", &["get"]),
     ("/metrics", &["get"]),
     ("/openapi.json", &["get"]),
 ];
@@ -79,12 +80,14 @@ fn operation(summary: &str, parameters: Vec<Value>, responses: Vec<(&str, Value)
     for (code, response) in responses {
         answers.insert(code.to_string(), response);
     }
-    // Every route may refuse a missing token (when one is set) and a stopped runtime.
-    answers.insert(
-        "401".into(),
-        error("a token is set and was not given, or is wrong"),
-    );
-    answers.insert("503".into(), error("the runtime is shut down"));
+    // Every route may refuse a missing token (when one is set) and a stopped runtime (unless
+    // it says more about either).
+    answers
+        .entry("401")
+        .or_insert_with(|| error("a token is set and was not given, or is wrong"));
+    answers
+        .entry("503")
+        .or_insert_with(|| error("the runtime is shut down"));
     map.insert("responses".into(), answers.into());
     Value::Object(map)
 }
@@ -95,7 +98,7 @@ fn with_body(mut op: Value, body: Value) -> Value {
 }
 
 /// The OpenAPI document of a router without a token (`/openapi.json` of a router with one
-/// also declares the bearer scheme on every operation but `/health`).
+/// also declares the bearer scheme on every operation but `/health` and `/ready`).
 pub fn openapi() -> Value {
     let name = || path_param("name", "entity name (case-insensitive)");
     let key = || path_param("key", "entity key, percent-encoded (`/` as `%2F`)");
@@ -398,6 +401,15 @@ pub fn openapi() -> Value {
                 ("200", ok_json("running", json!({ "type": "object" }))),
             ]),
         },
+        "/ready": {
+            "get": operation("Readiness, for load balancers (needs no token): 200 while this process can serve", vec![], vec![
+                ("200", ok_json("ready", json!({
+                    "type": "object", "required": ["status"],
+                    "properties": { "status": { "type": "string", "enum": ["ready"] } }
+                }))),
+                ("503", error("not ready; `kind` says why: `draining` (the server is shutting down and finishes the requests under way), `shut_down` (the runtime has shut down) or `store_unavailable` (the store does not answer)")),
+            ]),
+        },
         "/metrics": {
             "get": operation("Metrics in the Prometheus text format", vec![], vec![
                 ("200", json!({ "description": "metrics", "content": { "text/plain": { "schema": { "type": "string" } } } })),
@@ -453,12 +465,12 @@ pub fn openapi() -> Value {
     })
 }
 
-/// The document of a router that requires a bearer token: every operation but `/health`
-/// declares it.
+/// The document of a router that requires a bearer token: every operation but those of the
+/// paths served without one (`/health`, `/ready`) declares it.
 pub(crate) fn with_token(mut doc: Value) -> Value {
     if let Some(paths) = doc["paths"].as_object_mut() {
         for (path, ops) in paths.iter_mut() {
-            if path == "/health" {
+            if crate::auth::PUBLIC.contains(&path.as_str()) {
                 continue;
             }
             if let Some(ops) = ops.as_object_mut() {

@@ -1,5 +1,6 @@
 //! The routes and their handlers.
 
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, SystemTime};
 
@@ -28,6 +29,8 @@ pub(crate) struct AppState {
     pub prometheus: Option<PrometheusHandle>,
     /// Whether a bearer token is required (the OpenAPI document says so).
     pub token_required: bool,
+    /// Set once the shutdown signal of the server has fired: `/ready` answers 503.
+    pub draining: Arc<AtomicBool>,
 }
 
 type ApiResult = Result<Response, ApiError>;
@@ -72,6 +75,7 @@ pub(crate) fn router(state: AppState, body_limit: usize, token: Option<Arc<[u8]>
         .route("/orchestrations/{id}/events/{event}", post(raise))
         .route("/orchestrations/{id}/terminate", post(terminate))
         .route("/health", get(health))
+        .route("/ready", get(ready))
         .route("/metrics", get(metrics))
         .route("/openapi.json", get(openapi))
         .fallback(no_route)
@@ -747,6 +751,42 @@ async fn health(State(app): State<AppState>) -> Response {
         .into_response()
     } else {
         Json(json!({ "status": "ok" })).into_response()
+    }
+}
+
+/// Readiness, for load balancers: 200 while this process can serve; 503 with the reason
+/// while the server drains, once the runtime has shut down, or while the store does not
+/// answer (within the ping timeout of [`Client::ready`]).
+async fn ready(State(app): State<AppState>) -> Response {
+    if app.draining.load(Ordering::SeqCst) {
+        return ApiError::new(
+            StatusCode::SERVICE_UNAVAILABLE,
+            "draining",
+            "the server is shutting down: it finishes the requests under way and takes no new ones",
+        )
+        .into_response();
+    }
+    match app.client.ready().await {
+        Ok(()) => Json(json!({ "status": "ready" })).into_response(),
+        Err(Error::Shutdown) => ApiError::new(
+            StatusCode::SERVICE_UNAVAILABLE,
+            "shut_down",
+            "the runtime is shut down",
+        )
+        .into_response(),
+        Err(err) => {
+            let cause = match &err {
+                Error::Store(store) => store.to_string(),
+                other => other.to_string(),
+            };
+            tracing::warn!(error = %cause, "not ready: the store cannot be reached");
+            ApiError::new(
+                StatusCode::SERVICE_UNAVAILABLE,
+                "store_unavailable",
+                format!("the store cannot be reached: {cause}"),
+            )
+            .into_response()
+        }
     }
 }
 
