@@ -764,7 +764,8 @@ impl Client {
                 .map_err(|_| Error::Shutdown)
         };
         if !batch.instances.is_empty() || !batch.consumed.is_empty() || !batch.entities.is_empty() {
-            let batch = self.commit_waiting_out(batch).await?;
+            // Boxed: every pending send holds this future, and this rare path is large.
+            let batch = Box::pin(self.commit_waiting_out(batch)).await?;
             return send(Command::Deliver {
                 messages: batch.produced,
                 waiter,
