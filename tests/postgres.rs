@@ -19,7 +19,11 @@ fn options() -> PostgresOptions {
 }
 
 async fn runtime(url: &str) -> Runtime {
-    let store = PostgresStore::connect_with(url, options()).await.unwrap();
+    runtime_on(PostgresStore::connect_with(url, options()).await.unwrap()).await
+}
+
+/// A runtime of the counter on `store`.
+async fn runtime_on(store: PostgresStore) -> Runtime {
     Runtime::builder()
         .store(store)
         .entity_fn("Counter", counter)
@@ -192,16 +196,8 @@ async fn cancel_from_a_process_that_does_not_run_the_entity() {
     let url = server.create_database().await.unwrap();
     let store_a = PostgresStore::connect_with(&url, options()).await.unwrap();
     let store_b = PostgresStore::connect_with(&url, options()).await.unwrap();
-    let start = |store: PostgresStore| async move {
-        Runtime::builder()
-            .store(store)
-            .entity_fn("Counter", counter)
-            .start()
-            .await
-            .unwrap()
-    };
-    let a = start(store_a.clone()).await;
-    let b = start(store_b.clone()).await;
+    let a = runtime_on(store_a.clone()).await;
+    let b = runtime_on(store_b.clone()).await;
     let deadline = tokio::time::Instant::now() + Duration::from_secs(20);
     while store_a.held_partitions().len() != 4 || store_b.held_partitions().len() != 4 {
         assert!(
