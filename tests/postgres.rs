@@ -248,3 +248,71 @@ async fn cancel_from_a_process_that_does_not_run_the_entity() {
     a.shutdown().await.unwrap();
     b.shutdown().await.unwrap();
 }
+
+/// A ticket counter: `next` adds one to the state and returns the new value.
+fn tickets(ctx: &mut EntityContext) -> Result<(), OperationError> {
+    let value: i64 = ctx.state_or_default()?;
+    match ctx.operation_name() {
+        "next" => {
+            ctx.set_state(&(value + 1))?;
+            ctx.set_result(&(value + 1))?;
+        }
+        "get" => ctx.set_result(&value)?,
+        other => return Err(OperationError::unknown_operation(other)),
+    }
+    Ok(())
+}
+
+/// One idempotency key sent from two processes at the same moment is applied once, and both
+/// senders get the first send's outcome: the claim is decided in the database.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn one_key_from_two_processes_applies_once() {
+    let Some(server) = TestServer::start_or_skip("one_key_from_two_processes") else {
+        return;
+    };
+    let url = server.create_database().await.unwrap();
+    let start = |url: String| async move {
+        Runtime::builder()
+            .store(PostgresStore::connect_with(&url, options()).await.unwrap())
+            .entity_fn("Tickets", tickets)
+            .start()
+            .await
+            .unwrap()
+    };
+    let a = start(url.clone()).await;
+    let b = start(url.clone()).await;
+    let (ca, cb) = (a.client(), b.client());
+    let tries = 60;
+    for n in 0..tries {
+        // Entities of every partition, so both processes run some of them.
+        let id = EntityId::new("Tickets", format!("t{}", n % 16));
+        let key = format!("call-{n}");
+        let (ka, kb) = (ca.idempotent(&key), cb.idempotent(&key));
+        let (first, second) = tokio::join!(
+            ka.call_entity::<i64, _>(&id, "next", &()),
+            kb.call_entity::<i64, _>(&id, "next", &()),
+        );
+        let (first, second) = (first.unwrap(), second.unwrap());
+        assert_eq!(
+            first, second,
+            "key {key}: the two calls got different answers"
+        );
+        let key = format!("signal-{n}");
+        let (ka, kb) = (ca.idempotent(&key), cb.idempotent(&key));
+        let (first, second) = tokio::join!(
+            ka.signal_entity(&id, "next", &()),
+            kb.signal_entity(&id, "next", &()),
+        );
+        first.unwrap();
+        second.unwrap();
+    }
+    // Each try applied its call once and its signal once.
+    let mut total = 0;
+    for n in 0..16 {
+        let id = EntityId::new("Tickets", format!("t{n}"));
+        total += ca.call_entity::<i64, _>(&id, "get", &()).await.unwrap();
+    }
+    assert_eq!(total, 2 * tries as i64, "a key was applied more than once");
+    a.shutdown().await.unwrap();
+    b.shutdown().await.unwrap();
+}

@@ -504,7 +504,7 @@ impl Client {
     ) -> Result<String> {
         self.check_start(name, instance_id)?;
         let input = crate::json::to_value(input)?;
-        self.start_with_keys(name, instance_id, input, Vec::new())
+        self.start_with_keys(name, instance_id, input, Vec::new(), None)
             .await
     }
 
@@ -530,6 +530,7 @@ impl Client {
         instance_id: &str,
         input: Value,
         keys: Vec<crate::store::IdempotencyKey>,
+        keys_binding_since: Option<u64>,
     ) -> Result<String> {
         let now = now_millis();
         // The record is written with the start message, so that the id is taken at once.
@@ -562,6 +563,7 @@ impl Client {
                 restart: false,
             }],
             keys,
+            keys_binding_since,
             ..Batch::default()
         };
         match self.commit_and_deliver(batch, None).await {
@@ -763,12 +765,25 @@ impl Client {
                 .send(command)
                 .map_err(|_| Error::Shutdown)
         };
-        if !batch.instances.is_empty() || !batch.consumed.is_empty() || !batch.entities.is_empty() {
+        if !batch.instances.is_empty()
+            || !batch.consumed.is_empty()
+            || !batch.entities.is_empty()
+            || batch.keys_binding_since.is_some()
+        {
+            // The waiter first: a reply may come from another process as soon as it commits.
+            if waiter.is_some() {
+                send(Command::Deliver {
+                    messages: Vec::new(),
+                    waiter,
+                    stored: None,
+                    keys: Vec::new(),
+                })?;
+            }
             // Boxed: every pending send holds this future, and this rare path is large.
             let batch = Box::pin(self.commit_waiting_out(batch)).await?;
             return send(Command::Deliver {
                 messages: batch.produced,
-                waiter,
+                waiter: None,
                 stored: None,
                 keys: Vec::new(),
             });

@@ -1641,6 +1641,42 @@ pub async fn idempotency_keys_are_claimed_answered_and_forgotten(store: &dyn Sto
         store.idempotency_key("b").await.expect("read"),
         Some(key("b", 500, json!("again")))
     );
+    // Exclusive claims: a key created at or after `keys_binding_since` refuses the batch as a
+    // conflict, applying none of it; an older one is replaced.
+    let refused = store
+        .commit(Batch {
+            produced: vec![signal(7, "k", None)],
+            keys: vec![key("b", 600, json!("mine"))],
+            keys_binding_since: Some(500),
+            ..Batch::default()
+        })
+        .await
+        .expect_err("b was claimed at 500, which still binds");
+    assert!(refused.is_conflict(), "{refused}");
+    store.resume().await.expect("resume");
+    assert_eq!(
+        store.idempotency_key("b").await.expect("read"),
+        Some(key("b", 500, json!("again")))
+    );
+    assert!(
+        !stored_ids(store).await.contains(&7),
+        "a refused claim stored its message"
+    );
+    commit(
+        store,
+        Batch {
+            produced: vec![signal(7, "k", None)],
+            keys: vec![key("b", 700, json!("mine")), key("e", 700, json!("e"))],
+            keys_binding_since: Some(501),
+            ..Batch::default()
+        },
+    )
+    .await;
+    assert_eq!(
+        store.idempotency_key("b").await.expect("read"),
+        Some(key("b", 700, json!("mine")))
+    );
+    assert!(store.idempotency_key("e").await.expect("read").is_some());
 }
 
 /// `idle_entities` lists the entities of one name with a state, no lock and no stored

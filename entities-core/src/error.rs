@@ -298,6 +298,15 @@ impl StoreError {
         Self::of_kind(StoreErrorKind::Conflict, message)
     }
 
+    /// The error of a batch whose exclusive claim of idempotency key `key` (see
+    /// [`Batch::keys_binding_since`](crate::store::Batch::keys_binding_since)) found it
+    /// claimed by another send within its retention window: a conflict.
+    pub fn key_claimed(key: &str) -> Self {
+        Self::conflict(format!(
+            "idempotency key `{key}` was claimed by another send within its retention window"
+        ))
+    }
+
     /// A stored value that cannot be decoded: `what` names it (the entity, message or
     /// instance), `raw` is the value as stored.
     pub fn corrupt(

@@ -7,6 +7,11 @@
 //! answer becomes the key's outcome in the commit of the operation, so a retried call returns
 //! the first call's result. Within one process, sends of one key wait for each other; a
 //! retry that finds the key of a call not answered yet waits for the answer.
+//!
+//! On a store shared by several processes the claim is exclusive
+//! ([`Batch::keys_binding_since`]): the send commits on its own, and the store refuses it if
+//! another process claimed the key first. The refused send then answers what the first one
+//! did, as a retry would.
 
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
@@ -237,9 +242,21 @@ impl Idempotent {
             None => {}
         }
         let claim = claim(&self.key, KeyOutcome::Started(instance_id.to_string()));
-        client
-            .start_with_keys(name, instance_id, input, vec![claim])
+        let binding = client.keys_binding_since();
+        match client
+            .start_with_keys(name, instance_id, input, vec![claim], binding)
             .await
+        {
+            // Another process may have claimed the key meanwhile: its instance is the answer.
+            Err(Error::InstanceExists(id)) if binding.is_some() => {
+                match client.retained(&self.key).await? {
+                    Some(KeyOutcome::Started(first)) => Ok(first),
+                    Some(other) => Err(reused(&self.key, &other)),
+                    None => Err(Error::InstanceExists(id)),
+                }
+            }
+            other => other,
+        }
     }
 }
 
@@ -264,6 +281,38 @@ fn reused(key: &str, first: &KeyOutcome) -> Error {
 }
 
 impl Client {
+    /// On a store shared by several processes, the time from which a stored key still binds:
+    /// claims are then decided by the store, in the commit that stores the send. `None` on a
+    /// store of one process, where the key locks of this process decide.
+    fn keys_binding_since(&self) -> Option<u64> {
+        self.shared.store.partitioned()?;
+        let retention = u64::try_from(self.shared.key_retention.as_millis()).unwrap_or(u64::MAX);
+        Some(now_millis().saturating_sub(retention))
+    }
+
+    /// Commits a send that claims `key` (its batch), or, if another process claimed the key
+    /// first, returns what came of that send. `Ok(None)`: this send was stored.
+    async fn claim_and_send(
+        &self,
+        key: &str,
+        mut batch: Batch,
+        waiter: Option<(u64, oneshot::Sender<CallReply>)>,
+    ) -> Result<Option<KeyOutcome>> {
+        batch.keys_binding_since = self.keys_binding_since();
+        let shared = batch.keys_binding_since.is_some();
+        match self.commit_and_deliver(batch, waiter).await {
+            Ok(()) => Ok(None),
+            Err(Error::Store(err)) if shared && err.is_conflict() => {
+                match self.retained(key).await? {
+                    Some(first) => Ok(Some(first)),
+                    // Forgotten at once: the claim found a key that is gone now.
+                    None => Err(Error::Store(err)),
+                }
+            }
+            Err(err) => Err(err),
+        }
+    }
+
     /// What came of the send that claimed `key` within the retention window, if one did.
     async fn retained(&self, key: &str) -> Result<Option<KeyOutcome>> {
         if key.is_empty() {
@@ -309,7 +358,10 @@ impl Client {
             keys: vec![claim(key, KeyOutcome::Signalled)],
             ..Batch::default()
         };
-        self.commit_and_deliver(batch, None).await
+        match self.claim_and_send(key, batch, None).await? {
+            None | Some(KeyOutcome::Signalled) => Ok(()),
+            Some(other) => Err(reused(key, &other)),
+        }
     }
 
     /// Calls `operation` on `id` unless `key` was claimed already; then returns the first
@@ -343,8 +395,17 @@ impl Client {
             ..Batch::default()
         };
         let (tx, rx) = oneshot::channel();
-        self.commit_and_deliver(batch, Some((message_id, tx)))
-            .await?;
+        match self
+            .claim_and_send(key, batch, Some((message_id, tx)))
+            .await?
+        {
+            None => {}
+            Some(KeyOutcome::Called(answer)) => {
+                drop(held);
+                return self.answer_of(key, answer).await;
+            }
+            Some(other) => return Err(reused(key, &other)),
+        }
         drop(held);
         match rx.await {
             Ok(reply) => Ok(reply?),

@@ -231,6 +231,15 @@ impl Data {
                 )));
             }
         }
+        if let Some(since) = batch.keys_binding_since {
+            if let Some(key) = batch.keys.iter().find(|k| {
+                self.keys
+                    .get(&k.key)
+                    .is_some_and(|row| row.created >= since)
+            }) {
+                return Err(StoreError::key_claimed(&key.key));
+            }
+        }
         let mut appended = HashSet::new();
         for write in &batch.instances {
             let id = write.record.id.as_str();

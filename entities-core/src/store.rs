@@ -113,6 +113,12 @@ pub struct Batch {
     /// Idempotency keys claimed by the sends of this batch: inserted, replacing a row of the
     /// same key (one past its retention). Applied before `key_outcomes`.
     pub keys: Vec<IdempotencyKey>,
+    /// Makes the claims of `keys` exclusive: a stored key created at or after this time
+    /// (milliseconds since the Unix epoch) still binds, so the commit fails with
+    /// [`StoreErrorKind::Conflict`](crate::StoreErrorKind::Conflict) and applies nothing. A
+    /// store shared by several processes decides this in the commit itself, so two processes
+    /// claiming one key at once apply it once. Such a batch commits alone.
+    pub keys_binding_since: Option<u64>,
     /// New outcomes of stored idempotency keys (the answer to a call), by key: only the
     /// outcome of an existing row changes.
     pub key_outcomes: Vec<(String, Value)>,

@@ -55,18 +55,19 @@ pub(crate) async fn run(inner: Arc<Inner>, mut rx: mpsc::UnboundedReceiver<Reque
                 Err(_) => break,
             }
         }
-        // The group: consecutive commits; a batch creating an instance commits alone (its
-        // conflict must fail it only).
+        // The group: consecutive commits; a batch creating an instance or claiming a key
+        // exclusively commits alone (its conflict must fail it only).
         let mut group = Vec::new();
         while let Some(request) = queue.first() {
             match request {
                 Request::Commit(batch, _) => {
-                    let creates = batch.instances.iter().any(|i| i.create);
-                    if creates && !group.is_empty() {
+                    let alone = batch.instances.iter().any(|i| i.create)
+                        || batch.keys_binding_since.is_some();
+                    if alone && !group.is_empty() {
                         break;
                     }
                     group.push(queue.remove(0));
-                    if creates {
+                    if alone {
                         break;
                     }
                 }
@@ -671,7 +672,7 @@ async fn commit(
     if !lost.is_empty() {
         tx.execute(MARK_FRESH, &[&lost]).await.map_err(failed)?;
     }
-    write_keys(&tx, batches).await.map_err(failed)?;
+    write_keys(&tx, batches).await?;
     let wake = !waiters.is_empty() || fresh.iter().any(|f| *f) || !lost.is_empty();
     // From here a lost connection leaves the outcome open: the caller looks it up by the id.
     *committing = xid;
@@ -685,9 +686,32 @@ async fn commit(
 async fn write_keys(
     tx: &tokio_postgres::Transaction<'_>,
     batches: &[Batch],
-) -> Result<(), tokio_postgres::Error> {
+) -> Result<(), StoreError> {
+    let failed = |e| pg_error("a commit failed", e);
     for batch in batches {
-        if !batch.keys.is_empty() {
+        if let (Some(since), false) = (batch.keys_binding_since, batch.keys.is_empty()) {
+            // Exclusive claims: a claim of a key another transaction claims meanwhile waits for
+            // it, then sees its row, so of two processes claiming one key one wins.
+            let keys: Vec<&str> = batch.keys.iter().map(|k| k.key.as_str()).collect();
+            let created: Vec<i64> = batch.keys.iter().map(|k| int(k.created)).collect();
+            let outcomes: Vec<String> = batch.keys.iter().map(|k| k.outcome.to_string()).collect();
+            let claimed = tx
+                .query(
+                    "INSERT INTO entities_keys (key, created, outcome) \
+                     SELECT * FROM unnest($1::text[], $2::bigint[], $3::text[]) \
+                     ON CONFLICT (key) DO UPDATE SET created = excluded.created, \
+                     outcome = excluded.outcome WHERE entities_keys.created < $4 \
+                     RETURNING key",
+                    &[&keys, &created, &outcomes, &int(since)],
+                )
+                .await
+                .map_err(failed)?;
+            if claimed.len() < keys.len() {
+                let claimed: HashSet<String> = claimed.iter().map(|r| r.get(0)).collect();
+                let taken = keys.iter().find(|k| !claimed.contains(**k)).unwrap_or(&"");
+                return Err(StoreError::key_claimed(taken));
+            }
+        } else if !batch.keys.is_empty() {
             let keys: Vec<&str> = batch.keys.iter().map(|k| k.key.as_str()).collect();
             let created: Vec<i64> = batch.keys.iter().map(|k| int(k.created)).collect();
             let outcomes: Vec<String> = batch.keys.iter().map(|k| k.outcome.to_string()).collect();
@@ -698,7 +722,8 @@ async fn write_keys(
                  outcome = excluded.outcome",
                 &[&keys, &created, &outcomes],
             )
-            .await?;
+            .await
+            .map_err(failed)?;
         }
         if !batch.key_outcomes.is_empty() {
             let keys: Vec<&str> = batch.key_outcomes.iter().map(|(k, _)| k.as_str()).collect();
@@ -712,14 +737,16 @@ async fn write_keys(
                  FROM unnest($1::text[], $2::text[]) AS u(key, outcome) WHERE k.key = u.key",
                 &[&keys, &outcomes],
             )
-            .await?;
+            .await
+            .map_err(failed)?;
         }
         if let Some(before) = batch.forget_keys_before {
             tx.execute(
                 "DELETE FROM entities_keys WHERE created < $1",
                 &[&int(before)],
             )
-            .await?;
+            .await
+            .map_err(failed)?;
         }
     }
     Ok(())

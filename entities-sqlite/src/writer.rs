@@ -246,7 +246,9 @@ impl WriteRequest {
     /// them.
     fn isolated(&self) -> bool {
         match self {
-            WriteRequest::Commit(batch, _) => batch.instances.iter().any(|i| i.create),
+            WriteRequest::Commit(batch, _) => {
+                batch.instances.iter().any(|i| i.create) || batch.keys_binding_since.is_some()
+            }
             WriteRequest::DeleteEmptyEntities(_)
             | WriteRequest::PurgeInstance(..)
             | WriteRequest::PurgeInstances(..)
@@ -499,7 +501,28 @@ impl<'c> Writes<'c> {
 /// Writes the idempotency keys of a batch: claims, then outcomes, then the forgetting of old
 /// keys.
 fn write_keys(conn: &Connection, batch: &Batch) -> rusqlite::Result<()> {
-    if !batch.keys.is_empty() {
+    if let Some(since) = batch.keys_binding_since {
+        // Exclusive claims: a key still binding refuses the batch (it runs isolated).
+        let mut claim = conn.prepare_cached(
+            "INSERT INTO idempotency_keys (key, created, outcome) VALUES (?1, ?2, ?3) \
+             ON CONFLICT (key) DO UPDATE SET created = excluded.created, \
+             outcome = excluded.outcome WHERE idempotency_keys.created < ?4",
+        )?;
+        for key in &batch.keys {
+            let claimed = claim.execute(params![
+                key.key,
+                key.created as i64,
+                key.outcome.to_string(),
+                since as i64
+            ])?;
+            if claimed == 0 {
+                return Err(rusqlite::Error::SqliteFailure(
+                    rusqlite::ffi::Error::new(rusqlite::ffi::SQLITE_CONSTRAINT_UNIQUE),
+                    Some(StoreError::key_claimed(&key.key).to_string()),
+                ));
+            }
+        }
+    } else if !batch.keys.is_empty() {
         let mut claim = conn.prepare_cached(
             "INSERT OR REPLACE INTO idempotency_keys (key, created, outcome) VALUES (?1, ?2, ?3)",
         )?;

@@ -110,6 +110,8 @@ pub(crate) struct Engine {
     timers: Timers,
     commits: Commits,
     waiters: HashMap<u64, oneshot::Sender<CallReply>>,
+    /// The size of `waiters` at which closed ones are swept out.
+    waiters_sweep_at: usize,
     /// Client messages delivered but not stored yet: the next batch stores them.
     ingested: Vec<Message>,
     ingested_acks: Vec<Stored>,
@@ -172,6 +174,7 @@ impl Engine {
             config,
             rx,
             waiters: HashMap::new(),
+            waiters_sweep_at: 1024,
             ingested: Vec::new(),
             ingested_acks: Vec::new(),
             cancel_acks: Vec::new(),
@@ -372,7 +375,7 @@ impl Engine {
                 keys,
             } => {
                 if let Some((id, tx)) = waiter {
-                    self.waiters.insert(id, tx);
+                    self.add_waiter(id, tx);
                 }
                 for message in &messages {
                     if let crate::message::Body::Operation { reply, .. } = &message.body {
@@ -407,6 +410,17 @@ impl Engine {
                 let _ = found.send(self.cancel(&message, stored));
             }
             Command::Shutdown(done) => self.shutdown = Some(done),
+        }
+    }
+
+    /// Records a client waiting for the reply to its call `id`. Waiters whose client gave up
+    /// (a send that failed after its waiter was recorded) are dropped once the map has grown
+    /// to twice its size after the last sweep.
+    fn add_waiter(&mut self, id: u64, tx: oneshot::Sender<CallReply>) {
+        self.waiters.insert(id, tx);
+        if self.waiters.len() >= self.waiters_sweep_at {
+            self.waiters.retain(|_, tx| !tx.is_closed());
+            self.waiters_sweep_at = (self.waiters.len() * 2).max(1024);
         }
     }
 
