@@ -316,3 +316,80 @@ async fn one_key_from_two_processes_applies_once() {
     a.shutdown().await.unwrap();
     b.shutdown().await.unwrap();
 }
+
+/// The engine never waits on the database for a poll: while another session holds a row lock
+/// on a reply stored for this process (so that the poll taking replies blocks), calls run in
+/// this process are still answered.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_blocked_poll_does_not_stop_the_engine() {
+    let Some(server) = TestServer::start_or_skip("a_blocked_poll_does_not_stop_the_engine") else {
+        return;
+    };
+    let url = server.create_database().await.unwrap();
+    let rt = runtime(&url).await;
+    let client = rt.client();
+    let id = EntityId::new("Counter", "local");
+    client.signal_entity(&id, "add", &1).await.unwrap();
+    let _: i64 = client.call_entity(&id, "get", &()).await.unwrap();
+
+    // A reply for a call this process never made, locked by another session: taking the
+    // replies stored for this process waits for that lock.
+    let (locker, conn) = tokio_postgres::connect(&url, tokio_postgres::NoTls)
+        .await
+        .unwrap();
+    tokio::spawn(conn);
+    locker
+        .batch_execute(
+            "INSERT INTO entities_replies (waiter, node, reply) \
+             SELECT -1, node, 'null' FROM entities_members",
+        )
+        .await
+        .unwrap();
+    locker
+        .batch_execute("BEGIN; SELECT * FROM entities_replies WHERE waiter = -1 FOR UPDATE")
+        .await
+        .unwrap();
+    let poll_waits = || async {
+        locker
+            .query_one(
+                "SELECT count(*) FROM pg_stat_activity \
+                 WHERE pg_backend_pid() = ANY(pg_blocking_pids(pid))",
+                &[],
+            )
+            .await
+            .unwrap()
+            .get::<_, i64>(0)
+    };
+    // While calls wait for replies the poller takes replies, and blocks on the lock.
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(30);
+    let mut expected = 1;
+    while poll_waits().await == 0 {
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "the poll never reached the lock"
+        );
+        let call = client.call_entity::<i64, _>(&id, "get", &());
+        match tokio::time::timeout(Duration::from_secs(10), call).await {
+            Ok(value) => assert_eq!(value.unwrap(), expected),
+            Err(_) => panic!("a call run here waited for a blocked poll"),
+        }
+        client.signal_entity(&id, "add", &1).await.unwrap();
+        expected += 1;
+    }
+    for n in 0..20 {
+        client.signal_entity(&id, "add", &1).await.unwrap();
+        let value: i64 =
+            tokio::time::timeout(Duration::from_secs(10), client.call_entity(&id, "get", &()))
+                .await
+                .expect("a call run here waited for a blocked poll")
+                .unwrap();
+        assert_eq!(value, expected + n + 1);
+    }
+    assert_eq!(
+        poll_waits().await,
+        1,
+        "the poll stopped waiting on the lock"
+    );
+    locker.batch_execute("ROLLBACK").await.unwrap();
+    rt.shutdown().await.unwrap();
+}

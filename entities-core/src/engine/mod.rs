@@ -22,6 +22,7 @@ mod commits;
 mod entities;
 mod messages;
 pub(crate) mod partition;
+mod poller;
 mod protocol;
 mod shared;
 mod timers;
@@ -31,7 +32,7 @@ use std::sync::atomic::Ordering;
 use std::sync::Arc;
 use std::time::Duration;
 
-use tokio::sync::{mpsc, oneshot, Notify};
+use tokio::sync::{mpsc, oneshot};
 use tracing::{debug, error, info, warn};
 
 use self::commits::Effects;
@@ -39,6 +40,7 @@ use self::commits::{Commits, Done};
 use self::entities::Entities;
 pub(crate) use self::entities::{panic_message, Timeouts};
 use self::partition::Ownership;
+use self::poller::{Polled, Poller};
 pub(crate) use self::protocol::resendable;
 use self::protocol::{answer_stored, Resend};
 pub(crate) use self::protocol::{CallReply, Command, Stored};
@@ -48,13 +50,6 @@ use crate::error::{StoreError, StoreErrorKind};
 use crate::message::{now_millis, Message, MessageId, Target};
 use crate::orchestration::engine::Orchestrations;
 use crate::store::{OwnershipEvent, Partitioned};
-
-/// How often a runtime on a shared store looks for messages and replies from other
-/// processes when no hint arrives.
-const POLL_INTERVAL: Duration = Duration::from_millis(100);
-
-/// Most arrivals claimed at once.
-const ARRIVALS_PAGE: usize = 4096;
 
 /// Tuning of the engine.
 #[derive(Clone, Debug)]
@@ -138,9 +133,10 @@ pub(crate) struct Engine {
 struct SharedStore {
     store: Arc<dyn Partitioned>,
     events: Option<mpsc::UnboundedReceiver<OwnershipEvent>>,
-    hint: Arc<Notify>,
-    /// When to look for arrivals and replies next.
-    poll_at: tokio::time::Instant,
+    /// Takes arrivals and replies, off the engine task.
+    poller: Poller,
+    /// The poller's generation since the last reload: arrivals of older polls are dropped.
+    generation: u64,
 }
 
 impl Engine {
@@ -154,8 +150,8 @@ impl Engine {
     ) -> Self {
         let partitioned = shared.store.partitioned().map(|store| SharedStore {
             events: store.take_events(),
-            hint: store.hint(),
-            poll_at: tokio::time::Instant::now(),
+            poller: Poller::start(store.clone(), partitions.clone().unwrap_or_default()),
+            generation: 0,
             store,
         });
         let count = partitioned.as_ref().map_or(1, |p| p.store.count());
@@ -241,6 +237,9 @@ impl Engine {
     /// One turn of the loop: waits for something to do if nothing is ready, takes in what
     /// arrived, and runs a batch if the pipeline has room. Returns false to stop.
     async fn step(&mut self) -> Result<bool, StoreError> {
+        if let Some(p) = &self.partitioned {
+            p.poller.calls_waiting(!self.waiters.is_empty());
+        }
         let page = self.timers.page_due();
         let room = self.commits.len() < self.config.max_inflight_commits;
         // Something to do at once: read the next page of scheduled messages (once no commit
@@ -254,11 +253,8 @@ impl Engine {
             if let Some(retry) = self.entities.next_retry() {
                 deadline = deadline.min(retry);
             }
-            let (hint, event) = match &mut self.partitioned {
-                Some(p) => {
-                    deadline = deadline.min(p.poll_at);
-                    (Some(p.hint.clone()), p.events.as_mut())
-                }
+            let (polls, event) = match &mut self.partitioned {
+                Some(p) => (Some(&mut p.poller.polls), p.events.as_mut()),
                 None => (None, None),
             };
             let has_events = event.is_some();
@@ -268,9 +264,9 @@ impl Engine {
                     None => std::future::pending().await,
                 }
             };
-            let hinted = async move {
-                match hint {
-                    Some(hint) => hint.notified().await,
+            let next_poll = async move {
+                match polls {
+                    Some(rx) => rx.recv().await,
                     None => std::future::pending().await,
                 }
             };
@@ -283,11 +279,7 @@ impl Engine {
                         }
                     }
                 },
-                () = hinted => {
-                    if let Some(p) = &mut self.partitioned {
-                        p.poll_at = tokio::time::Instant::now();
-                    }
-                }
+                Some(polled) = next_poll => self.polled(polled)?,
                 command = self.rx.recv() => match command {
                     Some(command) => self.handle(command),
                     None => return Ok(false),
@@ -314,12 +306,12 @@ impl Engine {
         {
             self.ownership_changed(event).await?;
         }
-        if self
+        while let Some(polled) = self
             .partitioned
-            .as_ref()
-            .is_some_and(|p| p.poll_at <= tokio::time::Instant::now())
+            .as_mut()
+            .and_then(|p| p.poller.polls.try_recv().ok())
         {
-            self.poll_remote().await?;
+            self.polled(polled)?;
         }
         self.entities.poll_finished();
         self.entities.wake_retries();
@@ -418,6 +410,9 @@ impl Engine {
     /// to twice its size after the last sweep.
     fn add_waiter(&mut self, id: u64, tx: oneshot::Sender<CallReply>) {
         self.waiters.insert(id, tx);
+        if let Some(p) = &self.partitioned {
+            p.poller.calls_waiting(true);
+        }
         if self.waiters.len() >= self.waiters_sweep_at {
             self.waiters.retain(|_, tx| !tx.is_closed());
             self.waiters_sweep_at = (self.waiters.len() * 2).max(1024);
@@ -705,6 +700,7 @@ impl Engine {
     async fn reload(&mut self) -> Result<Vec<Message>, StoreError> {
         self.shared.store.resume().await?;
         let loaded_until = self.config.recovery_horizon();
+        let held = self.hold_polls().await;
         let recovery = self.shared.store.recover(loaded_until).await?;
         self.shared.ids_above(recovery.max_message_id);
         self.timers = Timers::new(self.config.schedule_horizon, loaded_until);
@@ -715,7 +711,62 @@ impl Engine {
             );
             info!(partitions = ?recovery.partitions, "running partitions");
         }
+        self.release_polls(held, true);
         Ok(recovery.messages)
+    }
+
+    /// Holds the poller off while the engine reloads from the store (see [`poller`]).
+    async fn hold_polls(&mut self) -> Option<tokio::sync::OwnedMutexGuard<u64>> {
+        let gate = self.partitioned.as_ref().map(|p| p.poller.hold());
+        match gate {
+            Some(gate) => Some(gate.await),
+            None => None,
+        }
+    }
+
+    /// Lets the poller go on, for the partitions owned now. After a reload (`reloaded`),
+    /// arrivals it took before are dropped when they come in: the reload read them.
+    fn release_polls(&mut self, held: Option<tokio::sync::OwnedMutexGuard<u64>>, reloaded: bool) {
+        let parts = self.ownership.partitions().unwrap_or_default();
+        if let (Some(p), Some(held)) = (&mut self.partitioned, held) {
+            p.generation = p.poller.release(held, parts, reloaded);
+        }
+    }
+
+    /// Takes in what a poll took: replies always, arrivals unless a reload since read them.
+    /// A failed read of arrivals is a fault (the store's cursor may have passed them).
+    fn polled(&mut self, polled: Polled) -> Result<(), StoreError> {
+        match polled.replies {
+            Ok(replies) => {
+                for reply in replies {
+                    let Some(tx) = self.waiters.remove(&reply.waiter) else {
+                        continue;
+                    };
+                    let decoded =
+                        serde_json::from_value::<CallReply>(reply.reply).unwrap_or_else(|err| {
+                            Err(crate::error::OperationError::new(format!(
+                                "the reply to this call could not be decoded: {err}"
+                            )))
+                        });
+                    let _ = tx.send(decoded);
+                }
+            }
+            // Nothing was taken: the next poll looks again.
+            Err(err) => warn!(error = %err, "looking for replies failed; the next poll retries"),
+        }
+        let current = self
+            .partitioned
+            .as_ref()
+            .is_some_and(|p| p.generation == polled.generation);
+        if !current {
+            return Ok(());
+        }
+        for message in polled.arrivals? {
+            if self.ownership.owns(&message) {
+                self.deliver(message);
+            }
+        }
+        Ok(())
     }
 
     /// Applies a change of the partitions this process owns. New partitions: first the
@@ -743,9 +794,13 @@ impl Engine {
                     let done = self.commits.next().await;
                     self.committed(done)?;
                 }
-                self.poll_remote().await?;
+                // No poll of the other partitions between the claim and the first poll of the new
+                // ones: it could move the store's arrival cursor past rows of the new ones that
+                // a transaction running during the claim stores.
+                let held = self.hold_polls().await;
                 let recovery = store.recover_partitions(&new, self.timers.cursor()).await?;
                 self.ownership.add(&new);
+                self.release_polls(held, false);
                 self.shared.ids_above(recovery.max_message_id);
                 info!(partitions = ?new, messages = recovery.messages.len(), "took over partitions");
                 for message in recovery.messages {
@@ -770,7 +825,9 @@ impl Engine {
                         self.config.recovery_horizon(),
                         crate::message::MessageId::MAX,
                     );
+                    let held = self.hold_polls().await;
                     let recovery = store.recover_partitions(&owned, until).await?;
+                    self.release_polls(held, true);
                     self.timers = Timers::new(self.config.schedule_horizon, until.0);
                     info!(partitions = ?parts, "handed partitions over");
                     for message in recovery.messages {
@@ -790,58 +847,6 @@ impl Engine {
                     ));
                 }
             }
-        }
-        Ok(())
-    }
-
-    /// Takes the messages other processes stored for the partitions run here, and the
-    /// replies to calls made from here.
-    async fn poll_remote(&mut self) -> Result<(), StoreError> {
-        let Some(p) = &mut self.partitioned else {
-            return Ok(());
-        };
-        p.poll_at = tokio::time::Instant::now() + POLL_INTERVAL;
-        let store = p.store.clone();
-        let parts = self.ownership.partitions().unwrap_or_default();
-        // Arrivals and replies are read at the same time, on two connections.
-        let take_arrivals = async {
-            let mut taken = Vec::new();
-            if !parts.is_empty() {
-                loop {
-                    let page = store.arrivals(&parts, ARRIVALS_PAGE).await?;
-                    let full = page.len() >= ARRIVALS_PAGE;
-                    taken.extend(page);
-                    if !full {
-                        break;
-                    }
-                }
-            }
-            Ok::<_, StoreError>(taken)
-        };
-        // Replies are looked for only while calls wait (one left unheard is taken later).
-        let take_replies = async {
-            if self.waiters.is_empty() {
-                Ok(Vec::new())
-            } else {
-                store.take_replies().await
-            }
-        };
-        let (arrivals, replies) = tokio::join!(take_arrivals, take_replies);
-        for message in arrivals? {
-            if self.ownership.owns(&message) {
-                self.deliver(message);
-            }
-        }
-        for reply in replies? {
-            let Some(tx) = self.waiters.remove(&reply.waiter) else {
-                continue;
-            };
-            let decoded = serde_json::from_value::<CallReply>(reply.reply).unwrap_or_else(|err| {
-                Err(crate::error::OperationError::new(format!(
-                    "the reply to this call could not be decoded: {err}"
-                )))
-            });
-            let _ = tx.send(decoded);
         }
         Ok(())
     }
