@@ -190,9 +190,9 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
     }
     println!();
     println!("  curl -s{auth} http://{addr}/entities/account/alice");
-    println!("  curl -s{auth} -X POST http://{addr}/entities/account/alice/withdraw -d 1000");
-    println!("  curl -s{auth} -X POST http://{addr}/entities/account/bob/deposit/send -d 5");
-    println!("  curl -s{auth} -X POST 'http://{addr}/orchestrations/transfer?id=t3' -d '{{\"from\":\"alice\",\"to\":\"bob\",\"amount\":10}}'");
+    println!("  curl -s{auth} -H 'Content-Type: application/json' -X POST http://{addr}/entities/account/alice/withdraw -d 1000");
+    println!("  curl -s{auth} -H 'Content-Type: application/json' -X POST http://{addr}/entities/account/bob/deposit/send -d 5");
+    println!("  curl -s{auth} -H 'Content-Type: application/json' -X POST 'http://{addr}/orchestrations/transfer?id=t3' -d '{{\"from\":\"alice\",\"to\":\"bob\",\"amount\":10}}'");
     println!("  curl -s{auth} 'http://{addr}/orchestrations/t3?wait=5s'");
     println!("  curl -s{auth} 'http://{addr}/entities?name=account'");
     println!("  curl -s{auth} http://{addr}/metrics");

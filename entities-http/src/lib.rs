@@ -33,10 +33,34 @@
 //! | `GET /ready` | readiness, for load balancers | 200; 503 with the reason while draining, shut down, or the store cannot be reached |
 //!
 //! Names are case-insensitive; keys (and instance ids) are percent-decoded path segments, so
-//! a key with `/` or `@` travels as `%2F` or `%40`. Every error is JSON with at least a
-//! `message`: 400 bad input, 401 without the token, 404 unknown entity name or instance, 409
-//! instance exists (or still running, for a purge), 413 body too large, 422 the operation's own
-//! error, 503 the runtime is shut down.
+//! a key with `/` or `@` travels as `%2F` or `%40`. Every error is JSON with a `message` and a
+//! `kind`: 400 bad input (an `Idempotency-Key` must be 1 to 255 bytes), 401 without the
+//! token, 403 a `Host` not allowed or a page of another origin, 404 unknown entity name or
+//! instance, 409 instance exists (or still running, for a purge), 413 body too large (at once
+//! when `Content-Length` says so), 415 a body not declared as JSON, 422 the operation's own
+//! error, 503 the runtime is shut down or the request ran past the request timeout.
+//!
+//! **Browser safety.** A web page of another site must not drive the API through its
+//! visitor's browser, which needs no token when none is set:
+//! - request bodies must be `Content-Type: application/json` (or `application/*+json`): a
+//!   page can send `text/plain`, form data or multipart anywhere without asking, never JSON;
+//! - POST, PUT, DELETE and PATCH are refused when their `Origin` is not the server's own (the
+//!   request's `Host`, or a name given to [`Http::allowed_hosts`]), or, without an `Origin`,
+//!   when `Sec-Fetch-Site` is `cross-site` or `same-site`;
+//! - without a token, the `Host` must be an IP address (a page cannot rebind one),
+//!   `localhost`, or a name given to [`Http::allowed_hosts`]: a page whose name an attacker
+//!   points at this server (DNS rebinding) cannot read it. With a token, any `Host` passes.
+//!   `/health` and `/ready` answer whatever the `Host`.
+//!
+//! Clients that are not browsers send neither `Origin` nor `Sec-Fetch-Site`; the CLI and the
+//! dashboard send their bodies as JSON.
+//!
+//! **Limits.** [`Http::serve`] and its kin close a connection that does not send its request
+//! head within [`Http::header_read_timeout`] and a keep-alive connection idle past
+//! [`Http::idle_timeout`], stop a request past [`Http::request_timeout`] (calls and `?wait=`
+//! reads excepted), and serve at most [`Http::max_connections`] at once, closing idle ones to
+//! make room. A router mounted in an app of your own gets the request timeout, the body limit
+//! and the browser checks; its server's own settings govern the connections.
 //!
 //! With a token set, every route but `/health` and `/ready` requires
 //! `Authorization: Bearer <token>` (compared in constant time).
@@ -55,9 +79,12 @@
 #![warn(missing_docs)]
 
 mod auth;
+mod browser;
 mod error;
+mod limits;
 mod openapi;
 mod routes;
+mod server;
 mod ui;
 
 use std::future::Future;
@@ -65,7 +92,6 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, OnceLock};
 use std::time::Duration;
 
-use axum::serve::ListenerExt;
 use axum::Router;
 use entities_core::Client;
 use metrics_exporter_prometheus::{PrometheusBuilder, PrometheusHandle};
@@ -80,6 +106,19 @@ pub const DEFAULT_BODY_LIMIT: usize = 1024 * 1024;
 /// The default longest `?wait=` an orchestration read honours: 60 seconds.
 pub const DEFAULT_MAX_WAIT: Duration = Duration::from_secs(60);
 
+/// The default time a connection gets to send a complete request head: 10 seconds.
+pub const DEFAULT_HEADER_READ_TIMEOUT: Duration = Duration::from_secs(10);
+
+/// The default time a keep-alive connection may wait for its next request: 60 seconds.
+pub const DEFAULT_IDLE_TIMEOUT: Duration = Duration::from_secs(60);
+
+/// The default time a request may take, calls and `?wait=` reads excepted: 30 seconds.
+pub const DEFAULT_REQUEST_TIMEOUT: Duration = Duration::from_secs(30);
+
+/// The default most connections served at once: 512 (nginx's `worker_connections`), well
+/// below the common limit of 1,024 open files.
+pub const DEFAULT_MAX_CONNECTIONS: usize = 512;
+
 /// The router over `client` with the default options: no token, a body limit of
 /// [`DEFAULT_BODY_LIMIT`]. Use [`Http`] for other options.
 pub fn router(client: Client) -> Router {
@@ -87,7 +126,7 @@ pub fn router(client: Client) -> Router {
 }
 
 /// Serves the router over `client` with the default options on `addr` until the process
-/// ends or the listener fails. Use [`Http`] for other options.
+/// ends. Use [`Http`] for other options.
 pub async fn serve(client: Client, addr: impl ToSocketAddrs) -> Result<(), HttpError> {
     Http::new(client).serve(addr).await
 }
@@ -106,6 +145,11 @@ pub struct Http {
     token: Option<Arc<[u8]>>,
     body_limit: usize,
     max_wait: Duration,
+    header_read_timeout: Duration,
+    idle_timeout: Duration,
+    request_timeout: Duration,
+    max_connections: usize,
+    allowed_hosts: Vec<browser::HostPattern>,
     prometheus: Option<PrometheusHandle>,
     drain_delay: Duration,
     /// Set when the shutdown signal of a serve has fired.
@@ -118,6 +162,11 @@ impl std::fmt::Debug for Http {
             .field("token", &self.token.as_ref().map(|_| "<set>"))
             .field("body_limit", &self.body_limit)
             .field("max_wait", &self.max_wait)
+            .field("header_read_timeout", &self.header_read_timeout)
+            .field("idle_timeout", &self.idle_timeout)
+            .field("request_timeout", &self.request_timeout)
+            .field("max_connections", &self.max_connections)
+            .field("allowed_hosts", &self.allowed_hosts)
             .field("drain_delay", &self.drain_delay)
             .field("draining", &self.draining.load(Ordering::SeqCst))
             .finish_non_exhaustive()
@@ -132,6 +181,11 @@ impl Http {
             token: None,
             body_limit: DEFAULT_BODY_LIMIT,
             max_wait: DEFAULT_MAX_WAIT,
+            header_read_timeout: DEFAULT_HEADER_READ_TIMEOUT,
+            idle_timeout: DEFAULT_IDLE_TIMEOUT,
+            request_timeout: DEFAULT_REQUEST_TIMEOUT,
+            max_connections: DEFAULT_MAX_CONNECTIONS,
+            allowed_hosts: Vec::new(),
             prometheus: None,
             drain_delay: Duration::ZERO,
             draining: Arc::new(AtomicBool::new(false)),
@@ -146,9 +200,87 @@ impl Http {
         self
     }
 
-    /// The largest request body accepted, in bytes; a larger one is refused with 413.
+    /// The largest request body accepted, in bytes; a larger one is refused with 413 (at once,
+    /// before the body is read, when its `Content-Length` says so). Default
+    /// [`DEFAULT_BODY_LIMIT`].
     pub fn body_limit(mut self, bytes: usize) -> Self {
         self.body_limit = bytes;
+        self
+    }
+
+    /// How long a connection gets to send a complete request head, from its accept or from
+    /// the first byte of a next request; past it the connection is closed. Default
+    /// [`DEFAULT_HEADER_READ_TIMEOUT`]. Applies to [`serve`](Self::serve) and its kin, not
+    /// to a [`router`](Self::router) mounted elsewhere.
+    pub fn header_read_timeout(mut self, timeout: Duration) -> Self {
+        self.header_read_timeout = timeout;
+        self
+    }
+
+    /// How long a keep-alive connection may wait for its next request after an answer; past
+    /// it the connection is closed. Default [`DEFAULT_IDLE_TIMEOUT`]. Applies to
+    /// [`serve`](Self::serve) and its kin.
+    pub fn idle_timeout(mut self, timeout: Duration) -> Self {
+        self.idle_timeout = timeout;
+        self
+    }
+
+    /// How long a request may take, from its head to its answer; past it, it is stopped and
+    /// answers 503 with `kind` `request_timeout` (what it did may or may not have been
+    /// applied). Calls (`POST /entities/{name}/{key}/{operation}`) and reads with `?wait=`
+    /// are excepted: they wait for the operation or the instance by design (a `?wait=` up to
+    /// [`max_wait`](Self::max_wait)), and get this time for their body only (408 past it).
+    /// Default [`DEFAULT_REQUEST_TIMEOUT`].
+    pub fn request_timeout(mut self, timeout: Duration) -> Self {
+        self.request_timeout = timeout;
+        self
+    }
+
+    /// The most connections served at once (at least 1). At the limit, the connection that
+    /// has waited longest without a request under way (for its first request or its next) is
+    /// closed to make room; when every connection has a request under way, accepting waits
+    /// for one to end. So connections that send nothing cannot lock clients out. Keep it
+    /// below the process's limit on open files. Default [`DEFAULT_MAX_CONNECTIONS`]. Applies
+    /// to [`serve`](Self::serve) and its kin.
+    pub fn max_connections(mut self, max: usize) -> Self {
+        self.max_connections = max.max(1);
+        self
+    }
+
+    /// Adds names this server answers to, beside the ones it always does (any IP address,
+    /// and `localhost`), each `name` (any port) or `name:port`; `*` takes any `Host`.
+    ///
+    /// Without a token, a request whose `Host` is none of these is refused with 403
+    /// (`host_not_allowed`): a web page whose name an attacker points at this server (DNS
+    /// rebinding) could read the API otherwise. With a token, `Host` is not checked.
+    ///
+    /// The names also count as this server's own origins: an unsafe request (POST, PUT,
+    /// DELETE, PATCH) from a page of one of them is let through (behind a proxy that rewrites
+    /// `Host`, give the public name here); `*` does not count for origins. Entries that are no
+    /// host name are skipped with a warning.
+    ///
+    /// ```no_run
+    /// # async fn run(runtime: entities_core::Runtime) -> Result<(), entities_http::HttpError> {
+    /// entities_http::Http::new(runtime.client())
+    ///     .allowed_hosts(["entities.internal", "dashboard.example.com:443"])
+    ///     .serve("0.0.0.0:8080")
+    ///     .await?;
+    /// # Ok(()) }
+    /// ```
+    pub fn allowed_hosts<I, S>(mut self, hosts: I) -> Self
+    where
+        I: IntoIterator<Item = S>,
+        S: AsRef<str>,
+    {
+        for host in hosts {
+            match browser::HostPattern::parse(host.as_ref()) {
+                Some(pattern) => self.allowed_hosts.push(pattern),
+                None => tracing::warn!(
+                    host = host.as_ref(),
+                    "Http::allowed_hosts: not a host name (such as `example.com` or `example.com:8443`); skipped"
+                ),
+            }
+        }
         self
     }
 
@@ -184,15 +316,24 @@ impl Http {
             token_required: self.token.is_some(),
             draining: self.draining,
         };
-        routes::router(state, self.body_limit, self.token)
+        let limits = limits::RequestLimits {
+            body_limit: self.body_limit,
+            request_timeout: self.request_timeout,
+        };
+        let browser = browser::Policy {
+            allowed: self.allowed_hosts.into(),
+            check_host: self.token.is_none(),
+        };
+        routes::router(state, limits, self.token, browser)
     }
 
-    /// Binds `addr` and serves until the process ends or the listener fails.
+    /// Binds `addr` and serves until the process ends. Errors accepting a connection (such as
+    /// running out of file descriptors) are logged and retried.
     pub async fn serve(self, addr: impl ToSocketAddrs) -> Result<(), HttpError> {
         self.serve_with_shutdown(addr, std::future::pending()).await
     }
 
-    /// Binds `addr` and serves until `shutdown` resolves or the listener fails. From the
+    /// Binds `addr` and serves until `shutdown` resolves. From the
     /// moment `shutdown` resolves, `/ready` answers 503 (`draining`); after the
     /// [`drain_delay`](Self::drain_delay) (default none) it stops taking new connections and
     /// requests, finishes the requests under way, and returns: then call
@@ -223,7 +364,7 @@ impl Http {
     }
 
     /// Serves on a listener bound already (for instance to port 0) until `shutdown`
-    /// resolves or the listener fails, draining as
+    /// resolves, draining as
     /// [`serve_with_shutdown`](Self::serve_with_shutdown) does.
     pub async fn serve_on(
         self,
@@ -233,12 +374,6 @@ impl Http {
         if let Ok(addr) = listener.local_addr() {
             tracing::info!(%addr, "entities HTTP API listening");
         }
-        // Answers go out at once instead of waiting for the peer's acknowledgement (Nagle).
-        let listener = listener.tap_io(|tcp| {
-            if let Err(err) = tcp.set_nodelay(true) {
-                tracing::debug!(error = %err, "cannot set TCP_NODELAY on an accepted connection");
-            }
-        });
         let draining = self.draining.clone();
         let delay = self.drain_delay;
         let shutdown = async move {
@@ -252,10 +387,13 @@ impl Http {
                 tokio::time::sleep(delay).await;
             }
         };
-        axum::serve(listener, self.router())
-            .with_graceful_shutdown(shutdown)
-            .await
-            .map_err(|source| HttpError::Serve { source })
+        let limits = server::Limits {
+            header_read_timeout: self.header_read_timeout,
+            idle_timeout: self.idle_timeout,
+            max_connections: self.max_connections,
+        };
+        server::serve(listener, self.router(), limits, shutdown).await;
+        Ok(())
     }
 }
 

@@ -45,8 +45,8 @@ fn query_param(name: &str, schema: Value, description: &str) -> Value {
 fn idempotency_header() -> Value {
     json!({
         "name": "Idempotency-Key", "in": "header", "required": false,
-        "description": "applies the send once per key within the runtime's retention window: a retry returns what the first send returned",
-        "schema": { "type": "string", "minLength": 1 }
+        "description": "applies the send once per key within the runtime's retention window: a retry returns what the first send returned; 1 to 255 bytes (400 otherwise)",
+        "schema": { "type": "string", "minLength": 1, "maxLength": 255 }
     })
 }
 
@@ -80,20 +80,27 @@ fn operation(summary: &str, parameters: Vec<Value>, responses: Vec<(&str, Value)
     for (code, response) in responses {
         answers.insert(code.to_string(), response);
     }
-    // Every route may refuse a missing token (when one is set) and a stopped runtime (unless
-    // it says more about either).
+    // Every route may refuse a missing token (when one is set), a `Host` not allowed or a page
+    // of another origin, and a stopped runtime or a request past the request timeout (unless
+    // it says more about these).
     answers
         .entry("401")
         .or_insert_with(|| error("a token is set and was not given, or is wrong"));
-    answers
-        .entry("503")
-        .or_insert_with(|| error("the runtime is shut down"));
+    answers.entry("403").or_insert_with(|| {
+        error("without a token, the `Host` is not one of the server's names (`kind` `host_not_allowed`); or an unsafe method (POST, PUT, DELETE, PATCH) comes from a page of another origin (`Origin`, or `Sec-Fetch-Site` without it; `kind` `cross_origin`)")
+    });
+    answers.entry("503").or_insert_with(|| {
+        error("the runtime is shut down (`kind` `shut_down`), or the request ran past the server's request timeout (`kind` `request_timeout`)")
+    });
     map.insert("responses".into(), answers.into());
     Value::Object(map)
 }
 
+/// An operation with a request body: a body must be declared as JSON.
 fn with_body(mut op: Value, body: Value) -> Value {
     op["requestBody"] = body;
+    op["responses"]["415"] =
+        error("the body is not declared as JSON: send it with `Content-Type: application/json`");
     op
 }
 
@@ -149,8 +156,9 @@ pub fn openapi() -> Value {
                 name(), key(), path_param("operation", "operation name"), idempotency_header(),
             ], vec![
                 ("200", ok_json("the operation's result", any.clone())),
-                ("400", error("bad JSON, bad entity id or reserved operation name")),
+                ("400", error("bad JSON, bad entity id, reserved operation name, or an Idempotency-Key empty or over 255 bytes")),
                 ("404", error("unknown entity name")),
+                ("408", error("the body did not arrive within the server's request timeout (the call itself waits as long as the operation takes)")),
                 ("409", error("the idempotency key was claimed by another kind of send")),
                 ("413", error("body too large")),
                 ("422", error("the operation's own error")),
@@ -161,7 +169,7 @@ pub fn openapi() -> Value {
                 name(), key(), path_param("operation", "operation name"), idempotency_header(),
             ], vec![
                 ("202", ok_json("stored", json!({ "type": "object" }))),
-                ("400", error("bad JSON, bad entity id or reserved operation name")),
+                ("400", error("bad JSON, bad entity id, reserved operation name, or an Idempotency-Key empty or over 255 bytes")),
                 ("404", error("unknown entity name")),
                 ("409", error("the idempotency key was claimed by another kind of send")),
                 ("413", error("body too large")),
@@ -349,6 +357,7 @@ pub fn openapi() -> Value {
                 ("200", ok_json("the status", status_ref.clone())),
                 ("400", error("bad wait")),
                 ("404", error("no such instance")),
+                ("503", error("the runtime is shut down, or (without `wait`) the request ran past the server's request timeout")),
             ]),
             "post": with_body(operation("Start an instance of the orchestration named in the path", vec![
                 path_param("id", "orchestration name"),
@@ -358,7 +367,7 @@ pub fn openapi() -> Value {
                 ("202", ok_json("started", json!({
                     "type": "object", "required": ["id"], "properties": { "id": string.clone() }
                 }))),
-                ("400", error("bad JSON")),
+                ("400", error("bad JSON, or an Idempotency-Key empty or over 255 bytes")),
                 ("404", error("unknown orchestration name")),
                 ("409", error("the instance id exists")),
                 ("413", error("body too large")),
@@ -422,12 +431,20 @@ pub fn openapi() -> Value {
         },
     });
 
+    let mut paths = paths;
+    // The probes answer whatever the `Host`, and take no unsafe method.
+    for probe in ["/health", "/ready"] {
+        if let Some(answers) = paths[probe]["get"]["responses"].as_object_mut() {
+            answers.remove("403");
+        }
+    }
+
     json!({
         "openapi": "3.0.3",
         "info": {
             "title": "entities",
             "version": env!("CARGO_PKG_VERSION"),
-            "description": "Durable entities and orchestrations over HTTP"
+            "description": "Durable entities and orchestrations over HTTP. Request bodies are JSON (`Content-Type: application/json`). Without a token, the server answers only to its own names in `Host` (IP addresses, localhost, and names it is given), and takes unsafe methods only from its own pages (`Origin`)."
         },
         "paths": paths,
         "components": {

@@ -8,6 +8,7 @@ use axum::body::Bytes;
 use axum::extract::rejection::{BytesRejection, PathRejection, QueryRejection};
 use axum::extract::{DefaultBodyLimit, Path, Query, State};
 use axum::http::{header, HeaderMap, StatusCode};
+use axum::middleware::from_fn_with_state;
 use axum::response::{IntoResponse, Response};
 use axum::routing::{delete, get, post};
 use axum::{Json, Router};
@@ -20,6 +21,7 @@ use serde::Deserialize;
 use serde_json::{json, Value};
 
 use crate::error::ApiError;
+use crate::limits::RequestLimits;
 
 /// What every handler shares.
 #[derive(Clone)]
@@ -40,7 +42,12 @@ const MAX_PAGE_SIZE: usize = 10_000;
 
 /// The router: every route of [`crate::ROUTES`], JSON answers for unknown routes and methods,
 /// the body limit and, with a token, the bearer check.
-pub(crate) fn router(state: AppState, body_limit: usize, token: Option<Arc<[u8]>>) -> Router {
+pub(crate) fn router(
+    state: AppState,
+    limits: RequestLimits,
+    token: Option<Arc<[u8]>>,
+    browser: crate::browser::Policy,
+) -> Router {
     let router = Router::new()
         .route("/entities", get(list_entities))
         .route("/entities/{name}/{key}", get(read_entity).put(set_state))
@@ -78,17 +85,19 @@ pub(crate) fn router(state: AppState, body_limit: usize, token: Option<Arc<[u8]>
         .route("/ready", get(ready))
         .route("/metrics", get(metrics))
         .route("/openapi.json", get(openapi))
+        .route_layer(from_fn_with_state(limits, crate::limits::request_timeout))
         .fallback(no_route)
         .method_not_allowed_fallback(no_method)
-        .layer(DefaultBodyLimit::max(body_limit))
+        .layer(DefaultBodyLimit::max(limits.body_limit))
         .with_state(state);
-    match token {
-        Some(token) => router.layer(axum::middleware::from_fn_with_state(
-            token,
-            crate::auth::require_token,
-        )),
+    let router = match token {
+        Some(token) => router.layer(from_fn_with_state(token, crate::auth::require_token)),
         None => router,
-    }
+    };
+    // Outermost, so first: the browser checks, then the declared length.
+    router
+        .layer(from_fn_with_state(limits, crate::limits::declared_length))
+        .layer(from_fn_with_state(browser, crate::browser::check))
 }
 
 async fn no_route() -> ApiError {
@@ -176,16 +185,30 @@ fn accepted(value: Value) -> ApiResult {
     Ok((StatusCode::ACCEPTED, Json(value)).into_response())
 }
 
-/// The `Idempotency-Key` header, if the request has one; 400 if it is not text.
+/// The longest `Idempotency-Key` taken, in bytes.
+pub(crate) const MAX_IDEMPOTENCY_KEY: usize = 255;
+
+/// The `Idempotency-Key` header, if the request has one; 400 if it is not text, empty, or
+/// longer than [`MAX_IDEMPOTENCY_KEY`] bytes.
 fn idempotency_key(headers: &HeaderMap) -> Result<Option<String>, ApiError> {
-    headers
-        .get("idempotency-key")
-        .map(|v| {
-            v.to_str()
-                .map(str::to_string)
-                .map_err(|_| ApiError::bad_request("the Idempotency-Key header is not text"))
-        })
-        .transpose()
+    let Some(value) = headers.get("idempotency-key") else {
+        return Ok(None);
+    };
+    let key = value
+        .to_str()
+        .map_err(|_| ApiError::bad_request("the Idempotency-Key header is not text"))?;
+    if key.is_empty() {
+        return Err(ApiError::bad_request(
+            "the Idempotency-Key header is empty: give a key (a UUID, say), or no header",
+        ));
+    }
+    if key.len() > MAX_IDEMPOTENCY_KEY {
+        return Err(ApiError::bad_request(format!(
+            "the Idempotency-Key header is {} bytes long; at most {MAX_IDEMPOTENCY_KEY} are taken",
+            key.len()
+        )));
+    }
+    Ok(Some(key.to_string()))
 }
 
 async fn call(

@@ -324,6 +324,7 @@ async fn set_state_locks_and_clean() {
     let (status, body) = s
         .send(
             s.req(reqwest::Method::PUT, "/entities/counter/fixed")
+                .header("content-type", "application/json")
                 .body("41"),
         )
         .await;

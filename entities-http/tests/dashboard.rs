@@ -195,7 +195,13 @@ async fn the_dashboard_in_headless_chromium() {
         let http = http.clone();
         let url = format!("{base}{path}");
         async move {
-            let response = http.post(url).body(body).send().await.unwrap();
+            let response = http
+                .post(url)
+                .header("content-type", "application/json")
+                .body(body)
+                .send()
+                .await
+                .unwrap();
             let status = response.status();
             let body: Value = response.json().await.unwrap_or(Value::Null);
             (status.as_u16(), body)
