@@ -1,6 +1,6 @@
 //! Benchmarks of `entities` on the embedded SQLite store.
 //!
-//! `cargo run --release -p entities-bench -- --store postgres [spread|bank|call|failover]
+//! `cargo run --release -p entities-bench -- --store postgres [spread|bank|call|failover|handoff|restart]
 //! [--processes N]` runs the PostgreSQL benchmarks (see `pg.rs`) with 1, 2 and 3 runtime
 //! processes, or with N only.
 //!

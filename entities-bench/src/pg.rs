@@ -1,6 +1,7 @@
 //! `--store postgres`: spread, bank and call against a private PostgreSQL server (fsync on,
 //! synchronous_commit on) with 1, 2 and 3 runtime processes, a same-run raw baseline (plain
-//! `tokio-postgres` writing the same rows in batched transactions), and the failover time.
+//! `tokio-postgres` writing the same rows in batched transactions), the failover time (SIGKILL),
+//! the graceful hand-over time (SIGTERM) and the recovery after a server restart.
 //!
 //! The parent starts the server and the worker processes (this binary, `pg-worker ...`);
 //! workers wait until the partitions are spread over all of them, then run their share on a
@@ -213,17 +214,24 @@ pub async fn worker(args: &[String]) {
                     (p, id)
                 })
                 .collect();
-            loop {
-                for (p, id) in &probes {
-                    let call = client.call_entity::<i64, _>(id, "get", &());
-                    if let Ok(Ok(_)) = tokio::time::timeout(Duration::from_millis(50), call).await {
-                        let now = std::time::SystemTime::now()
-                            .duration_since(std::time::UNIX_EPOCH)
-                            .unwrap()
-                            .as_millis();
-                        println!("served {p} {now}");
+            // SIGTERM stops the runtime gracefully: it hands its partitions over.
+            let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())
+                .expect("a SIGTERM handler");
+            let probe = async {
+                loop {
+                    for (p, id) in &probes {
+                        let call = client.call_entity::<i64, _>(id, "get", &());
+                        if let Ok(Ok(_)) =
+                            tokio::time::timeout(Duration::from_millis(50), call).await
+                        {
+                            println!("served {p} {}", now_ms());
+                        }
                     }
                 }
+            };
+            tokio::select! {
+                () = probe => {}
+                _ = term.recv() => {}
             }
         }
         other => panic!("unknown workload {other}"),
@@ -434,6 +442,103 @@ async fn failover(server: &TestServer) -> Duration {
     Duration::from_millis((served_at - killed) as u64)
 }
 
+/// Milliseconds since the Unix epoch.
+fn now_ms() -> u128 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_millis()
+}
+
+/// The first `served` line of `worker` for one of `parts` at or after `since` (ms since the
+/// epoch): (partition, time).
+fn first_served(worker: &Worker, parts: &[u32], since: u128) -> (u32, u128) {
+    loop {
+        let line = worker
+            .lines
+            .recv_timeout(Duration::from_secs(60))
+            .expect("probe output");
+        let mut fields = line.split_whitespace();
+        if fields.next() != Some("served") {
+            continue;
+        }
+        let p: u32 = fields.next().unwrap().parse().unwrap();
+        let at: u128 = fields.next().unwrap().parse().unwrap();
+        if at >= since && parts.contains(&p) {
+            return (p, at);
+        }
+    }
+}
+
+/// The partitions whose lease names `node`.
+async fn leases_of(url: &str, node: i64) -> Vec<u32> {
+    sql(url)
+        .await
+        .query("SELECT part FROM entities_leases WHERE owner = $1", &[&node])
+        .await
+        .unwrap()
+        .iter()
+        .map(|r| r.get::<_, i32>(0) as u32)
+        .collect()
+}
+
+/// Graceful hand-over: two workers probe every partition; one gets SIGTERM (its runtime shuts
+/// down and hands its partitions over). For each moved partition: the time from the signal to
+/// the first call the survivor served on it.
+async fn handoff(server: &TestServer) -> Vec<Duration> {
+    let url = server.create_database().await.expect("database");
+    let mut workers: Vec<Worker> = (0..2).map(|i| spawn("failover", &url, i, 2)).collect();
+    let victim_node: i64 = workers[1].expect("node ").parse().unwrap();
+    for w in &workers {
+        w.expect("ready");
+    }
+    for w in &mut workers {
+        writeln!(w.child.stdin.as_mut().unwrap(), "go").unwrap();
+    }
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    let moved = leases_of(&url, victim_node).await;
+    assert!(!moved.is_empty(), "the victim runs no partition");
+    let (mut victim, mut survivor) = (workers.pop().unwrap(), workers.pop().unwrap());
+    while survivor.lines.try_recv().is_ok() {}
+    let signalled = now_ms();
+    Command::new("kill")
+        .args(["-TERM", &victim.child.id().to_string()])
+        .status()
+        .expect("kill -TERM");
+    let mut waiting = moved.clone();
+    let mut took = Vec::new();
+    while !waiting.is_empty() {
+        let (p, at) = first_served(&survivor, &waiting, signalled);
+        waiting.retain(|q| *q != p);
+        took.push(Duration::from_millis((at - signalled) as u64));
+    }
+    let _ = victim.child.wait();
+    let _ = survivor.child.kill();
+    let _ = survivor.child.wait();
+    took
+}
+
+/// Server restart: one worker probes every partition while the server restarts
+/// (`pg_ctl restart -m fast`). Returns (how long the restart took until the server accepted
+/// connections, the time from then to the first call served).
+async fn restart(server: &TestServer) -> (Duration, Duration) {
+    let url = server.create_database().await.expect("database");
+    let mut worker = spawn("failover", &url, 0, 1);
+    worker.expect("ready");
+    writeln!(worker.child.stdin.as_mut().unwrap(), "go").unwrap();
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    let started = Instant::now();
+    server.restart().expect("restart the server");
+    let down = started.elapsed();
+    let up = now_ms();
+    while worker.lines.try_recv().is_ok() {}
+    let all: Vec<u32> = (0..PARTITIONS).collect();
+    let (_, at) = first_served(&worker, &all, up);
+    let _ = worker.child.kill();
+    let _ = worker.child.wait();
+    (down, Duration::from_millis((at - up) as u64))
+}
+
 /// The `--store postgres` benchmarks.
 pub async fn main(workload: &str, processes: std::ops::RangeInclusive<usize>) {
     let server = TestServer::start()
@@ -485,6 +590,40 @@ pub async fn main(workload: &str, processes: std::ops::RangeInclusive<usize>) {
             println!(
                 "call     {n} process(es), sequential each:            {rate:>8.0} calls/s, p50 {:.2} ms",
                 p50 * 1e3
+            );
+        }
+    }
+    if all || workload == "handoff" {
+        let rounds: usize = std::env::var("ROUNDS")
+            .ok()
+            .and_then(|r| r.parse().ok())
+            .unwrap_or(5);
+        let mut took: Vec<Duration> = Vec::new();
+        for _ in 0..rounds {
+            let round = handoff(&server).await;
+            let ms: Vec<String> = round.iter().map(|d| d.as_millis().to_string()).collect();
+            println!("handoff  round: {} partitions moved, ms: {}", round.len(), ms.join(" "));
+            took.extend(round);
+        }
+        took.sort();
+        println!(
+            "handoff  SIGTERM to the first call served elsewhere, per moved partition ({} in {rounds} rounds): median {} ms, max {} ms",
+            took.len(),
+            percentile(&took, 50.0).as_millis(),
+            took.last().copied().unwrap_or_default().as_millis()
+        );
+    }
+    if all || workload == "restart" {
+        let rounds: usize = std::env::var("ROUNDS")
+            .ok()
+            .and_then(|r| r.parse().ok())
+            .unwrap_or(5);
+        for _ in 0..rounds {
+            let (down, served) = restart(&server).await;
+            println!(
+                "restart  pg_ctl restart -m fast took {:.2} s; first call served {:.3} s after it returned",
+                down.as_secs_f64(),
+                served.as_secs_f64()
             );
         }
     }

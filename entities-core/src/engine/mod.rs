@@ -751,7 +751,11 @@ impl Engine {
                     let _ = tx.send(decoded);
                 }
             }
-            // Nothing was taken: the next poll looks again.
+            // Nothing was taken: the next poll looks again. An unreachable database is
+            // reported by the commits and the recovery; here it would repeat at every poll.
+            Err(err) if err.kind() == StoreErrorKind::Unavailable => {
+                debug!(error = %err, "looking for replies failed; the next poll retries")
+            }
             Err(err) => warn!(error = %err, "looking for replies failed; the next poll retries"),
         }
         let current = self
