@@ -175,9 +175,22 @@ async fn retried_start_returns_the_first_instance() {
         .await
         .unwrap();
     assert_eq!(page.instances.len(), 2, "one instance per key");
-    // A key belongs to one kind of send.
+    // A key belongs to one request: another kind of send, or another input, is refused.
     let err = client
         .idempotent("start-1")
+        .signal::<Cart>("dave")
+        .add("y".into())
+        .await
+        .unwrap_err();
+    assert!(matches!(err, Error::IdempotencyMismatch { .. }), "{err}");
+    let err = client
+        .idempotent("start-1")
+        .start_orchestration("wait", &5)
+        .await
+        .unwrap_err();
+    assert!(matches!(err, Error::IdempotencyMismatch { .. }), "{err}");
+    let err = client
+        .idempotent(&"k".repeat(256))
         .signal::<Cart>("dave")
         .add("y".into())
         .await
@@ -343,5 +356,39 @@ async fn killed_sender_retries_apply_once() {
         .await
         .unwrap();
     assert_eq!(called_len as u64, called + 3);
+    runtime.shutdown().await.unwrap();
+}
+
+/// A key is bound to its request: reused for another entity, operation or input it is refused
+/// with `IdempotencyMismatch` and nothing is sent; the same request again is a retry.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_key_reused_for_another_request_is_refused() {
+    let dir = tempfile::tempdir().unwrap();
+    let runtime = builder(&dir.path().join("bound.db")).start().await.unwrap();
+    let client = runtime.client();
+    let same = client.idempotent("same");
+    let first = same.call::<Cart>("x1").add("apple".into()).await.unwrap();
+    assert_eq!(first, 1);
+    let refused = [
+        same.call::<Cart>("x2").add("apple".into()).await,
+        same.call::<Cart>("x1").add("pear".into()).await,
+    ];
+    for err in refused {
+        let err = err.unwrap_err();
+        assert!(matches!(err, Error::IdempotencyMismatch { .. }), "{err}");
+    }
+    let err = same.call::<Cart>("x1").checkout().await.unwrap_err();
+    assert!(matches!(err, Error::IdempotencyMismatch { .. }), "{err}");
+    // The retry of the first request still answers its result.
+    assert_eq!(
+        same.call::<Cart>("x1").add("apple".into()).await.unwrap(),
+        1
+    );
+    assert_eq!(
+        client.call::<Cart>("x2").add("plum".into()).await.unwrap(),
+        1,
+        "x2 was written"
+    );
+    assert_eq!(client.call::<Cart>("x1").checkouts().await.unwrap(), 0);
     runtime.shutdown().await.unwrap();
 }

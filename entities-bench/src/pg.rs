@@ -215,8 +215,9 @@ pub async fn worker(args: &[String]) {
                 })
                 .collect();
             // SIGTERM stops the runtime gracefully: it hands its partitions over.
-            let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())
-                .expect("a SIGTERM handler");
+            let mut term =
+                tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())
+                    .expect("a SIGTERM handler");
             let probe = async {
                 loop {
                     for (p, id) in &probes {
@@ -474,7 +475,10 @@ fn first_served(worker: &Worker, parts: &[u32], since: u128) -> (u32, u128) {
 async fn leases_of(url: &str, node: i64) -> Vec<u32> {
     sql(url)
         .await
-        .query("SELECT part FROM entities_leases WHERE owner = $1", &[&node])
+        .query(
+            "SELECT part FROM entities_leases WHERE owner = $1",
+            &[&node],
+        )
         .await
         .unwrap()
         .iter()
@@ -602,7 +606,11 @@ pub async fn main(workload: &str, processes: std::ops::RangeInclusive<usize>) {
         for _ in 0..rounds {
             let round = handoff(&server).await;
             let ms: Vec<String> = round.iter().map(|d| d.as_millis().to_string()).collect();
-            println!("handoff  round: {} partitions moved, ms: {}", round.len(), ms.join(" "));
+            println!(
+                "handoff  round: {} partitions moved, ms: {}",
+                round.len(),
+                ms.join(" ")
+            );
             took.extend(round);
         }
         took.sort();

@@ -83,14 +83,24 @@ pub enum Error {
     /// by the runtime that runs it.
     #[error("{0} belongs to a partition another process runs; ask a client of that process")]
     NotRunHere(String),
-    /// An idempotency key that is empty, or that was claimed by a send of another kind (a
-    /// signal, a call or a start) within its retention window.
+    /// An idempotency key that cannot be used: empty, longer than 255 bytes, or its first
+    /// call's answer was forgotten before it was read.
     #[error("idempotency key `{key}`: {reason}")]
     IdempotencyKey {
         /// The key.
         key: String,
         /// What is wrong with it.
         reason: String,
+    },
+    /// An idempotency key reused, within its retention window, for another request than the
+    /// one that claimed it: another kind of send, target, operation, orchestration or input.
+    /// Nothing was sent; a key belongs to one request.
+    #[error("idempotency key `{key}` was claimed by another request ({first}); a key belongs to one request")]
+    IdempotencyMismatch {
+        /// The key.
+        key: String,
+        /// The request that claimed it, as the runtime describes it.
+        first: String,
     },
     /// An entity operation or an activity asked for a service that was not registered.
     #[error(transparent)]

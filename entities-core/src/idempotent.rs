@@ -48,23 +48,55 @@ pub(crate) enum KeyOutcome {
     Started(String),
 }
 
+/// A key's row as stored: the request that claimed it and what came of it.
+#[derive(Serialize, Deserialize)]
+struct Bound {
+    request: String,
+    outcome: KeyOutcome,
+}
+
+/// A stored outcome as read: bound to its request, or (stored before keys were bound to
+/// requests) not.
+#[derive(Deserialize)]
+#[serde(untagged)]
+enum Stored {
+    Bound(Bound),
+    Unbound(KeyOutcome),
+}
+
 impl KeyOutcome {
-    /// The stored outcome of a call answered with `result`.
-    pub(crate) fn answer(result: &CallReply) -> Value {
-        KeyOutcome::Called(Some(result.clone())).to_json()
-    }
-
-    fn to_json(&self) -> Value {
-        serde_json::to_value(self).expect("a key outcome serializes")
-    }
-
-    fn kind(&self) -> &'static str {
-        match self {
-            KeyOutcome::Signalled => "a signal",
-            KeyOutcome::Called(_) => "a call",
-            KeyOutcome::Started(_) => "an orchestration start",
+    /// The stored outcome of a call that claimed its key for `request`, answered with
+    /// `result`.
+    pub(crate) fn answer(result: &CallReply, request: Option<&str>) -> Value {
+        let outcome = KeyOutcome::Called(Some(result.clone()));
+        match request {
+            Some(request) => bound(request, outcome),
+            None => serde_json::to_value(&outcome).expect("a key outcome serializes"),
         }
     }
+}
+
+/// The stored form of `outcome` claimed for `request`.
+fn bound(request: &str, outcome: KeyOutcome) -> Value {
+    let row = Bound {
+        request: request.to_string(),
+        outcome,
+    };
+    serde_json::to_value(&row).expect("a key outcome serializes")
+}
+
+/// Longest idempotency key, in bytes.
+const MAX_KEY_LEN: usize = 255;
+
+/// The request a key is bound to: the kind of send, its target and operation (or
+/// orchestration), and a SHA-256 digest of its input, so that a retry matches and any other
+/// request does not.
+fn request_of(send: &str, target: &str, input: Option<&Value>) -> String {
+    use sha2::Digest;
+    let input = input.unwrap_or(&Value::Null).to_string();
+    let digest = sha2::Sha256::digest(input.as_bytes());
+    let hex: String = digest.iter().map(|b| format!("{b:02x}")).collect();
+    format!("{send} {target}, input sha256 {hex}")
 }
 
 /// Sends of one key within this process wait for each other.
@@ -236,12 +268,18 @@ impl Idempotent {
         let client = &self.client;
         client.check_start(name, instance_id)?;
         let _held = client.shared.key_locks.lock(&self.key).await;
-        match client.retained(&self.key).await? {
+        let request = request_of("start of", &format!("orchestration `{name}`"), Some(&input));
+        match client.retained(&self.key, &request).await? {
             Some(KeyOutcome::Started(first)) => return Ok(first),
-            Some(other) => return Err(reused(&self.key, &other)),
+            Some(_) => return Err(other_kind(&self.key)),
             None => {}
         }
-        let claim = claim(&self.key, KeyOutcome::Started(instance_id.to_string()));
+        let request = request_of("start of", &format!("orchestration `{name}`"), Some(&input));
+        let claim = claim(
+            &self.key,
+            &request,
+            KeyOutcome::Started(instance_id.to_string()),
+        );
         let binding = client.keys_binding_since();
         match client
             .start_with_keys(name, instance_id, input, vec![claim], binding)
@@ -249,10 +287,9 @@ impl Idempotent {
         {
             // Another process may have claimed the key meanwhile: its instance is the answer.
             Err(Error::InstanceExists(id)) if binding.is_some() => {
-                match client.retained(&self.key).await? {
+                match client.retained(&self.key, &request).await? {
                     Some(KeyOutcome::Started(first)) => Ok(first),
-                    Some(other) => Err(reused(&self.key, &other)),
-                    None => Err(Error::InstanceExists(id)),
+                    _ => Err(Error::InstanceExists(id)),
                 }
             }
             other => other,
@@ -260,23 +297,21 @@ impl Idempotent {
     }
 }
 
-/// A new claim of `key`.
-fn claim(key: &str, outcome: KeyOutcome) -> IdempotencyKey {
-    IdempotencyKey {
+/// The error for a stored key whose request matches but whose outcome is of another kind of
+/// send (a damaged row).
+fn other_kind(key: &str) -> Error {
+    Error::IdempotencyMismatch {
         key: key.to_string(),
-        created: now_millis(),
-        outcome: outcome.to_json(),
+        first: "a send of another kind".into(),
     }
 }
 
-/// The error for a key claimed by a send of another kind.
-fn reused(key: &str, first: &KeyOutcome) -> Error {
-    Error::IdempotencyKey {
+/// A new claim of `key` for `request`.
+fn claim(key: &str, request: &str, outcome: KeyOutcome) -> IdempotencyKey {
+    IdempotencyKey {
         key: key.to_string(),
-        reason: format!(
-            "it was claimed by {} within its retention window",
-            first.kind()
-        ),
+        created: now_millis(),
+        outcome: bound(request, outcome),
     }
 }
 
@@ -295,6 +330,7 @@ impl Client {
     async fn claim_and_send(
         &self,
         key: &str,
+        request: &str,
         mut batch: Batch,
         waiter: Option<(u64, oneshot::Sender<CallReply>)>,
     ) -> Result<Option<KeyOutcome>> {
@@ -303,7 +339,7 @@ impl Client {
         match self.commit_and_deliver(batch, waiter).await {
             Ok(()) => Ok(None),
             Err(Error::Store(err)) if shared && err.is_conflict() => {
-                match self.retained(key).await? {
+                match self.retained(key, request).await? {
                     Some(first) => Ok(Some(first)),
                     // Forgotten at once: the claim found a key that is gone now.
                     None => Err(Error::Store(err)),
@@ -313,12 +349,13 @@ impl Client {
         }
     }
 
-    /// What came of the send that claimed `key` within the retention window, if one did.
-    async fn retained(&self, key: &str) -> Result<Option<KeyOutcome>> {
-        if key.is_empty() {
+    /// What came of the send that claimed `key` within the retention window, if one did; an
+    /// [`Error::IdempotencyMismatch`] if that send was another request than `request`.
+    async fn retained(&self, key: &str, request: &str) -> Result<Option<KeyOutcome>> {
+        if key.is_empty() || key.len() > MAX_KEY_LEN {
             return Err(Error::IdempotencyKey {
-                key: String::new(),
-                reason: "a key cannot be empty".into(),
+                key: key.chars().take(64).collect(),
+                reason: format!("a key has 1 to {MAX_KEY_LEN} bytes"),
             });
         }
         let Some(stored) = self.shared.store.idempotency_key(key).await? else {
@@ -328,11 +365,35 @@ impl Client {
         if stored.created.saturating_add(retention) <= now_millis() {
             return Ok(None); // past its window: not forgotten yet, but no longer binding
         }
-        let outcome = serde_json::from_value(stored.outcome).map_err(|err| {
+        let stored: Stored = serde_json::from_value(stored.outcome).map_err(|err| {
             Error::Store(crate::error::StoreError::new(format!(
                 "the stored outcome of idempotency key `{key}` cannot be decoded: {err}"
             )))
         })?;
+        let (first, outcome) = match stored {
+            Stored::Bound(Bound { request, outcome }) => (Some(request), outcome),
+            Stored::Unbound(outcome) => (None, outcome),
+        };
+        // Keys stored before they were bound to requests are checked by kind only.
+        let kind = |r: &str| r.split(' ').next().map(str::to_string);
+        let same = match &first {
+            Some(first) => first == request,
+            None => match &outcome {
+                KeyOutcome::Signalled => kind(request).as_deref() == Some("signal"),
+                KeyOutcome::Called(_) => kind(request).as_deref() == Some("call"),
+                KeyOutcome::Started(_) => kind(request).as_deref() == Some("start"),
+            },
+        };
+        if !same {
+            return Err(Error::IdempotencyMismatch {
+                key: key.to_string(),
+                first: first.unwrap_or_else(|| match outcome {
+                    KeyOutcome::Signalled => "a signal".into(),
+                    KeyOutcome::Called(_) => "a call".into(),
+                    KeyOutcome::Started(_) => "an orchestration start".into(),
+                }),
+            });
+        }
         Ok(Some(outcome))
     }
 
@@ -345,23 +406,20 @@ impl Client {
         input: Option<Value>,
     ) -> Result<()> {
         self.check_send(id, operation)?;
+        let request = request_of("signal", &format!("{id} `{operation}`"), input.as_ref());
         let _held = self.shared.key_locks.lock(key).await;
-        match self.retained(key).await? {
-            Some(KeyOutcome::Signalled) => return Ok(()),
-            Some(other) => return Err(reused(key, &other)),
-            None => {}
+        if self.retained(key, &request).await?.is_some() {
+            return Ok(());
         }
         let message_id = self.shared.next_message_id();
         let message = operation_message(message_id, id, operation, input, None, None);
         let batch = Batch {
             produced: vec![message],
-            keys: vec![claim(key, KeyOutcome::Signalled)],
+            keys: vec![claim(key, &request, KeyOutcome::Signalled)],
             ..Batch::default()
         };
-        match self.claim_and_send(key, batch, None).await? {
-            None | Some(KeyOutcome::Signalled) => Ok(()),
-            Some(other) => Err(reused(key, &other)),
-        }
+        self.claim_and_send(key, &request, batch, None).await?;
+        Ok(())
     }
 
     /// Calls `operation` on `id` unless `key` was claimed already; then returns the first
@@ -374,37 +432,39 @@ impl Client {
         input: Option<Value>,
     ) -> Result<Option<Value>> {
         self.check_send(id, operation)?;
+        let request = request_of("call", &format!("{id} `{operation}`"), input.as_ref());
         let held = self.shared.key_locks.lock(key).await;
-        match self.retained(key).await? {
+        match self.retained(key, &request).await? {
             Some(KeyOutcome::Called(answer)) => {
                 drop(held);
-                return self.answer_of(key, answer).await;
+                return self.answer_of(key, &request, answer).await;
             }
-            Some(other) => return Err(reused(key, &other)),
+            Some(_) => return Err(other_kind(key)),
             None => {}
         }
         let message_id = self.shared.next_message_id();
         let reply = Some(ReplyTo::Keyed {
             waiter: message_id,
             key: key.to_string(),
+            request: Some(request.clone()),
         });
         let message = operation_message(message_id, id, operation, input, reply, None);
         let batch = Batch {
             produced: vec![message],
-            keys: vec![claim(key, KeyOutcome::Called(None))],
+            keys: vec![claim(key, &request, KeyOutcome::Called(None))],
             ..Batch::default()
         };
         let (tx, rx) = oneshot::channel();
         match self
-            .claim_and_send(key, batch, Some((message_id, tx)))
+            .claim_and_send(key, &request, batch, Some((message_id, tx)))
             .await?
         {
             None => {}
             Some(KeyOutcome::Called(answer)) => {
                 drop(held);
-                return self.answer_of(key, answer).await;
+                return self.answer_of(key, &request, answer).await;
             }
-            Some(other) => return Err(reused(key, &other)),
+            Some(_) => return Err(other_kind(key)),
         }
         drop(held);
         match rx.await {
@@ -415,7 +475,12 @@ impl Client {
 
     /// The answer of the call that claimed `key`: `answer` if it is known, else once the
     /// operation has run (it is stored, so a runtime runs it).
-    async fn answer_of(&self, key: &str, mut answer: Option<CallReply>) -> Result<Option<Value>> {
+    async fn answer_of(
+        &self,
+        key: &str,
+        request: &str,
+        mut answer: Option<CallReply>,
+    ) -> Result<Option<Value>> {
         loop {
             if let Some(reply) = answer {
                 return Ok(reply?);
@@ -424,9 +489,9 @@ impl Client {
                 return Err(Error::Shutdown);
             }
             tokio::time::sleep(ANSWER_POLL).await;
-            answer = match self.retained(key).await? {
+            answer = match self.retained(key, request).await? {
                 Some(KeyOutcome::Called(answer)) => answer,
-                Some(other) => return Err(reused(key, &other)),
+                Some(_) => return Err(other_kind(key)),
                 // Forgotten meanwhile (a retention shorter than the call took).
                 None => {
                     return Err(Error::IdempotencyKey {

@@ -69,6 +69,10 @@ pub enum ReplyTo {
         waiter: u64,
         /// The idempotency key.
         key: String,
+        /// The request the key is bound to (see `Client::idempotent`), stored with the
+        /// answer. Absent in messages stored before keys were bound to requests.
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        request: Option<String>,
     },
 }
 

@@ -72,7 +72,10 @@ impl From<Error> for ApiError {
             | Error::ReservedOperation(_)
             | Error::Config(_) => (StatusCode::BAD_REQUEST, "bad_request"),
             Error::InvalidSchedule(_) => (StatusCode::BAD_REQUEST, "bad_request"),
-            Error::IdempotencyKey { .. } => (StatusCode::CONFLICT, "idempotency_key"),
+            Error::IdempotencyKey { .. } => (StatusCode::BAD_REQUEST, "idempotency_key"),
+            Error::IdempotencyMismatch { .. } => {
+                (StatusCode::UNPROCESSABLE_ENTITY, "idempotency_mismatch")
+            }
             Error::NotRunHere(_) => (StatusCode::CONFLICT, "not_run_here"),
             // A stored state this code cannot read (its migration failed, or newer code wrote
             // it): a conflict between the data and the code running.

@@ -662,11 +662,25 @@ async fn idempotency_keys_apply_a_send_once() {
     s.send(keyed("/entities/counter/i/add", "1", "c1")).await;
     let (_, value) = s.post("/entities/counter/i/get", "").await;
     assert_eq!(value, json!(6), "each key applied once");
-    // A key of a call reused for a signal is a conflict.
-    let (status, body) = s
-        .send(keyed("/entities/counter/i/add/send", "1", "c1"))
-        .await;
-    assert_eq!(status, StatusCode::CONFLICT, "{body}");
+    // A key is bound to its request: reused for a signal, another entity or another input,
+    // it is refused and nothing is sent.
+    for (path, input) in [
+        ("/entities/counter/i/add/send", "1"),
+        ("/entities/counter/x2/add", "1"),
+        ("/entities/counter/i/add", "7"),
+    ] {
+        let (status, body) = s.send(keyed(path, input, "c1")).await;
+        assert_eq!(
+            status,
+            StatusCode::UNPROCESSABLE_ENTITY,
+            "{path} {input}: {body}"
+        );
+        assert_eq!(body["kind"], "idempotency_mismatch", "{body}");
+    }
+    let (_, value) = s.post("/entities/counter/i/get", "").await;
+    assert_eq!(value, json!(6), "a refused key applied its send");
+    let (status, _) = s.get("/entities/counter/x2").await;
+    assert_eq!(status, StatusCode::NOT_FOUND, "a refused key wrote x2");
     // A retried start answers the first instance's id.
     let (_, first) = s.send(keyed("/orchestrations/double", "2", "o1")).await;
     let (_, second) = s.send(keyed("/orchestrations/double", "2", "o1")).await;

@@ -799,9 +799,13 @@ fn set_state(
     match reply {
         None => {}
         Some(ReplyTo::Client(waiter)) => part.replies.push((waiter, result)),
-        Some(ReplyTo::Keyed { waiter, key }) => {
-            part.key_outcomes
-                .push((key, crate::idempotent::KeyOutcome::answer(&result)));
+        Some(ReplyTo::Keyed {
+            waiter,
+            key,
+            request,
+        }) => {
+            let outcome = crate::idempotent::KeyOutcome::answer(&result, request.as_deref());
+            part.key_outcomes.push((key, outcome));
             part.replies.push((waiter, result));
         }
         Some(ReplyTo::Instance { id: instance, seq }) => part
@@ -872,9 +876,14 @@ fn finish_operation(
             }
         }
         Some(ReplyTo::Client(waiter)) => part.replies.push((waiter, finished.result)),
-        Some(ReplyTo::Keyed { waiter, key }) => {
-            part.key_outcomes
-                .push((key, crate::idempotent::KeyOutcome::answer(&finished.result)));
+        Some(ReplyTo::Keyed {
+            waiter,
+            key,
+            request,
+        }) => {
+            let outcome =
+                crate::idempotent::KeyOutcome::answer(&finished.result, request.as_deref());
+            part.key_outcomes.push((key, outcome));
             part.replies.push((waiter, finished.result));
         }
         Some(ReplyTo::Instance { id: instance, seq }) => part
