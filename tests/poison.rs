@@ -124,3 +124,66 @@ async fn undecodable_rows_fail_only_their_own_entity_message_or_instance() {
     );
     runtime.shutdown().await.unwrap();
 }
+
+/// A read that keeps failing (a damaged page of the entities' table) fails the operations
+/// waiting on its entity with the store error after a bounded number of tries: a call is
+/// answered, not left waiting, and entities whose rows can be read go on.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_read_that_keeps_failing_fails_the_waiting_operations() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("damaged.db");
+    {
+        let runtime = start(&path).await;
+        let client = runtime.client();
+        // Enough rows for the table to have interior pages.
+        for k in 0..2000 {
+            client
+                .signal_entity(&EntityId::new("Counter", format!("k{k}")), "add", &1)
+                .await
+                .unwrap();
+        }
+        let _: i64 = client
+            .call_entity(&EntityId::new("Counter", "k1999"), "get", &())
+            .await
+            .unwrap();
+        runtime.shutdown().await.unwrap();
+    }
+    // Damage the root page of the entities' table (an interior page: every lookup reads it).
+    {
+        let db = rusqlite::Connection::open(&path).unwrap();
+        // Every page in the main file, so that the damage is what a read finds.
+        let busy: i64 = db
+            .query_row("PRAGMA wal_checkpoint(TRUNCATE)", [], |row| row.get(0))
+            .unwrap();
+        assert_eq!(busy, 0, "the checkpoint could not finish");
+        let page_size: u64 = db
+            .query_row("PRAGMA page_size", [], |row| row.get(0))
+            .unwrap();
+        let root: u64 = db
+            .query_row(
+                "SELECT rootpage FROM sqlite_master WHERE type = 'table' AND name = 'entities'",
+                [],
+                |row| row.get(0),
+            )
+            .unwrap();
+        drop(db);
+        use std::io::{Seek, SeekFrom, Write};
+        let mut file = std::fs::OpenOptions::new().write(true).open(&path).unwrap();
+        file.seek(SeekFrom::Start((root - 1) * page_size)).unwrap();
+        file.write_all(&vec![0xA5; page_size as usize]).unwrap();
+        file.sync_all().unwrap();
+    }
+    let runtime = start(&path).await;
+    let client = runtime.client();
+    let new = EntityId::new("Counter", "new");
+    let call = client.call_entity::<i64, _>(&new, "get", &());
+    let err = tokio::time::timeout(Duration::from_secs(30), call)
+        .await
+        .expect("a call to an entity that cannot be read was left waiting")
+        .unwrap_err();
+    assert!(
+        err.to_string().contains("cannot be read"),
+        "the call fails with the read's error: {err}"
+    );
+    runtime.shutdown().await.unwrap();
+}

@@ -34,6 +34,10 @@ const HELD_BACK_SHOWN: usize = 100;
 /// How long an entity whose read failed waits before it is read again.
 const LOAD_RETRY: Duration = Duration::from_millis(200);
 
+/// Reads of an entity's row that may fail in a row before the operations waiting on it fail
+/// with the read's error (about two seconds at [`LOAD_RETRY`]).
+const MAX_LOAD_TRIES: u32 = 10;
+
 /// An entity in memory.
 #[derive(Default)]
 struct Slot {
@@ -55,6 +59,8 @@ struct Slot {
     /// Its stored state cannot be decoded: its operations fail with this error, and the
     /// stored value is never overwritten.
     poisoned: Option<String>,
+    /// Reads of its row that failed in a row (see [`MAX_LOAD_TRIES`]).
+    load_failures: u32,
 }
 
 impl Slot {
@@ -465,8 +471,20 @@ impl Entities {
                             }
                         }
                         Err(err) => {
-                            warn!(entity = %id, error = %err, retry_in = ?LOAD_RETRY, "reading the entity failed; its messages wait and it is read again later");
-                            unreadable.insert(id.clone());
+                            let Some(slot) = self.slots.get_mut(id) else {
+                                continue;
+                            };
+                            slot.load_failures += 1;
+                            if slot.load_failures >= MAX_LOAD_TRIES {
+                                error!(entity = %id, error = %err, tries = slot.load_failures, "the entity cannot be read; its operations fail until it is read again (once unloaded, or after a restart)");
+                                slot.poisoned = Some(format!(
+                                    "entity `{id}` cannot be read after {} tries: {err}",
+                                    slot.load_failures
+                                ));
+                            } else {
+                                warn!(entity = %id, error = %err, retry_in = ?LOAD_RETRY, "reading the entity failed; its messages wait and it is read again later");
+                                unreadable.insert(id.clone());
+                            }
                         }
                     }
                 }
@@ -513,6 +531,7 @@ impl Entities {
                 self.retries.push((retry_at, id.clone()));
             } else if let Some(slot) = self.slots.get_mut(id) {
                 slot.loaded = true;
+                slot.load_failures = 0;
             }
         }
         ids.into_iter()
