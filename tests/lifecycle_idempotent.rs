@@ -190,7 +190,7 @@ async fn retried_start_returns_the_first_instance() {
         .unwrap_err();
     assert!(matches!(err, Error::IdempotencyMismatch { .. }), "{err}");
     let err = client
-        .idempotent(&"k".repeat(256))
+        .idempotent("k".repeat(256))
         .signal::<Cart>("dave")
         .add("y".into())
         .await
