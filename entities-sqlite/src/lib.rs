@@ -6,6 +6,7 @@
 
 #![warn(missing_docs)]
 
+mod file;
 mod schema;
 mod sql;
 mod writer;
@@ -30,6 +31,7 @@ use rusqlite::{Connection, ErrorCode, OpenFlags};
 use serde_json::Value;
 use tokio::sync::oneshot;
 
+use crate::file::DbFile;
 use crate::writer::WriteRequest;
 
 /// How hard SQLite syncs to disk at each commit.
@@ -117,6 +119,9 @@ struct Inner {
     /// The locked lock file while this store owns the database (see [`own`]); taken out and
     /// closed by `close`. The writer thread writes to it to check for free space.
     lock: Arc<Mutex<Option<File>>>,
+    /// The database file the writer opened, checked by `ping` as by every commit; `None` for
+    /// an in-memory or read-only store.
+    file: Option<Arc<DbFile>>,
 }
 
 /// The writer thread's queue and connection.
@@ -308,12 +313,13 @@ impl SqliteStore {
         .map_err(|e| sqlite_error(context("cannot configure the database"), e))?;
         schema::migrate(&mut conn)
             .map_err(|e| e.context(context("cannot migrate the database")))?;
+        let file = DbFile::opened(&path)?;
         let readers = open_readers(&path, &options)?;
         Ok(Self::start(
             Arc::new(Mutex::new(conn)),
             readers,
             Some(path),
-            Some(lock),
+            Some((lock, file)),
         ))
     }
 
@@ -343,6 +349,7 @@ impl SqliteStore {
                 next_reader: AtomicUsize::new(0),
                 path: Some(path),
                 lock: Arc::new(Mutex::new(None)),
+                file: None,
             }),
         })
     }
@@ -356,21 +363,28 @@ impl SqliteStore {
         Ok(Self::start(conn.clone(), vec![conn], None, None))
     }
 
+    /// Starts the writer thread; `owned` is the lock file and the database file of a store
+    /// on a file.
     fn start(
         writer_conn: Arc<Mutex<Connection>>,
         readers: Vec<Arc<Mutex<Connection>>>,
         path: Option<PathBuf>,
-        lock: Option<File>,
+        owned: Option<(File, DbFile)>,
     ) -> Self {
         let (tx, rx) = mpsc::channel();
         let closed = Arc::new(AtomicBool::new(false));
         let stats = Arc::new(Mutex::new(WriteStats::default()));
+        let (lock, file) = match owned {
+            Some((lock, file)) => (Some(lock), Some(Arc::new(file))),
+            None => (None, None),
+        };
         let lock = Arc::new(Mutex::new(lock));
         let writer = writer::Writer {
             conn: writer_conn.clone(),
             closed: closed.clone(),
             stats: stats.clone(),
             lock: lock.clone(),
+            file: file.clone(),
         };
         std::thread::Builder::new()
             .name("entities-sqlite-writer".into())
@@ -388,6 +402,7 @@ impl SqliteStore {
                 next_reader: AtomicUsize::new(0),
                 path,
                 lock,
+                file,
             }),
         }
     }
@@ -617,6 +632,18 @@ impl Store for SqliteStore {
 
     async fn running_instances(&self) -> Result<Vec<InstanceRecord>, StoreError> {
         self.read(sql::running_instances).await
+    }
+
+    /// Checks that the database file is still the one the store opened: one deleted or
+    /// replaced fails with [`StoreErrorKind::Gone`] (as every commit then does), so that a
+    /// readiness probe reports it. The check runs off the async executor.
+    async fn ping(&self) -> Result<(), StoreError> {
+        let Some(file) = self.inner.file.clone() else {
+            return Ok(());
+        };
+        tokio::task::spawn_blocking(move || file.check())
+            .await
+            .map_err(|e| StoreError::new(format!("sqlite ping task failed: {e}")))?
     }
 
     /// Stops the writes, waits for the one under way and gives up the ownership of the

@@ -22,6 +22,7 @@ use rusqlite::{params, CachedStatement, Connection, Transaction, TransactionBeha
 use tokio::sync::oneshot;
 use tracing::{debug, error, warn};
 
+use crate::file::DbFile;
 use crate::sql::{status_text, Undecodable};
 use crate::{io_error, sqlite_write_error, WriteStats};
 
@@ -59,6 +60,8 @@ pub(crate) struct Writer {
     pub(crate) stats: Arc<Mutex<WriteStats>>,
     /// The lock file, while the store owns its database file.
     pub(crate) lock: Arc<Mutex<Option<File>>>,
+    /// The database file, checked at each commit; `None` in memory.
+    pub(crate) file: Option<Arc<DbFile>>,
 }
 
 impl Writer {
@@ -118,6 +121,9 @@ impl Writer {
                     let outcome = self.apply_group(&conn, group, rx, next);
                     if let Err(e) = &outcome {
                         error!(error = %e, "sqlite group commit failed");
+                        if e.kind() == StoreErrorKind::Gone {
+                            self.orphaned(&conn);
+                        }
                     }
                     outcome
                 }
@@ -134,14 +140,44 @@ impl Writer {
         answer(group.drain(..), outcome);
     }
 
+    /// Once the database file is noticed gone: checkpoints the WAL into the old file, which the
+    /// connection still has open (a file renamed away then holds every commit; a deleted one
+    /// can still be copied from `/proc/<pid>/fd`), then removes the `-wal` and `-shm` files
+    /// at the path (see [`DbFile::remove_journals`]). If the checkpoint does not complete,
+    /// they are left, with a warning.
+    fn orphaned(&self, conn: &Connection) {
+        let Some(file) = &self.file else { return };
+        let checkpoint = conn.query_row("PRAGMA wal_checkpoint(TRUNCATE)", [], |row| {
+            row.get::<_, i64>(0)
+        });
+        match checkpoint {
+            Ok(0) => file.remove_journals(),
+            Ok(_) => warn!(
+                "the WAL of a database whose file went away could not be checkpointed (readers \
+                 were busy); its -wal and -shm files are left at the path: move them away \
+                 before a database is opened there"
+            ),
+            Err(e) => warn!(
+                error = %e,
+                "the WAL of a database whose file went away could not be checkpointed; its -wal \
+                 and -shm files are left at the path: move them away before a database is \
+                 opened there"
+            ),
+        }
+    }
+
     /// Checks that the database accepts writes: commits a write that changes nothing, and, for
     /// a database file, writes and syncs [`SPACE_CHECK`] bytes to the lock file, then empties
     /// it. SQLite reuses the WAL space a failed commit took, so a small commit may succeed on a
-    /// full disk; new data written to another file fails there.
+    /// full disk; new data written to another file fails there. First of all, the database
+    /// file must still be there (see [`DbFile::check`]).
     fn check(&self) -> Result<(), StoreError> {
         let conn = self.conn.lock().unwrap_or_else(|e| e.into_inner());
         if self.closed.load(Ordering::SeqCst) {
             return Err(closed());
+        }
+        if let Some(file) = &self.file {
+            file.check()?;
         }
         if let Some(file) = &mut *self.lock.lock().unwrap_or_else(|e| e.into_inner()) {
             let written = file
@@ -247,8 +283,18 @@ impl Writer {
             writes.flush(group).map_err(|e| failed(&tx, e))?;
             writes.count
         };
+        // A commit to a file that was deleted or replaced would be lost: it fails. Checked
+        // before the commit, so that, in all but a narrow race, nothing of it is written (and
+        // read) either; and after, so that none is acknowledged that was written to a file
+        // gone meanwhile.
+        if let Some(file) = &self.file {
+            file.check()?;
+        }
         let committed = tx.commit();
         committed.map_err(|e| failed(conn, e))?;
+        if let Some(file) = &self.file {
+            file.check()?;
+        }
         let mut stats = self.stats.lock().unwrap_or_else(|e| e.into_inner());
         stats.add(&WriteStats {
             transactions: 1,
