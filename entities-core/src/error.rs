@@ -260,6 +260,11 @@ pub enum StoreErrorKind {
     /// The database could not be reached for longer than the store waits for it
     /// (`unavailable_timeout`); nothing of the send or batch was applied, so a retry is safe.
     Unavailable,
+    /// The database file was deleted, or replaced by another file, while the store had it
+    /// open: what it would write now could not be found again, so it writes nothing more. The
+    /// commit that noticed it is not acknowledged, nor is any after it; this lasts until the
+    /// runtime is started again on a database file.
+    Gone,
 }
 
 /// An error of the store (database I/O, corruption, a schema from a newer version). Cheap to

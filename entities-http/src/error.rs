@@ -89,9 +89,8 @@ impl From<Error> for ApiError {
                 StoreErrorKind::DiskFull
                 | StoreErrorKind::ReadOnly
                 | StoreErrorKind::Io
-                | StoreErrorKind::Unavailable => {
-                    (StatusCode::SERVICE_UNAVAILABLE, "store_unavailable")
-                }
+                | StoreErrorKind::Unavailable
+                | StoreErrorKind::Gone => (StatusCode::SERVICE_UNAVAILABLE, "store_unavailable"),
                 _ => (StatusCode::INTERNAL_SERVER_ERROR, "store_error"),
             },
             _ => (StatusCode::INTERNAL_SERVER_ERROR, "internal"),

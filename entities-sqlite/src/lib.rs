@@ -6,6 +6,7 @@
 
 #![warn(missing_docs)]
 
+mod file;
 mod schema;
 mod sql;
 mod writer;
@@ -30,6 +31,7 @@ use rusqlite::{Connection, ErrorCode, OpenFlags};
 use serde_json::Value;
 use tokio::sync::oneshot;
 
+use crate::file::DbFile;
 use crate::writer::WriteRequest;
 
 /// How hard SQLite syncs to disk at each commit.
@@ -117,6 +119,9 @@ struct Inner {
     /// The locked lock file while this store owns the database (see [`own`]); taken out and
     /// closed by `close`. The writer thread writes to it to check for free space.
     lock: Arc<Mutex<Option<File>>>,
+    /// The database file the writer opened, checked by `ping` as by every commit; `None` for
+    /// an in-memory or read-only store.
+    file: Option<Arc<DbFile>>,
 }
 
 /// The writer thread's queue and connection.
@@ -145,20 +150,73 @@ impl Drop for Inner {
     }
 }
 
-/// The kind of a SQLite failure.
-fn sqlite_kind(err: &rusqlite::Error) -> StoreErrorKind {
+/// The kind of a SQLite failure; `os` is the operating system's error behind it, if known.
+fn sqlite_kind(err: &rusqlite::Error, os: Option<&std::io::Error>) -> StoreErrorKind {
     match err.sqlite_error_code() {
         Some(ErrorCode::DiskFull) => StoreErrorKind::DiskFull,
         // Every SQLITE_READONLY_* code has this primary code.
         Some(ErrorCode::ReadOnly) => StoreErrorKind::ReadOnly,
-        Some(ErrorCode::SystemIoFailure | ErrorCode::CannotOpen) => StoreErrorKind::Io,
+        // `EPERM` (an immutable file), `EACCES` and `EROFS` (a read-only mount) on a write.
+        Some(ErrorCode::SystemIoFailure | ErrorCode::CannotOpen) => {
+            match os.map(std::io::Error::kind) {
+                Some(
+                    std::io::ErrorKind::PermissionDenied | std::io::ErrorKind::ReadOnlyFilesystem,
+                ) => StoreErrorKind::ReadOnly,
+                Some(std::io::ErrorKind::StorageFull) => StoreErrorKind::DiskFull,
+                _ => StoreErrorKind::Io,
+            }
+        }
         _ => StoreErrorKind::Other,
     }
 }
 
 /// A SQLite failure as a [`StoreError`] of its kind, with `err` as its source.
 pub(crate) fn sqlite_error(context: impl std::fmt::Display, err: rusqlite::Error) -> StoreError {
-    StoreError::with_kind(sqlite_kind(&err), context, err)
+    classified(context, err, None)
+}
+
+/// A failure of a write on `conn` as a [`StoreError`] of its kind, with `err` as its source:
+/// for an I/O failure, the operating system's error behind it (`sqlite3_system_errno`)
+/// decides the kind and is named in the message. Call it before anything else runs on
+/// `conn`.
+pub(crate) fn sqlite_write_error(
+    conn: &Connection,
+    context: impl std::fmt::Display,
+    err: rusqlite::Error,
+) -> StoreError {
+    let os = match err.sqlite_error_code() {
+        Some(ErrorCode::SystemIoFailure | ErrorCode::CannotOpen) => {
+            // SAFETY: the handle is valid while `conn` is borrowed, and
+            // `sqlite3_system_errno` only reads a field of it; the caller holds the connection
+            // (behind its mutex), so no other thread uses it meanwhile.
+            let errno = unsafe { rusqlite::ffi::sqlite3_system_errno(conn.handle()) };
+            (errno != 0).then(|| std::io::Error::from_raw_os_error(errno))
+        }
+        _ => None,
+    };
+    classified(context, err, os)
+}
+
+/// `err` as a [`StoreError`] of its kind; `os` is the operating system's error behind it.
+fn classified(
+    context: impl std::fmt::Display,
+    err: rusqlite::Error,
+    os: Option<std::io::Error>,
+) -> StoreError {
+    let kind = sqlite_kind(&err, os.as_ref());
+    match (os, kind) {
+        (Some(os), StoreErrorKind::ReadOnly) => StoreError::with_kind(
+            kind,
+            format!(
+                "{context}: the database files cannot be written ({os}: is the mount \
+                 read-only, a file immutable, or a permission missing?); make them writable \
+                 and the runtime resumes by itself"
+            ),
+            err,
+        ),
+        (Some(os), _) => StoreError::with_kind(kind, format!("{context}: {os}"), err),
+        (None, _) => StoreError::with_kind(kind, context, err),
+    }
 }
 
 /// A file-system failure as a [`StoreError`] of its kind, with `err` as its source.
@@ -255,12 +313,13 @@ impl SqliteStore {
         .map_err(|e| sqlite_error(context("cannot configure the database"), e))?;
         schema::migrate(&mut conn)
             .map_err(|e| e.context(context("cannot migrate the database")))?;
+        let file = DbFile::opened(&path)?;
         let readers = open_readers(&path, &options)?;
         Ok(Self::start(
             Arc::new(Mutex::new(conn)),
             readers,
             Some(path),
-            Some(lock),
+            Some((lock, file)),
         ))
     }
 
@@ -290,6 +349,7 @@ impl SqliteStore {
                 next_reader: AtomicUsize::new(0),
                 path: Some(path),
                 lock: Arc::new(Mutex::new(None)),
+                file: None,
             }),
         })
     }
@@ -303,21 +363,28 @@ impl SqliteStore {
         Ok(Self::start(conn.clone(), vec![conn], None, None))
     }
 
+    /// Starts the writer thread; `owned` is the lock file and the database file of a store
+    /// on a file.
     fn start(
         writer_conn: Arc<Mutex<Connection>>,
         readers: Vec<Arc<Mutex<Connection>>>,
         path: Option<PathBuf>,
-        lock: Option<File>,
+        owned: Option<(File, DbFile)>,
     ) -> Self {
         let (tx, rx) = mpsc::channel();
         let closed = Arc::new(AtomicBool::new(false));
         let stats = Arc::new(Mutex::new(WriteStats::default()));
+        let (lock, file) = match owned {
+            Some((lock, file)) => (Some(lock), Some(Arc::new(file))),
+            None => (None, None),
+        };
         let lock = Arc::new(Mutex::new(lock));
         let writer = writer::Writer {
             conn: writer_conn.clone(),
             closed: closed.clone(),
             stats: stats.clone(),
             lock: lock.clone(),
+            file: file.clone(),
         };
         std::thread::Builder::new()
             .name("entities-sqlite-writer".into())
@@ -335,6 +402,7 @@ impl SqliteStore {
                 next_reader: AtomicUsize::new(0),
                 path,
                 lock,
+                file,
             }),
         }
     }
@@ -566,6 +634,18 @@ impl Store for SqliteStore {
         self.read(sql::running_instances).await
     }
 
+    /// Checks that the database file is still the one the store opened: one deleted or
+    /// replaced fails with [`StoreErrorKind::Gone`] (as every commit then does), so that a
+    /// readiness probe reports it. The check runs off the async executor.
+    async fn ping(&self) -> Result<(), StoreError> {
+        let Some(file) = self.inner.file.clone() else {
+            return Ok(());
+        };
+        tokio::task::spawn_blocking(move || file.check())
+            .await
+            .map_err(|e| StoreError::new(format!("sqlite ping task failed: {e}")))?
+    }
+
     /// Stops the writes, waits for the one under way and gives up the ownership of the
     /// database file: it can be opened again. Reads keep working.
     fn close(&self) {
@@ -719,6 +799,62 @@ mod tests {
             let err = sqlite_error("context", failure(code));
             assert_eq!(err.kind(), kind, "code {code}");
             assert!(std::error::Error::source(&err).is_some());
+        }
+    }
+
+    /// The OS error behind an I/O failure decides its kind: what `sqlite3_system_errno` gives
+    /// for a write refused by an immutable file (`EPERM`), a permission (`EACCES`) or a
+    /// read-only mount (`EROFS`) is `ReadOnly`. (`EPERM` is provoked for real in
+    /// `tests/read_only.rs`; the others cannot be without mounting.)
+    #[cfg(target_os = "linux")]
+    #[test]
+    fn io_failures_are_classified_by_their_os_error() {
+        const EPERM: i32 = 1;
+        const EIO: i32 = 5;
+        const EACCES: i32 = 13;
+        const ENOSPC: i32 = 28;
+        const EROFS: i32 = 30;
+        let failure = |code| rusqlite::Error::SqliteFailure(rusqlite::ffi::Error::new(code), None);
+        let kinds = [
+            (
+                rusqlite::ffi::SQLITE_IOERR_WRITE,
+                EPERM,
+                StoreErrorKind::ReadOnly,
+            ),
+            (
+                rusqlite::ffi::SQLITE_IOERR_FSYNC,
+                EROFS,
+                StoreErrorKind::ReadOnly,
+            ),
+            (
+                rusqlite::ffi::SQLITE_IOERR_TRUNCATE,
+                EACCES,
+                StoreErrorKind::ReadOnly,
+            ),
+            (
+                rusqlite::ffi::SQLITE_CANTOPEN,
+                EACCES,
+                StoreErrorKind::ReadOnly,
+            ),
+            (
+                rusqlite::ffi::SQLITE_IOERR_WRITE,
+                ENOSPC,
+                StoreErrorKind::DiskFull,
+            ),
+            (rusqlite::ffi::SQLITE_IOERR_WRITE, EIO, StoreErrorKind::Io),
+            // Only I/O failures are classified by it.
+            (rusqlite::ffi::SQLITE_CORRUPT, EPERM, StoreErrorKind::Other),
+        ];
+        for (code, errno, kind) in kinds {
+            let os = std::io::Error::from_raw_os_error(errno);
+            let err = classified("context", failure(code), Some(os));
+            assert_eq!(err.kind(), kind, "code {code}, errno {errno}");
+            assert!(
+                err.to_string().contains(&format!("os error {errno}")),
+                "the OS error is named: {err}"
+            );
+            let cause = std::error::Error::source(&err).expect("SQLite's error is the source");
+            assert!(cause.downcast_ref::<rusqlite::Error>().is_some());
         }
     }
 

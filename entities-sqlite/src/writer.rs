@@ -18,12 +18,13 @@ use std::sync::{Arc, Mutex};
 use entities_core::message::{now_millis, Message, MessageId};
 use entities_core::store::{Batch, EntityRecord, InstanceQuery, InstanceWrite};
 use entities_core::{EntityId, StoreError, StoreErrorKind};
-use rusqlite::{params, CachedStatement, Connection, TransactionBehavior};
+use rusqlite::{params, CachedStatement, Connection, Transaction, TransactionBehavior};
 use tokio::sync::oneshot;
 use tracing::{debug, error, warn};
 
+use crate::file::DbFile;
 use crate::sql::{status_text, Undecodable};
-use crate::{io_error, sqlite_error, WriteStats};
+use crate::{io_error, sqlite_write_error, WriteStats};
 
 /// Most requests merged into one transaction.
 const MAX_GROUP: usize = 4096;
@@ -59,6 +60,8 @@ pub(crate) struct Writer {
     pub(crate) stats: Arc<Mutex<WriteStats>>,
     /// The lock file, while the store owns its database file.
     pub(crate) lock: Arc<Mutex<Option<File>>>,
+    /// The database file, checked at each commit; `None` in memory.
+    pub(crate) file: Option<Arc<DbFile>>,
 }
 
 impl Writer {
@@ -111,12 +114,18 @@ impl Writer {
                 .clone()
                 .context("refused: an earlier sqlite write failed and the store has not resumed")),
             None => {
-                let mut conn = self.conn.lock().unwrap_or_else(|e| e.into_inner());
+                let conn = self.conn.lock().unwrap_or_else(|e| e.into_inner());
                 if self.closed.load(Ordering::SeqCst) {
                     Err(closed())
                 } else {
-                    self.apply_group(&mut conn, group, rx, next)
-                        .inspect_err(|e| error!(error = %e, "sqlite group commit failed"))
+                    let outcome = self.apply_group(&conn, group, rx, next);
+                    if let Err(e) = &outcome {
+                        error!(error = %e, "sqlite group commit failed");
+                        if e.kind() == StoreErrorKind::Gone {
+                            self.orphaned(&conn);
+                        }
+                    }
+                    outcome
                 }
             }
         };
@@ -131,14 +140,44 @@ impl Writer {
         answer(group.drain(..), outcome);
     }
 
+    /// Once the database file is noticed gone: checkpoints the WAL into the old file, which the
+    /// connection still has open (a file renamed away then holds every commit; a deleted one
+    /// can still be copied from `/proc/<pid>/fd`), then removes the `-wal` and `-shm` files
+    /// at the path (see [`DbFile::remove_journals`]). If the checkpoint does not complete,
+    /// they are left, with a warning.
+    fn orphaned(&self, conn: &Connection) {
+        let Some(file) = &self.file else { return };
+        let checkpoint = conn.query_row("PRAGMA wal_checkpoint(TRUNCATE)", [], |row| {
+            row.get::<_, i64>(0)
+        });
+        match checkpoint {
+            Ok(0) => file.remove_journals(),
+            Ok(_) => warn!(
+                "the WAL of a database whose file went away could not be checkpointed (readers \
+                 were busy); its -wal and -shm files are left at the path: move them away \
+                 before a database is opened there"
+            ),
+            Err(e) => warn!(
+                error = %e,
+                "the WAL of a database whose file went away could not be checkpointed; its -wal \
+                 and -shm files are left at the path: move them away before a database is \
+                 opened there"
+            ),
+        }
+    }
+
     /// Checks that the database accepts writes: commits a write that changes nothing, and, for
     /// a database file, writes and syncs [`SPACE_CHECK`] bytes to the lock file, then empties
     /// it. SQLite reuses the WAL space a failed commit took, so a small commit may succeed on a
-    /// full disk; new data written to another file fails there.
+    /// full disk; new data written to another file fails there. First of all, the database
+    /// file must still be there (see [`DbFile::check`]).
     fn check(&self) -> Result<(), StoreError> {
-        let mut conn = self.conn.lock().unwrap_or_else(|e| e.into_inner());
+        let conn = self.conn.lock().unwrap_or_else(|e| e.into_inner());
         if self.closed.load(Ordering::SeqCst) {
             return Err(closed());
+        }
+        if let Some(file) = &self.file {
+            file.check()?;
         }
         if let Some(file) = &mut *self.lock.lock().unwrap_or_else(|e| e.into_inner()) {
             let written = file
@@ -146,20 +185,29 @@ impl Writer {
                 .and_then(|()| file.sync_data());
             // Emptied even if the write failed half-way: its bytes would hold the space.
             let emptied = file.set_len(0).and_then(|()| file.rewind());
-            written.map_err(|e| io_error("the disk has no space for new writes", e))?;
+            written.map_err(|e| match e.kind() {
+                std::io::ErrorKind::StorageFull => {
+                    io_error("the disk has no space for new writes", e)
+                }
+                _ => io_error("cannot write the lock file to check for free space", e),
+            })?;
             emptied.map_err(|e| io_error("cannot empty the lock file", e))?;
         }
-        let refused = |e| sqlite_error("the database does not accept writes", e);
-        let tx = conn
-            .transaction_with_behavior(TransactionBehavior::Immediate)
-            .map_err(refused)?;
+        let refused = |conn: &Connection, e| {
+            sqlite_write_error(conn, "the database does not accept writes", e)
+        };
+        // Unchecked (borrowing the connection shared, for `refused`): this thread is the only
+        // one using it, and no transaction is open on it.
+        let tx = Transaction::new_unchecked(&conn, TransactionBehavior::Immediate)
+            .map_err(|e| refused(&conn, e))?;
         // Writes the header page with what it holds: a real commit, changing nothing.
         let version: i64 = tx
             .query_row("PRAGMA user_version", [], |row| row.get(0))
-            .map_err(refused)?;
+            .map_err(|e| refused(&tx, e))?;
         tx.pragma_update(None, "user_version", version)
-            .map_err(refused)?;
-        tx.commit().map_err(refused)
+            .map_err(|e| refused(&tx, e))?;
+        let committed = tx.commit();
+        committed.map_err(|e| refused(&conn, e))
     }
 
     /// Applies every request in one transaction, taking in those that arrive meanwhile (until
@@ -169,13 +217,17 @@ impl Writer {
     /// the group fails as a whole: then nothing was applied.
     fn apply_group(
         &self,
-        conn: &mut Connection,
+        conn: &Connection,
         group: &mut Vec<WriteRequest>,
         rx: &Receiver<Traced>,
         next: &mut Option<Traced>,
     ) -> Result<Vec<Outcome>, StoreError> {
-        let failed = |e| sqlite_error("sqlite group commit failed; nothing was written", e);
-        let tx = conn.transaction().map_err(failed)?;
+        let failed = |conn: &Connection, e| {
+            sqlite_write_error(conn, "sqlite group commit failed; nothing was written", e)
+        };
+        // Unchecked (borrowing the connection shared, for `failed`): this thread is the only
+        // one using it, and no transaction is open on it.
+        let tx = conn.unchecked_transaction().map_err(|e| failed(conn, e))?;
         let mut results = Vec::with_capacity(group.len());
         let count = {
             let mut writes = Writes::new(&tx);
@@ -203,33 +255,46 @@ impl Writer {
                 index += 1;
                 if !group[request].isolated() {
                     // Any failure here fails the whole group: nothing of it is written.
-                    let n = writes.defer(group, request).map_err(failed)?;
+                    let n = writes.defer(group, request).map_err(|e| failed(&tx, e))?;
                     results.push(Ok(n));
                     continue;
                 }
                 // What is held back goes first, outside the savepoint: a rollback of this
                 // request must not take it along, and this request may read or consume it.
-                writes.flush(group).map_err(failed)?;
-                tx.execute_batch("SAVEPOINT isolated").map_err(failed)?;
+                writes.flush(group).map_err(|e| failed(&tx, e))?;
+                tx.execute_batch("SAVEPOINT isolated")
+                    .map_err(|e| failed(&tx, e))?;
                 let count = writes.count;
                 match writes.apply(&group[request]) {
                     Ok(n) => {
-                        tx.execute_batch("RELEASE isolated").map_err(failed)?;
+                        tx.execute_batch("RELEASE isolated")
+                            .map_err(|e| failed(&tx, e))?;
                         results.push(Ok(n));
                     }
                     Err(err) => {
                         // Rolls this request back; the others stand.
                         tx.execute_batch("ROLLBACK TO isolated; RELEASE isolated")
-                            .map_err(failed)?;
+                            .map_err(|e| failed(&tx, e))?;
                         writes.count = count;
-                        results.push(Err(request_error(err)));
+                        results.push(Err(request_error(&tx, err)));
                     }
                 }
             }
-            writes.flush(group).map_err(failed)?;
+            writes.flush(group).map_err(|e| failed(&tx, e))?;
             writes.count
         };
-        tx.commit().map_err(failed)?;
+        // A commit to a file that was deleted or replaced would be lost: it fails. Checked
+        // before the commit, so that, in all but a narrow race, nothing of it is written (and
+        // read) either; and after, so that none is acknowledged that was written to a file
+        // gone meanwhile.
+        if let Some(file) = &self.file {
+            file.check()?;
+        }
+        let committed = tx.commit();
+        committed.map_err(|e| failed(conn, e))?;
+        if let Some(file) = &self.file {
+            file.check()?;
+        }
         let mut stats = self.stats.lock().unwrap_or_else(|e| e.into_inner());
         stats.add(&WriteStats {
             transactions: 1,
@@ -266,12 +331,13 @@ fn closed() -> StoreError {
     StoreError::of_kind(StoreErrorKind::Closed, "the sqlite store is closed")
 }
 
-fn request_error(err: rusqlite::Error) -> StoreError {
+/// The error of one isolated request that failed on `conn`.
+fn request_error(conn: &Connection, err: rusqlite::Error) -> StoreError {
     match err.sqlite_error_code() {
         Some(rusqlite::ErrorCode::ConstraintViolation) => {
             StoreError::with_kind(StoreErrorKind::Conflict, "sqlite write refused", err)
         }
-        _ => sqlite_error("sqlite write failed", err),
+        _ => sqlite_write_error(conn, "sqlite write failed", err),
     }
 }
 
