@@ -11,7 +11,7 @@ use std::process::Command;
 use std::time::Duration;
 
 use entities::prelude::*;
-use entities::{Error, SqliteStore, StoreErrorKind};
+use entities::{Error, SqliteOptions, SqliteStore, StoreErrorKind};
 
 /// A tmpfs mounted on a temporary directory, unmounted when dropped.
 struct Tmpfs {
@@ -66,7 +66,16 @@ async fn a_runtime_on_a_full_disk_reports_it_and_resumes_once_space_is_freed() {
     let filler = tmpfs.dir.path().join("filler");
     std::fs::write(&filler, vec![0u8; 3 << 20]).unwrap();
     let runtime = Runtime::builder()
-        .store(SqliteStore::open(tmpfs.dir.path().join("full.db")).unwrap())
+        .store(
+            SqliteStore::open_with(
+                tmpfs.dir.path().join("full.db"),
+                SqliteOptions {
+                    unavailable_timeout: Duration::from_secs(2),
+                    ..SqliteOptions::default()
+                },
+            )
+            .unwrap(),
+        )
         .entity_fn("Blob", blob)
         .start()
         .await
@@ -103,6 +112,40 @@ async fn a_runtime_on_a_full_disk_reports_it_and_resumes_once_space_is_freed() {
         Some(rusqlite::ErrorCode::DiskFull),
         "{cause:?}"
     );
+    // While the disk stays full, sends do not wait forever: each fails, with the disk's error
+    // or (once it waited `unavailable_timeout`) as unavailable; nothing of them is applied.
+    let during = (0..5).map(|n| {
+        let client = client.clone();
+        let data = data.clone();
+        let seq = seq + 1 + n;
+        async move {
+            let id = EntityId::new("Blob", format!("k{seq}"));
+            let sent = tokio::time::timeout(
+                Duration::from_secs(20),
+                client.signal_entity(&id, "put", &data),
+            )
+            .await
+            .expect("a send during the outage was left waiting");
+            (seq, sent)
+        }
+    });
+    for (n, sent) in futures::future::join_all(during).await {
+        match sent {
+            Ok(()) => acked.push(n),
+            Err(Error::Store(err)) => {
+                assert!(
+                    matches!(
+                        err.kind(),
+                        StoreErrorKind::DiskFull | StoreErrorKind::Unavailable
+                    ),
+                    "{err}"
+                );
+                failed.push(n);
+            }
+            Err(other) => panic!("a send failed with {other}"),
+        }
+    }
+    seq += 5;
     // Free the space: the runtime resumes by itself.
     std::fs::remove_file(&filler).unwrap();
     let deadline = tokio::time::Instant::now() + Duration::from_secs(30);

@@ -56,6 +56,10 @@ pub struct SqliteOptions {
     pub writer_cache_mib: u32,
     /// Page cache of each read connection, in MiB. Default 8.
     pub reader_cache_mib: u32,
+    /// How long a send waits while the database does not accept writes (a full disk, a
+    /// read-only file) before it fails with [`StoreErrorKind::Unavailable`], nothing of it
+    /// applied. Default 30 s.
+    pub unavailable_timeout: std::time::Duration,
 }
 
 impl Default for SqliteOptions {
@@ -65,6 +69,7 @@ impl Default for SqliteOptions {
             readers: 2,
             writer_cache_mib: 32,
             reader_cache_mib: 8,
+            unavailable_timeout: std::time::Duration::from_secs(30),
         }
     }
 }
@@ -122,6 +127,8 @@ struct Inner {
     /// The database file the writer opened, checked by `ping` as by every commit; `None` for
     /// an in-memory or read-only store.
     file: Option<Arc<DbFile>>,
+    /// See [`SqliteOptions::unavailable_timeout`].
+    unavailable_timeout: std::time::Duration,
 }
 
 /// The writer thread's queue and connection.
@@ -320,6 +327,7 @@ impl SqliteStore {
             readers,
             Some(path),
             Some((lock, file)),
+            options.unavailable_timeout,
         ))
     }
 
@@ -350,6 +358,7 @@ impl SqliteStore {
                 path: Some(path),
                 lock: Arc::new(Mutex::new(None)),
                 file: None,
+                unavailable_timeout: SqliteOptions::default().unavailable_timeout,
             }),
         })
     }
@@ -360,7 +369,8 @@ impl SqliteStore {
             .map_err(|e| sqlite_error("cannot open an in-memory database", e))?;
         schema::migrate(&mut conn).map_err(|e| e.context("cannot create the schema"))?;
         let conn = Arc::new(Mutex::new(conn));
-        Ok(Self::start(conn.clone(), vec![conn], None, None))
+        let timeout = SqliteOptions::default().unavailable_timeout;
+        Ok(Self::start(conn.clone(), vec![conn], None, None, timeout))
     }
 
     /// Starts the writer thread; `owned` is the lock file and the database file of a store
@@ -370,6 +380,7 @@ impl SqliteStore {
         readers: Vec<Arc<Mutex<Connection>>>,
         path: Option<PathBuf>,
         owned: Option<(File, DbFile)>,
+        unavailable_timeout: std::time::Duration,
     ) -> Self {
         let (tx, rx) = mpsc::channel();
         let closed = Arc::new(AtomicBool::new(false));
@@ -403,6 +414,7 @@ impl SqliteStore {
                 path,
                 lock,
                 file,
+                unavailable_timeout,
             }),
         }
     }
@@ -632,6 +644,10 @@ impl Store for SqliteStore {
 
     async fn running_instances(&self) -> Result<Vec<InstanceRecord>, StoreError> {
         self.read(sql::running_instances).await
+    }
+
+    fn unavailable_timeout(&self) -> std::time::Duration {
+        self.inner.unavailable_timeout
     }
 
     /// Checks that the database file is still the one the store opened: one deleted or

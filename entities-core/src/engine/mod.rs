@@ -553,11 +553,20 @@ impl Engine {
     }
 
     /// Fails the sends kept through an outage (to send again, or postponed commands) that
-    /// have waited the store's `unavailable_timeout`: nothing of them was applied.
-    fn expire_waiting_sends(&mut self, postponed: &mut Vec<Command>) {
-        let timeout = self.shared.store.unavailable_timeout();
+    /// have waited the store's `unavailable_timeout`: nothing of them was applied. A store
+    /// that cannot come back (`cause` of kind `Gone`) fails them all at once, with `cause`.
+    fn expire_waiting_sends(&mut self, postponed: &mut Vec<Command>, cause: &StoreError) {
+        let permanent = cause.kind() == StoreErrorKind::Gone;
+        let timeout = if permanent {
+            Duration::ZERO
+        } else {
+            self.shared.store.unavailable_timeout()
+        };
         let now = tokio::time::Instant::now();
         let gave_up = || {
+            if permanent {
+                return cause.clone();
+            }
             StoreError::of_kind(
                 StoreErrorKind::Unavailable,
                 format!(
@@ -635,10 +644,10 @@ impl Engine {
             match self.reload().await {
                 Ok(messages) => break messages,
                 Err(err) => {
-                    warn!(error = %err, retry_in = ?backoff, "the store does not accept writes yet")
+                    warn!(error = %err, retry_in = ?backoff, "the store does not accept writes yet");
+                    self.expire_waiting_sends(&mut postponed, &err);
                 }
             }
-            self.expire_waiting_sends(&mut postponed);
             // Commands wait for the recovery: handled before it, a new message could overtake
             // older stored ones from its sender.
             let sleep = tokio::time::sleep(backoff);
