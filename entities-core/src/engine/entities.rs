@@ -366,8 +366,8 @@ impl Entities {
             let Some(function) = shared.registry.entity(id.name()) else {
                 continue;
             };
-            let timeout = self.timeouts.of(id);
-            if let Some(op) = run_entity_now(&shared, function, id, slot, max_batch, timeout, part)
+            let timeouts = &self.timeouts;
+            if let Some(op) = run_entity_now(&shared, function, id, slot, max_batch, timeouts, part)
             {
                 slot.busy = true;
                 self.spawn(id.clone(), op);
@@ -575,15 +575,15 @@ impl Entities {
 }
 
 /// Runs the runnable messages of one entity, in order, as long as they finish without
-/// suspending. Returns the operation that suspended, if one did (to go on under `timeout`);
-/// the entity's later messages wait for it.
+/// suspending. Returns the operation that suspended, if one did (to go on under its entity's
+/// timeout); the entity's later messages wait for it.
 fn run_entity_now(
     shared: &Arc<Shared>,
     function: &Arc<dyn EntityFunction>,
     id: &EntityId,
     slot: &mut Slot,
     cap: usize,
-    timeout: Duration,
+    timeouts: &Timeouts,
     part: &mut Part,
 ) -> Option<Suspended> {
     while part.consumed.len() < cap {
@@ -634,7 +634,8 @@ fn run_entity_now(
                             } else {
                                 None
                             };
-                            let mut future = operation_future(function.clone(), ctx, timeout);
+                            let mut future =
+                                operation_future(function.clone(), ctx, timeouts.of(id));
                             match future
                                 .as_mut()
                                 .poll(&mut Context::from_waker(Waker::noop()))
