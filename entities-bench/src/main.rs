@@ -6,10 +6,13 @@
 //!
 //! `cargo run --release -p entities-bench -- <workload> [--normal]`, where workload is one of
 //! `hot`, `spread`, `bank`, `call`, `rest`, `raw`, `isolated`, `backlog`, `http`, `ttl`,
-//! `schedules`, or `all`; `ttl-rest` (not in `all`) compares 1,000,000 idle entities with and
+//! `schedules`, `drain`, or `all`; `ttl-rest` (not in `all`) compares 1,000,000 idle entities with and
 //! without a TTL. `--normal` runs with
 //! `synchronous=NORMAL` instead of the default `FULL`. `spread` alternates with the raw
-//! rusqlite baseline for `ROUNDS` rounds (default 5) and reports medians. Every figure is durable: a signal counts
+//! rusqlite baseline for `ROUNDS` rounds (default 5) and reports medians. `drain` has one
+//! entity run `DRAIN_OPS` queued operations (default 50,000) that are sync, `async` without an
+//! await, and `DRAIN_AWAITING_OPS` (default 10,000) that await once, for `ROUNDS` rounds
+//! (default 3), and reports medians. Every figure is durable: a signal counts
 //! once it is processed and its effect committed.
 
 use std::path::Path;
@@ -301,6 +304,95 @@ async fn client_calls(
     (percentile(&lat, 50.0), percentile(&lat, 99.0), rate)
 }
 
+/// Opened by [`drain`] once every signal of a drain is stored: `Drain::hold` waits for it, so
+/// that the signals queue behind it and the timing covers their operations only.
+static DRAIN_GATE: std::sync::LazyLock<tokio::sync::Notify> =
+    std::sync::LazyLock::new(tokio::sync::Notify::new);
+
+/// The entity of the `drain` workload: the same addition as a sync operation, an `async` one
+/// that never awaits, and an `async` one that awaits once.
+#[derive(Default, Serialize, Deserialize)]
+pub struct Drain {
+    value: i64,
+}
+
+#[entity]
+impl Drain {
+    pub async fn hold(&self) {
+        DRAIN_GATE.notified().await;
+    }
+    pub fn add(&mut self, amount: i64) {
+        self.value += amount;
+    }
+    pub async fn add_async(&mut self, amount: i64) {
+        self.value += amount;
+    }
+    pub async fn add_awaiting(&mut self, amount: i64) {
+        tokio::task::yield_now().await;
+        self.value += amount;
+    }
+}
+
+/// The kind of operation a drain runs.
+#[derive(Clone, Copy, Debug)]
+enum DrainKind {
+    Sync,
+    AsyncNoAwait,
+    AsyncAwaiting,
+}
+
+/// One entity drains `ops` operations of `kind` queued behind a held operation: all are
+/// stored first, then the hold ends and the clock runs until the committed state includes
+/// them all. Returns operations per second.
+async fn drain(sync: Synchronous, kind: DrainKind, ops: usize) -> f64 {
+    let bench = Bench::new(sync);
+    let store = SqliteStore::open_with(
+        &bench.path,
+        SqliteOptions {
+            synchronous: sync,
+            ..SqliteOptions::default()
+        },
+    )
+    .expect("open store");
+    let runtime = Runtime::builder()
+        .store(store)
+        .entity::<Drain>()
+        .start()
+        .await
+        .expect("start runtime");
+    let client = runtime.client();
+    client.signal::<Drain>("d").hold().await.unwrap();
+    let sends = (0..ops).map(|_| {
+        let proxy = client.signal::<Drain>("d");
+        async move {
+            match kind {
+                DrainKind::Sync => proxy.add(1).await,
+                DrainKind::AsyncNoAwait => proxy.add_async(1).await,
+                DrainKind::AsyncAwaiting => proxy.add_awaiting(1).await,
+            }
+        }
+    });
+    for result in futures::future::join_all(sends).await {
+        result.unwrap();
+    }
+    let start = Instant::now();
+    DRAIN_GATE.notify_one();
+    loop {
+        let value = client
+            .get_entity::<Drain>("d")
+            .await
+            .unwrap()
+            .map_or(0, |m| m.state.value);
+        if value as usize == ops {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(1)).await;
+    }
+    let elapsed = start.elapsed();
+    runtime.shutdown().await.unwrap();
+    ops as f64 / elapsed.as_secs_f64()
+}
+
 /// An entity whose `sleep` operation awaits the input in milliseconds.
 struct Sleeper;
 
@@ -427,6 +519,14 @@ fn percentile(sorted: &[Duration], p: f64) -> Duration {
     }
     let i = ((p / 100.0) * (sorted.len() - 1) as f64).round() as usize;
     sorted[i]
+}
+
+/// The environment variable `name` as a number, or `default`.
+fn env_or(name: &str, default: usize) -> usize {
+    std::env::var(name)
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(default)
 }
 
 /// The median of `values` (sorted in place).
@@ -961,6 +1061,36 @@ async fn main() {
             shares[0],
             shares[shares.len() - 1]
         );
+    }
+    if all || workload == "drain" {
+        // Rounds alternate the three kinds, starting with a different one each round.
+        let rounds = env_or("ROUNDS", 3).max(1);
+        let ops = env_or("DRAIN_OPS", 50_000);
+        let awaiting_ops = env_or("DRAIN_AWAITING_OPS", 10_000);
+        let kinds = [
+            DrainKind::Sync,
+            DrainKind::AsyncNoAwait,
+            DrainKind::AsyncAwaiting,
+        ];
+        let mut rates: [Vec<f64>; 3] = Default::default();
+        for round in 0..rounds {
+            let mut line = format!("  round {}:", round + 1);
+            for k in 0..kinds.len() {
+                let k = (k + round) % kinds.len();
+                let n = match kinds[k] {
+                    DrainKind::AsyncAwaiting => awaiting_ops,
+                    _ => ops,
+                };
+                let rate = drain(sync, kinds[k], n).await;
+                line += &format!(" {:?} {rate:.0}", kinds[k]);
+                rates[k].push(rate);
+            }
+            println!("{line} ops/s");
+        }
+        let [s, a, w] = rates.map(|mut r| median(&mut r));
+        println!("drain    one entity, {ops} sync ops:              {s:>10.0} ops/s (median of {rounds})");
+        println!("drain    one entity, {ops} async ops, no await:   {a:>10.0} ops/s (median of {rounds}; {:.0} % of sync)", 100.0 * a / s);
+        println!("drain    one entity, {awaiting_ops} async ops that await: {w:>10.0} ops/s (median of {rounds})");
     }
     if all || workload == "bank" {
         let accounts: usize = std::env::var("BANK_ACCOUNTS")

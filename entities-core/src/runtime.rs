@@ -217,7 +217,8 @@ impl RuntimeBuilder {
 
     /// How long an entity operation may take before it fails (its state change and signals
     /// rolled back) and its entity moves on. Default 5 minutes. Applies to operations that
-    /// await; one that blocks its thread without awaiting cannot be stopped.
+    /// await, counted from their first await that is not ready at once; one that blocks its
+    /// thread without awaiting cannot be stopped.
     pub fn operation_timeout(mut self, timeout: Duration) -> Self {
         self.config.timeouts.default = timeout;
         self

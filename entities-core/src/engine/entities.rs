@@ -1,17 +1,22 @@
 //! The entity side of the engine: active entities in memory, running their operations, and
 //! the entity side of critical sections.
 //!
-//! Operations that finish without suspending run inline, one entity after the other. An
-//! operation that suspends (an `async` operation that awaits) goes on on a task of its own,
-//! under its entity's timeout, while its entity's later messages wait behind it; every other
-//! entity keeps running. When it finishes, the next batch records it: its consumed message,
-//! new state, sent messages and reply commit together, as for any operation.
+//! Operations run inline, one entity after the other: a sync operation to its end, an `async`
+//! one polled once. An operation that suspends (an `async` operation that awaits and is not
+//! ready) goes on on a task of its own, under its entity's timeout, while its entity's later
+//! messages wait behind it; every other entity keeps running. When it finishes, the next batch
+//! records it: its consumed message, new state, sent messages and reply commit together, as
+//! for any operation.
 
 use std::collections::{HashMap, HashSet, VecDeque};
+use std::future::Future;
 use std::panic::AssertUnwindSafe;
+use std::pin::Pin;
 use std::sync::Arc;
+use std::task::{Context, Poll, Waker};
 use std::time::{Duration, Instant};
 
+use futures::future::BoxFuture;
 use futures::FutureExt;
 use serde_json::Value;
 use tokio::task::JoinSet;
@@ -149,12 +154,15 @@ struct Part {
     failed: u64,
 }
 
+/// An `async` operation's future. It owns the operation's context and gives it back with the
+/// outcome, so that it can be polled in the batch and, if it suspends, moved to a task.
+type OperationFuture = BoxFuture<'static, (EntityContext, Result<(), OperationError>)>;
+
 /// An operation that suspended: it goes on on a task of its own.
 struct Suspended {
     span: tracing::Span,
-    function: Arc<dyn EntityFunction>,
     message: MessageId,
-    ctx: EntityContext,
+    future: OperationFuture,
     reply: Option<ReplyTo>,
 }
 
@@ -364,7 +372,9 @@ impl Entities {
             let Some(function) = shared.registry.entity(id.name()) else {
                 continue;
             };
-            if let Some(op) = run_entity_now(&shared, function, id, slot, max_batch, part) {
+            let timeouts = &self.timeouts;
+            if let Some(op) = run_entity_now(&shared, function, id, slot, max_batch, timeouts, part)
+            {
                 slot.busy = true;
                 self.spawn(id.clone(), op);
             }
@@ -402,35 +412,16 @@ impl Entities {
         }
     }
 
-    /// Runs a suspended operation on a task of its own, under its entity's timeout.
+    /// Runs a suspended operation on to its end on a task of its own.
     fn spawn(&mut self, id: EntityId, op: Suspended) {
-        let timeout = self.timeouts.of(&id);
-        let span = op.span.clone();
+        let Suspended {
+            span,
+            message,
+            future,
+            reply,
+        } = op;
         let task = async move {
-            let Suspended {
-                span: _,
-                function,
-                message,
-                mut ctx,
-                reply,
-            } = op;
-            let result = tokio::time::timeout(
-                timeout,
-                AssertUnwindSafe(function.run(&mut ctx)).catch_unwind(),
-            )
-            .await;
-            let outcome = match result {
-                Ok(Ok(outcome)) => outcome,
-                Ok(Err(panic)) => Err(panicked(&ctx, &panic)),
-                Err(_) => {
-                    warn!(entity = %id, operation = ctx.operation_name(), ?timeout, "operation timed out; its changes are rolled back");
-                    Err(OperationError::new(format!(
-                        "operation `{}` of entity `{id}` timed out after {timeout:?}; its changes \
-                         are rolled back",
-                        ctx.operation_name()
-                    )))
-                }
-            };
+            let (ctx, outcome) = future.await;
             OperationDone {
                 id,
                 message,
@@ -603,14 +594,15 @@ impl Entities {
 }
 
 /// Runs the runnable messages of one entity, in order, as long as they finish without
-/// suspending. Returns the operation that suspended, if one did; the entity's later messages
-/// wait for it.
+/// suspending. Returns the operation that suspended, if one did (to go on under its entity's
+/// timeout); the entity's later messages wait for it.
 fn run_entity_now(
     shared: &Arc<Shared>,
     function: &Arc<dyn EntityFunction>,
     id: &EntityId,
     slot: &mut Slot,
     cap: usize,
+    timeouts: &Timeouts,
     part: &mut Part,
 ) -> Option<Suspended> {
     while part.consumed.len() < cap {
@@ -653,18 +645,38 @@ fn run_entity_now(
                     {
                         Ok(Some(outcome)) => outcome,
                         Ok(None) => {
-                            // The operation took the state; the slot keeps a copy, which the
-                            // batch writes if earlier operations of this round changed it.
-                            // Until the operation finishes, the state stays what it was.
-                            slot.state = ctx.state_raw().cloned();
-                            drop(entered);
-                            return Some(Suspended {
-                                span,
-                                function: function.clone(),
-                                message: message.id,
-                                ctx,
-                                reply,
-                            });
+                            // An `async` operation. The operation takes the state; if earlier
+                            // operations of this round changed it, the batch writes it, so
+                            // the slot keeps a copy of it as it was before this operation.
+                            let before = if part.written {
+                                ctx.state_raw().cloned()
+                            } else {
+                                None
+                            };
+                            let mut future =
+                                operation_future(function.clone(), ctx, timeouts.of(id));
+                            match future
+                                .as_mut()
+                                .poll(&mut Context::from_waker(Waker::noop()))
+                            {
+                                Poll::Ready((done, outcome)) => {
+                                    ctx = done;
+                                    outcome
+                                }
+                                Poll::Pending => {
+                                    // It goes on on a task, whose first poll gives it the
+                                    // task's waker. Until it finishes, the state stays what it
+                                    // was.
+                                    slot.state = before;
+                                    drop(entered);
+                                    return Some(Suspended {
+                                        span,
+                                        message: message.id,
+                                        future,
+                                        reply,
+                                    });
+                                }
+                            }
                         }
                         Err(panic) => Err(panicked(&ctx, &panic)),
                     }
@@ -830,6 +842,65 @@ fn set_state(
         Some(ReplyTo::Instance { id: instance, seq }) => part
             .produced
             .push(shared.operation_completion(instance, seq, result)),
+    }
+}
+
+/// The future of an `async` operation of `function` on `ctx`: a panic becomes the operation's
+/// error, and so does running longer than `timeout` after its first suspension.
+fn operation_future(
+    function: Arc<dyn EntityFunction>,
+    mut ctx: EntityContext,
+    timeout: Duration,
+) -> OperationFuture {
+    Box::pin(async move {
+        let run = AssertUnwindSafe(async {
+            Deadline {
+                future: function.run(&mut ctx),
+                limit: timeout,
+                timer: None,
+            }
+            .await
+        })
+        .catch_unwind()
+        .await;
+        let outcome = match run {
+            Ok(Some(outcome)) => outcome,
+            Ok(None) => {
+                let id = ctx.id();
+                warn!(entity = %id, operation = ctx.operation_name(), ?timeout, "operation timed out; its changes are rolled back");
+                Err(OperationError::new(format!(
+                    "operation `{}` of entity `{id}` timed out after {timeout:?}; its changes \
+                     are rolled back",
+                    ctx.operation_name()
+                )))
+            }
+            Err(panic) => Err(panicked(&ctx, &panic)),
+        };
+        (ctx, outcome)
+    })
+}
+
+/// A future limited to `limit` from its first suspension (`None` once over it). The timer is
+/// made only then, so that an operation that finishes without suspending costs none.
+struct Deadline<F> {
+    future: F,
+    limit: Duration,
+    timer: Option<Pin<Box<tokio::time::Sleep>>>,
+}
+
+impl<F: Future + Unpin> Future for Deadline<F> {
+    type Output = Option<F::Output>;
+
+    fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
+        let this = self.get_mut();
+        if let Poll::Ready(output) = this.future.poll_unpin(cx) {
+            return Poll::Ready(Some(output));
+        }
+        let limit = this.limit;
+        let timer = this
+            .timer
+            .get_or_insert_with(|| Box::pin(tokio::time::sleep(limit)));
+        timer.as_mut().poll(cx).map(|()| None)
     }
 }
 

@@ -10,8 +10,9 @@
 //! A client's message is stored by the engine's next batch, together with what that batch
 //! does with it, and its sender hears back after that commit. A stored message is deleted in
 //! the commit that records its effect; the store applies commits in queue order, so a crash
-//! at any moment loses nothing acknowledged and applies nothing twice. An operation that
-//! suspends runs on a task of its own: only its own entity waits for it.
+//! at any moment loses nothing acknowledged and applies nothing twice. An `async` operation
+//! is polled once in the batch; one that suspends goes on on a task of its own: only its own
+//! entity waits for it.
 //!
 //! A failed commit or read is a fault: the engine answers the senders it holds with the
 //! cause, drops everything in memory, waits until the store accepts writes again, and
