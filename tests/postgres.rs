@@ -317,6 +317,16 @@ async fn one_key_from_two_processes_applies_once() {
     b.shutdown().await.unwrap();
 }
 
+/// An entity whose operations never return.
+struct Hang;
+
+#[async_trait::async_trait]
+impl EntityFunction for Hang {
+    async fn run(&self, _ctx: &mut EntityContext) -> Result<(), OperationError> {
+        std::future::pending().await
+    }
+}
+
 /// The engine never waits on the database for a poll: while another session holds a row lock
 /// on a reply stored for this process (so that the poll taking replies blocks), calls run in
 /// this process are still answered.
@@ -326,11 +336,25 @@ async fn a_blocked_poll_does_not_stop_the_engine() {
         return;
     };
     let url = server.create_database().await.unwrap();
-    let rt = runtime(&url).await;
+    let rt = Runtime::builder()
+        .store(PostgresStore::connect_with(&url, options()).await.unwrap())
+        .entity_fn("Counter", counter)
+        .entity_fn("Hang", Hang)
+        .shutdown_grace(Duration::from_millis(100))
+        .start()
+        .await
+        .unwrap();
     let client = rt.client();
     let id = EntityId::new("Counter", "local");
     client.signal_entity(&id, "add", &1).await.unwrap();
     let _: i64 = client.call_entity(&id, "get", &()).await.unwrap();
+    // A call that never returns keeps a caller waiting, so every poll takes replies.
+    let hanging = client.clone();
+    tokio::spawn(async move {
+        let _ = hanging
+            .call_entity::<(), _>(&EntityId::new("Hang", "h"), "hang", &())
+            .await;
+    });
 
     // A reply for a call this process never made, locked by another session: taking the
     // replies stored for this process waits for that lock.
@@ -360,7 +384,7 @@ async fn a_blocked_poll_does_not_stop_the_engine() {
             .unwrap()
             .get::<_, i64>(0)
     };
-    // While calls wait for replies the poller takes replies, and blocks on the lock.
+    // Calls wait for replies, so the poller takes replies, and blocks on the lock.
     let deadline = tokio::time::Instant::now() + Duration::from_secs(30);
     let mut expected = 1;
     while poll_waits().await == 0 {
