@@ -391,53 +391,11 @@ async fn raw(url: &str, total: usize, keys: usize) -> f64 {
 /// Failover: two workers probing every partition; one is killed; the time from the kill to
 /// the first call served on one of its partitions by the survivor.
 async fn failover(server: &TestServer) -> Duration {
-    let url = server.create_database().await.expect("database");
-    let mut workers: Vec<Worker> = (0..2).map(|i| spawn("failover", &url, i, 2)).collect();
-    let victim_node: i64 = workers[1].expect("node ").parse().unwrap();
-    for w in &workers {
-        w.expect("ready");
-    }
-    for w in &mut workers {
-        writeln!(w.child.stdin.as_mut().unwrap(), "go").unwrap();
-    }
-    tokio::time::sleep(Duration::from_secs(2)).await;
-    let moved: Vec<u32> = sql(&url)
-        .await
-        .query(
-            "SELECT part FROM entities_leases WHERE owner = $1",
-            &[&victim_node],
-        )
-        .await
-        .unwrap()
-        .iter()
-        .map(|r| r.get::<_, i32>(0) as u32)
-        .collect();
-    assert!(!moved.is_empty(), "the victim runs no partition");
-    let (victim, survivor) = (workers.pop().unwrap(), workers.pop().unwrap());
-    while survivor.lines.try_recv().is_ok() {}
-    let mut victim = victim;
+    let (mut victim, mut survivor, moved) = probing_pair(server).await;
     victim.child.kill().unwrap();
-    let killed = std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .unwrap()
-        .as_millis();
+    let killed = now_ms();
     let _ = victim.child.wait();
-    let served_at = loop {
-        let line = survivor
-            .lines
-            .recv_timeout(Duration::from_secs(60))
-            .expect("probe output");
-        let mut parts = line.split_whitespace();
-        if parts.next() != Some("served") {
-            continue;
-        }
-        let p: u32 = parts.next().unwrap().parse().unwrap();
-        let at: u128 = parts.next().unwrap().parse().unwrap();
-        if at > killed && moved.contains(&p) {
-            break at;
-        }
-    };
-    let mut survivor = survivor;
+    let (_, served_at) = first_served(&survivor, &moved, killed + 1);
     let _ = survivor.child.kill();
     let _ = survivor.child.wait();
     Duration::from_millis((served_at - killed) as u64)
@@ -486,10 +444,9 @@ async fn leases_of(url: &str, node: i64) -> Vec<u32> {
         .collect()
 }
 
-/// Graceful hand-over: two workers probe every partition; one gets SIGTERM (its runtime shuts
-/// down and hands its partitions over). For each moved partition: the time from the signal to
-/// the first call the survivor served on it.
-async fn handoff(server: &TestServer) -> Vec<Duration> {
+/// Two workers probing every partition on a new database, running: (the victim, the
+/// survivor, the victim's partitions). The survivor's output so far is dropped.
+async fn probing_pair(server: &TestServer) -> (Worker, Worker, Vec<u32>) {
     let url = server.create_database().await.expect("database");
     let mut workers: Vec<Worker> = (0..2).map(|i| spawn("failover", &url, i, 2)).collect();
     let victim_node: i64 = workers[1].expect("node ").parse().unwrap();
@@ -502,8 +459,16 @@ async fn handoff(server: &TestServer) -> Vec<Duration> {
     tokio::time::sleep(Duration::from_secs(2)).await;
     let moved = leases_of(&url, victim_node).await;
     assert!(!moved.is_empty(), "the victim runs no partition");
-    let (mut victim, mut survivor) = (workers.pop().unwrap(), workers.pop().unwrap());
+    let (victim, survivor) = (workers.pop().unwrap(), workers.pop().unwrap());
     while survivor.lines.try_recv().is_ok() {}
+    (victim, survivor, moved)
+}
+
+/// Graceful hand-over: two workers probe every partition; one gets SIGTERM (its runtime shuts
+/// down and hands its partitions over). For each moved partition: the time from the signal to
+/// the first call the survivor served on it.
+async fn handoff(server: &TestServer) -> Vec<Duration> {
+    let (mut victim, mut survivor, moved) = probing_pair(server).await;
     let signalled = now_ms();
     Command::new("kill")
         .args(["-TERM", &victim.child.id().to_string()])
