@@ -376,6 +376,33 @@ enum Fault {
     Stop,
 }
 
+/// Three load processes (`{prefix}0` to `{prefix}2`, `count` signals per lane each), started
+/// and running, with the partitions spread over all three.
+async fn spread_three(
+    url: &str,
+    prefix: &str,
+    count: u64,
+    dir: &std::path::Path,
+    acked: &mut HashMap<String, Vec<u64>>,
+) -> Vec<Proc> {
+    let procs: Vec<Proc> = (0..3)
+        .map(|i| spawn(url, &format!("{prefix}{i}"), count, dir))
+        .collect();
+    for p in &procs {
+        p.until("started", acked, Duration::from_secs(30));
+    }
+    let deadline = Instant::now() + Duration::from_secs(15);
+    while live_owners(url).await.len() < 3 {
+        assert!(
+            Instant::now() < deadline,
+            "partitions never spread: {:?}",
+            owners(url).await
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    procs
+}
+
 async fn three_processes(fault: Fault, what: &str) {
     let _serial = ONE_AT_A_TIME.lock().await;
     let Some(server) = TestServer::start_or_skip(what) else {
@@ -385,22 +412,7 @@ async fn three_processes(fault: Fault, what: &str) {
     let dir = tempfile::tempdir().unwrap();
     let dir = dir.path();
     let mut acked = HashMap::new();
-    let procs: Vec<Proc> = (0..3)
-        .map(|i| spawn(&url, &format!("p{i}"), 200, dir))
-        .collect();
-    for p in &procs {
-        p.until("started", &mut acked, Duration::from_secs(30));
-    }
-    // Partitions spread over the three.
-    let deadline = Instant::now() + Duration::from_secs(15);
-    while live_owners(&url).await.len() < 3 {
-        assert!(
-            Instant::now() < deadline,
-            "partitions never spread: {:?}",
-            owners(&url).await
-        );
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
+    let procs = spread_three(&url, "p", 200, dir, &mut acked).await;
     tokio::time::sleep(Duration::from_millis(400)).await;
     let victim = &procs[0];
     match fault {
@@ -530,17 +542,7 @@ async fn server_fault(fault: ServerFault, what: &str) {
         ServerFault::Restart => 300,
         ServerFault::Down | ServerFault::Freeze => 400,
     };
-    let procs: Vec<Proc> = (0..3)
-        .map(|i| spawn(&url, &format!("s{i}"), count, dir))
-        .collect();
-    for p in &procs {
-        p.until("started", &mut acked, Duration::from_secs(30));
-    }
-    let deadline = Instant::now() + Duration::from_secs(15);
-    while live_owners(&url).await.len() < 3 {
-        assert!(Instant::now() < deadline, "partitions never spread");
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
+    let procs = spread_three(&url, "s", count, dir, &mut acked).await;
     tokio::time::sleep(Duration::from_millis(1000)).await;
     let before = leases(&url).await;
     match fault {
