@@ -98,16 +98,21 @@ impl Bench {
         self.runtime_and_store().await.0
     }
 
-    /// The runtime and a handle on its store (for its write counts).
-    async fn runtime_and_store(&self) -> (Runtime, SqliteStore) {
-        let store = SqliteStore::open_with(
+    /// The store on this bench's database.
+    fn store(&self) -> SqliteStore {
+        SqliteStore::open_with(
             &self.path,
             SqliteOptions {
                 synchronous: self.sync,
                 ..SqliteOptions::default()
             },
         )
-        .expect("open store");
+        .expect("open store")
+    }
+
+    /// The runtime and a handle on its store (for its write counts).
+    async fn runtime_and_store(&self) -> (Runtime, SqliteStore) {
+        let store = self.store();
         let inflight = std::env::var("INFLIGHT")
             .ok()
             .and_then(|v| v.parse().ok())
@@ -346,14 +351,7 @@ enum DrainKind {
 /// them all. Returns operations per second.
 async fn drain(sync: Synchronous, kind: DrainKind, ops: usize) -> f64 {
     let bench = Bench::new(sync);
-    let store = SqliteStore::open_with(
-        &bench.path,
-        SqliteOptions {
-            synchronous: sync,
-            ..SqliteOptions::default()
-        },
-    )
-    .expect("open store");
+    let store = bench.store();
     let runtime = Runtime::builder()
         .store(store)
         .entity::<Drain>()
@@ -409,14 +407,7 @@ impl EntityFunction for Sleeper {
 /// `queued` operations of 1 ms each waiting.
 async fn isolated(sync: Synchronous, queued: usize, calls: usize) -> (Duration, Duration) {
     let bench = Bench::new(sync);
-    let store = SqliteStore::open_with(
-        &bench.path,
-        SqliteOptions {
-            synchronous: sync,
-            ..SqliteOptions::default()
-        },
-    )
-    .expect("open store");
+    let store = bench.store();
     let runtime = Runtime::builder()
         .store(store)
         .entity::<Counter>()
