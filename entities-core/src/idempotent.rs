@@ -74,6 +74,24 @@ impl KeyOutcome {
             None => serde_json::to_value(&outcome).expect("a key outcome serializes"),
         }
     }
+
+    /// The kind of send, as the first word of its request (see [`request_of`]).
+    fn send(&self) -> &'static str {
+        match self {
+            KeyOutcome::Signalled => "signal",
+            KeyOutcome::Called(_) => "call",
+            KeyOutcome::Started(_) => "start",
+        }
+    }
+
+    /// The kind of send, for an error.
+    fn kind(&self) -> &'static str {
+        match self {
+            KeyOutcome::Signalled => "a signal",
+            KeyOutcome::Called(_) => "a call",
+            KeyOutcome::Started(_) => "an orchestration start",
+        }
+    }
 }
 
 /// The stored form of `outcome` claimed for `request`.
@@ -274,7 +292,6 @@ impl Idempotent {
             Some(_) => return Err(other_kind(&self.key)),
             None => {}
         }
-        let request = request_of("start of", &format!("orchestration `{name}`"), Some(&input));
         let claim = claim(
             &self.key,
             &request,
@@ -375,23 +392,14 @@ impl Client {
             Stored::Unbound(outcome) => (None, outcome),
         };
         // Keys stored before they were bound to requests are checked by kind only.
-        let kind = |r: &str| r.split(' ').next().map(str::to_string);
         let same = match &first {
             Some(first) => first == request,
-            None => match &outcome {
-                KeyOutcome::Signalled => kind(request).as_deref() == Some("signal"),
-                KeyOutcome::Called(_) => kind(request).as_deref() == Some("call"),
-                KeyOutcome::Started(_) => kind(request).as_deref() == Some("start"),
-            },
+            None => request.split(' ').next() == Some(outcome.send()),
         };
         if !same {
             return Err(Error::IdempotencyMismatch {
                 key: key.to_string(),
-                first: first.unwrap_or_else(|| match outcome {
-                    KeyOutcome::Signalled => "a signal".into(),
-                    KeyOutcome::Called(_) => "a call".into(),
-                    KeyOutcome::Started(_) => "an orchestration start".into(),
-                }),
+                first: first.unwrap_or_else(|| outcome.kind().into()),
             });
         }
         Ok(Some(outcome))
