@@ -19,11 +19,9 @@
 use std::net::IpAddr;
 use std::sync::Arc;
 
-use axum::extract::{Request, State};
+use axum::extract::Request;
 use axum::http::uri::Authority;
 use axum::http::{header, HeaderMap, Method, StatusCode};
-use axum::middleware::Next;
-use axum::response::{IntoResponse, Response};
 
 use crate::error::ApiError;
 
@@ -91,28 +89,21 @@ const ANY_HOST: [&str; 2] = ["/health", "/ready"];
 
 /// Runs the three checks, in this order: `Host`, the origin of an unsafe method, the type of
 /// a body.
-pub(crate) async fn check(State(policy): State<Policy>, request: Request, next: Next) -> Response {
+pub(crate) fn check(policy: &Policy, request: &Request) -> Result<(), ApiError> {
     let headers = request.headers();
-    let host = request_host(&request);
+    let host = request_host(request);
     if policy.check_host && !ANY_HOST.contains(&request.uri().path()) {
-        if let Err(err) = check_host(&policy, host.as_deref()) {
-            return err.into_response();
-        }
+        check_host(policy, host.as_deref())?;
     }
-    let method = request.method();
     let unsafe_method = !matches!(
-        *method,
+        *request.method(),
         Method::GET | Method::HEAD | Method::OPTIONS | Method::TRACE
     );
     if unsafe_method {
-        if let Err(err) = check_origin(&policy, headers, host.as_deref()) {
-            return err.into_response();
-        }
-        if let Err(err) = check_content_type(headers) {
-            return err.into_response();
-        }
+        check_origin(policy, headers, host.as_deref())?;
+        check_content_type(headers)?;
     }
-    next.run(request).await
+    Ok(())
 }
 
 /// The request's `Host` (or the authority of an absolute request target).

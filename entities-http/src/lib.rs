@@ -81,6 +81,7 @@
 mod auth;
 mod browser;
 mod error;
+mod guard;
 mod limits;
 mod openapi;
 mod routes;
@@ -308,6 +309,11 @@ impl Http {
 
     /// The router.
     pub fn router(self) -> Router {
+        Router::new().fallback_service(self.guard())
+    }
+
+    /// The routes behind their checks.
+    fn guard(self) -> guard::Guard {
         let prometheus = self.prometheus.or_else(global_prometheus);
         let state = routes::AppState {
             client: self.client,
@@ -316,15 +322,18 @@ impl Http {
             token_required: self.token.is_some(),
             draining: self.draining,
         };
-        let limits = limits::RequestLimits {
-            body_limit: self.body_limit,
-            request_timeout: self.request_timeout,
+        let checks = guard::Checks {
+            browser: browser::Policy {
+                allowed: self.allowed_hosts.into(),
+                check_host: self.token.is_none(),
+            },
+            token: self.token,
+            limits: limits::RequestLimits {
+                body_limit: self.body_limit,
+                request_timeout: self.request_timeout,
+            },
         };
-        let browser = browser::Policy {
-            allowed: self.allowed_hosts.into(),
-            check_host: self.token.is_none(),
-        };
-        routes::router(state, limits, self.token, browser)
+        guard::Guard::new(routes::router(state, self.body_limit), checks)
     }
 
     /// Binds `addr` and serves until the process ends. Errors accepting a connection (such as
@@ -392,7 +401,7 @@ impl Http {
             idle_timeout: self.idle_timeout,
             max_connections: self.max_connections,
         };
-        server::serve(listener, self.router(), limits, shutdown).await;
+        server::serve(listener, self.guard(), limits, shutdown).await;
         Ok(())
     }
 }

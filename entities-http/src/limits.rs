@@ -1,13 +1,15 @@
-//! Request limits of the router: a declared body over the limit is refused before it is
-//! read, and a request gets the request timeout (calls and `?wait=` reads excepted).
+//! Request limits: a declared body over the limit is refused before it is read, and a
+//! request gets the request timeout (calls and `?wait=` reads excepted).
 
+use std::future::Future;
 use std::time::Duration;
 
 use axum::body::Body;
-use axum::extract::{MatchedPath, Request, State};
-use axum::http::{header, Method, StatusCode};
-use axum::middleware::Next;
+use axum::extract::Request;
+use axum::http::{header, HeaderMap, Method, StatusCode};
 use axum::response::{IntoResponse, Response};
+use axum::Router;
+use tower::ServiceExt;
 
 use crate::error::ApiError;
 
@@ -28,31 +30,29 @@ fn too_large(limit: usize) -> ApiError {
 
 /// 413 at once when the declared `Content-Length` is over the body limit, before a byte of
 /// the body is read.
-pub(crate) async fn declared_length(
-    State(limits): State<RequestLimits>,
-    request: Request,
-    next: Next,
-) -> Response {
-    let declared = request
-        .headers()
+pub(crate) fn check_declared_length(
+    limits: &RequestLimits,
+    headers: &HeaderMap,
+) -> Result<(), ApiError> {
+    let declared = headers
         .get(header::CONTENT_LENGTH)
         .and_then(|v| v.to_str().ok())
         .and_then(|v| v.trim().parse::<u64>().ok());
     if declared.is_some_and(|length| length > limits.body_limit as u64) {
-        return too_large(limits.body_limit).into_response();
+        return Err(too_large(limits.body_limit));
     }
-    next.run(request).await
+    Ok(())
 }
 
 /// Whether the request waits as long as it takes by design, bounded by its own limit: a call
-/// (until the operation answers) and an orchestration read with `?wait=` (up to `max_wait`).
-fn waits_by_design(request: &Request) -> bool {
-    let Some(path) = request.extensions().get::<MatchedPath>() else {
-        return false;
-    };
-    match (request.method(), path.as_str()) {
-        (&Method::POST, "/entities/{name}/{key}/{operation}") => true,
-        (&Method::GET, "/orchestrations/{id}") => request
+/// (`POST /entities/{name}/{key}/{operation}`, until the operation answers) and an
+/// orchestration read with `?wait=` (`GET /orchestrations/{id}`, up to `max_wait`).
+pub(crate) fn waits_by_design(request: &Request) -> bool {
+    let mut segments = request.uri().path().split('/').skip(1);
+    let mut next = || segments.next().filter(|s| !s.is_empty());
+    match (request.method(), next(), next(), next(), next(), next()) {
+        (&Method::POST, Some("entities"), Some(_), Some(_), Some(_), None) => true,
+        (&Method::GET, Some("orchestrations"), Some(_), None, None, None) => request
             .uri()
             .query()
             .is_some_and(|q| q.split('&').any(|p| p.starts_with("wait=") && p != "wait=")),
@@ -72,23 +72,25 @@ fn timed_out(timeout: Duration) -> ApiError {
     )
 }
 
-/// Bounds a request by the request timeout. A request that waits by design gets it for
-/// reading its body only; then it runs as long as its own limit lets it.
-pub(crate) async fn request_timeout(
-    State(limits): State<RequestLimits>,
+/// The answer of `answer`, or 503 (`request_timeout`) when it takes longer than `timeout`.
+pub(crate) async fn bounded(timeout: Duration, answer: impl Future<Output = Response>) -> Response {
+    match tokio::time::timeout(timeout, answer).await {
+        Ok(response) => response,
+        Err(_) => {
+            tracing::warn!(?timeout, "an HTTP request ran past the request timeout");
+            timed_out(timeout).into_response()
+        }
+    }
+}
+
+/// Runs a request that waits by design: its body must arrive within the request timeout;
+/// then it runs as long as its own limit lets it.
+pub(crate) async fn read_then_run(
+    limits: RequestLimits,
+    routes: Router,
     request: Request,
-    next: Next,
 ) -> Response {
     let timeout = limits.request_timeout;
-    if !waits_by_design(&request) {
-        return match tokio::time::timeout(timeout, next.run(request)).await {
-            Ok(response) => response,
-            Err(_) => {
-                tracing::warn!(?timeout, "an HTTP request ran past the request timeout");
-                timed_out(timeout).into_response()
-            }
-        };
-    }
     let (parts, body) = request.into_parts();
     let body =
         match tokio::time::timeout(timeout, axum::body::to_bytes(body, limits.body_limit)).await {
@@ -113,5 +115,45 @@ pub(crate) async fn request_timeout(
                 .into_response()
             }
         };
-    next.run(Request::from_parts(parts, Body::from(body))).await
+    let request = Request::from_parts(parts, Body::from(body));
+    match routes.oneshot(request).await {
+        Ok(response) => response,
+        Err(never) => match never {},
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn what_waits_by_design() {
+        let request = |method: Method, uri: &str| {
+            Request::builder()
+                .method(method)
+                .uri(uri)
+                .body(Body::empty())
+                .unwrap()
+        };
+        for (method, uri) in [
+            (Method::POST, "/entities/counter/a/add"),
+            (Method::POST, "/entities/counter/a%2Fb/add?x=1"),
+            (Method::GET, "/orchestrations/o1?wait=5s"),
+            (Method::GET, "/orchestrations/o1?a=1&wait=1s"),
+        ] {
+            assert!(waits_by_design(&request(method, uri)), "{uri}");
+        }
+        for (method, uri) in [
+            (Method::POST, "/entities/counter/a/add/send"),
+            (Method::POST, "/entities/counter/a"),
+            (Method::POST, "/entities/counter//add"),
+            (Method::PUT, "/entities/counter/a/add"),
+            (Method::GET, "/orchestrations/o1"),
+            (Method::GET, "/orchestrations/o1?wait="),
+            (Method::GET, "/orchestrations/o1/history?wait=1s"),
+            (Method::POST, "/other/counter/a/add"),
+        ] {
+            assert!(!waits_by_design(&request(method, uri)), "{uri}");
+        }
+    }
 }

@@ -8,7 +8,6 @@ use axum::body::Bytes;
 use axum::extract::rejection::{BytesRejection, PathRejection, QueryRejection};
 use axum::extract::{DefaultBodyLimit, Path, Query, State};
 use axum::http::{header, HeaderMap, StatusCode};
-use axum::middleware::from_fn_with_state;
 use axum::response::{IntoResponse, Response};
 use axum::routing::{delete, get, post};
 use axum::{Json, Router};
@@ -21,7 +20,6 @@ use serde::Deserialize;
 use serde_json::{json, Value};
 
 use crate::error::ApiError;
-use crate::limits::RequestLimits;
 
 /// What every handler shares.
 #[derive(Clone)]
@@ -40,15 +38,10 @@ type ApiResult = Result<Response, ApiError>;
 /// Most entities or instances on one page.
 const MAX_PAGE_SIZE: usize = 10_000;
 
-/// The router: every route of [`crate::ROUTES`], JSON answers for unknown routes and methods,
-/// the body limit and, with a token, the bearer check.
-pub(crate) fn router(
-    state: AppState,
-    limits: RequestLimits,
-    token: Option<Arc<[u8]>>,
-    browser: crate::browser::Policy,
-) -> Router {
-    let router = Router::new()
+/// The routes: every route of [`crate::ROUTES`] with its state, JSON answers for unknown
+/// routes and methods, and the body limit. The checks before them are in [`crate::guard`].
+pub(crate) fn router(state: AppState, body_limit: usize) -> Router {
+    Router::new()
         .route("/entities", get(list_entities))
         .route("/entities/{name}/{key}", get(read_entity).put(set_state))
         .route("/entities/{name}/{key}/{operation}", post(call))
@@ -85,19 +78,10 @@ pub(crate) fn router(
         .route("/ready", get(ready))
         .route("/metrics", get(metrics))
         .route("/openapi.json", get(openapi))
-        .route_layer(from_fn_with_state(limits, crate::limits::request_timeout))
         .fallback(no_route)
         .method_not_allowed_fallback(no_method)
-        .layer(DefaultBodyLimit::max(limits.body_limit))
-        .with_state(state);
-    let router = match token {
-        Some(token) => router.layer(from_fn_with_state(token, crate::auth::require_token)),
-        None => router,
-    };
-    // Outermost, so first: the browser checks, then the declared length.
-    router
-        .layer(from_fn_with_state(limits, crate::limits::declared_length))
-        .layer(from_fn_with_state(browser, crate::browser::check))
+        .layer(DefaultBodyLimit::max(body_limit))
+        .with_state(state)
 }
 
 async fn no_route() -> ApiError {

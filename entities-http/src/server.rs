@@ -9,7 +9,13 @@
 //! - from the accept, or from the first byte after an idle time, the request head must be
 //!   complete within the header read timeout;
 //! - between requests, the next one must start within the idle timeout;
-//! - while a request is under way, neither applies (the request timeout of the router does).
+//! - while a request is under way, neither applies (the request timeout of the guard does).
+//!
+//! A request changes the phase three times; none of them wakes the connection's task or
+//! touches the timer wheel, which would cost a measurable share of a request. The task's one
+//! timer is armed for the current deadline, but never further out than the shorter of the two
+//! timeouts: a deadline that appears later (a new phase) is never earlier than that, so the
+//! timer fires in time to see it and is armed again.
 //!
 //! At the cap, the connection idle the longest (no request under way: waiting for its next
 //! request, or for its first) is closed to make room, as nginx does with its keep-alive
@@ -25,14 +31,15 @@ use std::sync::{Arc, Mutex};
 use std::task::{Context, Poll};
 use std::time::Duration;
 
-use axum::Router;
 use hyper::body::Incoming;
 use hyper_util::rt::TokioIo;
 use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::{watch, Notify, OwnedSemaphorePermit, Semaphore};
 use tokio::time::Instant;
-use tower::ServiceExt;
+use tower::Service;
+
+use crate::guard::Guard;
 
 /// The connection limits of a server.
 #[derive(Debug, Clone, Copy)]
@@ -62,7 +69,7 @@ struct Conn {
     in_flight: AtomicUsize,
     /// Set when the accept loop closes this connection to make room.
     evicted: AtomicBool,
-    /// Wakes the connection's task to look at its phase again.
+    /// Wakes the connection's task when the accept loop evicts it.
     wake: Notify,
 }
 
@@ -82,7 +89,6 @@ impl Conn {
 
     fn set_phase(&self, phase: Phase) {
         *self.phase.lock().unwrap_or_else(|e| e.into_inner()) = (phase, Instant::now());
-        self.wake.notify_one();
     }
 
     /// Bytes arrived: after an idle time, they begin the next request head.
@@ -90,8 +96,6 @@ impl Conn {
         let mut phase = self.phase.lock().unwrap_or_else(|e| e.into_inner());
         if phase.0 == Phase::Idle {
             *phase = (Phase::Head, Instant::now());
-            drop(phase);
-            self.wake.notify_one();
         }
     }
 
@@ -179,11 +183,11 @@ impl AsyncWrite for Watched {
 /// The open connections, by accept number.
 type Registry = Arc<Mutex<HashMap<u64, Arc<Conn>>>>;
 
-/// Serves `router` on `listener` until `shutdown` resolves, then stops accepting, lets the
+/// Serves `guard` (the routes behind their checks) on `listener` until `shutdown` resolves, then stops accepting, lets the
 /// requests under way finish, and returns once every connection has closed.
 pub(crate) async fn serve(
     listener: TcpListener,
-    router: Router,
+    guard: Guard,
     limits: Limits,
     shutdown: impl Future<Output = ()> + Send + 'static,
 ) {
@@ -208,7 +212,7 @@ pub(crate) async fn serve(
         open.lock()
             .unwrap_or_else(|e| e.into_inner())
             .insert(next, conn.clone());
-        let task = run_connection(stream, conn, router.clone(), limits, stopped.clone());
+        let task = run_connection(stream, conn, guard.clone(), limits, stopped.clone());
         let open = open.clone();
         let id = next;
         tokio::spawn(async move {
@@ -295,7 +299,7 @@ fn is_connection_error(err: &io::Error) -> bool {
 async fn run_connection(
     stream: TcpStream,
     conn: Arc<Conn>,
-    router: Router,
+    guard: Guard,
     limits: Limits,
     mut stopped: watch::Receiver<()>,
 ) {
@@ -306,9 +310,9 @@ async fn run_connection(
     let requests = conn.clone();
     let service = hyper::service::service_fn(move |request: hyper::Request<Incoming>| {
         let busy = Busy::new(requests.clone());
-        let router = router.clone();
+        let answer = guard.clone().call(request);
         async move {
-            let response = router.oneshot(request).await;
+            let response = answer.await;
             drop(busy);
             response
         }
@@ -318,12 +322,19 @@ async fn run_connection(
     builder.header_read_timeout(None);
     let http = builder.serve_connection(io, service);
     let mut http = std::pin::pin!(http);
+    // A deadline that appears after the timer is armed is at least this far out.
+    let longest_wait = limits.header_read_timeout.min(limits.idle_timeout);
+    let timer = tokio::time::sleep(longest_wait);
+    let mut timer = std::pin::pin!(timer);
+    let mut fired = true;
     let mut stopping = false;
     loop {
-        let deadline = conn.deadline(&limits);
-        let sleep = tokio::time::sleep_until(
-            deadline.unwrap_or_else(|| Instant::now() + Duration::from_secs(3600)),
-        );
+        if fired {
+            fired = false;
+            let at_most = Instant::now() + longest_wait;
+            let deadline = conn.deadline(&limits).map_or(at_most, |d| d.min(at_most));
+            timer.as_mut().reset(deadline);
+        }
         tokio::select! {
             result = http.as_mut() => {
                 if let Err(err) = result {
@@ -332,7 +343,7 @@ async fn run_connection(
                 return;
             }
             _ = conn.wake.notified() => {}
-            _ = sleep, if deadline.is_some() => {}
+            _ = timer.as_mut() => fired = true,
             _ = stopped.changed(), if !stopping => {
                 stopping = true;
                 http.as_mut().graceful_shutdown();
