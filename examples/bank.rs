@@ -1,6 +1,9 @@
 //! The transfer-funds scenario of the reference: `Account` entities and a `transfer`
 //! orchestration that locks both accounts in a critical section, checks the balance, withdraws
 //! and deposits. Run with `cargo run --example bank`.
+// Test and example code: its public items are not an API (the workspace lints ask docs of
+// library crates).
+#![allow(missing_docs, missing_debug_implementations)]
 
 use std::time::Duration;
 

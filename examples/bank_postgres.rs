@@ -1,8 +1,11 @@
 //! The bank example on PostgreSQL, from two processes sharing one database. Run with
-//! `cargo run --features postgres --example bank_postgres`: it starts a private PostgreSQL
+//! `cargo run --features postgres-test-server --example bank_postgres`: it starts a private PostgreSQL
 //! server (or uses `ENTITIES_POSTGRES_URL`), opens the accounts, then runs itself twice as
 //! workers that each start transfers; every process serves its share of the partitions, and
 //! calls and locks cross between them.
+// Test and example code: its public items are not an API (the workspace lints ask docs of
+// library crates).
+#![allow(missing_docs, missing_debug_implementations)]
 
 use std::process::Command;
 use std::time::Duration;

@@ -1,5 +1,8 @@
 //! The class-based Counter of the API: `#[entity]` on its `impl`, reached through typed
 //! proxies. Run with `cargo run --example class_counter`.
+// Test and example code: its public items are not an API (the workspace lints ask docs of
+// library crates).
+#![allow(missing_docs, missing_debug_implementations)]
 
 use entities::prelude::*;
 use serde::{Deserialize, Serialize};

@@ -1,5 +1,8 @@
 //! Schedules, scheduled signals, expiry and idempotent sends on a Cart entity. Run with
 //! `cargo run --example lifecycle`.
+// Test and example code: its public items are not an API (the workspace lints ask docs of
+// library crates).
+#![allow(missing_docs, missing_debug_implementations)]
 
 use std::time::{Duration, SystemTime};
 

@@ -1,6 +1,9 @@
 //! The milestone example of the reference: a counter that signals a monitor entity when its
 //! value crosses 100. A class-based entity signalling a function-based one.
 //! Run with `cargo run --example milestone`.
+// Test and example code: its public items are not an API (the workspace lints ask docs of
+// library crates).
+#![allow(missing_docs, missing_debug_implementations)]
 
 use std::time::Duration;
 

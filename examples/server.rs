@@ -8,6 +8,9 @@
 //! Stop it with Ctrl-C or SIGTERM (`docker stop`, Kubernetes): it stops taking requests
 //! (`/ready` answers 503 from then on), finishes those under way, then shuts the runtime down,
 //! which hands its PostgreSQL partitions to the other processes, and exits with 0.
+// Test and example code: its public items are not an API (the workspace lints ask docs of
+// library crates).
+#![allow(missing_docs, missing_debug_implementations)]
 
 use entities::prelude::*;
 use entities::RuntimeBuilder;

@@ -57,7 +57,12 @@ pub use entities_sqlite::{SqliteOptions, SqliteStore, Synchronous, WriteStats};
 /// [`PostgresStore`](entities_postgres::PostgresStore).
 #[cfg(feature = "postgres")]
 pub mod postgres {
-    pub use entities_postgres::{test_server, Error, PostgresOptions, PostgresStore};
+    pub use entities_postgres::{Error, PostgresOptions, PostgresStore};
+
+    /// A private throwaway PostgreSQL server for tests and examples (cargo feature
+    /// `postgres-test-server`).
+    #[cfg(feature = "postgres-test-server")]
+    pub use entities_postgres::test_server;
 }
 
 /// The HTTP API: [`http::router`] to mount in an axum app, [`http::serve`] to run it alone
@@ -82,3 +87,8 @@ pub mod __private {
     pub use serde;
     pub use serde_json;
 }
+
+/// The README's Rust examples, compiled as doc tests so that they cannot drift from the API.
+#[doc = include_str!("../README.md")]
+#[cfg(doctest)]
+pub struct ReadmeDoctests;

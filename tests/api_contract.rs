@@ -1,6 +1,9 @@
 //! The examples of the API contract (shared/API.md), as written there, compiled and run
 //! together: the class-based Counter (1), the function-based counter (2), the transfer
 //! orchestration (5) and the runtime and client of section 6.
+// Test and example code: its public items are not an API (the workspace lints ask docs of
+// library crates).
+#![allow(missing_docs, missing_debug_implementations)]
 
 use std::time::Duration;
 

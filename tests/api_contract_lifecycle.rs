@@ -1,6 +1,9 @@
 //! The lifecycle example of the API contract (shared/API.md section 9), as written there,
 //! compiled and run: services, expiry, schedules, scheduled signals, idempotent sends and
 //! state versions.
+// Test and example code: its public items are not an API (the workspace lints ask docs of
+// library crates).
+#![allow(missing_docs, missing_debug_implementations)]
 
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::Duration;

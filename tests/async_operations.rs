@@ -204,7 +204,7 @@ async fn an_operation_suspended_after_others_of_its_batch_leaves_their_state_com
     gate.notify_one();
     // While `push_then_hold` waits (its push not committed yet), the batch that ran the two
     // operations before it commits their state, not its own.
-    let seen = committed_when(&client, &id, |e| e.is_some()).await;
+    let seen = committed_when(&client, &id, std::option::Option::is_some).await;
     assert_eq!(seen.unwrap(), vec![1, 2]);
     tokio::time::sleep(Duration::from_millis(100)).await;
     assert_eq!(

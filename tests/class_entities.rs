@@ -1,5 +1,8 @@
 //! Class-based entities (`#[entity]`): every accepted form runs through the runtime with real
 //! inputs and results.
+// Test and example code: its public items are not an API (the workspace lints ask docs of
+// library crates).
+#![allow(missing_docs, missing_debug_implementations)]
 
 use std::time::Duration;
 

@@ -88,7 +88,7 @@ struct Slow;
 
 impl Slow {
     fn suspends(hop: &Hop) -> bool {
-        (hop.seq + hop.route.len() as u64) % 3 == 0
+        (hop.seq + hop.route.len() as u64).is_multiple_of(3)
     }
 }
 

@@ -1,6 +1,9 @@
 //! Crash safety of orchestrations: a child process running many transfer orchestrations (some
 //! holding locks) is SIGKILLed; after a restart on the same store every transfer completes, no
 //! entity operation ran twice, money is conserved and no lock is left held.
+// Test and example code: its public items are not an API (the workspace lints ask docs of
+// library crates).
+#![allow(missing_docs, missing_debug_implementations)]
 
 use std::collections::HashMap;
 use std::io::{BufRead, BufReader, Write};

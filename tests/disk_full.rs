@@ -108,7 +108,7 @@ async fn a_runtime_on_a_full_disk_reports_it_and_resumes_once_space_is_freed() {
     assert_eq!(
         cause
             .downcast_ref::<rusqlite::Error>()
-            .and_then(|e| e.sqlite_error_code()),
+            .and_then(rusqlite::Error::sqlite_error_code),
         Some(rusqlite::ErrorCode::DiskFull),
         "{cause:?}"
     );

@@ -1,5 +1,8 @@
 //! Expiry of idle entities: state deleted after its TTL, durably and across restarts; use, a
 //! lock or a waiting message keeps an entity alive; a signal racing the expiry is never lost.
+// Test and example code: its public items are not an API (the workspace lints ask docs of
+// library crates).
+#![allow(missing_docs, missing_debug_implementations)]
 
 mod support;
 
@@ -224,8 +227,7 @@ async fn ttl_for_an_unknown_name_or_of_zero_is_refused() {
         .entity_ttl("Nobody", Duration::from_secs(1))
         .start()
         .await
-        .err()
-        .expect("refused");
+        .expect_err("refused");
     assert!(
         matches!(&err, Error::Config(m) if m.contains("nobody")),
         "{err}"
@@ -233,8 +235,7 @@ async fn ttl_for_an_unknown_name_or_of_zero_is_refused() {
     let err = builder(&dir.path().join("b.db"), Some(Duration::ZERO))
         .start()
         .await
-        .err()
-        .expect("refused");
+        .expect_err("refused");
     assert!(
         matches!(&err, Error::Config(m) if m.contains("zero")),
         "{err}"

@@ -1,6 +1,9 @@
 //! Idempotent sends: a signal, call or start retried with the same key is applied once within
 //! the retention window, also when the sending process was killed after the send was stored
 //! but before it heard back.
+// Test and example code: its public items are not an API (the workspace lints ask docs of
+// library crates).
+#![allow(missing_docs, missing_debug_implementations)]
 
 use std::collections::BTreeMap;
 use std::io::{BufRead, BufReader};

@@ -1,6 +1,9 @@
 //! Services (issue 14): values registered by type with `Runtime::builder().service(value)`,
 //! reached by class-based entities (sync and async operations), function-based entities and
 //! activities through their contexts, with an error naming the type when none is registered.
+// Test and example code: its public items are not an API (the workspace lints ask docs of
+// library crates).
+#![allow(missing_docs, missing_debug_implementations)]
 
 use std::sync::{Arc, Mutex};
 use std::time::Duration;

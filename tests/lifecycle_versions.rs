@@ -2,6 +2,9 @@
 //! SQLite by older code, across runtime restarts: a chain 1 -> 2 -> 3, a failing migration, a
 //! state from a newer version, reads of migrated states, and function entities reading the
 //! stored version from their context.
+// Test and example code: its public items are not an API (the workspace lints ask docs of
+// library crates).
+#![allow(missing_docs, missing_debug_implementations)]
 
 use std::path::Path;
 use std::time::Duration;
@@ -159,7 +162,7 @@ async fn a_migration_chain_runs_over_stored_states_across_restarts() {
     let path = dir.path().join("versions.db");
 
     // Version 1 stores two profiles.
-    let rt = runtime(&path, |b| b.entity::<ProfileV1>()).await;
+    let rt = runtime(&path, entities::RuntimeBuilder::entity::<ProfileV1>).await;
     let client = rt.client();
     for (key, name) in [("ada", "Ada Lovelace"), ("alan", "Alan Turing")] {
         client
@@ -173,7 +176,7 @@ async fn a_migration_chain_runs_over_stored_states_across_restarts() {
 
     // Version 2: reads return the migrated value; a write stores version 2; a read-only
     // operation and a read leave the stored state as it was.
-    let rt = runtime(&path, |b| b.entity::<ProfileV2>()).await;
+    let rt = runtime(&path, entities::RuntimeBuilder::entity::<ProfileV2>).await;
     let client = rt.client();
     let read = client
         .get_entity::<ProfileV2>("ada")
@@ -224,7 +227,7 @@ async fn a_migration_chain_runs_over_stored_states_across_restarts() {
     );
 
     // Version 3: `ada` migrates from 2, `alan` from 1.
-    let rt = runtime(&path, |b| b.entity::<ProfileV3>()).await;
+    let rt = runtime(&path, entities::RuntimeBuilder::entity::<ProfileV3>).await;
     let client = rt.client();
     assert_eq!(
         client.call::<ProfileV3>("ada").describe().await.unwrap(),
@@ -257,7 +260,7 @@ async fn a_migration_chain_runs_over_stored_states_across_restarts() {
     assert_eq!(stored(&path, "ada").1, 3);
 
     // Once at version 3, version 3 code reads the states as they are (no migration).
-    let rt = runtime(&path, |b| b.entity::<ProfileV3>()).await;
+    let rt = runtime(&path, entities::RuntimeBuilder::entity::<ProfileV3>).await;
     assert_eq!(
         rt.client()
             .call::<ProfileV3>("ada")
@@ -273,7 +276,7 @@ async fn a_migration_chain_runs_over_stored_states_across_restarts() {
 async fn a_failing_migration_fails_the_entity_and_leaves_its_state_untouched() {
     let dir = tempfile::tempdir().unwrap();
     let path = dir.path().join("failing.db");
-    let rt = runtime(&path, |b| b.entity::<ProfileV1>()).await;
+    let rt = runtime(&path, entities::RuntimeBuilder::entity::<ProfileV1>).await;
     let client = rt.client();
     client
         .call::<ProfileV1>("plato")
@@ -292,7 +295,7 @@ async fn a_failing_migration_fails_the_entity_and_leaves_its_state_untouched() {
         .unwrap();
     rt.shutdown().await.unwrap();
 
-    let rt = runtime(&path, |b| b.entity::<ProfileV2>()).await;
+    let rt = runtime(&path, entities::RuntimeBuilder::entity::<ProfileV2>).await;
     let client = rt.client();
     // A migration that panics fails its entity only, from operations and from reads.
     let err = client
@@ -355,7 +358,7 @@ async fn a_failing_migration_fails_the_entity_and_leaves_its_state_untouched() {
     assert_eq!(stored(&path, "boom"), (json!({"name": "Boom Boom"}), 1));
 
     // The version 1 code still reads it.
-    let rt = runtime(&path, |b| b.entity::<ProfileV1>()).await;
+    let rt = runtime(&path, entities::RuntimeBuilder::entity::<ProfileV1>).await;
     assert_eq!(
         rt.client()
             .call::<ProfileV1>("plato")
@@ -371,14 +374,14 @@ async fn a_failing_migration_fails_the_entity_and_leaves_its_state_untouched() {
 async fn a_state_from_a_newer_version_is_never_overwritten() {
     let dir = tempfile::tempdir().unwrap();
     let path = dir.path().join("newer.db");
-    let rt = runtime(&path, |b| b.entity::<ProfileV1>()).await;
+    let rt = runtime(&path, entities::RuntimeBuilder::entity::<ProfileV1>).await;
     rt.client()
         .call::<ProfileV1>("ada")
         .set_name("Ada Lovelace".into())
         .await
         .unwrap();
     rt.shutdown().await.unwrap();
-    let rt = runtime(&path, |b| b.entity::<ProfileV3>()).await;
+    let rt = runtime(&path, entities::RuntimeBuilder::entity::<ProfileV3>).await;
     rt.client()
         .call::<ProfileV3>("ada")
         .tag("v3".into())
@@ -389,7 +392,7 @@ async fn a_state_from_a_newer_version_is_never_overwritten() {
     assert_eq!(at_v3.1, 3);
 
     // Rolled back to version 2 code: every operation fails, saying what to do.
-    let rt = runtime(&path, |b| b.entity::<ProfileV2>()).await;
+    let rt = runtime(&path, entities::RuntimeBuilder::entity::<ProfileV2>).await;
     let client = rt.client();
     let err = client
         .call::<ProfileV2>("ada")
@@ -415,7 +418,7 @@ async fn a_state_from_a_newer_version_is_never_overwritten() {
     }
     rt.shutdown().await.unwrap();
     // Version 1 code (no `version` at all) refuses it too.
-    let rt = runtime(&path, |b| b.entity::<ProfileV1>()).await;
+    let rt = runtime(&path, entities::RuntimeBuilder::entity::<ProfileV1>).await;
     let err = rt
         .client()
         .call::<ProfileV1>("ada")
@@ -486,7 +489,7 @@ async fn a_migrated_state_in_memory_is_written_with_the_new_version_by_a_lock() 
     // the old state under the new version.
     let dir = tempfile::tempdir().unwrap();
     let path = dir.path().join("lock.db");
-    let rt = runtime(&path, |b| b.entity::<ProfileV1>()).await;
+    let rt = runtime(&path, entities::RuntimeBuilder::entity::<ProfileV1>).await;
     rt.client()
         .call::<ProfileV1>("ada")
         .set_name("Ada Lovelace".into())
@@ -522,7 +525,7 @@ async fn a_migrated_state_in_memory_is_written_with_the_new_version_by_a_lock() 
 async fn a_class_entity_cannot_pick_its_stored_version() {
     let dir = tempfile::tempdir().unwrap();
     let path = dir.path().join("meddle.db");
-    let rt = runtime(&path, |b| b.entity::<ProfileV2>()).await;
+    let rt = runtime(&path, entities::RuntimeBuilder::entity::<ProfileV2>).await;
     let client = rt.client();
     client
         .call::<ProfileV2>("ada")
@@ -566,7 +569,7 @@ async fn versions_are_stored_and_migrated_on_postgres() {
                 .unwrap()
         }
     };
-    let rt = start(|b| b.entity::<ProfileV1>()).await;
+    let rt = start(entities::RuntimeBuilder::entity::<ProfileV1>).await;
     rt.client()
         .call::<ProfileV1>("ada")
         .set_name("Ada Lovelace".into())
@@ -574,7 +577,7 @@ async fn versions_are_stored_and_migrated_on_postgres() {
         .unwrap();
     rt.shutdown().await.unwrap();
 
-    let rt = start(|b| b.entity::<ProfileV2>()).await;
+    let rt = start(entities::RuntimeBuilder::entity::<ProfileV2>).await;
     let client = rt.client();
     assert_eq!(
         client
@@ -596,7 +599,7 @@ async fn versions_are_stored_and_migrated_on_postgres() {
     rt.shutdown().await.unwrap();
 
     // Stored at version 2: version 1 code refuses it, version 2 code reads it as it is.
-    let rt = start(|b| b.entity::<ProfileV1>()).await;
+    let rt = start(entities::RuntimeBuilder::entity::<ProfileV1>).await;
     let err = rt
         .client()
         .call::<ProfileV1>("ada")
@@ -605,7 +608,7 @@ async fn versions_are_stored_and_migrated_on_postgres() {
         .unwrap_err();
     assert!(err.to_string().contains("has version 2"), "{err}");
     rt.shutdown().await.unwrap();
-    let rt = start(|b| b.entity::<ProfileV2>()).await;
+    let rt = start(entities::RuntimeBuilder::entity::<ProfileV2>).await;
     assert_eq!(
         rt.client()
             .call::<ProfileV2>("ada")

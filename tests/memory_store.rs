@@ -1,6 +1,9 @@
 //! The runtime on `MemoryStore`, through the facade: entities, an orchestration with a critical
 //! section, an activity and a timer, a restart on the same data, and recovery from a commit
 //! failure injected with `fail_next_commit`.
+// Test and example code: its public items are not an API (the workspace lints ask docs of
+// library crates).
+#![allow(missing_docs, missing_debug_implementations)]
 
 use std::time::Duration;
 

@@ -1,5 +1,8 @@
 //! Orchestrations: entity calls and signals, critical sections, activities, timers,
 //! sub-orchestrations, external events, restarts and non-determinism.
+// Test and example code: its public items are not an API (the workspace lints ask docs of
+// library crates).
+#![allow(missing_docs, missing_debug_implementations)]
 
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::time::{Duration, SystemTime};
@@ -97,8 +100,8 @@ async fn break_rules(ctx: OrchestrationContext, _: ()) -> Result<Vec<String>, en
         note(ctx.signal::<Counter>("rule-a").add(1));
     }
     // The same things, after the section, work.
-    let _section = ctx.lock(std::slice::from_ref(&b)).await?;
-    drop(_section);
+    let section = ctx.lock(std::slice::from_ref(&b)).await?;
+    drop(section);
     ctx.call_orchestration::<()>("child", &()).await?;
     ctx.call::<Counter>("rule-b").add(1).await?;
     let (x, y) = futures::join!(

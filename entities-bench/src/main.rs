@@ -26,22 +26,26 @@ use entities::prelude::*;
 use entities::{SqliteOptions, Synchronous, WriteStats};
 use serde::{Deserialize, Serialize};
 
-#[derive(Default, Serialize, Deserialize)]
+/// The entity of most workloads: a counter.
+#[derive(Debug, Default, Serialize, Deserialize)]
 pub struct Counter {
     value: i64,
 }
 
 #[entity]
 impl Counter {
+    /// Adds `amount`.
     pub fn add(&mut self, amount: i64) {
         self.value += amount;
     }
+    /// The value.
     pub fn get(&self) -> i64 {
         self.value
     }
 }
 
-#[derive(Serialize, Deserialize)]
+/// The input of the bank's transfer orchestration.
+#[derive(Debug, Serialize, Deserialize)]
 pub struct Transfer {
     from: String,
     to: String,
@@ -316,22 +320,26 @@ static DRAIN_GATE: std::sync::LazyLock<tokio::sync::Notify> =
 
 /// The entity of the `drain` workload: the same addition as a sync operation, an `async` one
 /// that never awaits, and an `async` one that awaits once.
-#[derive(Default, Serialize, Deserialize)]
+#[derive(Debug, Default, Serialize, Deserialize)]
 pub struct Drain {
     value: i64,
 }
 
 #[entity]
 impl Drain {
+    /// Waits for the gate: holds the entity's queue while the operations are sent.
     pub async fn hold(&self) {
         DRAIN_GATE.notified().await;
     }
+    /// Adds `amount`, synchronously.
     pub fn add(&mut self, amount: i64) {
         self.value += amount;
     }
+    /// Adds `amount` in an `async` operation that never awaits.
     pub async fn add_async(&mut self, amount: i64) {
         self.value += amount;
     }
+    /// Adds `amount` in an `async` operation that awaits once.
     pub async fn add_awaiting(&mut self, amount: i64) {
         tokio::task::yield_now().await;
         self.value += amount;
@@ -1006,7 +1014,7 @@ async fn main() {
     println!(
         "entities benchmark: synchronous={mode}, WAL, {} cores",
         std::thread::available_parallelism()
-            .map(|n| n.get())
+            .map(std::num::NonZero::get)
             .unwrap_or(1)
     );
     let senders: usize = std::env::var("SENDERS")

@@ -63,7 +63,7 @@ async fn live_owners(url: &str) -> usize {
 }
 
 /// A worker: `pg-worker <workload> <url> <index> <processes>`.
-pub async fn worker(args: &[String]) {
+pub(crate) async fn worker(args: &[String]) {
     // Warnings and errors of the runtime (a store fault, a lease lost) go to stderr.
     tracing_subscriber::fmt()
         .with_env_filter(
@@ -509,7 +509,7 @@ async fn restart(server: &TestServer) -> (Duration, Duration) {
 }
 
 /// The `--store postgres` benchmarks.
-pub async fn main(workload: &str, processes: std::ops::RangeInclusive<usize>) {
+pub(crate) async fn main(workload: &str, processes: std::ops::RangeInclusive<usize>) {
     let server = TestServer::start()
         .expect("a PostgreSQL server (install `postgresql` or set ENTITIES_POSTGRES_URL)");
     let url = server.create_database().await.unwrap();

@@ -5,19 +5,19 @@ use std::process::ExitCode;
 /// Exit codes, for scripts.
 pub(crate) mod code {
     /// Any other failure (a server error, a store that cannot be read).
-    pub const FAILURE: u8 = 1;
+    pub(crate) const FAILURE: u8 = 1;
     /// Bad usage or bad input (the server answered 400).
-    pub const USAGE: u8 = 2;
+    pub(crate) const USAGE: u8 = 2;
     /// The entity has no state, or the instance does not exist (404).
-    pub const NOT_FOUND: u8 = 3;
+    pub(crate) const NOT_FOUND: u8 = 3;
     /// The operation failed with its own error (422).
-    pub const OPERATION_FAILED: u8 = 4;
+    pub(crate) const OPERATION_FAILED: u8 = 4;
     /// The instance exists already, or is still running (409).
-    pub const CONFLICT: u8 = 5;
+    pub(crate) const CONFLICT: u8 = 5;
     /// The token is missing or wrong (401).
-    pub const UNAUTHORIZED: u8 = 6;
+    pub(crate) const UNAUTHORIZED: u8 = 6;
     /// The server cannot be reached, or the runtime is shut down (503).
-    pub const UNAVAILABLE: u8 = 7;
+    pub(crate) const UNAVAILABLE: u8 = 7;
 }
 
 /// Why a command failed.

@@ -290,7 +290,7 @@ async fn run(cli: Cli) -> Result<(), CliError> {
                 }
                 match page["continuation"].as_str() {
                     Some(next) if entities.len() < limit => {
-                        filter.continuation = Some(next.to_string())
+                        filter.continuation = Some(next.to_string());
                     }
                     _ => break,
                 }
@@ -383,7 +383,7 @@ async fn run(cli: Cli) -> Result<(), CliError> {
                 }
                 match page["continuation"].as_str() {
                     Some(next) if instances.len() < limit => {
-                        filter.continuation = Some(next.to_string())
+                        filter.continuation = Some(next.to_string());
                     }
                     _ => break,
                 }

@@ -42,7 +42,12 @@ fn table(header: &[&str], rows: Vec<Vec<String>>) -> String {
         }
         out.trim_end().to_string()
     };
-    let mut out = line(header.iter().map(|h| h.to_string()).collect());
+    let mut out = line(
+        header
+            .iter()
+            .map(std::string::ToString::to_string)
+            .collect(),
+    );
     out.push('\n');
     for row in rows {
         out.push_str(&line(row));
@@ -55,7 +60,7 @@ fn table(header: &[&str], rows: Vec<Vec<String>>) -> String {
 pub(crate) fn entities(list: &Value) -> String {
     let rows: Vec<Vec<String>> = list
         .as_array()
-        .map(|l| l.as_slice())
+        .map(std::vec::Vec::as_slice)
         .unwrap_or_default()
         .iter()
         .map(|e| {
@@ -93,7 +98,7 @@ pub(crate) fn entity(e: &Value) -> String {
 pub(crate) fn locks(list: &Value) -> String {
     let rows: Vec<Vec<String>> = list
         .as_array()
-        .map(|l| l.as_slice())
+        .map(std::vec::Vec::as_slice)
         .unwrap_or_default()
         .iter()
         .map(|l| vec![cell(&l["id"]), cell(&l["owner"]), waiting(&l["waiting"])])
@@ -143,7 +148,7 @@ pub(crate) fn scheduled(answer: &Value) -> String {
 fn waiting(list: &Value) -> String {
     let items: Vec<String> = list
         .as_array()
-        .map(|l| l.as_slice())
+        .map(std::vec::Vec::as_slice)
         .unwrap_or_default()
         .iter()
         .map(|w| {
@@ -166,7 +171,7 @@ fn waiting(list: &Value) -> String {
 pub(crate) fn instances(list: &Value) -> String {
     let rows: Vec<Vec<String>> = list
         .as_array()
-        .map(|l| l.as_slice())
+        .map(std::vec::Vec::as_slice)
         .unwrap_or_default()
         .iter()
         .map(|i| {

@@ -120,7 +120,10 @@ impl EntityContext {
         match self.try_state() {
             Ok(state) => state,
             Err(err) => {
-                let mut failure = self.failure.lock().unwrap_or_else(|e| e.into_inner());
+                let mut failure = self
+                    .failure
+                    .lock()
+                    .unwrap_or_else(std::sync::PoisonError::into_inner);
                 failure.get_or_insert(err);
                 None
             }
@@ -286,13 +289,18 @@ impl EntityContext {
     }
 
     fn outbox(&self) -> std::sync::MutexGuard<'_, Vec<Outgoing>> {
-        self.outbox.lock().unwrap_or_else(|e| e.into_inner())
+        self.outbox
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
     }
 
     /// Splits the finished context into what the runtime needs: on success the new state (if
     /// written), the result and the outgoing messages; the original state otherwise.
     pub(crate) fn finish(self, outcome: Result<(), OperationError>) -> Finished {
-        let failure = self.failure.into_inner().unwrap_or_else(|e| e.into_inner());
+        let failure = self
+            .failure
+            .into_inner()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
         let state_written = self.written.is_some();
         match (outcome, failure) {
             (Ok(()), None) => Finished {
@@ -303,7 +311,10 @@ impl EntityContext {
                 state_written: state_written || self.state_version != self.original_version,
                 state_version: self.state_version,
                 result: Ok(self.result),
-                outgoing: self.outbox.into_inner().unwrap_or_else(|e| e.into_inner()),
+                outgoing: self
+                    .outbox
+                    .into_inner()
+                    .unwrap_or_else(std::sync::PoisonError::into_inner),
                 operation: self.operation,
             },
             (Err(err), _) | (Ok(()), Some(err)) => Finished {
@@ -328,4 +339,12 @@ pub(crate) struct Finished {
     pub outgoing: Vec<Outgoing>,
     /// The operation's name (for the record of recent failures).
     pub operation: String,
+}
+
+impl std::fmt::Debug for EntityContext {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("EntityContext")
+            .field("id", &self.id)
+            .finish_non_exhaustive()
+    }
 }

@@ -76,7 +76,7 @@ pub(crate) fn upgrade_state(
             .unwrap_or_else(|panic| {
                 Err(format!(
                     "the migration panicked: {}",
-                    crate::engine::panic_message(&panic)
+                    crate::error::panic_message(&panic)
                 ))
             });
             match migrated {
@@ -177,5 +177,12 @@ impl<E: Entity> EntityFunction for ClassEntity<E> {
             current: E::VERSION,
             migrate: E::migrate_state,
         })
+    }
+}
+
+impl EntityId {
+    /// The id of the entity of class-based type `E` with this key.
+    pub fn of<E: Entity>(key: impl Into<String>) -> Self {
+        Self::new(E::NAME, key)
     }
 }

@@ -44,7 +44,7 @@ pub(crate) async fn sweep(client: Client) {
                 Ok(sent) => debug!(entity = %name, candidates = sent, "expiry sweep"),
                 Err(Error::Shutdown) => return,
                 Err(err) => {
-                    warn!(entity = %name, error = %err, "expiry sweep failed; it runs again later")
+                    warn!(entity = %name, error = %err, "expiry sweep failed; it runs again later");
                 }
             }
         }

@@ -46,11 +46,6 @@ impl EntityId {
         })
     }
 
-    /// The id of the entity of class-based type `E` with this key.
-    pub fn of<E: crate::entity::Entity>(key: impl Into<String>) -> Self {
-        Self::new(E::NAME, key)
-    }
-
     /// The entity name, lower-cased.
     pub fn name(&self) -> &str {
         &self.name

@@ -48,7 +48,10 @@ pub(crate) struct Failures {
 impl Failures {
     /// Records a failure, forgetting the oldest past [`KEPT`].
     pub(crate) fn record(&self, entity: &EntityId, operation: &str, message: String) {
-        let mut recent = self.recent.lock().unwrap_or_else(|e| e.into_inner());
+        let mut recent = self
+            .recent
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
         if recent.len() == KEPT {
             recent.pop_front();
         }
@@ -62,7 +65,10 @@ impl Failures {
 
     /// The failures kept, newest first.
     pub(crate) fn newest_first(&self) -> Vec<RecentFailure> {
-        let recent = self.recent.lock().unwrap_or_else(|e| e.into_inner());
+        let recent = self
+            .recent
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
         recent.iter().rev().cloned().collect()
     }
 }

@@ -11,9 +11,9 @@ mod entity;
 mod error;
 mod expiry;
 mod id;
-mod idempotent;
 mod inspect;
 mod json;
+mod keys;
 mod memory_store;
 pub mod message;
 pub mod metrics;
@@ -25,14 +25,17 @@ mod runtime;
 mod schedule;
 mod services;
 pub mod store;
+mod time;
 
 #[cfg(feature = "conformance")]
 pub mod conformance;
 
+pub use client::Idempotent;
 pub use client::{
     CleanResult, Client, EntityLock, EntityMetadata, EntityPage, OrchestrationPage,
     OrchestrationQuery,
 };
+pub use client::{ClientCall, ClientSignal};
 pub use context::EntityContext;
 pub use engine::partition::{partition_of, partition_of_instance, partition_of_message};
 pub use entity::{Entity, EntityFunction, StateVersioning};
@@ -40,16 +43,16 @@ pub use error::{
     Error, MissingService, OperationError, Result, StateVersionError, StoreError, StoreErrorKind,
 };
 pub use id::EntityId;
-pub use idempotent::Idempotent;
 pub use inspect::{RecentFailure, WaitingOperation};
 pub use memory_store::MemoryStore;
+pub use message::PendingSignal;
 pub use orchestration::{
     ActivityFn, CriticalSection, OrchestrationCall, OrchestrationContext, OrchestrationFn,
     OrchestrationSignal, OrchestrationStatus,
 };
-pub use proxy::{ClientCall, ClientSignal, EntitySignal, Invoker};
+pub use proxy::{EntitySignal, Invoker};
 pub use runtime::{Runtime, RuntimeBuilder};
-pub use schedule::{PendingSignal, Schedule, ScheduleId, ScheduleInfo};
+pub use schedule::{Schedule, ScheduleId, ScheduleInfo};
 pub use services::ActivityContext;
 pub use store::RuntimeStatus;
 pub use store::{EntityQuery, Store};

@@ -114,11 +114,15 @@ impl Handle {
     fn data(&self) -> MutexGuard<'_, Data> {
         // Nothing panics while the lock is held with the data half-changed: a batch is checked
         // before anything of it is applied.
-        self.data.lock().unwrap_or_else(|e| e.into_inner())
+        self.data
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
     }
 
     fn writes(&self) -> MutexGuard<'_, Writes> {
-        self.writes.lock().unwrap_or_else(|e| e.into_inner())
+        self.writes
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
     }
 
     /// Runs a write other than a commit (a clean-up, a purge): refused once the handle is

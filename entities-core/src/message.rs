@@ -3,7 +3,8 @@
 //! client, before the send returns) and deleted in the same transaction that records its
 //! effect; when both happen in one transaction, it is never written at all.
 
-use std::time::{Duration, SystemTime, UNIX_EPOCH};
+pub use crate::time::{from_millis, now_millis, to_millis, to_millis_ceil};
+use std::time::SystemTime;
 
 use serde::{Deserialize, Serialize};
 use serde_json::Value;
@@ -88,6 +89,17 @@ pub struct Message {
     /// What the message says.
     pub body: Body,
 }
+
+/// The name of the reserved operation that replaces an entity's state (see
+/// [`Client::set_entity_state`](crate::Client::set_entity_state)). Clients cannot send it
+/// under this name themselves.
+pub(crate) const SET_STATE_OPERATION: &str = "$set_state";
+
+/// Operation names starting with this are reserved for the runtime.
+pub(crate) const RESERVED_PREFIX: char = '$';
+
+/// The reply to a call: the operation's result, or why it failed.
+pub(crate) type CallReply = Result<Option<Value>, crate::error::OperationError>;
 
 /// The content of a message.
 #[derive(Clone, Debug, Serialize, Deserialize)]
@@ -218,28 +230,15 @@ pub enum FailureKind {
     Orchestration,
 }
 
-/// Milliseconds since the Unix epoch.
-pub fn to_millis(t: SystemTime) -> u64 {
-    t.duration_since(UNIX_EPOCH).unwrap_or_default().as_millis() as u64
-}
-
-/// The time `ms` milliseconds after the Unix epoch.
-pub fn from_millis(ms: u64) -> SystemTime {
-    UNIX_EPOCH + Duration::from_millis(ms)
-}
-
-/// The current time in milliseconds since the Unix epoch.
-pub fn now_millis() -> u64 {
-    to_millis(SystemTime::now())
-}
-
-/// Milliseconds since the Unix epoch, rounded up, so that a delivery time is never early.
-pub fn to_millis_ceil(t: SystemTime) -> u64 {
-    let d = t.duration_since(UNIX_EPOCH).unwrap_or_default();
-    let ms = d.as_millis() as u64;
-    if d.subsec_nanos() % 1_000_000 == 0 {
-        ms
-    } else {
-        ms + 1
-    }
+/// A scheduled one-off signal waiting for an entity (see [`Client::pending_signals`](crate::Client::pending_signals)).
+#[derive(Clone, Debug, PartialEq)]
+pub struct PendingSignal {
+    /// The signal's id, for [`Client::cancel_signal`](crate::Client::cancel_signal).
+    pub id: MessageId,
+    /// The operation it runs.
+    pub operation: String,
+    /// Its input, if any.
+    pub input: Option<Value>,
+    /// When it is due.
+    pub due: SystemTime,
 }

@@ -221,3 +221,9 @@ impl<T: Serialize + DeserializeOwned + Default + Send + 'static> EntityState for
 pub fn is_operation(requested: &str, lower: &str) -> bool {
     requested.eq_ignore_ascii_case(lower)
 }
+
+impl<T> std::fmt::Debug for Codec<T> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Codec").finish_non_exhaustive()
+    }
+}

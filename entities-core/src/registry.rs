@@ -13,7 +13,7 @@ use crate::store::EntityRecord;
 
 /// The functions registered with one runtime.
 #[derive(Default)]
-pub struct Registry {
+pub(crate) struct Registry {
     pub(crate) entities: HashMap<String, Arc<dyn EntityFunction>>,
     pub(crate) orchestrations: HashMap<String, Arc<dyn OrchestrationFn>>,
     pub(crate) activities: HashMap<String, Arc<dyn ActivityFn>>,

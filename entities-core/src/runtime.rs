@@ -297,9 +297,7 @@ impl RuntimeBuilder {
         let task = tokio::spawn(engine.run(recovery.messages));
         let sweeper = (!shared.registry.ttls.is_empty())
             .then(|| tokio::spawn(crate::expiry::sweep(Client::new(shared.clone()))));
-        let forgetter = tokio::spawn(crate::idempotent::forget_old_keys(Client::new(
-            shared.clone(),
-        )));
+        let forgetter = tokio::spawn(crate::client::forget_old_keys(Client::new(shared.clone())));
         Ok(Runtime {
             shared,
             task: Some(task),
@@ -330,7 +328,7 @@ impl Runtime {
             store: None,
             registry: Registry::default(),
             config: EngineConfig::default(),
-            key_retention: crate::idempotent::DEFAULT_RETENTION,
+            key_retention: crate::keys::DEFAULT_RETENTION,
             errors: Vec::new(),
         }
     }
@@ -377,5 +375,17 @@ impl Drop for Runtime {
             // Commits the aborted engine had queued must not land later.
             self.shared.store.close();
         }
+    }
+}
+
+impl std::fmt::Debug for RuntimeBuilder {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("RuntimeBuilder").finish_non_exhaustive()
+    }
+}
+
+impl std::fmt::Debug for Runtime {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Runtime").finish_non_exhaustive()
     }
 }

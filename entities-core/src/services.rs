@@ -9,19 +9,18 @@ use std::fmt;
 use std::sync::Arc;
 
 use crate::error::MissingService;
-use crate::registry::Registry;
 
-/// The services of one runtime, by type.
-#[derive(Default)]
+/// The services of one runtime, by type. Cheap to clone: clones share the map.
+#[derive(Clone, Default)]
 pub(crate) struct Services {
-    by_type: HashMap<TypeId, Arc<dyn Any + Send + Sync>>,
+    by_type: Arc<HashMap<TypeId, Arc<dyn Any + Send + Sync>>>,
 }
 
 impl Services {
     /// Registers `value` as the service of its type; `false` if that type had one already
     /// (which is then kept).
     pub(crate) fn insert<T: Send + Sync + 'static>(&mut self, value: Arc<T>) -> bool {
-        match self.by_type.entry(TypeId::of::<T>()) {
+        match Arc::make_mut(&mut self.by_type).entry(TypeId::of::<T>()) {
             std::collections::hash_map::Entry::Occupied(_) => false,
             std::collections::hash_map::Entry::Vacant(slot) => {
                 slot.insert(value);
@@ -55,15 +54,15 @@ impl Services {
 pub struct ActivityContext {
     name: Arc<str>,
     instance: Arc<str>,
-    registry: Arc<Registry>,
+    services: Services,
 }
 
 impl ActivityContext {
-    pub(crate) fn new(name: &str, instance: &str, registry: Arc<Registry>) -> Self {
+    pub(crate) fn new(name: &str, instance: &str, services: Services) -> Self {
         Self {
             name: name.into(),
             instance: instance.into(),
-            registry,
+            services,
         }
     }
 
@@ -80,12 +79,12 @@ impl ActivityContext {
     /// The service of type `T` registered with `Runtime::builder().service(value)`, or an
     /// error naming `T` if none was.
     pub fn service<T: Send + Sync + 'static>(&self) -> Result<&T, MissingService> {
-        self.registry.services.get::<T>()
+        self.services.get::<T>()
     }
 
     /// The service of type `T`, shared: an `Arc` to keep across `.await`s in a spawned task.
     pub fn service_arc<T: Send + Sync + 'static>(&self) -> Result<Arc<T>, MissingService> {
-        self.registry.services.get_arc::<T>()
+        self.services.get_arc::<T>()
     }
 }
 

@@ -93,29 +93,43 @@ pub(crate) fn check(policy: &Policy, request: &Request) -> Result<(), ApiError> 
     let headers = request.headers();
     let host = request_host(request);
     if policy.check_host && !ANY_HOST.contains(&request.uri().path()) {
-        check_host(policy, host.as_deref())?;
+        check_host(policy, host)?;
     }
     let unsafe_method = !matches!(
         *request.method(),
         Method::GET | Method::HEAD | Method::OPTIONS | Method::TRACE
     );
     if unsafe_method {
-        check_origin(policy, headers, host.as_deref())?;
+        check_origin(policy, headers, host)?;
         check_content_type(headers)?;
     }
     Ok(())
 }
 
 /// The request's `Host` (or the authority of an absolute request target).
-fn request_host(request: &Request) -> Option<String> {
+fn request_host(request: &Request) -> Option<&str> {
     if let Some(authority) = request.uri().authority() {
-        return Some(authority.as_str().to_string());
+        return Some(authority.as_str());
     }
     request
         .headers()
         .get(header::HOST)
         .and_then(|h| h.to_str().ok())
-        .map(str::to_string)
+}
+
+/// Whether `text` is plainly a host every server answers to: an IP address or `localhost`,
+/// with or without a port. Checked without allocating: it is what nearly every request sends.
+fn plainly_local(text: &str) -> bool {
+    let host = match text.rsplit_once(':') {
+        Some((host, port)) if !port.is_empty() && port.bytes().all(|b| b.is_ascii_digit()) => host,
+        _ => text,
+    };
+    host.eq_ignore_ascii_case("localhost")
+        || host.parse::<std::net::Ipv4Addr>().is_ok()
+        || host
+            .strip_prefix('[')
+            .and_then(|h| h.strip_suffix(']'))
+            .is_some_and(|h| h.parse::<std::net::Ipv6Addr>().is_ok())
 }
 
 fn check_host(policy: &Policy, host: Option<&str>) -> Result<(), ApiError> {
@@ -123,6 +137,9 @@ fn check_host(policy: &Policy, host: Option<&str>) -> Result<(), ApiError> {
     let Some(text) = host else {
         return Ok(());
     };
+    if plainly_local(text) {
+        return Ok(());
+    }
     let allowed = match split_authority(text) {
         Some((host, port)) => {
             is_ip(&host)
@@ -286,6 +303,30 @@ mod tests {
             assert!(check_host(&p, Some(refused)).is_err(), "{refused}");
         }
         assert!(check_host(&policy(&["*"]), Some("evil.example")).is_ok());
+    }
+
+    #[test]
+    fn plainly_local_hosts() {
+        for yes in [
+            "127.0.0.1:8080",
+            "localhost",
+            "LocalHost:1",
+            "[::1]:80",
+            "[::1]",
+            "10.0.0.1",
+        ] {
+            assert!(plainly_local(yes), "{yes}");
+        }
+        for no in [
+            "localhost.",
+            "evil.example",
+            "127.0.0.1.nip.io",
+            "::1",
+            "127.0.0.1:x",
+            "",
+        ] {
+            assert!(!plainly_local(no), "{no}");
+        }
     }
 
     #[test]

@@ -2,6 +2,7 @@
 //! request gets the request timeout (calls and `?wait=` reads excepted).
 
 use std::future::Future;
+use std::task::Poll;
 use std::time::Duration;
 
 use axum::body::Body;
@@ -92,29 +93,36 @@ pub(crate) async fn read_then_run(
 ) -> Response {
     let timeout = limits.request_timeout;
     let (parts, body) = request.into_parts();
-    let body =
-        match tokio::time::timeout(timeout, axum::body::to_bytes(body, limits.body_limit)).await {
-            Ok(Ok(bytes)) => bytes,
-            Ok(Err(err)) => {
-                let err = err.into_inner();
-                return if err.is::<http_body_util::LengthLimitError>() {
-                    too_large(limits.body_limit).into_response()
-                } else {
-                    ApiError::bad_request(format!("cannot read the body: {err}")).into_response()
-                };
-            }
-            Err(_) => {
-                return ApiError::new(
-                    StatusCode::REQUEST_TIMEOUT,
-                    "request_timeout",
-                    format!(
-                        "the body did not arrive within the server's request timeout ({})",
-                        humantime::format_duration(timeout)
-                    ),
-                )
-                .into_response()
-            }
-        };
+    // A small body has nearly always arrived with the head: the timer is armed only when
+    // reading it has to wait.
+    let mut read = std::pin::pin!(axum::body::to_bytes(body, limits.body_limit));
+    let first = std::future::poll_fn(|cx| Poll::Ready(read.as_mut().poll(cx))).await;
+    let read = match first {
+        Poll::Ready(read) => Ok(read),
+        Poll::Pending => tokio::time::timeout(timeout, read).await,
+    };
+    let body = match read {
+        Ok(Ok(bytes)) => bytes,
+        Ok(Err(err)) => {
+            let err = err.into_inner();
+            return if err.is::<http_body_util::LengthLimitError>() {
+                too_large(limits.body_limit).into_response()
+            } else {
+                ApiError::bad_request(format!("cannot read the body: {err}")).into_response()
+            };
+        }
+        Err(_) => {
+            return ApiError::new(
+                StatusCode::REQUEST_TIMEOUT,
+                "request_timeout",
+                format!(
+                    "the body did not arrive within the server's request timeout ({})",
+                    humantime::format_duration(timeout)
+                ),
+            )
+            .into_response()
+        }
+    };
     let request = Request::from_parts(parts, Body::from(body));
     match routes.oneshot(request).await {
         Ok(response) => response,

@@ -230,7 +230,7 @@ async fn signal(
             app.client
                 .idempotent(k)
                 .signal_entity_raw(&id, &operation, input)
-                .await?
+                .await?;
         }
         None => app.client.signal_entity_raw(&id, &operation, input).await?,
     }

@@ -84,16 +84,31 @@ impl Conn {
     }
 
     fn phase(&self) -> (Phase, Instant) {
-        *self.phase.lock().unwrap_or_else(|e| e.into_inner())
+        *self
+            .phase
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
     }
 
     fn set_phase(&self, phase: Phase) {
-        *self.phase.lock().unwrap_or_else(|e| e.into_inner()) = (phase, Instant::now());
+        let mut current = self
+            .phase
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        // A busy connection has no deadline: its start time is never read.
+        let since = match phase {
+            Phase::Busy => current.1,
+            Phase::Head | Phase::Idle => Instant::now(),
+        };
+        *current = (phase, since);
     }
 
     /// Bytes arrived: after an idle time, they begin the next request head.
     fn on_read(&self) {
-        let mut phase = self.phase.lock().unwrap_or_else(|e| e.into_inner());
+        let mut phase = self
+            .phase
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
         if phase.0 == Phase::Idle {
             *phase = (Phase::Head, Instant::now());
         }
@@ -210,14 +225,16 @@ pub(crate) async fn serve(
         next += 1;
         let conn = Arc::new(Conn::new());
         open.lock()
-            .unwrap_or_else(|e| e.into_inner())
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
             .insert(next, conn.clone());
         let task = run_connection(stream, conn, guard.clone(), limits, stopped.clone());
         let open = open.clone();
         let id = next;
         tokio::spawn(async move {
             task.await;
-            open.lock().unwrap_or_else(|e| e.into_inner()).remove(&id);
+            open.lock()
+                .unwrap_or_else(std::sync::PoisonError::into_inner)
+                .remove(&id);
             drop(permit);
         });
     }
@@ -268,7 +285,9 @@ async fn slot(slots: &Arc<Semaphore>, open: &Registry) -> OwnedSemaphorePermit {
 
 /// Closes the connection with no request under way that has waited the longest, if any.
 fn evict_idlest(open: &Registry) {
-    let open = open.lock().unwrap_or_else(|e| e.into_inner());
+    let open = open
+        .lock()
+        .unwrap_or_else(std::sync::PoisonError::into_inner);
     let idlest = open
         .values()
         .filter(|conn| !conn.evicted.load(Ordering::SeqCst))

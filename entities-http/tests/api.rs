@@ -1,4 +1,7 @@
 //! The HTTP API route by route, through a real server on 127.0.0.1.
+// Test and example code: its public items are not an API (the workspace lints ask docs of
+// library crates).
+#![allow(missing_docs, missing_debug_implementations)]
 
 use std::time::Duration;
 
@@ -530,7 +533,10 @@ async fn the_openapi_document_matches_the_routes() {
     let mut routes: Vec<(String, Vec<String>)> = entities::http::ROUTES
         .iter()
         .map(|(path, methods)| {
-            let mut methods: Vec<String> = methods.iter().map(|m| m.to_string()).collect();
+            let mut methods: Vec<String> = methods
+                .iter()
+                .map(std::string::ToString::to_string)
+                .collect();
             methods.sort();
             (path.to_string(), methods)
         })

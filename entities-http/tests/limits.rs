@@ -56,7 +56,7 @@ async fn closed_by_server(stream: &mut TcpStream) -> Result<Vec<u8>, String> {
     let deadline = tokio::time::Instant::now() + PATIENCE;
     loop {
         match tokio::time::timeout_at(deadline, stream.read(&mut buf)).await {
-            Ok(Ok(0)) | Ok(Err(_)) => return Ok(read),
+            Ok(Ok(0) | Err(_)) => return Ok(read),
             Ok(Ok(n)) => read.extend_from_slice(&buf[..n]),
             Err(_) => {
                 return Err(format!(

@@ -86,7 +86,7 @@ pub(crate) fn parse(args: TokenStream, input: TokenStream) -> syn::Result<Model>
                 None => errors.push(nv.value.span(), "expected a string: `name = \"Score\"`"),
             },
             Meta::NameValue(nv) if nv.path.is_ident("crate") => {
-                match lit_str(&nv.value).map(|l| l.parse::<syn::Path>()) {
+                match lit_str(&nv.value).map(syn::LitStr::parse::<syn::Path>) {
                     Some(Ok(path)) => krate = Some(path),
                     _ => errors.push(
                         nv.value.span(),
@@ -126,7 +126,7 @@ pub(crate) fn parse(args: TokenStream, input: TokenStream) -> syn::Result<Model>
 
     let versioning = match (version, migrate) {
         // Version 0 was reported above.
-        (Some((0, _)), _) | (Some((1, _)), None) | (None, None) => None,
+        (Some((0, _)), _) | (Some((1, _)) | None, None) => None,
         (Some((n, span)), None) => {
             errors.push(
                 span,

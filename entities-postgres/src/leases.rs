@@ -234,7 +234,7 @@ impl Inner {
                 match inner.release(&parts).await {
                     Ok(()) => info!(partitions = ?parts, "handed partitions over"),
                     Err(err) => {
-                        warn!(error = %err, partitions = ?parts, "could not hand partitions over")
+                        warn!(error = %err, partitions = ?parts, "could not hand partitions over");
                     }
                 }
             }

@@ -134,7 +134,7 @@ pub struct PostgresOptions {
     pub pool_size: usize,
     /// How long sends and calls wait while the database cannot be reached (a restart, a
     /// network cut) before they fail with
-    /// [`StoreErrorKind::Unavailable`](entities_core::StoreErrorKind::Unavailable); a commit
+    /// [`StoreErrorKind::Unavailable`]; a commit
     /// that failed before it could apply is sent again meanwhile. Default 30 seconds.
     pub unavailable_timeout: Duration,
 }
@@ -206,7 +206,7 @@ pub(crate) fn pg_error(what: &str, err: tokio_postgres::Error) -> StoreError {
     let kind = if connection_lost(&err) {
         StoreErrorKind::Unavailable
     } else {
-        match err.code().map(|c| c.code()) {
+        match err.code().map(tokio_postgres::error::SqlState::code) {
             Some("53100") => StoreErrorKind::DiskFull,
             Some("25006") => StoreErrorKind::ReadOnly,
             Some("58030") => StoreErrorKind::Io,
@@ -345,8 +345,8 @@ impl PostgresStore {
 
     /// Suspends this store's background lease rounds, as a stalled process would: its leases
     /// expire and others may take them over. Lease rounds run by `recover` still happen. For
-    /// tests of fencing.
-    #[doc(hidden)]
+    /// tests of fencing (cargo feature `test-server`).
+    #[cfg(feature = "test-server")]
     pub fn pause_lease_rounds(&self) {
         self.inner.leases_paused.store(true, Ordering::SeqCst);
     }

@@ -330,7 +330,7 @@ impl Inner {
         if ids.is_empty() {
             return Ok(Vec::new());
         }
-        let names: Vec<&str> = ids.iter().map(|id| id.name()).collect();
+        let names: Vec<&str> = ids.iter().map(entities_core::EntityId::name).collect();
         let keys: Vec<&[u8]> = ids.iter().map(|id| id.key().as_bytes()).collect();
         let conn = self.connection().await?;
         let found = conn

@@ -257,7 +257,7 @@ impl TlsSettings {
                     let why = found
                         .errors
                         .first()
-                        .map_or("none found".to_string(), |e| e.to_string());
+                        .map_or("none found".to_string(), std::string::ToString::to_string);
                     return Err(TlsError::SystemRoots(io::Error::new(
                         io::ErrorKind::NotFound,
                         why,

@@ -9,9 +9,8 @@ use std::pin::Pin;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use entities_core::message::{Message, MessageId};
-use entities_core::store::{Batch, EntityRecord, InstanceWrite};
-use entities_core::{partition_of, partition_of_instance, partition_of_message, EntityId};
+use entities_core::store::{Batch, EntityRecord, Group, InstanceWrite};
+use entities_core::{partition_of, partition_of_instance, partition_of_message};
 use entities_core::{StoreError, StoreErrorKind};
 use futures::future::{maybe_done, BoxFuture};
 use tokio::sync::{mpsc, oneshot};
@@ -292,7 +291,7 @@ impl<'a> InstanceColumns<'a> {
         self.statuses.push(status_text(record.status));
         self.inputs.push(record.input.to_string());
         self.outputs
-            .push(record.output.as_ref().map(|o| o.to_string()));
+            .push(record.output.as_ref().map(std::string::ToString::to_string));
         self.created.push(int(record.created));
         self.updated.push(int(record.updated));
     }
@@ -421,30 +420,22 @@ async fn commit(
         created_ids.push(write.record.id.as_str());
         history.push(write);
     }
-    let mut produced: HashMap<MessageId, (&Message, bool)> = HashMap::new();
-    let mut order: Vec<MessageId> = Vec::new();
+    // The group-commit contract decides which messages and entity rows the group writes.
+    let mut group = Group::new();
     let mut consumed: Vec<i64> = Vec::new();
-    let mut entities: HashMap<&EntityId, &EntityRecord> = HashMap::new();
     let mut instances: HashMap<&str, &InstanceWrite> = HashMap::new();
     let mut replies = Vec::new();
-    for batch in batches {
-        for id in &batch.consumed {
-            if produced.remove(id).is_none() {
-                consumed.push(int(*id));
-            }
-        }
-        for message in &batch.produced {
-            produced.insert(message.id, (message, batch.remote.contains(&message.id)));
-            order.push(message.id);
-        }
-        for record in &batch.entities {
-            entities.insert(&record.id, record);
-        }
+    for (index, batch) in batches.iter().enumerate() {
+        let deletes = group
+            .add(index, batch)
+            .map_err(|e| StoreError::with_source("the group cannot be written", e))?;
+        consumed.extend(deletes.into_iter().map(int));
         for write in batch.instances.iter().filter(|i| !i.create) {
             instances.insert(&write.record.id, write);
         }
         replies.extend(&batch.replies);
     }
+    let held_rows = group.take();
     // Restarts (continue-as-new): their stored histories go, their inputs change.
     let mut restarts: HashMap<&[u8], String> = HashMap::new();
     for write in batches
@@ -466,19 +457,14 @@ async fn commit(
 
     let (mut ids, mut parts, mut targets, mut times, mut bodies, mut fresh) =
         (vec![], vec![], vec![], vec![], vec![], vec![]);
-    let mut seen = HashSet::new();
-    for id in order {
-        let Some((message, remote)) = produced.get(&id) else {
-            continue;
-        };
-        if !seen.insert(id) {
-            continue;
-        }
+    for &(index, i) in &held_rows.messages {
+        let message = &batches[index].produced[i];
+        let remote = batches[index].remote.contains(&message.id);
         let part = partition_of_message(message, count);
         // Whoever runs the partition must pick it up: this process, in memory, only if it
         // runs it and still holds it (checked below, once the fence answered).
-        let arrival = *remote || !held.contains_key(&part);
-        ids.push(int(id));
+        let arrival = remote || !held.contains_key(&part);
+        ids.push(int(message.id));
         parts.push(part as i32);
         targets.push(message.target.to_string().into_bytes());
         times.push(message.deliver_at.map(int));
@@ -489,8 +475,11 @@ async fn commit(
         fresh.push(arrival);
     }
 
-    let mut records: Vec<&EntityRecord> = entities.into_values().collect();
-    records.sort_unstable_by(|a, b| a.id.cmp(&b.id));
+    let records: Vec<&EntityRecord> = held_rows
+        .entities
+        .iter()
+        .map(|&(index, i)| &batches[index].entities[i])
+        .collect();
     let entity_parts: Vec<u32> = records
         .iter()
         .map(|r| partition_of(&entities_core::message::Target::Entity(r.id.clone()), count))
@@ -500,7 +489,7 @@ async fn commit(
     let entity_parts_sql: Vec<i32> = entity_parts.iter().map(|p| *p as i32).collect();
     let states: Vec<Option<String>> = records
         .iter()
-        .map(|r| r.state.as_ref().map(|s| s.to_string()))
+        .map(|r| r.state.as_ref().map(std::string::ToString::to_string))
         .collect();
     let locks: Vec<Option<&[u8]>> = records
         .iter()

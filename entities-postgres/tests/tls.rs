@@ -260,7 +260,7 @@ async fn require_refuses_a_server_without_tls_where_prefer_and_disable_connect()
         let text = err.to_string();
         match &err {
             Error::Tls(TlsError::NotSupported { mode: m, .. }) => {
-                assert_eq!(m.to_string(), mode)
+                assert_eq!(m.to_string(), mode);
             }
             other => panic!("not a refusal for no TLS: {other:?}"),
         }

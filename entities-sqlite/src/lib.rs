@@ -11,6 +11,12 @@ mod schema;
 mod sql;
 mod writer;
 
+impl std::fmt::Debug for SqliteStore {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("SqliteStore").finish_non_exhaustive()
+    }
+}
+
 #[cfg(test)]
 mod recovery_tests;
 
@@ -144,10 +150,20 @@ impl Inner {
         if let Some(writer) = &self.writer {
             // The writer holds the connection for a whole group: taking it waits for the
             // group under way; later groups see the flag and write nothing.
-            drop(writer.conn.lock().unwrap_or_else(|e| e.into_inner()));
+            drop(
+                writer
+                    .conn
+                    .lock()
+                    .unwrap_or_else(std::sync::PoisonError::into_inner),
+            );
         }
         // Closing the file releases the lock: nothing of this store can be written any more.
-        drop(self.lock.lock().unwrap_or_else(|e| e.into_inner()).take());
+        drop(
+            self.lock
+                .lock()
+                .unwrap_or_else(std::sync::PoisonError::into_inner)
+                .take(),
+        );
     }
 }
 
@@ -346,8 +362,12 @@ impl SqliteStore {
             )
         })?;
         let readers = open_readers(&path, &SqliteOptions::default())?;
-        schema::check(&readers[0].lock().unwrap_or_else(|e| e.into_inner()))
-            .map_err(|e| e.context(format!("cannot read the database `{}`", path.display())))?;
+        schema::check(
+            &readers[0]
+                .lock()
+                .unwrap_or_else(std::sync::PoisonError::into_inner),
+        )
+        .map_err(|e| e.context(format!("cannot read the database `{}`", path.display())))?;
         Ok(Self {
             inner: Arc::new(Inner {
                 writer: None,
@@ -427,7 +447,11 @@ impl SqliteStore {
     /// Counts of what the writer has written since the store was opened, committed
     /// transactions only.
     pub fn stats(&self) -> WriteStats {
-        *self.inner.stats.lock().unwrap_or_else(|e| e.into_inner())
+        *self
+            .inner
+            .stats
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
     }
 
     /// Runs a read on one of the read connections, off the async executor.
@@ -439,7 +463,9 @@ impl SqliteStore {
         let i = self.inner.next_reader.fetch_add(1, Ordering::Relaxed) % self.inner.readers.len();
         let conn = self.inner.readers[i].clone();
         tokio::task::spawn_blocking(move || {
-            let conn = conn.lock().unwrap_or_else(|e| e.into_inner());
+            let conn = conn
+                .lock()
+                .unwrap_or_else(std::sync::PoisonError::into_inner);
             f(&conn).map_err(StoreError::from)
         })
         .await

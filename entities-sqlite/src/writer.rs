@@ -2,12 +2,11 @@
 //! and those arriving while it writes them, and applies them in one transaction (group
 //! commit), then answers each.
 //!
-//! Within a group, message inserts and entity rows are held back until the group is complete:
-//! a message consumed by a later batch of the same group is never written (the transaction
-//! that would insert it also deletes it), and an entity written by several batches is written
+//! Within a group, message inserts and entity rows are held back until the group is complete,
+//! as the core's group-commit contract ([`Group`]) has it: a message consumed by a later batch
+//! of the same group is never written, and an entity written by several batches is written
 //! once, with its last record. The group commits atomically, so what lands is the same.
 
-use std::collections::{BTreeMap, HashMap};
 use std::fmt::Write as _;
 use std::fs::File;
 use std::io::{Seek, Write as _};
@@ -16,8 +15,10 @@ use std::sync::mpsc::Receiver;
 use std::sync::{Arc, Mutex};
 
 use entities_core::message::{now_millis, Message, MessageId};
-use entities_core::store::{Batch, EntityRecord, InstanceQuery, InstanceWrite};
-use entities_core::{EntityId, StoreError, StoreErrorKind};
+use entities_core::store::{
+    Batch, DuplicateMessage, EntityRecord, Group, InstanceQuery, InstanceWrite,
+};
+use entities_core::{StoreError, StoreErrorKind};
 use rusqlite::{params, CachedStatement, Connection, Transaction, TransactionBehavior};
 use tokio::sync::oneshot;
 use tracing::{debug, error, warn};
@@ -114,7 +115,10 @@ impl Writer {
                 .clone()
                 .context("refused: an earlier sqlite write failed and the store has not resumed")),
             None => {
-                let conn = self.conn.lock().unwrap_or_else(|e| e.into_inner());
+                let conn = self
+                    .conn
+                    .lock()
+                    .unwrap_or_else(std::sync::PoisonError::into_inner);
                 if self.closed.load(Ordering::SeqCst) {
                     Err(closed())
                 } else {
@@ -172,14 +176,21 @@ impl Writer {
     /// full disk; new data written to another file fails there. First of all, the database
     /// file must still be there (see [`DbFile::check`]).
     fn check(&self) -> Result<(), StoreError> {
-        let conn = self.conn.lock().unwrap_or_else(|e| e.into_inner());
+        let conn = self
+            .conn
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
         if self.closed.load(Ordering::SeqCst) {
             return Err(closed());
         }
         if let Some(file) = &self.file {
             file.check()?;
         }
-        if let Some(file) = &mut *self.lock.lock().unwrap_or_else(|e| e.into_inner()) {
+        if let Some(file) = &mut *self
+            .lock
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+        {
             let written = file
                 .write_all(&[0; SPACE_CHECK])
                 .and_then(|()| file.sync_data());
@@ -295,7 +306,10 @@ impl Writer {
         if let Some(file) = &self.file {
             file.check()?;
         }
-        let mut stats = self.stats.lock().unwrap_or_else(|e| e.into_inner());
+        let mut stats = self
+            .stats
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
         stats.add(&WriteStats {
             transactions: 1,
             requests: group.len() as u64,
@@ -379,10 +393,6 @@ fn answer(group: impl Iterator<Item = WriteRequest>, outcome: Result<Vec<Outcome
     }
 }
 
-/// Where a held-back row comes from: the request's index in the group and the row's index in
-/// its batch.
-type Source = (usize, usize);
-
 /// The writes of one group: the statements of the hot path, prepared once per group, reused
 /// buffers, and the rows held back until the group is complete.
 struct Writes<'c> {
@@ -392,10 +402,8 @@ struct Writes<'c> {
     upsert: Option<CachedStatement<'c>>,
     text: Vec<u8>,
     target: String,
-    /// Messages produced in this group and not consumed in it (yet).
-    messages: BTreeMap<MessageId, Source>,
-    /// The last record of each entity written in this group.
-    entities: HashMap<EntityId, Source>,
+    /// The rows held back until the group is complete (the group-commit contract).
+    held: Group,
     /// What this group wrote so far (its rows only).
     count: WriteStats,
 }
@@ -409,8 +417,7 @@ impl<'c> Writes<'c> {
             upsert: None,
             text: Vec::with_capacity(256),
             target: String::with_capacity(64),
-            messages: BTreeMap::new(),
-            entities: HashMap::new(),
+            held: Group::new(),
             count: WriteStats::default(),
         }
     }
@@ -442,20 +449,13 @@ impl<'c> Writes<'c> {
         let WriteRequest::Commit(batch, _) = &group[index] else {
             return self.apply(&group[index]);
         };
-        for id in &batch.consumed {
-            if self.messages.remove(id).is_some() {
-                self.count.messages_elided += 1;
-            } else {
-                self.delete(*id)?;
-            }
-        }
-        for (i, message) in batch.produced.iter().enumerate() {
-            if self.messages.insert(message.id, (index, i)).is_some() {
-                return Err(duplicate_message(message.id));
-            }
-        }
-        for (i, entity) in batch.entities.iter().enumerate() {
-            self.entities.insert(entity.id.clone(), (index, i));
+        let deletes = self
+            .held
+            .add(index, batch)
+            .map_err(|DuplicateMessage(id)| duplicate_message(id))?;
+        self.count.messages_elided += (batch.consumed.len() - deletes.len()) as u64;
+        for id in deletes {
+            self.delete(id)?;
         }
         for instance in &batch.instances {
             write_instance(self.conn, instance)?;
@@ -470,13 +470,11 @@ impl<'c> Writes<'c> {
             WriteRequest::Commit(batch, _) => batch,
             _ => unreachable!("only batches hold rows back"),
         };
-        for (_, (request, i)) in std::mem::take(&mut self.messages) {
+        let held = self.held.take();
+        for (request, i) in held.messages {
             self.insert(&batch(request).produced[i])?;
         }
-        let mut entities: Vec<_> = self.entities.drain().collect();
-        // In key order: neighbouring rows share pages.
-        entities.sort_unstable_by(|a, b| a.0.cmp(&b.0));
-        for (_, (request, i)) in entities {
+        for (request, i) in held.entities {
             self.upsert(&batch(request).entities[i])?;
         }
         Ok(())
@@ -640,7 +638,7 @@ fn conversion(err: serde_json::Error) -> rusqlite::Error {
 
 fn write_instance(tx: &Connection, write: &InstanceWrite) -> rusqlite::Result<()> {
     let r = &write.record;
-    let output = r.output.as_ref().map(|v| v.to_string());
+    let output = r.output.as_ref().map(std::string::ToString::to_string);
     let sql = if write.create {
         "INSERT INTO instances (id, name, status, input, output, created, updated) \
          VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7) RETURNING num"

@@ -4,7 +4,7 @@
 use entities::prelude::*;
 
 /// A counter: `add` adds its input to the state, `get` returns it.
-pub fn counter(ctx: &mut EntityContext) -> Result<(), OperationError> {
+pub(crate) fn counter(ctx: &mut EntityContext) -> Result<(), OperationError> {
     let value: i64 = ctx.state_or_default()?;
     match ctx.operation_name() {
         "add" => ctx.set_state(&(value + ctx.input::<i64>()?))?,
@@ -15,6 +15,6 @@ pub fn counter(ctx: &mut EntityContext) -> Result<(), OperationError> {
 }
 
 /// The committed state of an entity, `None` if it has none.
-pub async fn state_of(client: &Client, id: &EntityId) -> Option<serde_json::Value> {
+pub(crate) async fn state_of(client: &Client, id: &EntityId) -> Option<serde_json::Value> {
     client.get_entity_raw(id).await.unwrap().map(|m| m.state)
 }

@@ -8,8 +8,9 @@ use futures::future::BoxFuture;
 use futures::stream::FuturesOrdered;
 use futures::{FutureExt, StreamExt};
 
-use super::protocol::{CallReply, Stored};
+use super::protocol::Stored;
 use crate::error::StoreError;
+use crate::message::CallReply;
 use crate::message::Message;
 use crate::store::{Batch, InstanceRecord, Store};
 

@@ -22,15 +22,15 @@ use serde_json::Value;
 use tokio::task::JoinSet;
 use tracing::{debug, error, warn};
 
-use super::protocol::CallReply;
 use super::shared::Shared;
-use crate::client::SET_STATE_OPERATION;
 use crate::context::EntityContext;
 use crate::entity::EntityFunction;
-use crate::error::{OperationError, StoreErrorKind};
+use crate::error::{panic_message, OperationError, StoreErrorKind};
 use crate::id::EntityId;
 use crate::inspect::WaitingOperation;
-use crate::message::{now_millis, Body, Message, MessageId, ReplyTo, Target};
+use crate::message::{
+    now_millis, Body, CallReply, Message, MessageId, ReplyTo, Target, SET_STATE_OPERATION,
+};
 use crate::store::{Batch, EntityRecord};
 
 /// How many of the messages held back by one lock [`Slot::held_back`] lists.
@@ -734,7 +734,7 @@ fn run_entity_now(
             }
             other => {
                 part.consumed.push(message.id);
-                warn!(entity = %id, message = ?other, "message kind not meant for an entity; dropped")
+                warn!(entity = %id, message = ?other, "message kind not meant for an entity; dropped");
             }
         }
     }
@@ -766,7 +766,7 @@ fn fire_schedule(
         )),
         Ok(None) => debug!(entity = %id, schedule, "schedule has no fire left; it ends"),
         Err(err) => {
-            warn!(entity = %id, schedule, error = %err, "schedule cannot compute its next fire; it ends")
+            warn!(entity = %id, schedule, error = %err, "schedule cannot compute its next fire; it ends");
         }
     }
     part.produced.push(shared.message(
@@ -835,7 +835,7 @@ fn set_state(
             key,
             request,
         }) => {
-            let outcome = crate::idempotent::KeyOutcome::answer(&result, request.as_deref());
+            let outcome = crate::keys::KeyOutcome::answer(&result, request.as_deref());
             part.key_outcomes.push((key, outcome));
             part.replies.push((waiter, result));
         }
@@ -971,24 +971,12 @@ fn finish_operation(
             key,
             request,
         }) => {
-            let outcome =
-                crate::idempotent::KeyOutcome::answer(&finished.result, request.as_deref());
+            let outcome = crate::keys::KeyOutcome::answer(&finished.result, request.as_deref());
             part.key_outcomes.push((key, outcome));
             part.replies.push((waiter, finished.result));
         }
         Some(ReplyTo::Instance { id: instance, seq }) => part
             .produced
             .push(shared.operation_completion(instance, seq, finished.result)),
-    }
-}
-
-/// The text of a panic payload.
-pub(crate) fn panic_message(panic: &Box<dyn std::any::Any + Send>) -> String {
-    if let Some(s) = panic.downcast_ref::<&str>() {
-        (*s).to_string()
-    } else if let Some(s) = panic.downcast_ref::<String>() {
-        s.clone()
-    } else {
-        "a non-string panic payload".to_string()
     }
 }

@@ -3,7 +3,7 @@
 //! operations batch by batch, and hands each batch to the store as one commit.
 //!
 //! Data flows one way: commands come in (`protocol`), messages are routed to timers
-//! (`timers`), entities (`entities`) or instances (`orchestration::engine`), a batch runs them
+//! (`timers`), entities (`entities`) or instances (`orchestrations`), a batch runs them
 //! (`batch`) and goes to the commit pipeline (`commits`), whose finished commits release the
 //! batch's effects. Messages the engine sends are built in one place (`messages`).
 //!
@@ -22,6 +22,7 @@ mod batch;
 mod commits;
 mod entities;
 mod messages;
+mod orchestrations;
 pub(crate) mod partition;
 mod poller;
 mod protocol;
@@ -39,17 +40,17 @@ use tracing::{debug, error, info, warn};
 use self::commits::Effects;
 use self::commits::{Commits, Done};
 use self::entities::Entities;
-pub(crate) use self::entities::{panic_message, Timeouts};
+pub(crate) use self::entities::Timeouts;
+use self::orchestrations::Orchestrations;
 use self::partition::Ownership;
 use self::poller::{Polled, Poller};
 pub(crate) use self::protocol::resendable;
 use self::protocol::{answer_stored, Resend};
-pub(crate) use self::protocol::{CallReply, Command, Stored};
+pub(crate) use self::protocol::{Command, Stored};
 pub(crate) use self::shared::Shared;
 use self::timers::Timers;
 use crate::error::{StoreError, StoreErrorKind};
-use crate::message::{now_millis, Message, MessageId, Target};
-use crate::orchestration::engine::Orchestrations;
+use crate::message::{now_millis, CallReply, Message, MessageId, Target};
 use crate::store::{OwnershipEvent, Partitioned};
 
 /// Tuning of the engine.
@@ -764,7 +765,7 @@ impl Engine {
             // Nothing was taken: the next poll looks again. An unreachable database is
             // reported by the commits and the recovery; here it would repeat at every poll.
             Err(err) if err.kind() == StoreErrorKind::Unavailable => {
-                debug!(error = %err, "looking for replies failed; the next poll retries")
+                debug!(error = %err, "looking for replies failed; the next poll retries");
             }
             Err(err) => warn!(error = %err, "looking for replies failed; the next poll retries"),
         }

@@ -1,15 +1,11 @@
 //! What clients and tasks tell the engine, and how the engine answers them.
 
-use serde_json::Value;
 use tokio::sync::{oneshot, Semaphore};
 
-use crate::error::{OperationError, StoreError};
-use crate::message::Message;
-use crate::orchestration::engine::ActivityDone;
+use super::orchestrations::ActivityDone;
+use crate::error::StoreError;
+use crate::message::{CallReply, Message};
 use crate::store::InstanceRecord;
-
-/// The reply to a client's call.
-pub(crate) type CallReply = Result<Option<Value>, OperationError>;
 
 /// Tells a client that the messages it handed to the engine are stored (or their effects
 /// committed), or why they are not; and gives back the intake permits they held (see

@@ -27,7 +27,7 @@ pub(crate) struct Shared {
     /// The operations that failed lately, for operators.
     pub failures: Failures,
     /// Idempotent sends of one key wait for each other.
-    pub key_locks: crate::idempotent::KeyLocks,
+    pub key_locks: crate::keys::KeyLocks,
     /// How long idempotency keys bind.
     pub key_retention: std::time::Duration,
 }

@@ -117,7 +117,9 @@ impl OrchestrationContext {
     }
 
     fn lock_state(&self) -> MutexGuard<'_, OrchState> {
-        self.state.lock().unwrap_or_else(|e| e.into_inner())
+        self.state
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
     }
 
     /// This instance's id.
@@ -327,7 +329,7 @@ impl OrchestrationContext {
             Step::new(state.clone(), seq).await;
             state
                 .lock()
-                .unwrap_or_else(|e| e.into_inner())
+                .unwrap_or_else(std::sync::PoisonError::into_inner)
                 .section_granted = true;
             Ok(CriticalSection { state })
         }
@@ -418,7 +420,9 @@ impl OrchestrationContext {
         Box::pin(async move {
             let outcome = step.await;
             if in_section {
-                let mut state = shared.lock().unwrap_or_else(|e| e.into_inner());
+                let mut state = shared
+                    .lock()
+                    .unwrap_or_else(std::sync::PoisonError::into_inner);
                 state.calls_in_flight.remove(&id);
             }
             match outcome {
@@ -480,7 +484,10 @@ pub struct CriticalSection {
 
 impl Drop for CriticalSection {
     fn drop(&mut self) {
-        let mut state = self.state.lock().unwrap_or_else(|e| e.into_inner());
+        let mut state = self
+            .state
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
         if state.closed {
             return;
         }
@@ -509,7 +516,10 @@ impl Future for Step {
     type Output = Outcome;
 
     fn poll(self: Pin<&mut Self>, _cx: &mut Context<'_>) -> Poll<Outcome> {
-        let mut state = self.state.lock().unwrap_or_else(|e| e.into_inner());
+        let mut state = self
+            .state
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
         if state.nondeterminism.is_some() {
             // The code has left its history: it goes no further.
             return Poll::Pending;
@@ -531,7 +541,10 @@ impl Future for EventWait {
     type Output = Value;
 
     fn poll(self: Pin<&mut Self>, _cx: &mut Context<'_>) -> Poll<Value> {
-        let mut state = self.state.lock().unwrap_or_else(|e| e.into_inner());
+        let mut state = self
+            .state
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
         if state.nondeterminism.is_some() {
             return Poll::Pending;
         }
@@ -582,5 +595,35 @@ impl Invoker for OrchestrationSignal {
     ) -> Self::Output<R> {
         self.ctx
             .signal_raw(self.id.clone(), operation, input?, None)
+    }
+}
+
+impl std::fmt::Debug for OrchestrationContext {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("OrchestrationContext")
+            .field("instance_id", &self.instance_id())
+            .finish_non_exhaustive()
+    }
+}
+
+impl std::fmt::Debug for CriticalSection {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("CriticalSection").finish_non_exhaustive()
+    }
+}
+
+impl std::fmt::Debug for OrchestrationCall {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("OrchestrationCall")
+            .field("id", &self.id)
+            .finish_non_exhaustive()
+    }
+}
+
+impl std::fmt::Debug for OrchestrationSignal {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("OrchestrationSignal")
+            .field("id", &self.id)
+            .finish_non_exhaustive()
     }
 }

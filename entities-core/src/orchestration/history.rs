@@ -82,7 +82,7 @@ impl Action {
 
 fn list(ids: &[EntityId]) -> String {
     ids.iter()
-        .map(|i| i.to_string())
+        .map(std::string::ToString::to_string)
         .collect::<Vec<_>>()
         .join(", ")
 }

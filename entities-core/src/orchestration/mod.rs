@@ -2,8 +2,7 @@
 //! entities, lock them in critical sections, and run activities, timers, sub-orchestrations
 //! and external events.
 
-mod context;
-pub(crate) mod engine;
+pub(crate) mod context;
 pub(crate) mod history;
 mod status;
 

@@ -10,7 +10,7 @@ use entities_postgres::PostgresStore;
 use serde_json::json;
 
 /// A signal `add(1)` to the counter `key`.
-pub fn add_one(id: MessageId, key: &str) -> Message {
+pub(crate) fn add_one(id: MessageId, key: &str) -> Message {
     Message {
         id,
         target: Target::Entity(EntityId::new("Counter", key)),
@@ -26,7 +26,7 @@ pub fn add_one(id: MessageId, key: &str) -> Message {
 
 /// Commits `messages` through the store as arrivals (for the owner to pick up), in one
 /// transaction.
-pub async fn store_arrivals(store: &PostgresStore, messages: Vec<Message>) {
+pub(crate) async fn store_arrivals(store: &PostgresStore, messages: Vec<Message>) {
     let mut batch = Batch::default();
     for message in messages {
         batch.remote.insert(message.id);
@@ -37,7 +37,7 @@ pub async fn store_arrivals(store: &PostgresStore, messages: Vec<Message>) {
 
 /// Inserts `message` as an arrival in `client`'s transaction, as another process's commit
 /// stores it (`partitions`: the store's partition count).
-pub async fn insert_arrival(
+pub(crate) async fn insert_arrival(
     client: &impl tokio_postgres::GenericClient,
     message: &Message,
     partitions: u32,

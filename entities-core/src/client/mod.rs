@@ -1,5 +1,13 @@
 //! [`Client`]: signals, calls and reads from outside the runtime.
 
+mod idempotent;
+mod proxy;
+mod schedules;
+
+pub(crate) use self::idempotent::forget_old_keys;
+pub use self::idempotent::Idempotent;
+pub use self::proxy::{ClientCall, ClientSignal};
+
 use std::sync::atomic::Ordering;
 use std::sync::Arc;
 use std::time::{Duration, SystemTime};
@@ -16,19 +24,12 @@ use crate::id::EntityId;
 use crate::inspect::{RecentFailure, WaitingOperation};
 use crate::message::{
     from_millis, now_millis, to_millis, to_millis_ceil, Body, Message, ReplyTo, Target,
+    RESERVED_PREFIX, SET_STATE_OPERATION,
 };
 use crate::orchestration::OrchestrationStatus;
-use crate::proxy::{ClientCall, ClientSignal};
 use crate::store::{
     Batch, EntityQuery, EntityRecord, InstanceQuery, InstanceRecord, InstanceWrite, RuntimeStatus,
 };
-
-/// The name of the reserved operation that replaces an entity's state (see
-/// [`Client::set_entity_state`]). Clients cannot send it under this name themselves.
-pub(crate) const SET_STATE_OPERATION: &str = "$set_state";
-
-/// Operation names starting with this are reserved for the runtime.
-pub(crate) const RESERVED_PREFIX: char = '$';
 
 /// An entity's committed state with its metadata.
 #[derive(Clone, Debug, PartialEq)]
@@ -735,7 +736,7 @@ impl Client {
     pub(crate) async fn store_and_deliver(
         &self,
         messages: Vec<Message>,
-        waiter: Option<(u64, oneshot::Sender<crate::engine::CallReply>)>,
+        waiter: Option<(u64, oneshot::Sender<crate::message::CallReply>)>,
     ) -> Result<()> {
         let batch = Batch {
             produced: messages,
@@ -754,7 +755,7 @@ impl Client {
     pub(crate) async fn commit_and_deliver(
         &self,
         batch: Batch,
-        waiter: Option<(u64, oneshot::Sender<crate::engine::CallReply>)>,
+        waiter: Option<(u64, oneshot::Sender<crate::message::CallReply>)>,
     ) -> Result<()> {
         if self.shared.stopped.load(Ordering::SeqCst) {
             return Err(Error::Shutdown);
@@ -867,4 +868,10 @@ fn check_operation_name(operation: &str) -> Result<()> {
         return Err(Error::ReservedOperation(operation.to_string()));
     }
     Ok(())
+}
+
+impl std::fmt::Debug for Client {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Client").finish_non_exhaustive()
+    }
 }

@@ -2,6 +2,10 @@
 //! whole [`Batch`]es atomically; a good implementation also merges batches that arrive together
 //! into one transaction (group commit).
 
+mod group;
+
+pub use self::group::{DuplicateMessage, Group, HeldRows, RowSource};
+
 use std::collections::HashSet;
 use std::sync::Arc;
 
@@ -291,7 +295,7 @@ pub struct Recovery {
 pub struct SetAsideMessage {
     /// The message number.
     pub id: MessageId,
-    /// The receiver, as stored (the `Display` form of a [`Target`](crate::message::Target)).
+    /// The receiver, as stored (the `Display` form of a [`Target`]).
     pub target: String,
     /// The delivery time as stored (milliseconds since the Unix epoch), `None` if unscheduled.
     pub deliver_at: Option<u64>,

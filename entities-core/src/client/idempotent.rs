@@ -1,5 +1,6 @@
 //! Idempotent sends (see [`Client::idempotent`]): a send that claims a key is applied once per
-//! key within the retention window, however often it is retried.
+//! key within the retention window, however often it is retried. What a key stores is in
+//! [`crate::keys`].
 //!
 //! The key is stored in the commit that stores the send (or, for a signal or call consumed in
 //! the batch that takes it in, its effects), so a process killed after the send was stored but
@@ -13,150 +14,24 @@
 //! another process claimed the key first. The refused send then answers what the first one
 //! did, as a retry would.
 
-use std::collections::HashMap;
-use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use serde::de::DeserializeOwned;
-use serde::{Deserialize, Serialize};
+use serde::Serialize;
 use serde_json::Value;
 use tokio::sync::oneshot;
 
-use crate::client::{operation_message, Client};
-use crate::engine::CallReply;
+use super::proxy::{ClientCall, ClientSignal};
+use super::{operation_message, Client};
 use crate::entity::Entity;
 use crate::error::{Error, Result};
 use crate::id::EntityId;
-use crate::message::{now_millis, ReplyTo};
-use crate::proxy::{ClientCall, ClientSignal};
-use crate::store::{Batch, IdempotencyKey};
-
-/// How long idempotency keys are kept by default.
-pub(crate) const DEFAULT_RETENTION: Duration = Duration::from_secs(24 * 3600);
+use crate::keys::{claim, other_kind, request_of, Bound, KeyOutcome, Stored, MAX_KEY_LEN};
+use crate::message::{now_millis, CallReply, ReplyTo};
+use crate::store::Batch;
 
 /// How often a retried call looks for the answer of the first one.
 const ANSWER_POLL: Duration = Duration::from_millis(10);
-
-/// What came of the send that claimed a key, as stored.
-#[derive(Clone, Debug, Serialize, Deserialize)]
-pub(crate) enum KeyOutcome {
-    /// A signal, stored.
-    Signalled,
-    /// A call: its answer once the operation ran.
-    Called(Option<CallReply>),
-    /// An orchestration start, with the instance id.
-    Started(String),
-}
-
-/// A key's row as stored: the request that claimed it and what came of it.
-#[derive(Serialize, Deserialize)]
-struct Bound {
-    request: String,
-    outcome: KeyOutcome,
-}
-
-/// A stored outcome as read: bound to its request, or (stored before keys were bound to
-/// requests) not.
-#[derive(Deserialize)]
-#[serde(untagged)]
-enum Stored {
-    Bound(Bound),
-    Unbound(KeyOutcome),
-}
-
-impl KeyOutcome {
-    /// The stored outcome of a call that claimed its key for `request`, answered with
-    /// `result`.
-    pub(crate) fn answer(result: &CallReply, request: Option<&str>) -> Value {
-        let outcome = KeyOutcome::Called(Some(result.clone()));
-        match request {
-            Some(request) => bound(request, outcome),
-            None => serde_json::to_value(&outcome).expect("a key outcome serializes"),
-        }
-    }
-
-    /// The kind of send, as the first word of its request (see [`request_of`]).
-    fn send(&self) -> &'static str {
-        match self {
-            KeyOutcome::Signalled => "signal",
-            KeyOutcome::Called(_) => "call",
-            KeyOutcome::Started(_) => "start",
-        }
-    }
-
-    /// The kind of send, for an error.
-    fn kind(&self) -> &'static str {
-        match self {
-            KeyOutcome::Signalled => "a signal",
-            KeyOutcome::Called(_) => "a call",
-            KeyOutcome::Started(_) => "an orchestration start",
-        }
-    }
-}
-
-/// The stored form of `outcome` claimed for `request`.
-fn bound(request: &str, outcome: KeyOutcome) -> Value {
-    let row = Bound {
-        request: request.to_string(),
-        outcome,
-    };
-    serde_json::to_value(&row).expect("a key outcome serializes")
-}
-
-/// Longest idempotency key, in bytes.
-const MAX_KEY_LEN: usize = 255;
-
-/// The request a key is bound to: the kind of send, its target and operation (or
-/// orchestration), and a SHA-256 digest of its input, so that a retry matches and any other
-/// request does not.
-fn request_of(send: &str, target: &str, input: Option<&Value>) -> String {
-    use sha2::Digest;
-    let input = input.unwrap_or(&Value::Null).to_string();
-    let digest = sha2::Sha256::digest(input.as_bytes());
-    let hex: String = digest.iter().map(|b| format!("{b:02x}")).collect();
-    format!("{send} {target}, input sha256 {hex}")
-}
-
-/// Sends of one key within this process wait for each other.
-#[derive(Default)]
-pub(crate) struct KeyLocks {
-    held: Mutex<HashMap<String, Arc<tokio::sync::Mutex<()>>>>,
-}
-
-/// A held key: released when dropped.
-struct KeyGuard<'a> {
-    locks: &'a KeyLocks,
-    key: String,
-    guard: Option<tokio::sync::OwnedMutexGuard<()>>,
-}
-
-impl KeyLocks {
-    async fn lock(&self, key: &str) -> KeyGuard<'_> {
-        let mutex = {
-            let mut held = self.held.lock().expect("key locks poisoned");
-            held.entry(key.to_string()).or_default().clone()
-        };
-        KeyGuard {
-            locks: self,
-            key: key.to_string(),
-            guard: Some(mutex.lock_owned().await),
-        }
-    }
-}
-
-impl Drop for KeyGuard<'_> {
-    fn drop(&mut self) {
-        drop(self.guard.take());
-        let mut held = self.locks.held.lock().expect("key locks poisoned");
-        // Only the map holds it once no send of this key holds or waits for it.
-        if held
-            .get(&self.key)
-            .is_some_and(|m| Arc::strong_count(m) == 1)
-        {
-            held.remove(&self.key);
-        }
-    }
-}
 
 /// A client whose sends claim one idempotency key: the first send is applied, and a second
 /// one with the same key within the retention window
@@ -311,24 +186,6 @@ impl Idempotent {
             }
             other => other,
         }
-    }
-}
-
-/// The error for a stored key whose request matches but whose outcome is of another kind of
-/// send (a damaged row).
-fn other_kind(key: &str) -> Error {
-    Error::IdempotencyMismatch {
-        key: key.to_string(),
-        first: "a send of another kind".into(),
-    }
-}
-
-/// A new claim of `key` for `request`.
-fn claim(key: &str, request: &str, outcome: KeyOutcome) -> IdempotencyKey {
-    IdempotencyKey {
-        key: key.to_string(),
-        created: now_millis(),
-        outcome: bound(request, outcome),
     }
 }
 
@@ -530,5 +387,13 @@ pub(crate) async fn forget_old_keys(client: Client) {
         if let Err(err) = client.shared.store.commit(batch).await {
             tracing::warn!(error = %err, "forgetting old idempotency keys failed; it runs again later");
         }
+    }
+}
+
+impl std::fmt::Debug for Idempotent {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Idempotent")
+            .field("key", &self.key)
+            .finish_non_exhaustive()
     }
 }

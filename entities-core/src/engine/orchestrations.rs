@@ -18,12 +18,12 @@ use serde_json::Value;
 use tokio::sync::oneshot;
 use tracing::{debug, error, warn};
 
-use super::context::{OrchState, OrchestrationContext};
-use super::history::{Action, Event};
-use crate::engine::{panic_message, Command, Shared};
-use crate::error::{Error, StoreError, StoreErrorKind};
+use super::{Command, Shared};
+use crate::error::{panic_message, Error, StoreError, StoreErrorKind};
 use crate::id::EntityId;
 use crate::message::{now_millis, Body, FailureKind, Message, MessageId, Outcome, ReplyTo, Target};
+use crate::orchestration::context::{OrchState, OrchestrationContext};
+use crate::orchestration::history::{Action, Event};
 use crate::store::{Batch, InstanceRecord, InstanceWrite, RuntimeStatus};
 
 /// Most instances run in one batch.
@@ -140,7 +140,8 @@ impl Orchestrations {
             return;
         };
         let function = self.shared.registry.activities.get(&name).cloned();
-        let ctx = crate::ActivityContext::new(&name, &instance, self.shared.registry.clone());
+        let ctx =
+            crate::ActivityContext::new(&name, &instance, self.shared.registry.services.clone());
         let commands = self.shared.commands.clone();
         let generation = self.generation;
         tokio::spawn(async move {
@@ -343,7 +344,7 @@ impl Orchestrations {
             if live
                 .state
                 .lock()
-                .unwrap_or_else(|e| e.into_inner())
+                .unwrap_or_else(std::sync::PoisonError::into_inner)
                 .nondeterminism
                 .is_some()
             {
@@ -356,7 +357,10 @@ impl Orchestrations {
                 break;
             }
         }
-        let mut state = live.state.lock().unwrap_or_else(|e| e.into_inner());
+        let mut state = live
+            .state
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
         state.replaying = false;
         if state.nondeterminism.is_none() {
             if let Some(seq) = state.recorded.keys().min().copied() {
@@ -521,7 +525,7 @@ impl Orchestrations {
                     let section = live
                         .state
                         .lock()
-                        .unwrap_or_else(|e| e.into_inner())
+                        .unwrap_or_else(std::sync::PoisonError::into_inner)
                         .section
                         .clone();
                     for entity in ids {
@@ -540,7 +544,7 @@ impl Orchestrations {
                 Body::Event { name, data } => events.push(Event::Raised { name, data }),
                 Body::Terminate { reason } => terminate = Some(reason),
                 other => {
-                    warn!(instance = id, message = ?other, "message kind not meant for an instance; dropped")
+                    warn!(instance = id, message = ?other, "message kind not meant for an instance; dropped");
                 }
             }
         }
@@ -554,11 +558,14 @@ impl Orchestrations {
                 let departed = live
                     .state
                     .lock()
-                    .unwrap_or_else(|e| e.into_inner())
+                    .unwrap_or_else(std::sync::PoisonError::into_inner)
                     .nondeterminism
                     .is_some();
                 let result = if departed { None } else { poll(live) };
-                let mut state = live.state.lock().unwrap_or_else(|e| e.into_inner());
+                let mut state = live
+                    .state
+                    .lock()
+                    .unwrap_or_else(std::sync::PoisonError::into_inner);
                 match state.nondeterminism.take() {
                     Some(problem) => {
                         // Nothing the departed code scheduled is carried out.
@@ -584,7 +591,7 @@ impl Orchestrations {
         let continued = live
             .state
             .lock()
-            .unwrap_or_else(|e| e.into_inner())
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
             .continue_with
             .take();
         if let Some(input) = continued {
@@ -641,7 +648,10 @@ impl Orchestrations {
         batch: &mut Batch,
     ) -> Result<(Vec<Event>, Option<RunResult>), String> {
         let (carried, first_seq, mut held) = {
-            let mut state = live.state.lock().unwrap_or_else(|e| e.into_inner());
+            let mut state = live
+                .state
+                .lock()
+                .unwrap_or_else(std::sync::PoisonError::into_inner);
             state.closed = true;
             let mut carried: Vec<(String, VecDeque<Value>)> = state.events.drain().collect();
             carried.sort_by(|a, b| a.0.cmp(&b.0));
@@ -680,7 +690,10 @@ impl Orchestrations {
         }
         apply(&new.state, events.iter().cloned());
         let result = poll(&mut new);
-        let mut state = new.state.lock().unwrap_or_else(|e| e.into_inner());
+        let mut state = new
+            .state
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
         for (seq, action) in state.new_actions.drain(..) {
             batch
                 .produced
@@ -716,7 +729,10 @@ impl Orchestrations {
         // Release every entity of the open section, granted or not: a release from a
         // non-holder does nothing, and a grant that arrives after the end is released then.
         let mut held = {
-            let mut state = live.state.lock().unwrap_or_else(|e| e.into_inner());
+            let mut state = live
+                .state
+                .lock()
+                .unwrap_or_else(std::sync::PoisonError::into_inner);
             state.closed = true;
             state.section.take().unwrap_or_default()
         };
@@ -777,7 +793,7 @@ impl Orchestrations {
                 ),
             )),
             body => {
-                debug!(instance = id, message = ?body, "message for an ended or unknown instance dropped")
+                debug!(instance = id, message = ?body, "message for an ended or unknown instance dropped");
             }
         }
     }
@@ -811,7 +827,10 @@ impl Live {
     /// Starts the step numbers of this run at `first_seq`.
     fn set_first_seq(&mut self, first_seq: u64) {
         self.first_seq = first_seq;
-        let mut state = self.state.lock().unwrap_or_else(|e| e.into_inner());
+        let mut state = self
+            .state
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
         state.first_seq = first_seq;
         state.next_seq = first_seq;
     }
@@ -819,7 +838,9 @@ impl Live {
 
 /// Applies a turn's events to the replay state.
 fn apply(state: &Mutex<OrchState>, events: impl Iterator<Item = Event>) {
-    let mut state = state.lock().unwrap_or_else(|e| e.into_inner());
+    let mut state = state
+        .lock()
+        .unwrap_or_else(std::sync::PoisonError::into_inner);
     for event in events {
         match event {
             Event::Turn { time } => state.now = time,
