@@ -14,7 +14,7 @@
 //! [`Group`] holds that rule for every store: the engine's own batches obey it too (a message
 //! produced and consumed within one batch is never stored).
 
-use std::collections::{BTreeMap, HashMap};
+use std::collections::HashMap;
 
 use crate::id::EntityId;
 use crate::message::MessageId;
@@ -28,7 +28,11 @@ pub type RowSource = (usize, usize);
 /// consumed in it (yet), and each entity's last record. Batches are added in commit order.
 #[derive(Debug, Default)]
 pub struct Group {
-    messages: BTreeMap<MessageId, RowSource>,
+    /// The messages held, by id.
+    messages: HashMap<MessageId, RowSource>,
+    /// The ids of the messages held, in the order they were produced (with ids consumed
+    /// since: they are skipped).
+    order: Vec<MessageId>,
     entities: HashMap<EntityId, RowSource>,
 }
 
@@ -41,7 +45,8 @@ pub struct DuplicateMessage(pub MessageId);
 /// The rows a complete group writes, by where they come from.
 #[derive(Debug, Default, PartialEq, Eq)]
 pub struct HeldRows {
-    /// The messages to insert, in id order (the order they were produced in).
+    /// The messages to insert, in the order they were produced: a store shared by several
+    /// processes keeps each sender's order by it.
     pub messages: Vec<RowSource>,
     /// Each entity's last record, in id order (neighbouring rows share pages).
     pub entities: Vec<RowSource>,
@@ -67,6 +72,7 @@ impl Group {
             if self.messages.insert(message.id, (index, i)).is_some() {
                 return Err(DuplicateMessage(message.id));
             }
+            self.order.push(message.id);
         }
         for (i, entity) in batch.entities.iter().enumerate() {
             self.entities.insert(entity.id.clone(), (index, i));
@@ -77,7 +83,12 @@ impl Group {
     /// Takes the rows held back so far (before an isolated write, or once the group is
     /// complete); the group goes on empty of rows.
     pub fn take(&mut self) -> HeldRows {
-        let messages = std::mem::take(&mut self.messages).into_values().collect();
+        let mut messages = Vec::with_capacity(self.messages.len());
+        for id in self.order.drain(..) {
+            if let Some(source) = self.messages.remove(&id) {
+                messages.push(source);
+            }
+        }
         let mut entities: Vec<_> = self.entities.drain().collect();
         entities.sort_unstable_by(|a, b| a.0.cmp(&b.0));
         HeldRows {
@@ -123,7 +134,7 @@ mod tests {
         let mut group = Group::new();
         let first = Batch {
             consumed: vec![100],
-            produced: vec![message(1), message(2)],
+            produced: vec![message(9), message(2), message(1)],
             entities: vec![entity("b", 1), entity("a", 1)],
             ..Batch::default()
         };
@@ -138,7 +149,8 @@ mod tests {
         assert_eq!(
             group.take(),
             HeldRows {
-                messages: vec![(0, 0), (1, 0)],
+                // In the order produced, not by id.
+                messages: vec![(0, 0), (0, 2), (1, 0)],
                 // a from the first batch, b's last record from the second.
                 entities: vec![(0, 1), (1, 0)],
             }

@@ -1,7 +1,7 @@
 //! `#[entity]` in a crate that renames the facade (`renamed_entities`), in a module without the
 //! implicit prelude, next to items that shadow the names generated code might use unqualified.
 
-#[allow(dead_code)]
+#[allow(dead_code, unreachable_pub)]
 mod shadows {
     // Names that generated code must not pick up.
     pub struct Result;
@@ -15,25 +15,32 @@ mod shadows {
     pub mod entities {}
 }
 
+/// A class-based entity among the shadowing names.
 #[no_implicit_prelude]
 pub mod counter {
     #[allow(unused_imports)]
     use super::shadows::*;
     use ::renamed_entities::entity;
 
-    #[derive(::core::default::Default, ::serde::Serialize, ::serde::Deserialize)]
+    /// The entity's state.
+    #[derive(
+        ::core::fmt::Debug, ::core::default::Default, ::serde::Serialize, ::serde::Deserialize,
+    )]
     pub struct Tally {
         value: i64,
     }
 
     #[entity]
     impl Tally {
+        /// Operation `add`.
         pub fn add(&mut self, amount: i64, times: u32) {
             self.value += amount * <i64 as ::core::convert::From<u32>>::from(times);
         }
+        /// Operation `get`.
         pub fn get(&self) -> i64 {
             self.value
         }
+        /// Operation `check`.
         pub fn check(&self, limit: i64) -> ::core::result::Result<i64, ::std::string::String> {
             if self.value <= limit {
                 ::core::result::Result::Ok(self.value)
@@ -51,7 +58,10 @@ pub mod versioned {
     use super::shadows::*;
     use ::renamed_entities::entity;
 
-    #[derive(::core::default::Default, ::serde::Serialize, ::serde::Deserialize)]
+    /// The entity's state.
+    #[derive(
+        ::core::fmt::Debug, ::core::default::Default, ::serde::Serialize, ::serde::Deserialize,
+    )]
     pub struct Level {
         value: i64,
     }
@@ -69,6 +79,7 @@ pub mod versioned {
                 _ => ::core::result::Result::Err(::std::format!("cannot read {old}")),
             }
         }
+        /// Operation `get`.
         pub fn get(&self) -> i64 {
             self.value
         }
