@@ -109,6 +109,9 @@ pub(crate) struct Engine {
     waiters: HashMap<u64, oneshot::Sender<CallReply>>,
     /// The size of `waiters` at which closed ones are swept out.
     waiters_sweep_at: usize,
+    /// The clock read at the start of this turn of the loop: when the client sends handled
+    /// in it were taken in.
+    turn_began: tokio::time::Instant,
     /// Client messages delivered but not stored yet: the next batch stores them.
     ingested: Vec<Message>,
     ingested_acks: Vec<Stored>,
@@ -173,6 +176,7 @@ impl Engine {
             rx,
             waiters: HashMap::new(),
             waiters_sweep_at: 1024,
+            turn_began: tokio::time::Instant::now(),
             ingested: Vec::new(),
             ingested_acks: Vec::new(),
             cancel_acks: Vec::new(),
@@ -239,6 +243,7 @@ impl Engine {
     /// One turn of the loop: waits for something to do if nothing is ready, takes in what
     /// arrived, and runs a batch if the pipeline has room. Returns false to stop.
     async fn step(&mut self) -> Result<bool, StoreError> {
+        self.turn_began = tokio::time::Instant::now();
         if let Some(p) = &self.partitioned {
             p.poller.calls_waiting(!self.waiters.is_empty());
         }
@@ -379,7 +384,8 @@ impl Engine {
                         }
                     }
                 }
-                if let Some(stored) = stored {
+                if let Some(mut stored) = stored {
+                    stored.taken_in(self.turn_began);
                     self.ingested.extend(messages.iter().cloned());
                     self.ingested_acks.push(stored);
                     self.ingested_keys.extend(keys);
@@ -543,7 +549,8 @@ impl Engine {
         keys: Vec<crate::store::IdempotencyKey>,
         acks: Vec<Stored>,
     ) {
-        let Some(since) = acks.iter().map(|a| a.since).min() else {
+        let taken_in = self.turn_began;
+        let Some(since) = acks.iter().map(|a| a.since.unwrap_or(taken_in)).min() else {
             return;
         };
         self.resend.push(Resend {
@@ -590,7 +597,7 @@ impl Engine {
                 Command::Deliver {
                     stored: Some(stored),
                     ..
-                } if stored.since + timeout <= now => {
+                } if stored.since.is_some_and(|since| since + timeout <= now) => {
                     answer_stored(&self.shared.intake, vec![stored], Some(&gave_up()));
                 }
                 other => kept.push(other),
@@ -665,7 +672,12 @@ impl Engine {
                             self.fail_ingested(&fault);
                             return false;
                         }
-                        Some(command) => postponed.push(command),
+                        Some(mut command) => {
+                            if let Command::Deliver { stored: Some(stored), .. } = &mut command {
+                                stored.taken_in(tokio::time::Instant::now());
+                            }
+                            postponed.push(command);
+                        }
                         None => return false,
                     },
                     () = &mut sleep => break,

@@ -13,19 +13,25 @@ use crate::store::InstanceRecord;
 pub(crate) struct Stored {
     pub tx: oneshot::Sender<Result<(), StoreError>>,
     pub permits: u32,
-    /// When the client handed the messages over: a send kept through a store outage fails
-    /// once it has waited the store's `unavailable_timeout`.
-    pub since: tokio::time::Instant,
+    /// When the engine took the messages in (set by the engine, from the clock reading of
+    /// its turn, so that a send costs no reading of its own): a send kept through a store
+    /// outage fails once it has waited the store's `unavailable_timeout`.
+    pub since: Option<tokio::time::Instant>,
 }
 
 impl Stored {
-    /// An answer channel for `permits` intake permits, from now.
+    /// An answer channel for `permits` intake permits.
     pub(crate) fn new(tx: oneshot::Sender<Result<(), StoreError>>, permits: u32) -> Self {
         Self {
             tx,
             permits,
-            since: tokio::time::Instant::now(),
+            since: None,
         }
+    }
+
+    /// When the messages were taken in: at `now` unless earlier.
+    pub(crate) fn taken_in(&mut self, now: tokio::time::Instant) -> tokio::time::Instant {
+        *self.since.get_or_insert(now)
     }
 }
 
