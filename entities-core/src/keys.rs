@@ -112,7 +112,10 @@ pub(crate) struct KeyGuard<'a> {
 impl KeyLocks {
     pub(crate) async fn lock(&self, key: &str) -> KeyGuard<'_> {
         let mutex = {
-            let mut held = self.held.lock().expect("key locks poisoned");
+            let mut held = self
+                .held
+                .lock()
+                .unwrap_or_else(std::sync::PoisonError::into_inner);
             held.entry(key.to_string()).or_default().clone()
         };
         KeyGuard {
@@ -126,7 +129,11 @@ impl KeyLocks {
 impl Drop for KeyGuard<'_> {
     fn drop(&mut self) {
         drop(self.guard.take());
-        let mut held = self.locks.held.lock().expect("key locks poisoned");
+        let mut held = self
+            .locks
+            .held
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
         // Only the map holds it once no send of this key holds or waits for it.
         if held
             .get(&self.key)

@@ -117,7 +117,10 @@ impl Inner {
             .expect("observed")
             .renewed(Instant::now(), self.options.lease / 2);
         let lost: Vec<u32> = {
-            let mut held = self.held.lock().expect("held");
+            let mut held = self
+                .held
+                .lock()
+                .unwrap_or_else(std::sync::PoisonError::into_inner);
             let lost: Vec<u32> = held
                 .iter()
                 .filter(|(p, epoch)| renewed.get(p) != Some(epoch))
@@ -159,8 +162,14 @@ impl Inner {
         let target = share(self.count, members.len(), index);
         // Partitions being handed over no longer count (some may be gone from `held`).
         let holding = {
-            let held = self.held.lock().expect("held");
-            let releasing = self.releasing.lock().expect("releasing");
+            let held = self
+                .held
+                .lock()
+                .unwrap_or_else(std::sync::PoisonError::into_inner);
+            let releasing = self
+                .releasing
+                .lock()
+                .unwrap_or_else(std::sync::PoisonError::into_inner);
             held.keys().filter(|p| !releasing.contains(p)).count()
         };
         if holding > target {
@@ -187,7 +196,10 @@ impl Inner {
             .await
             .map_err(|e| pg_error("cannot read partition leases", e))?;
         let now = Instant::now();
-        let mut observed = self.observed.lock().expect("observed");
+        let mut observed = self
+            .observed
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
         let mut takeable = Vec::new();
         for row in &rows {
             let part: i32 = row.get(0);
@@ -208,8 +220,14 @@ impl Inner {
     /// keep being renewed meanwhile, the partitions included).
     fn hand_over(self: &Arc<Self>, n: usize) {
         let parts: Vec<u32> = {
-            let held = self.held.lock().expect("held");
-            let mut releasing = self.releasing.lock().expect("releasing");
+            let held = self
+                .held
+                .lock()
+                .unwrap_or_else(std::sync::PoisonError::into_inner);
+            let mut releasing = self
+                .releasing
+                .lock()
+                .unwrap_or_else(std::sync::PoisonError::into_inner);
             let parts: Vec<u32> = held
                 .keys()
                 .rev()
@@ -238,7 +256,10 @@ impl Inner {
                     }
                 }
             }
-            let mut releasing = inner.releasing.lock().expect("releasing");
+            let mut releasing = inner
+                .releasing
+                .lock()
+                .unwrap_or_else(std::sync::PoisonError::into_inner);
             for p in &parts {
                 releasing.remove(p);
             }
@@ -251,7 +272,10 @@ impl Inner {
         let mut sorted: Vec<i32> = parts.iter().map(|p| *p as i32).collect();
         sorted.sort_unstable();
         {
-            let mut held = self.held.lock().expect("held");
+            let mut held = self
+                .held
+                .lock()
+                .unwrap_or_else(std::sync::PoisonError::into_inner);
             for p in parts {
                 held.remove(p);
             }
@@ -337,7 +361,10 @@ impl Inner {
             .map(|row| (row.get::<_, i32>(0) as u32, row.get::<_, i64>(1)))
             .collect();
         let parts: Vec<u32> = taken.keys().copied().collect();
-        self.held.lock().expect("held").extend(taken);
+        self.held
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .extend(taken);
         info!(partitions = ?parts, "took partitions");
         let _ = self.events.send(OwnershipEvent::Acquired(parts));
         Ok(())
@@ -368,7 +395,13 @@ impl Inner {
 
     /// Lets go of every partition and of membership (a graceful stop).
     pub(crate) async fn leave(&self) -> Result<(), StoreError> {
-        let parts: Vec<u32> = self.held.lock().expect("held").keys().copied().collect();
+        let parts: Vec<u32> = self
+            .held
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .keys()
+            .copied()
+            .collect();
         if !parts.is_empty() {
             self.release(&parts).await?;
         }

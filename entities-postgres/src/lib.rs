@@ -513,7 +513,10 @@ impl Inner {
 
     /// The partitions this process holds now, with their epochs.
     pub(crate) fn held_now(&self) -> Held {
-        self.held.lock().expect("held").clone()
+        self.held
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .clone()
     }
 
     /// Takes the shared advisory lock of every partition held, in order, and returns those
@@ -522,7 +525,11 @@ impl Inner {
         &self,
         tx: &deadpool_postgres::Transaction<'_>,
     ) -> Result<HashSet<u32>, StoreError> {
-        let held: Held = self.held.lock().expect("held").clone();
+        let held: Held = self
+            .held
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .clone();
         if held.is_empty() {
             return Ok(HashSet::new());
         }
@@ -749,7 +756,10 @@ impl Partitioned for Inner {
     }
 
     fn take_events(&self) -> Option<mpsc::UnboundedReceiver<OwnershipEvent>> {
-        self.events_rx.lock().expect("events").take()
+        self.events_rx
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .take()
     }
 
     fn hint(&self) -> Arc<Notify> {

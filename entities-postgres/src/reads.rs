@@ -131,7 +131,10 @@ impl Inner {
     ) -> Result<Vec<Message>, StoreError> {
         let conn = self.connection().await?;
         let (low, read_limit) = {
-            let cursor = self.arrivals.lock().expect("arrival cursor");
+            let cursor = self
+                .arrivals
+                .lock()
+                .unwrap_or_else(std::sync::PoisonError::into_inner);
             (cursor.low(), cursor.read_limit(limit))
         };
         // The snapshot's xmin comes from the same statement, so from the snapshot the rows

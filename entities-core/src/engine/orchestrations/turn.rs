@@ -1,306 +1,29 @@
-//! The orchestration side of the engine: instances in memory, their turns, and activities.
-//!
-//! An instance runs in turns: the messages that arrived for it (completions, events) are
-//! recorded as history events, applied, and the orchestration's future is polled once; the
-//! steps it schedules become messages. The turn's events, the instance's new status, the
-//! consumed and the produced messages commit in the engine's batch. A live instance keeps its
-//! future in memory and resumes without replay; after a restart it is rebuilt by replaying its
-//! history turn by turn, which must schedule the same steps.
+//! One instance's turns: replaying its history, creating and restarting it, running a turn
+//! of its future, and ending it.
 
 use std::collections::{HashMap, VecDeque};
 use std::panic::AssertUnwindSafe;
 use std::sync::{Arc, Mutex};
 use std::task::{Context, Poll};
 
-use futures::future::BoxFuture;
-use futures::FutureExt;
 use serde_json::Value;
-use tokio::sync::oneshot;
-use tracing::{debug, error, warn};
+use tracing::{debug, warn};
 
-use super::{Command, Shared};
-use crate::error::{panic_message, Error, StoreError, StoreErrorKind};
+use super::{Live, Orchestrations, RunResult, Slot};
+use crate::error::{panic_message, Error};
 use crate::id::EntityId;
-use crate::message::{now_millis, Body, FailureKind, Message, MessageId, Outcome, ReplyTo, Target};
+use crate::message::{now_millis, Body, FailureKind, Message, Outcome, ReplyTo};
 use crate::orchestration::context::{OrchState, OrchestrationContext};
 use crate::orchestration::history::{Action, Event};
 use crate::store::{Batch, InstanceRecord, InstanceWrite, RuntimeStatus};
 
-/// Most instances run in one batch.
-const MAX_INSTANCES_PER_BATCH: usize = 4096;
-
-/// What an orchestration's code returned.
-type RunResult = Result<Value, Error>;
-
-/// A running instance in memory.
-struct Live {
-    record: InstanceRecord,
-    parent: Option<ReplyTo>,
-    history_len: u64,
-    /// The entities of the last lock step with no release after it, from the history: what
-    /// to release when the instance ends, whatever its code did.
-    locks: Option<Vec<EntityId>>,
-    /// The first step number of this run (see [`OrchState::first_seq`]): completions of
-    /// older steps belong to a run that continued as new, and are dropped.
-    first_seq: u64,
-    state: Arc<Mutex<OrchState>>,
-    future: Option<BoxFuture<'static, Result<Value, Error>>>,
-}
-
-#[derive(Default)]
-struct Slot {
-    loaded: bool,
-    live: Option<Live>,
-    /// The instance has ended (its record says so, or a turn just ended it).
-    ended: bool,
-    /// The end is committed: once its queue is empty the slot is dropped.
-    end_committed: bool,
-    /// The client recorded the instance, and its start message has not run yet: other
-    /// messages wait for it.
-    awaiting_start: bool,
-    /// The orchestration's name is not registered here: its messages stay stored.
-    unrunnable: bool,
-    queue: VecDeque<Message>,
-    in_ready: bool,
-}
-
-/// An activity that finished, to be recorded.
-pub(crate) struct ActivityDone {
-    /// The engine generation the activity started in: results from before a recovery are
-    /// dropped (the recovered activity message runs again).
-    pub generation: u64,
-    pub message: MessageId,
-    pub instance: String,
-    pub seq: u64,
-    pub outcome: Outcome,
-}
-
-/// Active orchestration instances and activity work.
-pub(crate) struct Orchestrations {
-    shared: Arc<Shared>,
-    slots: HashMap<String, Slot>,
-    ready: VecDeque<String>,
-    watchers: HashMap<String, Vec<oneshot::Sender<InstanceRecord>>>,
-    activities_done: Vec<ActivityDone>,
-    /// Counts recoveries (see [`ActivityDone::generation`]).
-    generation: u64,
-}
-
 impl Orchestrations {
-    pub(crate) fn new(shared: Arc<Shared>) -> Self {
-        Self {
-            shared,
-            slots: HashMap::new(),
-            ready: VecDeque::new(),
-            watchers: HashMap::new(),
-            activities_done: Vec::new(),
-            generation: 0,
-        }
-    }
-
-    /// Drops every instance in memory (after a store fault); watchers stay.
-    pub(crate) fn reset(&mut self) {
-        self.slots.clear();
-        self.ready.clear();
-        self.activities_done.clear();
-        self.generation += 1;
-    }
-
-    pub(crate) fn has_work(&self) -> bool {
-        !self.ready.is_empty() || !self.activities_done.is_empty()
-    }
-
-    /// Takes a stored message for an instance or for the activity workers.
-    pub(crate) fn deliver(&mut self, message: Message) {
-        match &message.target {
-            Target::Activity => self.run_activity(message),
-            Target::Instance(id) => {
-                let id = id.clone();
-                let slot = self.slots.entry(id.clone()).or_default();
-                slot.queue.push_back(message);
-                if !slot.in_ready && !slot.unrunnable {
-                    slot.in_ready = true;
-                    self.ready.push_back(id);
-                }
-            }
-            Target::Entity(_) => unreachable!("entity messages go to entity slots"),
-        }
-    }
-
-    /// Runs an activity on its own task; its result comes back as [`Command::ActivityDone`].
-    fn run_activity(&self, message: Message) {
-        let Body::Activity {
-            instance,
-            seq,
-            name,
-            input,
-        } = message.body
-        else {
-            warn!(message = message.id, "malformed activity message dropped");
-            return;
-        };
-        let function = self.shared.registry.activities.get(&name).cloned();
-        let ctx =
-            crate::ActivityContext::new(&name, &instance, self.shared.registry.services.clone());
-        let commands = self.shared.commands.clone();
-        let generation = self.generation;
-        tokio::spawn(async move {
-            let outcome = match function {
-                None => Outcome::Err(
-                    FailureKind::Activity,
-                    format!("no activity named `{name}` is registered"),
-                ),
-                Some(function) => {
-                    match AssertUnwindSafe(function.run(ctx, input))
-                        .catch_unwind()
-                        .await
-                    {
-                        Ok(Ok(value)) => Outcome::Ok(value),
-                        Ok(Err(err)) => Outcome::Err(FailureKind::Activity, err),
-                        Err(panic) => Outcome::Err(
-                            FailureKind::Activity,
-                            format!("activity `{name}` panicked: {}", panic_message(&panic)),
-                        ),
-                    }
-                }
-            };
-            let _ = commands.send(Command::ActivityDone(ActivityDone {
-                generation,
-                message: message.id,
-                instance,
-                seq,
-                outcome,
-            }));
-        });
-    }
-
-    pub(crate) fn activity_done(&mut self, done: ActivityDone) {
-        if done.generation == self.generation {
-            self.activities_done.push(done);
-        }
-    }
-
-    pub(crate) fn watch(&mut self, id: String, done: oneshot::Sender<InstanceRecord>) {
-        let watchers = self.watchers.entry(id).or_default();
-        watchers.retain(|tx| !tx.is_closed());
-        watchers.push(done);
-    }
-
-    /// Runs a turn of every ready instance into `batch`; returns the final records of the
-    /// instances that ended.
-    pub(crate) async fn run_steps(
-        &mut self,
-        batch: &mut Batch,
-    ) -> Result<Vec<InstanceRecord>, StoreError> {
-        for done in self.activities_done.drain(..) {
-            batch.consumed.push(done.message);
-            batch.produced.push(
-                self.shared
-                    .completion(done.instance, done.seq, done.outcome),
-            );
-        }
-        let mut ids = Vec::new();
-        while ids.len() < MAX_INSTANCES_PER_BATCH {
-            let Some(id) = self.ready.pop_front() else {
-                break;
-            };
-            if let Some(slot) = self.slots.get_mut(&id) {
-                slot.in_ready = false;
-                ids.push(id);
-            }
-        }
-        let mut ended = Vec::new();
-        for id in ids {
-            self.load(&id).await?;
-            let mut slot = self.slots.remove(&id).expect("loaded slot");
-            if !slot.unrunnable {
-                let messages: Vec<Message> = slot.queue.drain(..).collect();
-                let span = tracing::debug_span!("orchestration_turn", instance = %id);
-                let ended_now = span.in_scope(|| self.run_turn(&id, &mut slot, messages, batch));
-                if ended_now {
-                    // The turn's last write is the instance's final record.
-                    let last = batch
-                        .instances
-                        .last()
-                        .expect("an ended turn writes its record");
-                    ended.push(last.record.clone());
-                }
-            }
-            // An instance that has ended (committed) or never existed keeps no slot.
-            let gone = slot.live.is_none()
-                && !slot.awaiting_start
-                && !slot.unrunnable
-                && slot.queue.is_empty()
-                && (!slot.ended || slot.end_committed);
-            if !gone {
-                self.slots.insert(id, slot);
-            }
-        }
-        Ok(ended)
-    }
-
-    /// Loads an instance from the store and rebuilds it by replaying its history.
-    async fn load(&mut self, id: &str) -> Result<(), StoreError> {
-        if self.slots.get(id).is_none_or(|s| s.loaded) {
-            return Ok(());
-        }
-        let record = match self.shared.store.read_instance(id).await {
-            Err(err) if err.kind() == StoreErrorKind::Corrupt => {
-                self.unrunnable(id, &err);
-                return Ok(());
-            }
-            other => other?,
-        };
-        let mut live = None;
-        let mut ended = false;
-        let mut unrunnable = false;
-        let mut awaiting_start = false;
-        match record {
-            None => {}
-            Some(record) if record.status.is_terminal() => ended = true,
-            Some(record) => {
-                let history = match self.shared.store.read_history(id).await {
-                    Err(err) if err.kind() == StoreErrorKind::Corrupt => {
-                        self.unrunnable(id, &err);
-                        return Ok(());
-                    }
-                    other => other?,
-                };
-                if history.is_empty() {
-                    // Recorded by the client with its start message, which has not run yet.
-                    awaiting_start = true;
-                } else {
-                    match self.replay(record, history) {
-                        Ok(l) => live = Some(l),
-                        Err(err) => {
-                            warn!(instance = id, error = %err, "instance cannot run here; its messages stay stored");
-                            unrunnable = true;
-                        }
-                    }
-                }
-            }
-        }
-        let slot = self.slots.get_mut(id).expect("slot");
-        slot.loaded = true;
-        slot.live = live;
-        slot.ended = ended;
-        slot.end_committed = ended;
-        slot.awaiting_start = awaiting_start;
-        slot.unrunnable = unrunnable;
-        Ok(())
-    }
-
-    /// Marks an instance whose stored record or history cannot be decoded: its messages stay
-    /// stored and it does not run; every other instance goes on.
-    fn unrunnable(&mut self, id: &str, err: &StoreError) {
-        error!(instance = id, error = %err, "the instance's stored record or history cannot be decoded; it does not run until repaired, its messages stay stored");
-        let slot = self.slots.get_mut(id).expect("slot");
-        slot.loaded = true;
-        slot.unrunnable = true;
-    }
-
     /// Rebuilds a running instance from its history, turn by turn.
-    fn replay(&self, record: InstanceRecord, history: Vec<Value>) -> Result<Live, String> {
+    pub(super) fn replay(
+        &self,
+        record: InstanceRecord,
+        history: Vec<Value>,
+    ) -> Result<Live, String> {
         let events: Vec<Event> = history
             .into_iter()
             .map(serde_json::from_value)
@@ -376,7 +99,7 @@ impl Orchestrations {
 
     /// A new in-memory instance with its future, not yet polled; with the steps of its
     /// history when it is to be replayed.
-    fn create(
+    pub(super) fn create(
         &self,
         record: InstanceRecord,
         parent: Option<ReplyTo>,
@@ -417,7 +140,7 @@ impl Orchestrations {
     }
 
     /// Runs one turn of an instance with the messages that arrived; returns whether it ended.
-    fn run_turn(
+    pub(super) fn run_turn(
         &self,
         id: &str,
         slot: &mut Slot,
@@ -639,7 +362,7 @@ impl Orchestrations {
     /// it finished at once. A new run that continues as new again at once is restarted by the
     /// next turn, which a message to itself brings about (so that a run that continues without
     /// waiting for anything cannot hold the engine in a loop).
-    fn restart(
+    pub(super) fn restart(
         &self,
         id: &str,
         live: &mut Live,
@@ -725,7 +448,13 @@ impl Orchestrations {
     }
 
     /// Ends an instance: records its status, releases its locks, answers its parent.
-    fn finish(&self, id: &str, live: &mut Live, result: Result<Value, Error>, batch: &mut Batch) {
+    pub(super) fn finish(
+        &self,
+        id: &str,
+        live: &mut Live,
+        result: Result<Value, Error>,
+        batch: &mut Batch,
+    ) {
         // Release every entity of the open section, granted or not: a release from a
         // non-holder does nothing, and a grant that arrives after the end is released then.
         let mut held = {
@@ -772,7 +501,7 @@ impl Orchestrations {
 
     /// A message for an instance that has ended or never existed: dropped, except that a lock
     /// granted after the end is released at once.
-    fn to_ended_instance(&self, id: &str, message: Message, batch: &mut Batch) {
+    pub(super) fn to_ended_instance(&self, id: &str, message: Message, batch: &mut Batch) {
         match message.body {
             Body::LockGranted { ids, .. } => {
                 for entity in ids {
@@ -797,30 +526,6 @@ impl Orchestrations {
             }
         }
     }
-
-    /// Called once a batch has committed, with the final records of the instances it ended.
-    pub(crate) fn finished(&mut self, instances: Vec<InstanceRecord>) {
-        for record in instances {
-            let id = record.id.clone();
-            match self.slots.get_mut(&id) {
-                Some(slot) if slot.queue.is_empty() && !slot.in_ready => {
-                    self.slots.remove(&id);
-                }
-                Some(slot) => slot.end_committed = true,
-                None => {}
-            }
-            for done in self.watchers.remove(&id).unwrap_or_default() {
-                let _ = done.send(record.clone());
-            }
-        }
-    }
-
-    pub(crate) fn unload_idle(&mut self) {
-        self.watchers.retain(|_, w| {
-            w.retain(|tx| !tx.is_closed());
-            !w.is_empty()
-        });
-    }
 }
 
 impl Live {
@@ -837,7 +542,7 @@ impl Live {
 }
 
 /// Applies a turn's events to the replay state.
-fn apply(state: &Mutex<OrchState>, events: impl Iterator<Item = Event>) {
+pub(super) fn apply(state: &Mutex<OrchState>, events: impl Iterator<Item = Event>) {
     let mut state = state
         .lock()
         .unwrap_or_else(std::sync::PoisonError::into_inner);
@@ -856,7 +561,7 @@ fn apply(state: &Mutex<OrchState>, events: impl Iterator<Item = Event>) {
 }
 
 /// Polls the instance's future once; `Some` when it finished.
-fn poll(live: &mut Live) -> Option<Result<Value, Error>> {
+pub(super) fn poll(live: &mut Live) -> Option<Result<Value, Error>> {
     let future = live.future.as_mut()?;
     let waker = futures::task::noop_waker();
     let mut cx = Context::from_waker(&waker);
@@ -872,7 +577,7 @@ fn poll(live: &mut Live) -> Option<Result<Value, Error>> {
 
 /// Follows the lock steps of a history: the entities locked by the last lock step that no
 /// release step followed.
-fn track_locks(locks: &mut Option<Vec<EntityId>>, event: &Event) {
+pub(super) fn track_locks(locks: &mut Option<Vec<EntityId>>, event: &Event) {
     match event {
         Event::Scheduled {
             action: Action::Lock { ids },
