@@ -10,23 +10,7 @@ use entities::prelude::*;
 use entities::Error;
 use serde::{Deserialize, Serialize};
 
-#[derive(Default, Serialize, Deserialize)]
-pub struct Counter {
-    value: i64,
-}
-
-#[entity]
-impl Counter {
-    pub fn add(&mut self, amount: i64) {
-        self.value += amount;
-    }
-    pub fn reset(&mut self) {
-        self.value = 0;
-    }
-    pub fn get(&self) -> i64 {
-        self.value
-    }
-}
+use entities_test_support::Counter;
 
 /// Every accepted form in one entity.
 #[derive(Default, Serialize, Deserialize, Debug, PartialEq)]

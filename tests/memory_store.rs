@@ -11,20 +11,7 @@ use entities::prelude::*;
 use entities::{Error, Store, StoreError, StoreErrorKind};
 use serde::{Deserialize, Serialize};
 
-#[derive(Default, Serialize, Deserialize)]
-pub struct Counter {
-    value: i64,
-}
-
-#[entity]
-impl Counter {
-    pub fn add(&mut self, amount: i64) {
-        self.value += amount;
-    }
-    pub fn get(&self) -> i64 {
-        self.value
-    }
-}
+use entities_test_support::Counter;
 
 #[derive(Serialize, Deserialize)]
 pub struct Transfer {

@@ -10,6 +10,8 @@ use entities::prelude::*;
 use entities::{Error, OrchestrationQuery, RuntimeStatus};
 use serde::{Deserialize, Serialize};
 
+use entities_test_support::Counter;
+
 const WAIT: Duration = Duration::from_secs(60);
 
 async fn quick(_ctx: OrchestrationContext, n: i64) -> Result<i64, Error> {
@@ -207,21 +209,6 @@ async fn purge_orchestrations_removes_the_ended_instances_a_query_selects() {
     let done = client.wait_for_orchestration(&again, WAIT).await.unwrap();
     assert_eq!(done.output::<i64>().unwrap(), 7);
     runtime.shutdown().await.unwrap();
-}
-
-#[derive(Default, Serialize, Deserialize)]
-pub struct Counter {
-    value: i64,
-}
-
-#[entity]
-impl Counter {
-    pub fn add(&mut self, amount: i64) {
-        self.value += amount;
-    }
-    pub fn get(&self) -> i64 {
-        self.value
-    }
 }
 
 /// The state an eternal orchestration carries from run to run.

@@ -12,23 +12,7 @@ use entities::{Error, RuntimeStatus};
 use serde::{Deserialize, Serialize};
 use serde_json::json;
 
-#[derive(Default, Serialize, Deserialize)]
-pub struct Counter {
-    value: i64,
-}
-
-#[entity]
-impl Counter {
-    pub fn add(&mut self, amount: i64) {
-        self.value += amount;
-    }
-    pub fn get(&self) -> i64 {
-        self.value
-    }
-    pub fn fail(&self) -> Result<(), String> {
-        Err("counter says no".into())
-    }
-}
+use entities_test_support::{transfer, Counter, Transfer};
 
 /// Records every input, in order.
 #[derive(Default, Serialize, Deserialize)]
@@ -44,26 +28,6 @@ impl Recorder {
     pub fn seen(&self) -> Vec<String> {
         self.seen.clone()
     }
-}
-
-#[derive(Serialize, Deserialize)]
-pub struct Transfer {
-    from: String,
-    to: String,
-    amount: i64,
-}
-
-async fn transfer(ctx: OrchestrationContext, t: Transfer) -> Result<bool, entities::Error> {
-    let from = EntityId::of::<Counter>(&t.from);
-    let to = EntityId::of::<Counter>(&t.to);
-    let _section = ctx.lock(&[from, to]).await?;
-    let balance = ctx.call::<Counter>(&t.from).get().await?;
-    if balance < t.amount {
-        return Ok(false);
-    }
-    ctx.call::<Counter>(&t.from).add(-t.amount).await?;
-    ctx.call::<Counter>(&t.to).add(t.amount).await?;
-    Ok(true)
 }
 
 /// Locks a recorder, records, waits for "go" inside the section, records again.

@@ -24,46 +24,8 @@ mod pg;
 
 use entities::prelude::*;
 use entities::{SqliteOptions, Synchronous, WriteStats};
+use entities_test_support::{transfer, Counter, Transfer};
 use serde::{Deserialize, Serialize};
-
-/// The entity of most workloads: a counter.
-#[derive(Debug, Default, Serialize, Deserialize)]
-pub struct Counter {
-    value: i64,
-}
-
-#[entity]
-impl Counter {
-    /// Adds `amount`.
-    pub fn add(&mut self, amount: i64) {
-        self.value += amount;
-    }
-    /// The value.
-    pub fn get(&self) -> i64 {
-        self.value
-    }
-}
-
-/// The input of the bank's transfer orchestration.
-#[derive(Debug, Serialize, Deserialize)]
-pub struct Transfer {
-    from: String,
-    to: String,
-    amount: i64,
-}
-
-async fn transfer(ctx: OrchestrationContext, t: Transfer) -> Result<bool, entities::Error> {
-    let from = EntityId::of::<Counter>(&t.from);
-    let to = EntityId::of::<Counter>(&t.to);
-    let _section = ctx.lock(&[from, to]).await?;
-    let balance = ctx.call::<Counter>(&t.from).get().await?;
-    if balance < t.amount {
-        return Ok(false);
-    }
-    ctx.call::<Counter>(&t.from).add(-t.amount).await?;
-    ctx.call::<Counter>(&t.to).add(t.amount).await?;
-    Ok(true)
-}
 
 /// Latencies of orchestration -> entity calls, measured in the orchestration (not replayed:
 /// the instance stays cached, so this wall-clock reading is never re-executed).
