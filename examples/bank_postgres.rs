@@ -1,11 +1,14 @@
 //! The bank example on PostgreSQL, from two processes sharing one database. Run with
-//! `cargo run --features postgres-test-server --example bank_postgres`: it starts a private PostgreSQL
-//! server (or uses `ENTITIES_POSTGRES_URL`), opens the accounts, then runs itself twice as
+//! `cargo run --features postgres-test-server --example bank_postgres`: it starts a private
+//! PostgreSQL server (or uses `ENTITIES_POSTGRES_URL`), opens the accounts, then runs itself twice as
 //! workers that each start transfers; every process serves its share of the partitions, and
 //! calls and locks cross between them.
 // Test and example code: its public items are not an API (the workspace lints ask docs of
 // library crates).
 #![allow(missing_docs, missing_debug_implementations)]
+
+#[path = "support/bank.rs"]
+pub mod bank;
 
 use std::process::Command;
 use std::time::Duration;
@@ -13,50 +16,8 @@ use std::time::Duration;
 use entities::postgres::test_server::TestServer;
 use entities::postgres::{PostgresOptions, PostgresStore};
 use entities::prelude::*;
-use serde::{Deserialize, Serialize};
 
-/// A bank account.
-#[derive(Default, Serialize, Deserialize)]
-pub struct Account {
-    balance: i64,
-}
-
-#[entity]
-impl Account {
-    pub fn deposit(&mut self, amount: i64) {
-        self.balance += amount;
-    }
-    pub fn withdraw(&mut self, amount: i64) -> Result<i64, String> {
-        if amount > self.balance {
-            return Err(format!("insufficient funds: {}", self.balance));
-        }
-        self.balance -= amount;
-        Ok(self.balance)
-    }
-    pub fn balance(&self) -> i64 {
-        self.balance
-    }
-}
-
-#[derive(Serialize, Deserialize)]
-struct Transfer {
-    from: String,
-    to: String,
-    amount: i64,
-}
-
-/// Moves money between two accounts inside a critical section; returns whether it did.
-async fn transfer(ctx: OrchestrationContext, t: Transfer) -> Result<bool, entities::Error> {
-    let from = EntityId::of::<Account>(&t.from);
-    let to = EntityId::of::<Account>(&t.to);
-    let _section = ctx.lock(&[from, to]).await?;
-    if ctx.call::<Account>(&t.from).balance().await? < t.amount {
-        return Ok(false);
-    }
-    ctx.call::<Account>(&t.from).withdraw(t.amount).await?;
-    ctx.call::<Account>(&t.to).deposit(t.amount).await?;
-    Ok(true)
-}
+use bank::{transfer, Account, Transfer};
 
 const ACCOUNTS: [&str; 4] = ["alice", "bob", "carol", "dave"];
 

@@ -12,57 +12,13 @@
 // library crates).
 #![allow(missing_docs, missing_debug_implementations)]
 
+#[path = "support/bank.rs"]
+pub mod bank;
+
 use entities::prelude::*;
 use entities::RuntimeBuilder;
-use serde::{Deserialize, Serialize};
 
-/// A bank account.
-#[derive(Default, Serialize, Deserialize)]
-pub struct Account {
-    balance: i64,
-}
-
-#[entity]
-impl Account {
-    pub fn deposit(&mut self, amount: i64) {
-        self.balance += amount;
-    }
-    pub fn withdraw(&mut self, amount: i64) -> Result<i64, String> {
-        if amount > self.balance {
-            return Err(format!(
-                "insufficient funds: balance {}, asked {amount}",
-                self.balance
-            ));
-        }
-        self.balance -= amount;
-        Ok(self.balance)
-    }
-    pub fn balance(&self) -> i64 {
-        self.balance
-    }
-}
-
-/// The input of a transfer.
-#[derive(Serialize, Deserialize)]
-pub struct Transfer {
-    from: String,
-    to: String,
-    amount: i64,
-}
-
-/// Moves money between two accounts inside a critical section; returns whether it did.
-async fn transfer(ctx: OrchestrationContext, t: Transfer) -> Result<bool, entities::Error> {
-    let from = EntityId::of::<Account>(&t.from);
-    let to = EntityId::of::<Account>(&t.to);
-    let _section = ctx.lock(&[from, to]).await?;
-    let balance = ctx.call::<Account>(&t.from).balance().await?;
-    if balance < t.amount {
-        return Ok(false);
-    }
-    ctx.call::<Account>(&t.from).withdraw(t.amount).await?;
-    ctx.call::<Account>(&t.to).deposit(t.amount).await?;
-    Ok(true)
-}
+use bank::{transfer, Account, Transfer};
 
 /// Waits for an approval event before moving the money: try `raise` on it.
 async fn approved_transfer(
