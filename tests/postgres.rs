@@ -362,17 +362,28 @@ async fn a_blocked_poll_does_not_stop_the_engine() {
         .await
         .unwrap();
     tokio::spawn(conn);
-    locker
-        .batch_execute(
-            "INSERT INTO entities_replies (waiter, node, reply) \
-             SELECT -1, node, 'null' FROM entities_members",
-        )
-        .await
-        .unwrap();
-    locker
-        .batch_execute("BEGIN; SELECT * FROM entities_replies WHERE waiter = -1 FOR UPDATE")
-        .await
-        .unwrap();
+    // The poller may take the reply between its insert and its lock: then lock a new one.
+    loop {
+        locker
+            .batch_execute(
+                "INSERT INTO entities_replies (waiter, node, reply) \
+                 SELECT -1, node, 'null' FROM entities_members",
+            )
+            .await
+            .unwrap();
+        locker.batch_execute("BEGIN").await.unwrap();
+        let locked = locker
+            .query(
+                "SELECT * FROM entities_replies WHERE waiter = -1 FOR UPDATE",
+                &[],
+            )
+            .await
+            .unwrap();
+        if !locked.is_empty() {
+            break;
+        }
+        locker.batch_execute("ROLLBACK").await.unwrap();
+    }
     let poll_waits = || async {
         locker
             .query_one(
