@@ -94,7 +94,7 @@ impl Inner {
         let held_now: Vec<i32> = self
             .held
             .lock()
-            .expect("held")
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
             .keys()
             .map(|p| *p as i32)
             .collect();
@@ -114,7 +114,7 @@ impl Inner {
         // not have seen renewals meanwhile.
         self.observed
             .lock()
-            .expect("observed")
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
             .renewed(Instant::now(), self.options.lease / 2);
         let lost: Vec<u32> = {
             let mut held = self

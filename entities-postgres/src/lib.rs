@@ -356,7 +356,7 @@ impl PostgresStore {
         self.inner
             .held
             .lock()
-            .expect("held")
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
             .keys()
             .copied()
             .collect()

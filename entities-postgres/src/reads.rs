@@ -172,7 +172,7 @@ impl Inner {
         let unseen = self
             .arrivals
             .lock()
-            .expect("arrival cursor")
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
             .advance(&seen, xmin, read_limit);
         let new: Vec<_> = found
             .into_iter()
