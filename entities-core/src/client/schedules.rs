@@ -22,12 +22,35 @@ impl Client {
             .pending(id)
             .await?
             .into_iter()
-            .map(|(_, signal)| signal)
+            .map(|(_, s)| s)
             .collect())
     }
 
     /// The stored scheduled signals of `id`, with what they show.
     async fn pending(&self, id: &EntityId) -> Result<Vec<(Message, PendingSignal)>> {
+        self.scheduled_for(id, |m| match &m.body {
+            Body::Operation {
+                name,
+                input,
+                reply: None,
+                ..
+            } if !name.starts_with(crate::message::RESERVED_PREFIX) => Some(PendingSignal {
+                id: m.id,
+                operation: name.clone(),
+                input: input.clone(),
+                due: from_millis(m.deliver_at.unwrap_or(0)),
+            }),
+            _ => None,
+        })
+        .await
+    }
+
+    /// The stored scheduled messages of `id` that `view` shows, with what it shows of them.
+    async fn scheduled_for<T>(
+        &self,
+        id: &EntityId,
+        view: impl Fn(&Message) -> Option<T>,
+    ) -> Result<Vec<(Message, T)>> {
         let stored = self
             .shared
             .store
@@ -35,23 +58,7 @@ impl Client {
             .await?;
         Ok(stored
             .into_iter()
-            .filter_map(|m| match &m.body {
-                Body::Operation {
-                    name,
-                    input,
-                    reply: None,
-                    ..
-                } if !name.starts_with(crate::message::RESERVED_PREFIX) => {
-                    let signal = PendingSignal {
-                        id: m.id,
-                        operation: name.clone(),
-                        input: input.clone(),
-                        due: from_millis(m.deliver_at.unwrap_or(0)),
-                    };
-                    Some((m, signal))
-                }
-                _ => None,
-            })
+            .filter_map(|m| view(&m).map(|shown| (m, shown)))
             .collect())
     }
 
@@ -161,38 +168,28 @@ impl Client {
             .recurring(id)
             .await?
             .into_iter()
-            .map(|(_, info)| info)
+            .map(|(_, i)| i)
             .collect())
     }
 
     /// The stored next fires of the schedules of `id`, with what they show.
     async fn recurring(&self, id: &EntityId) -> Result<Vec<(Message, ScheduleInfo)>> {
-        let stored = self
-            .shared
-            .store
-            .scheduled_for(&Target::Entity(id.clone()))
-            .await?;
-        Ok(stored
-            .into_iter()
-            .filter_map(|m| match &m.body {
-                Body::Recurring {
-                    schedule,
-                    name,
-                    input,
-                    every,
-                } => {
-                    let info = ScheduleInfo {
-                        id: ScheduleId(*schedule),
-                        operation: name.clone(),
-                        input: input.clone(),
-                        schedule: every.clone(),
-                        next_fire: from_millis(m.deliver_at.unwrap_or(0)),
-                    };
-                    Some((m, info))
-                }
-                _ => None,
-            })
-            .collect())
+        self.scheduled_for(id, |m| match &m.body {
+            Body::Recurring {
+                schedule,
+                name,
+                input,
+                every,
+            } => Some(ScheduleInfo {
+                id: ScheduleId(*schedule),
+                operation: name.clone(),
+                input: input.clone(),
+                schedule: every.clone(),
+                next_fire: from_millis(m.deliver_at.unwrap_or(0)),
+            }),
+            _ => None,
+        })
+        .await
     }
 
     /// Stops the recurring schedule `schedule` of entity `id`: no fire after this returns
