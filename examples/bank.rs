@@ -1,47 +1,20 @@
 //! The transfer-funds scenario of the reference: `Account` entities and a `transfer`
 //! orchestration that locks both accounts in a critical section, checks the balance, withdraws
-//! and deposits. Run with `cargo run --example bank`.
+//! and deposits. Run with `cargo run --example bank`. The `Account` entity and the `Transfer`
+//! input are in `examples/support/bank.rs`, shared with the `server` and `bank_postgres`
+//! examples; the orchestration here also reports each transfer through an activity.
 // Test and example code: its public items are not an API (the workspace lints ask docs of
 // library crates).
 #![allow(missing_docs, missing_debug_implementations)]
 
+#[path = "support/bank.rs"]
+pub mod bank;
+
 use std::time::Duration;
 
 use entities::prelude::*;
-use serde::{Deserialize, Serialize};
 
-/// A bank account.
-#[derive(Default, Serialize, Deserialize)]
-pub struct Account {
-    balance: i64,
-}
-
-#[entity]
-impl Account {
-    pub fn deposit(&mut self, amount: i64) {
-        self.balance += amount;
-    }
-    pub fn withdraw(&mut self, amount: i64) -> Result<i64, String> {
-        if amount > self.balance {
-            return Err(format!(
-                "insufficient funds: balance {}, asked {amount}",
-                self.balance
-            ));
-        }
-        self.balance -= amount;
-        Ok(self.balance)
-    }
-    pub fn balance(&self) -> i64 {
-        self.balance
-    }
-}
-
-#[derive(Serialize, Deserialize)]
-pub struct Transfer {
-    from: String,
-    to: String,
-    amount: i64,
-}
+use bank::{Account, Transfer};
 
 /// Moves money between two accounts; returns whether it did.
 async fn transfer(ctx: OrchestrationContext, t: Transfer) -> Result<bool, entities::Error> {

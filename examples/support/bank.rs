@@ -1,5 +1,5 @@
-//! The bank of `examples/bank.rs`, shared by the examples that serve it (`server`,
-//! `bank_postgres`): `Account` entities and the `transfer` orchestration.
+//! The bank shared by the `bank`, `server` and `bank_postgres` examples: `Account` entities,
+//! the `Transfer` input and the plain `transfer` orchestration.
 
 use entities::prelude::*;
 use serde::{Deserialize, Serialize};
