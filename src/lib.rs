@@ -70,6 +70,10 @@ pub mod postgres {
 #[cfg(feature = "http")]
 pub use entities_http as http;
 
+/// Helpers for tests: [`testing::replay`] checks orchestration code against recorded
+/// histories.
+pub use entities_core::testing;
+
 /// What most programs need: `use entities::prelude::*;`.
 pub mod prelude {
     pub use crate::{

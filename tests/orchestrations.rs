@@ -1,10 +1,9 @@
 //! Orchestrations: entity calls and signals, critical sections, activities, timers,
-//! sub-orchestrations, external events, restarts and non-determinism.
+//! sub-orchestrations, external events and restarts (code changes: `versioning.rs`).
 // Test and example code: its public items are not an API (the workspace lints ask docs of
 // library crates).
 #![allow(missing_docs, missing_debug_implementations)]
 
-use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::time::{Duration, SystemTime};
 
 use entities::prelude::*;
@@ -477,62 +476,6 @@ async fn in_flight_orchestrations_resume_after_a_restart() {
     runtime.shutdown().await.unwrap();
 }
 
-static CHANGED: AtomicBool = AtomicBool::new(false);
-static STEPS_RUN: AtomicUsize = AtomicUsize::new(0);
-
-async fn drifting(ctx: OrchestrationContext, _: ()) -> Result<(), entities::Error> {
-    if CHANGED.load(Ordering::SeqCst) {
-        ctx.timer(Duration::from_millis(1)).await;
-    } else {
-        let _: i64 = ctx.call_activity("double", &1).await?;
-    }
-    let _: () = ctx.wait_for_event("next").await?;
-    STEPS_RUN.fetch_add(1, Ordering::SeqCst);
-    Ok(())
-}
-
-#[tokio::test]
-async fn a_replay_that_takes_another_path_fails_with_non_determinism() {
-    let dir = tempfile::tempdir().unwrap();
-    let path = dir.path().join("drift.db");
-    let start = |path: std::path::PathBuf| async move {
-        Runtime::builder()
-            .store(SqliteStore::open(path).unwrap())
-            .entity::<Counter>()
-            .orchestration("drifting", drifting)
-            .activity("double", double)
-            .start()
-            .await
-            .unwrap()
-    };
-    let id;
-    {
-        let runtime = start(path.clone()).await;
-        let client = runtime.client();
-        id = client.start_orchestration("drifting", &()).await.unwrap();
-        tokio::time::sleep(Duration::from_millis(200)).await;
-        runtime.shutdown().await.unwrap();
-    }
-    CHANGED.store(true, Ordering::SeqCst);
-    let runtime = start(path).await;
-    let client = runtime.client();
-    client.raise_event(&id, "next", &()).await.unwrap();
-    let done = client.wait_for_orchestration(&id, WAIT).await.unwrap();
-    assert_eq!(done.status, RuntimeStatus::Failed);
-    let error = done.error.unwrap();
-    assert!(error.contains("non-deterministic"), "{error}");
-    assert!(
-        error.contains("step 0") && error.contains("activity `double`"),
-        "{error}"
-    );
-    assert_eq!(
-        STEPS_RUN.load(Ordering::SeqCst),
-        0,
-        "nothing after the departure ran"
-    );
-    runtime.shutdown().await.unwrap();
-}
-
 #[tokio::test]
 async fn clean_releases_locks_whose_owner_has_ended() {
     use entities::store::{Batch, EntityRecord, Store};
@@ -571,82 +514,6 @@ async fn clean_releases_locks_whose_owner_has_ended() {
     assert_eq!(client.call::<Counter>("orphan").get().await.unwrap(), 2);
     runtime.shutdown().await.unwrap();
     let _ = SystemTime::now();
-}
-
-static LOCKER_CHANGED: AtomicBool = AtomicBool::new(false);
-
-/// Locks a recorder and waits; after a code change it no longer locks.
-async fn locker(ctx: OrchestrationContext, key: String) -> Result<(), entities::Error> {
-    if LOCKER_CHANGED.load(Ordering::SeqCst) {
-        ctx.timer(Duration::from_millis(1)).await;
-        return Ok(());
-    }
-    let _section = ctx.lock(&[EntityId::of::<Recorder>(&key)]).await?;
-    let _: () = ctx.wait_for_event("go").await?;
-    Ok(())
-}
-
-#[tokio::test]
-async fn a_lock_is_released_when_the_code_departs_from_its_history() {
-    let dir = tempfile::tempdir().unwrap();
-    let path = dir.path().join("departed.db");
-    let start = |path: std::path::PathBuf| async move {
-        Runtime::builder()
-            .store(SqliteStore::open(path).unwrap())
-            .entity::<Recorder>()
-            .orchestration("locker", locker)
-            .start()
-            .await
-            .unwrap()
-    };
-    let id;
-    {
-        let runtime = start(path.clone()).await;
-        let client = runtime.client();
-        client
-            .call::<Recorder>("held")
-            .record("before".into())
-            .await
-            .unwrap();
-        id = client.start_orchestration("locker", &"held").await.unwrap();
-        let deadline = tokio::time::Instant::now() + WAIT;
-        loop {
-            let meta = client
-                .get_entity_raw(&EntityId::of::<Recorder>("held"))
-                .await
-                .unwrap();
-            if meta.is_some_and(|m| m.locked_by.is_some()) {
-                break;
-            }
-            assert!(tokio::time::Instant::now() < deadline);
-            tokio::time::sleep(Duration::from_millis(5)).await;
-        }
-        runtime.shutdown().await.unwrap();
-    }
-    LOCKER_CHANGED.store(true, Ordering::SeqCst);
-    let runtime = start(path).await;
-    let client = runtime.client();
-    client.raise_event(&id, "go", &()).await.unwrap();
-    let done = client.wait_for_orchestration(&id, WAIT).await.unwrap();
-    assert_eq!(done.status, RuntimeStatus::Failed);
-    // The new code never held the lock, but the history did: it is released.
-    client
-        .signal::<Recorder>("held")
-        .record("after".into())
-        .await
-        .unwrap();
-    let seen = tokio::time::timeout(WAIT, client.call::<Recorder>("held").seen())
-        .await
-        .expect("the entity stayed locked")
-        .unwrap();
-    assert_eq!(seen.last().map(String::as_str), Some("after"));
-    let meta = client
-        .get_entity::<Recorder>("held")
-        .await
-        .unwrap()
-        .unwrap();
-    assert_eq!(meta.locked_by, None);
-    runtime.shutdown().await.unwrap();
 }
 
 #[tokio::test]

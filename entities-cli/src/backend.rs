@@ -158,14 +158,17 @@ fn time(ms: u64) -> String {
     humantime::format_rfc3339_millis(UNIX_EPOCH + Duration::from_millis(ms)).to_string()
 }
 
-fn parse_status(text: &str) -> Result<RuntimeStatus, CliError> {
+/// A status filter: a status, and for `held` (running instances that are held) the held
+/// filter too.
+fn parse_status(text: &str) -> Result<(RuntimeStatus, Option<bool>), CliError> {
     match text.to_ascii_lowercase().as_str() {
-        "running" => Ok(RuntimeStatus::Running),
-        "completed" => Ok(RuntimeStatus::Completed),
-        "failed" => Ok(RuntimeStatus::Failed),
-        "terminated" => Ok(RuntimeStatus::Terminated),
+        "running" => Ok((RuntimeStatus::Running, None)),
+        "held" => Ok((RuntimeStatus::Running, Some(true))),
+        "completed" => Ok((RuntimeStatus::Completed, None)),
+        "failed" => Ok((RuntimeStatus::Failed, None)),
+        "terminated" => Ok((RuntimeStatus::Terminated, None)),
         _ => Err(CliError::Usage(format!(
-            "`{text}` is none of running, completed, failed, terminated"
+            "`{text}` is none of running, held, completed, failed, terminated"
         ))),
     }
 }
@@ -190,6 +193,7 @@ fn instance_json(record: InstanceRecord) -> Value {
         "input": record.input,
         "output": output,
         "error": error,
+        "held": record.held,
         "created": time(record.created),
         "updated": time(record.updated),
     })
@@ -289,10 +293,12 @@ impl Source {
                 api.get("/orchestrations", &query).await
             }
             Source::Db(store) => {
+                let status = f.status.as_deref().map(parse_status).transpose()?;
                 let page = store
                     .query_instances(&InstanceQuery {
                         name: f.name.clone(),
-                        status: f.status.as_deref().map(parse_status).transpose()?,
+                        status: status.map(|(status, _)| status),
+                        held: status.and_then(|(_, held)| held),
                         created_from: None,
                         created_to: None,
                         ended_before: None,

@@ -113,7 +113,8 @@ enum Command {
     Locks,
     /// List orchestration instances.
     Orchestrations {
-        /// Only instances with this status (running, completed, failed, terminated).
+        /// Only instances with this status (running, held, completed, failed, terminated; held
+        /// lists the running instances that are held).
         #[arg(long)]
         status: Option<String>,
         /// Only instances of this orchestration.

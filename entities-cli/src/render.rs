@@ -167,6 +167,15 @@ fn waiting(list: &Value) -> String {
     }
 }
 
+/// An instance's status as shown: `Running (held)` for a held instance.
+fn shown_status(i: &Value) -> String {
+    if i["held"].is_null() {
+        cell(&i["status"])
+    } else {
+        format!("{} (held)", cell(&i["status"]))
+    }
+}
+
 /// `entities orchestrations`.
 pub(crate) fn instances(list: &Value) -> String {
     let rows: Vec<Vec<String>> = list
@@ -178,7 +187,7 @@ pub(crate) fn instances(list: &Value) -> String {
             vec![
                 cell(&i["id"]),
                 cell(&i["name"]),
-                cell(&i["status"]),
+                shown_status(i),
                 cell(&i["created"]),
                 cell(&i["updated"]),
             ]
@@ -196,11 +205,14 @@ pub(crate) fn instance(i: &Value) -> String {
         "instance: {}\nname:     {}\nstatus:   {}\ncreated:  {}\nupdated:  {}\ninput:    {}\n",
         cell(&i["id"]),
         cell(&i["name"]),
-        cell(&i["status"]),
+        shown_status(i),
         cell(&i["created"]),
         cell(&i["updated"]),
         i["input"],
     );
+    if !i["held"].is_null() {
+        out.push_str(&format!("held:     {}\n", cell(&i["held"])));
+    }
     if !i["output"].is_null() {
         out.push_str(&format!("output:   {}\n", i["output"]));
     }

@@ -196,6 +196,7 @@ fn instance(id: &str, status: RuntimeStatus) -> InstanceRecord {
         output: None,
         created: 10,
         updated: 10,
+        held: None,
     }
 }
 
@@ -1028,6 +1029,22 @@ pub async fn instances_are_created_updated_and_read_back(store: &dyn Store) {
         Some(instance("o", RuntimeStatus::Running))
     );
 
+    let mut held = instance("o", RuntimeStatus::Running);
+    held.held = Some("step 2: the history has a timer, but the code now schedules a `é`".into());
+    held.updated = 15;
+    commit(
+        store,
+        Batch {
+            instances: vec![instance_write(held.clone(), 0, vec![], false)],
+            ..Batch::default()
+        },
+    )
+    .await;
+    assert_eq!(
+        store.read_instance("o").await.expect("read_instance"),
+        Some(held)
+    );
+
     let mut done = instance("o", RuntimeStatus::Completed);
     done.output = Some(json!({ "total": 3, "é": [null] }));
     done.updated = 20;
@@ -1436,6 +1453,9 @@ pub async fn instance_queries_filter_and_page(store: &dyn Store) {
     for (id, name, status, created) in specs {
         let mut record = instance(id, status);
         record.name = name.into();
+        if id == "i5" {
+            record.held = Some("held".into());
+        }
         record.created = created;
         record.updated = created;
         commit(
@@ -1486,6 +1506,17 @@ pub async fn instance_queries_filter_and_page(store: &dyn Store) {
         ..query(2)
     };
     assert_eq!(all(window).await, ["i2", "i3", "i4"]);
+    let held = InstanceQuery {
+        held: Some(true),
+        ..query(1)
+    };
+    assert_eq!(all(held).await, ["i5"]);
+    let running_not_held = InstanceQuery {
+        held: Some(false),
+        status: Some(RuntimeStatus::Running),
+        ..query(1)
+    };
+    assert_eq!(all(running_not_held).await, ["i1", "i6"]);
     let none = InstanceQuery {
         name: Some("ALPHA".into()),
         ..query(5)
@@ -1515,7 +1546,15 @@ pub async fn locks_and_stats_count_what_is_stored(store: &dyn Store) {
             produced: vec![signal(1, "a", None), signal(2, "c", Some(u64::MAX / 2))],
             instances: vec![
                 instance_write(instance("o1", RuntimeStatus::Running), 0, vec![], true),
-                instance_write(instance("o2", RuntimeStatus::Running), 0, vec![], true),
+                instance_write(
+                    InstanceRecord {
+                        held: Some("step 0: differs".into()),
+                        ..instance("o2", RuntimeStatus::Running)
+                    },
+                    0,
+                    vec![],
+                    true,
+                ),
                 instance_write(instance("o3", RuntimeStatus::Completed), 0, vec![], true),
             ],
             ..Batch::default()
@@ -1546,6 +1585,7 @@ pub async fn locks_and_stats_count_what_is_stored(store: &dyn Store) {
         stats.instances_by_status,
         [(RuntimeStatus::Completed, 1), (RuntimeStatus::Running, 2)]
     );
+    assert_eq!(stats.instances_held, 1);
     assert_eq!(stats.locked_entities, 3);
     assert_eq!(stats.scheduled_messages, 1);
     assert_eq!(stats.messages, 2);

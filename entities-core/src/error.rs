@@ -52,7 +52,9 @@ pub enum Error {
     /// An orchestration failed; carries its error message.
     #[error("orchestration failed: {0}")]
     OrchestrationFailed(String),
-    /// An orchestration replay took a different path from its history.
+    /// An orchestration replay took a different path from its history (from
+    /// [`testing::replay`](crate::testing::replay); a runtime holds such an instance instead,
+    /// see `OrchestrationStatus::held`).
     #[error("non-deterministic orchestration: {0}")]
     NonDeterminism(String),
     /// An activity failed; carries its error message.

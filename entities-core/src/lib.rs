@@ -25,6 +25,7 @@ mod runtime;
 mod schedule;
 mod services;
 pub mod store;
+pub mod testing;
 mod time;
 
 #[cfg(feature = "conformance")]

@@ -303,8 +303,9 @@ impl Data {
         }
     }
 
-    /// Writes an instance: a new one whole; of an existing one, only its status, output and
-    /// update time (its name, input and creation time stay), and its input too on a restart.
+    /// Writes an instance: a new one whole; of an existing one, only its status, output,
+    /// update time and held reason (its name, input and creation time stay), and its input
+    /// too on a restart.
     /// Appends its events, after deleting the stored ones on a restart.
     fn write_instance(&mut self, write: &InstanceWrite) {
         let record = &write.record;
@@ -315,6 +316,7 @@ impl Data {
                 row.record.status = record.status;
                 row.record.output = record.output.clone();
                 row.record.updated = record.updated;
+                row.record.held = record.held.clone();
                 if write.restart {
                     row.record.input = record.input.clone();
                     row.history.clear();
@@ -601,6 +603,11 @@ impl Store for MemoryStore {
         }
         Ok(StoreStats {
             instances_by_status: by_status,
+            instances_held: data
+                .instances
+                .values()
+                .filter(|row| row.record.held.is_some())
+                .count() as u64,
             locked_entities: data
                 .entities
                 .values()

@@ -22,6 +22,7 @@
 //! | `entities_scheduled_backlog` | gauge | | stored messages scheduled for later (store) |
 //! | `entities_stored_messages` | gauge | | messages stored and not yet processed (store) |
 //! | `entities_orchestrations` | gauge | `status` | stored instances by status (store) |
+//! | `entities_orchestrations_held` | gauge | | running instances held because their code departed from their history (store) |
 
 use std::time::Duration;
 
@@ -53,6 +54,8 @@ pub const SCHEDULED_BACKLOG: &str = "entities_scheduled_backlog";
 pub const STORED_MESSAGES: &str = "entities_stored_messages";
 /// Stored orchestration instances, by `status`.
 pub const ORCHESTRATIONS: &str = "entities_orchestrations";
+/// Running orchestration instances that are held (their code departed from their history).
+pub const ORCHESTRATIONS_HELD: &str = "entities_orchestrations_held";
 
 /// Counts of one batch, handed to the facade at once.
 #[derive(Debug, Default)]
@@ -117,6 +120,7 @@ pub(crate) fn store_gauges(stats: &StoreStats) {
     metrics::gauge!(LOCKS_HELD).set(stats.locked_entities as f64);
     metrics::gauge!(SCHEDULED_BACKLOG).set(stats.scheduled_messages as f64);
     metrics::gauge!(STORED_MESSAGES).set(stats.messages as f64);
+    metrics::gauge!(ORCHESTRATIONS_HELD).set(stats.instances_held as f64);
     for status in [
         RuntimeStatus::Running,
         RuntimeStatus::Completed,

@@ -273,7 +273,7 @@ pub fn openapi() -> Value {
             "get": operation("Entities by name, instances by status, stored counts, recent operation failures", vec![], vec![
                 ("200", ok_json("the counts", json!({
                     "type": "object",
-                    "required": ["entities", "orchestrations", "locked_entities", "scheduled_messages", "stored_messages", "recent_failures"],
+                    "required": ["entities", "orchestrations", "held_orchestrations", "locked_entities", "scheduled_messages", "stored_messages", "recent_failures"],
                     "properties": {
                         "entities": {
                             "type": "array",
@@ -286,6 +286,7 @@ pub fn openapi() -> Value {
                             "type": "object",
                             "additionalProperties": { "type": "integer", "minimum": 0 }
                         },
+                        "held_orchestrations": { "type": "integer", "minimum": 0 },
                         "locked_entities": { "type": "integer", "minimum": 0 },
                         "scheduled_messages": { "type": "integer", "minimum": 0 },
                         "stored_messages": { "type": "integer", "minimum": 0 },
@@ -317,7 +318,7 @@ pub fn openapi() -> Value {
         "/orchestrations": {
             "get": operation("List orchestration instances, page by page, in creation order", vec![
                 query_param("name", string.clone(), "only instances of this orchestration"),
-                query_param("status", json!({ "type": "string", "enum": ["running", "completed", "failed", "terminated"] }), "only instances with this status"),
+                query_param("status", json!({ "type": "string", "enum": ["running", "held", "completed", "failed", "terminated"] }), "only instances with this status (held: running instances that are held)"),
                 query_param("created_from", json!({ "type": "string", "format": "date-time" }), "created at or after"),
                 query_param("created_to", json!({ "type": "string", "format": "date-time" }), "created before"),
                 query_param("ended_before", json!({ "type": "string", "format": "date-time" }), "ended, last updated before"),
@@ -335,7 +336,7 @@ pub fn openapi() -> Value {
             ]),
             "delete": operation("Purge every ended instance a query selects (running ones never); at least one filter", vec![
                 query_param("name", string.clone(), "only instances of this orchestration"),
-                query_param("status", json!({ "type": "string", "enum": ["running", "completed", "failed", "terminated"] }), "only instances with this status"),
+                query_param("status", json!({ "type": "string", "enum": ["running", "held", "completed", "failed", "terminated"] }), "only instances with this status (held: running instances that are held)"),
                 query_param("created_from", json!({ "type": "string", "format": "date-time" }), "created at or after"),
                 query_param("created_to", json!({ "type": "string", "format": "date-time" }), "created before"),
                 query_param("ended_before", json!({ "type": "string", "format": "date-time" }), "ended, last updated before"),
@@ -472,6 +473,7 @@ pub fn openapi() -> Value {
                         "status": { "type": "string", "enum": ["Running", "Completed", "Failed", "Terminated"] },
                         "input": any.clone(), "output": any.clone(),
                         "error": { "type": "string", "nullable": true },
+                        "held": { "type": "string", "nullable": true, "description": "why a running instance is held: its code departed from its history" },
                         "created": { "type": "string", "format": "date-time" },
                         "updated": { "type": "string", "format": "date-time" }
                     }

@@ -156,6 +156,7 @@ fn status_json(status: OrchestrationStatus) -> Value {
         "input": status.input,
         "output": status.output,
         "error": status.error,
+        "held": status.held,
         "created": time(status.created),
         "updated": time(status.updated),
     })
@@ -487,6 +488,7 @@ async fn stats(State(app): State<AppState>) -> ApiResult {
         "entities": counts.into_iter().map(|(name, count)| json!({ "name": name, "count": count }))
             .collect::<Vec<_>>(),
         "orchestrations": by_status,
+        "held_orchestrations": stats.instances_held,
         "locked_entities": stats.locked_entities,
         "scheduled_messages": stats.scheduled_messages,
         "stored_messages": stats.messages,
@@ -628,12 +630,14 @@ impl InstanceListQuery {
         let nonempty = |s: Option<String>| s.filter(|s| !s.is_empty());
         let time =
             |field: &str, s: Option<String>| nonempty(s).map(|t| parse_time(field, &t)).transpose();
+        let status = nonempty(self.status)
+            .as_deref()
+            .map(parse_status)
+            .transpose()?;
         Ok(OrchestrationQuery {
             name: nonempty(self.name),
-            status: nonempty(self.status)
-                .as_deref()
-                .map(parse_status)
-                .transpose()?,
+            status: status.map(|(status, _)| status),
+            held: status.and_then(|(_, held)| held),
             created_from: time("created_from", self.created_from)?,
             created_to: time("created_to", self.created_to)?,
             ended_before: time("ended_before", self.ended_before)?,
@@ -643,14 +647,17 @@ impl InstanceListQuery {
     }
 }
 
-fn parse_status(text: &str) -> Result<RuntimeStatus, ApiError> {
+/// A status filter: a status, and for `held` (running instances that are held) the held
+/// filter too.
+fn parse_status(text: &str) -> Result<(RuntimeStatus, Option<bool>), ApiError> {
     match text.to_ascii_lowercase().as_str() {
-        "running" => Ok(RuntimeStatus::Running),
-        "completed" => Ok(RuntimeStatus::Completed),
-        "failed" => Ok(RuntimeStatus::Failed),
-        "terminated" => Ok(RuntimeStatus::Terminated),
+        "running" => Ok((RuntimeStatus::Running, None)),
+        "held" => Ok((RuntimeStatus::Running, Some(true))),
+        "completed" => Ok((RuntimeStatus::Completed, None)),
+        "failed" => Ok((RuntimeStatus::Failed, None)),
+        "terminated" => Ok((RuntimeStatus::Terminated, None)),
         _ => Err(ApiError::bad_request(format!(
-            "`status={text}` is none of running, completed, failed, terminated"
+            "`status={text}` is none of running, held, completed, failed, terminated"
         ))),
     }
 }

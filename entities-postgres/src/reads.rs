@@ -553,6 +553,7 @@ impl Inner {
                     &query.created_from.map(int),
                     &query.created_to.map(int),
                     &query.ended_before.map(int),
+                    &query.held,
                     &(query.page_size.max(1) as i64),
                 ],
             )
@@ -586,6 +587,7 @@ impl Inner {
                        AND ($6::bigint IS NULL OR created >= $6) \
                        AND ($7::bigint IS NULL OR created < $7) \
                        AND ($9::bigint IS NULL OR (status <> 'Running' AND updated < $9)) \
+                       AND ($10::bool IS NULL OR (held IS NOT NULL) = $10) \
                      ORDER BY created, id LIMIT $8"
                 ),
                 &[
@@ -674,7 +676,8 @@ impl Inner {
             .query_one(
                 "SELECT (SELECT count(*) FROM entities_entities WHERE lock_owner IS NOT NULL), \
                         (SELECT count(*) FROM entities_messages WHERE deliver_at IS NOT NULL), \
-                        (SELECT count(*) FROM entities_messages)",
+                        (SELECT count(*) FROM entities_messages), \
+                        (SELECT count(*) FROM entities_instances WHERE held IS NOT NULL)",
                 &[],
             )
             .await
@@ -692,6 +695,7 @@ impl Inner {
             locked_entities: counts.get::<_, i64>(0) as u64,
             scheduled_messages: counts.get::<_, i64>(1) as u64,
             messages: counts.get::<_, i64>(2) as u64,
+            instances_held: counts.get::<_, i64>(3) as u64,
         })
     }
 

@@ -121,7 +121,7 @@ pub(crate) fn entity_id(row: &Row) -> Result<EntityId, StoreError> {
 }
 
 /// Columns of an instance record, for [`instance`].
-pub(crate) const INSTANCE_COLUMNS: &str = "id, name, status, input, output, created, updated";
+pub(crate) const INSTANCE_COLUMNS: &str = "id, name, status, input, output, created, updated, held";
 
 pub(crate) fn instance(row: &Row) -> Result<InstanceRecord, StoreError> {
     let id = text(row.get::<_, &[u8]>(0));
@@ -137,6 +137,7 @@ pub(crate) fn instance(row: &Row) -> Result<InstanceRecord, StoreError> {
         output,
         created: row.get::<_, i64>(5) as u64,
         updated: row.get::<_, i64>(6) as u64,
+        held: row.get(7),
         id,
     })
 }

@@ -7,7 +7,7 @@ use tokio_postgres::Client;
 use crate::{pg_error, StoreError};
 
 /// The schema version this crate writes.
-pub(crate) const VERSION: i64 = 4;
+pub(crate) const VERSION: i64 = 5;
 
 /// The class of this crate's advisory locks (the first key of the two-key form); the second
 /// key is a partition number, or -1 for the schema.
@@ -108,6 +108,9 @@ const MIGRATIONS: &[&str] = &[
      DROP INDEX entities_messages_by_part;
      DROP INDEX entities_messages_by_target;
      CREATE INDEX entities_messages_by_part_target ON entities_messages (part, target);",
+    // 4 -> 5: why a running instance is held (its code departed from its history); null for
+    // the others.
+    "ALTER TABLE entities_instances ADD COLUMN held TEXT;",
 ];
 
 /// Creates or migrates the schema; returns the partition count (fixed when the schema was

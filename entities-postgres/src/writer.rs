@@ -233,9 +233,10 @@ pub(crate) const LOCK_SHARED: &str =
 pub(crate) const READ_LEASES: &str =
     "SELECT part, epoch FROM entities_leases WHERE owner = $1 AND part = ANY($2)";
 const CREATE_INSTANCES: &str =
-    "INSERT INTO entities_instances (id, part, name, status, input, output, created, updated) \
+    "INSERT INTO entities_instances (id, part, name, status, input, output, created, updated, \
+       held) \
      SELECT * FROM unnest($1::bytea[], $2::int[], $3::text[], $4::text[], $5::text[], $6::text[], \
-       $7::bigint[], $8::bigint[]) \
+       $7::bigint[], $8::bigint[], $9::text[]) \
      ON CONFLICT (id) DO NOTHING RETURNING id";
 const CONSUME: &str = "DELETE FROM entities_messages WHERE id = ANY($1) RETURNING part";
 const PRODUCE: &str =
@@ -252,11 +253,12 @@ const WRITE_ENTITIES: &str =
        lock_owner = excluded.lock_owner, last_modified = excluded.last_modified, \
        state_version = excluded.state_version";
 const WRITE_INSTANCES: &str =
-    "INSERT INTO entities_instances (id, part, name, status, input, output, created, updated) \
+    "INSERT INTO entities_instances (id, part, name, status, input, output, created, updated, \
+       held) \
      SELECT * FROM unnest($1::bytea[], $2::int[], $3::text[], $4::text[], $5::text[], $6::text[], \
-       $7::bigint[], $8::bigint[]) \
+       $7::bigint[], $8::bigint[], $9::text[]) \
      ON CONFLICT (id) DO UPDATE SET status = excluded.status, output = excluded.output, \
-       updated = excluded.updated";
+       updated = excluded.updated, held = excluded.held";
 const APPEND_HISTORY: &str = "INSERT INTO entities_history (instance, seq, event) \
      SELECT * FROM unnest($1::bytea[], $2::bigint[], $3::text[]) \
      ON CONFLICT (instance, seq) DO UPDATE SET event = excluded.event";
@@ -279,6 +281,7 @@ struct InstanceColumns<'a> {
     outputs: Vec<Option<String>>,
     created: Vec<i64>,
     updated: Vec<i64>,
+    held: Vec<Option<&'a str>>,
 }
 
 impl<'a> InstanceColumns<'a> {
@@ -294,9 +297,10 @@ impl<'a> InstanceColumns<'a> {
             .push(record.output.as_ref().map(std::string::ToString::to_string));
         self.created.push(int(record.created));
         self.updated.push(int(record.updated));
+        self.held.push(record.held.as_deref());
     }
 
-    fn params(&self) -> [&(dyn ToSql + Sync); 8] {
+    fn params(&self) -> [&(dyn ToSql + Sync); 9] {
         [
             &self.ids,
             &self.parts,
@@ -306,6 +310,7 @@ impl<'a> InstanceColumns<'a> {
             &self.outputs,
             &self.created,
             &self.updated,
+            &self.held,
         ]
     }
 }

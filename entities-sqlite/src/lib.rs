@@ -747,6 +747,7 @@ mod tests {
                     output: None,
                     created: 0,
                     updated: 0,
+                    held: None,
                 },
                 first_event: 0,
                 events: vec![],

@@ -241,6 +241,7 @@ fn create_instance(id: &str, events: Vec<serde_json::Value>) -> Batch {
                 output: None,
                 created: 0,
                 updated: 0,
+                held: None,
             },
             first_event: 0,
             events,

@@ -6,7 +6,7 @@ use rusqlite::Connection;
 use crate::sqlite_error;
 
 /// The schema version this crate writes.
-pub(crate) const CURRENT_VERSION: i64 = 5;
+pub(crate) const CURRENT_VERSION: i64 = 6;
 
 /// Migrations, in order: `MIGRATIONS[n]` takes the schema from version `n` to `n + 1`.
 pub(crate) const MIGRATIONS: &[&str] = &[
@@ -74,6 +74,9 @@ pub(crate) const MIGRATIONS: &[&str] = &[
         outcome TEXT NOT NULL
      ) WITHOUT ROWID;
      CREATE INDEX idempotency_keys_by_created ON idempotency_keys (created);",
+    // 5 -> 6: why a running instance is held (its code departed from its history); null for
+    // the others.
+    "ALTER TABLE instances ADD COLUMN held TEXT;",
 ];
 
 /// The schema version of the database.

@@ -504,11 +504,12 @@ fn instance_from_row(row: &Row<'_>) -> rusqlite::Result<Result<InstanceRecord, S
         output,
         created: row.get::<_, i64>(5)? as u64,
         updated: row.get::<_, i64>(6)? as u64,
+        held: row.get(7)?,
         id,
     }))
 }
 
-const INSTANCE_COLUMNS: &str = "id, name, status, input, output, created, updated";
+const INSTANCE_COLUMNS: &str = "id, name, status, input, output, created, updated, held";
 
 pub(crate) fn read_instance(conn: &Connection, id: &str) -> ReadResult<Option<InstanceRecord>> {
     let record = conn
@@ -548,6 +549,7 @@ pub(crate) fn query_instances(
          WHERE num > ?1 AND (?2 IS NULL OR name = ?2) AND (?3 IS NULL OR status = ?3) \
            AND (?4 IS NULL OR created >= ?4) AND (?5 IS NULL OR created < ?5) \
            AND (?7 IS NULL OR (status <> 'Running' AND updated < ?7)) \
+           AND (?8 IS NULL OR (held IS NOT NULL) = ?8) \
          ORDER BY num LIMIT ?6"
     ))?;
     let rows = stmt
@@ -559,9 +561,10 @@ pub(crate) fn query_instances(
                 query.created_from.map(sql_int),
                 query.created_to.map(sql_int),
                 page_size as i64 + 1,
-                query.ended_before.map(sql_int)
+                query.ended_before.map(sql_int),
+                query.held
             ],
-            |row| Ok((instance_from_row(row)?, row.get::<_, i64>(7)?)),
+            |row| Ok((instance_from_row(row)?, row.get::<_, i64>(8)?)),
         )?
         .collect::<rusqlite::Result<Vec<_>>>()?;
     let more = rows.len() > page_size;
@@ -632,6 +635,7 @@ pub(crate) fn stats(conn: &Connection) -> ReadResult<StoreStats> {
     };
     Ok(StoreStats {
         instances_by_status,
+        instances_held: count("SELECT COUNT(*) FROM instances WHERE held IS NOT NULL")?,
         locked_entities: count("SELECT COUNT(*) FROM entities WHERE lock_owner IS NOT NULL")?,
         scheduled_messages: count("SELECT COUNT(*) FROM messages WHERE deliver_at IS NOT NULL")?,
         messages: count("SELECT COUNT(*) FROM messages")?,

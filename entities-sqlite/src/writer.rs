@@ -640,13 +640,13 @@ fn write_instance(tx: &Connection, write: &InstanceWrite) -> rusqlite::Result<()
     let r = &write.record;
     let output = r.output.as_ref().map(std::string::ToString::to_string);
     let sql = if write.create {
-        "INSERT INTO instances (id, name, status, input, output, created, updated) \
-         VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7) RETURNING num"
+        "INSERT INTO instances (id, name, status, input, output, created, updated, held) \
+         VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8) RETURNING num"
     } else {
-        "INSERT INTO instances (id, name, status, input, output, created, updated) \
-         VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7) \
+        "INSERT INTO instances (id, name, status, input, output, created, updated, held) \
+         VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8) \
          ON CONFLICT (id) DO UPDATE SET status = excluded.status, output = excluded.output, \
-         updated = excluded.updated RETURNING num"
+         updated = excluded.updated, held = excluded.held RETURNING num"
     };
     let num: i64 = tx.prepare_cached(sql)?.query_row(
         params![
@@ -656,7 +656,8 @@ fn write_instance(tx: &Connection, write: &InstanceWrite) -> rusqlite::Result<()
             r.input.to_string(),
             output,
             r.created as i64,
-            r.updated as i64
+            r.updated as i64,
+            r.held
         ],
         |row| row.get(0),
     )?;

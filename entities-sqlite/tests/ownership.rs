@@ -213,6 +213,7 @@ fn instance(id: &str) -> InstanceWrite {
             output: None,
             created: 1,
             updated: 2,
+            held: None,
         },
         first_event: 0,
         events: vec![json!("started"), json!("called")],

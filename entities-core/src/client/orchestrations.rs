@@ -22,6 +22,9 @@ pub struct OrchestrationQuery {
     pub name: Option<String>,
     /// Only instances with this status.
     pub status: Option<RuntimeStatus>,
+    /// Only held instances (`Some(true)`, see [`OrchestrationStatus::held`]) or only
+    /// instances not held (`Some(false)`).
+    pub held: Option<bool>,
     /// Only instances created at or after this time.
     pub created_from: Option<SystemTime>,
     /// Only instances created before this time.
@@ -41,6 +44,7 @@ impl Default for OrchestrationQuery {
         Self {
             name: None,
             status: None,
+            held: None,
             created_from: None,
             created_to: None,
             ended_before: None,
@@ -64,6 +68,7 @@ fn instance_query(query: OrchestrationQuery) -> InstanceQuery {
     InstanceQuery {
         name: query.name,
         status: query.status,
+        held: query.held,
         created_from: query.created_from.map(to_millis),
         created_to: query.created_to.map(to_millis_ceil),
         ended_before: query.ended_before.map(to_millis_ceil),
@@ -186,6 +191,7 @@ impl Client {
             output: None,
             created: now,
             updated: now,
+            held: None,
         };
         let message = Message {
             id: self.shared.next_message_id(),

@@ -205,6 +205,7 @@ impl Shared {
                 .into_iter()
                 .map(|entity| self.release(instance, entity))
                 .collect(),
+            Action::Patch { .. } => Vec::new(),
         }
     }
 }

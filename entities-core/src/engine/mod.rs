@@ -22,7 +22,7 @@ mod batch;
 mod commits;
 mod entities;
 mod messages;
-mod orchestrations;
+pub(crate) mod orchestrations;
 pub(crate) mod partition;
 mod poller;
 mod protocol;

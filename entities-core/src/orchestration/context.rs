@@ -52,6 +52,8 @@ pub(crate) struct OrchState {
     pub first_seq: u64,
     /// The input of the next run, once the code called `continue_as_new`.
     pub continue_with: Option<Value>,
+    /// What `patched` answered for each patch id in this run.
+    patches: HashMap<String, bool>,
 }
 
 impl OrchState {
@@ -75,11 +77,54 @@ impl OrchState {
             section_granted: false,
             first_seq: 0,
             continue_with: None,
+            patches: HashMap::new(),
         }
+    }
+
+    /// Drops the patch markers recorded at the next step: code that no longer asks for a
+    /// patch replays its marker as if it asked (and took the new path).
+    fn skip_patch_markers(&mut self) {
+        while let Some(Action::Patch { .. }) = self.recorded.get(&self.next_seq) {
+            self.recorded.remove(&self.next_seq);
+            self.next_seq += 1;
+        }
+    }
+
+    /// Whether patch `id` is on (see [`OrchestrationContext::patched`]).
+    fn patched(&mut self, id: &str) -> bool {
+        if let Some(&on) = self.patches.get(id) {
+            return on;
+        }
+        let seq = self.next_seq;
+        let on = match self.recorded.get(&seq) {
+            Some(Action::Patch { id: recorded }) if recorded == id => {
+                self.recorded.remove(&seq);
+                self.next_seq += 1;
+                true
+            }
+            Some(Action::Patch { .. }) => {
+                // The marker of a patch the code no longer asks for: taken as asked, then
+                // this patch is looked for at the step after it.
+                self.skip_patch_markers();
+                return self.patched(id);
+            }
+            // The history went past this point without the patch: the old path.
+            Some(_) => false,
+            None if self.replaying => false,
+            None => {
+                self.next_seq += 1;
+                self.new_actions
+                    .push((seq, Action::Patch { id: id.to_string() }));
+                true
+            }
+        };
+        self.patches.insert(id.to_string(), on);
+        on
     }
 
     /// Schedules a step: matched against the history when replaying, recorded as new otherwise.
     fn schedule(&mut self, action: Action) -> u64 {
+        self.skip_patch_markers();
         let seq = self.next_seq;
         self.next_seq += 1;
         match self.recorded.remove(&seq) {
@@ -143,6 +188,26 @@ impl OrchestrationContext {
         uuid::Uuid::new_v5(&uuid::Uuid::NAMESPACE_OID, name.as_bytes())
     }
 
+    /// Whether this instance takes the new path of patch `id`, for changing the code of an
+    /// orchestration while instances of it run:
+    ///
+    /// ```ignore
+    /// if ctx.patched("transfer-fee") {
+    ///     ctx.call::<Account>(&t.from).add(-1).await?; // the new step
+    /// }
+    /// ```
+    ///
+    /// `true` when the instance reaches this point running code that has the patch: the
+    /// choice is recorded in its history as an event of its own (one step number). `false`
+    /// when it replays a history that went past this point without the patch (it ran on older
+    /// code), so that its replay takes the path it took. Asked again for the same `id` in the
+    /// same run, it answers the same. Once no instance that started before the patch remains,
+    /// the old path and the `if` can go; a history that has the marker of a patch the code no
+    /// longer asks for replays as if the code asked (and took the new path).
+    pub fn patched(&self, id: &str) -> bool {
+        self.lock_state().patched(id)
+    }
+
     /// Whether the code is being replayed from history (for logging only).
     pub fn is_replaying(&self) -> bool {
         self.lock_state().replaying
@@ -168,7 +233,7 @@ impl OrchestrationContext {
     ) -> BoxFuture<'static, Result<R, Error>> {
         let input = crate::json::to_value(input).map_err(Error::from);
         self.run_step(|state| {
-            if !state.registry.activities.contains_key(name) {
+            if !state.registry.has_activity(name) {
                 return Err(Error::UnknownFunction {
                     kind: "activity",
                     name: name.to_string(),

@@ -61,6 +61,11 @@ pub(crate) enum Action {
     Release {
         ids: Vec<EntityId>,
     },
+    /// A marker: the code took the new path of patch `id` here (see
+    /// `OrchestrationContext::patched`). Nothing is sent for it.
+    Patch {
+        id: String,
+    },
 }
 
 impl Action {
@@ -76,6 +81,7 @@ impl Action {
             Action::SubOrchestration { name, .. } => format!("sub-orchestration `{name}`"),
             Action::Lock { ids } => format!("lock of {}", list(ids)),
             Action::Release { ids } => format!("release of {}", list(ids)),
+            Action::Patch { id } => format!("patch `{id}`"),
         }
     }
 }

@@ -24,6 +24,13 @@ pub struct OrchestrationStatus {
     pub output: Option<Value>,
     /// Its error (failed) or the reason given (terminated).
     pub error: Option<String>,
+    /// Why a running instance is held, `None` if it is not: its code cannot run its history
+    /// (a replay took another path than the history records, naming the step and the
+    /// difference; or its orchestration is not registered where it ran). A held instance
+    /// keeps its history, its pending events and its locks, and resumes when a runtime with
+    /// compatible code loads it (at its start, or when it takes the partition over).
+    /// `terminate` ends it.
+    pub held: Option<String>,
     /// When it was created.
     pub created: SystemTime,
     /// When it last changed.
@@ -50,6 +57,7 @@ impl OrchestrationStatus {
             input: record.input,
             output,
             error,
+            held: record.held,
             created: from_millis(record.created),
             updated: from_millis(record.updated),
         }

@@ -74,6 +74,9 @@ pub struct InstanceRecord {
     pub created: u64,
     /// Last update, milliseconds since the Unix epoch.
     pub updated: u64,
+    /// Why a running instance is held: its code departed from its history here (see
+    /// `OrchestrationStatus::held`). `None` for an instance that runs or has ended.
+    pub held: Option<String>,
 }
 
 /// A write of an orchestration instance: its record and the history events appended by a step.
@@ -214,6 +217,8 @@ pub struct InstanceQuery {
     pub name: Option<String>,
     /// Only instances with this status.
     pub status: Option<RuntimeStatus>,
+    /// Only held instances (`Some(true)`) or only instances not held (`Some(false)`).
+    pub held: Option<bool>,
     /// Only instances created at or after this time.
     pub created_from: Option<u64>,
     /// Only instances created strictly before this time.
@@ -233,6 +238,7 @@ impl InstanceQuery {
     pub fn selects(&self, record: &InstanceRecord) -> bool {
         self.name.as_ref().is_none_or(|name| &record.name == name)
             && self.status.is_none_or(|status| record.status == status)
+            && self.held.is_none_or(|held| record.held.is_some() == held)
             && self.created_from.is_none_or(|from| record.created >= from)
             && self.created_to.is_none_or(|to| record.created < to)
             && self
@@ -264,6 +270,8 @@ pub struct LockRecord {
 pub struct StoreStats {
     /// Stored orchestration instances by status (statuses with none may be left out).
     pub instances_by_status: Vec<(RuntimeStatus, u64)>,
+    /// Running instances that are held (see [`InstanceRecord::held`]).
+    pub instances_held: u64,
     /// Entities whose lock is held.
     pub locked_entities: u64,
     /// Stored messages scheduled for later (`deliver_at` set).

@@ -87,6 +87,8 @@
     return s.length > max ? `${s.slice(0, max - 1)}…` : s;
   }
 
+  /** `Held` for a running instance that is held, its status otherwise. */
+  const shownStatus = (i) => (i.held ? 'Held' : i.status);
   const statusBadge = (status) =>
     el('span', { class: `badge status-${String(status).toLowerCase()}` }, status);
 
@@ -441,9 +443,11 @@
           el('div', { class: 'muted total' }, `${total} in all`),
         ];
       });
-      replaceIfChanged(orchestrations, st.orchestrations, () => {
-        const counts = st.orchestrations || {};
-        const names = [...STATUSES, ...Object.keys(counts).filter((s) => !STATUSES.includes(s))];
+      replaceIfChanged(orchestrations, [st.orchestrations, st.held_orchestrations], () => {
+        // Held instances are running ones whose code departed from their history.
+        const counts = { ...(st.orchestrations || {}), Held: st.held_orchestrations ?? 0 };
+        const shown = ['Running', 'Held', ...STATUSES.slice(1)];
+        const names = [...shown, ...Object.keys(counts).filter((s) => !shown.includes(s))];
         return el('ul', { class: 'kv' }, names.map((s) => el('li', {},
           el('a', { href: `#/orchestrations${query({ status: s.toLowerCase() })}` }, statusBadge(s)),
           el('span', { class: 'count' }, counts[s] ?? 0))));
@@ -724,7 +728,7 @@
     const name = params.get('name') || '';
     const statusSelect = el('select', { id: 'filter-status', value: status },
       el('option', { value: '' }, 'all'),
-      STATUSES.map((s) => el('option', { value: s.toLowerCase() }, s.toLowerCase())));
+      ['Running', 'Held', ...STATUSES.slice(1)].map((s) => el('option', { value: s.toLowerCase() }, s.toLowerCase())));
     const nameInput = el('input', { id: 'filter-orch-name', value: name, placeholder: 'any', autocomplete: 'off' });
     const filters = el('form', {
       class: 'filters',
@@ -775,7 +779,7 @@
         replaceIfChanged(list, items, () => {
           if (!items.length) return el('p', { class: 'muted' }, 'no instance matches');
           return table(['Instance', 'Name', 'Status', 'Created', 'Updated'], items.map((i) => [
-            instanceLink(i.id), i.name, statusBadge(i.status), localTime(i.created), localTime(i.updated),
+            instanceLink(i.id), i.name, statusBadge(shownStatus(i)), localTime(i.created), localTime(i.updated),
           ]));
         });
       } catch (err) {
@@ -920,7 +924,8 @@
       try {
         const s = await api(instancePath(id));
         replaceIfChanged(summary, s, () => el('dl', { class: 'details' },
-          el('dt', {}, 'Status'), el('dd', {}, statusBadge(s.status)),
+          el('dt', {}, 'Status'), el('dd', {}, statusBadge(shownStatus(s))),
+          s.held && el('dt', {}, 'Held'), s.held && el('dd', { id: 'held-reason' }, s.held),
           el('dt', {}, 'Name'), el('dd', {}, s.name),
           el('dt', {}, 'Created'), el('dd', {}, localTime(s.created)),
           el('dt', {}, 'Updated'), el('dd', {}, localTime(s.updated))));

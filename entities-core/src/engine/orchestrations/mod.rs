@@ -24,6 +24,7 @@ use crate::error::{panic_message, Error, StoreError, StoreErrorKind};
 use crate::id::EntityId;
 use crate::message::{Body, FailureKind, Message, MessageId, Outcome, ReplyTo, Target};
 use crate::orchestration::context::OrchState;
+use crate::orchestration::history::Event;
 use crate::store::{Batch, InstanceRecord};
 
 /// Most instances run in one batch.
@@ -58,10 +59,29 @@ struct Slot {
     /// The client recorded the instance, and its start message has not run yet: other
     /// messages wait for it.
     awaiting_start: bool,
-    /// The orchestration's name is not registered here: its messages stay stored.
+    /// The instance's stored record or history cannot be decoded: its messages stay stored.
     unrunnable: bool,
+    /// The instance's code cannot run its history here: its messages stay stored, and only a
+    /// termination is carried out (see `Orchestrations::run_held`).
+    held: Option<Held>,
     queue: VecDeque<Message>,
     in_ready: bool,
+}
+
+/// An instance held because its code cannot run its history here: it departed from it (a
+/// code change without a patch), or its orchestration is not registered, or its history is
+/// of a form this code does not read. A runtime with compatible code resumes it when it
+/// loads it again (at its start, or when it takes the partition over), since its messages
+/// stay stored.
+struct Held {
+    reason: String,
+    record: InstanceRecord,
+    parent: Option<ReplyTo>,
+    /// The entities of the last lock step with no release after it (see [`Live::locks`]).
+    locks: Option<Vec<EntityId>>,
+    history_len: u64,
+    /// The reason is in the stored record.
+    stored: bool,
 }
 
 /// An activity that finished, to be recorded.
@@ -216,7 +236,10 @@ impl Orchestrations {
             if !slot.unrunnable {
                 let messages: Vec<Message> = slot.queue.drain(..).collect();
                 let span = tracing::debug_span!("orchestration_turn", instance = %id);
-                let ended_now = span.in_scope(|| self.run_turn(&id, &mut slot, messages, batch));
+                let ended_now = span.in_scope(|| match slot.held {
+                    Some(_) => self.run_held(&id, &mut slot, messages, batch),
+                    None => self.run_turn(&id, &mut slot, messages, batch),
+                });
                 if ended_now {
                     // The turn's last write is the instance's final record.
                     let last = batch
@@ -228,6 +251,7 @@ impl Orchestrations {
             }
             // An instance that has ended (committed) or never existed keeps no slot.
             let gone = slot.live.is_none()
+                && slot.held.is_none()
                 && !slot.awaiting_start
                 && !slot.unrunnable
                 && slot.queue.is_empty()
@@ -252,8 +276,8 @@ impl Orchestrations {
             other => other?,
         };
         let mut live = None;
+        let mut held = None;
         let mut ended = false;
-        let mut unrunnable = false;
         let mut awaiting_start = false;
         match record {
             None => {}
@@ -270,23 +294,30 @@ impl Orchestrations {
                     // Recorded by the client with its start message, which has not run yet.
                     awaiting_start = true;
                 } else {
-                    match self.replay(record, history) {
-                        Ok(l) => live = Some(l),
-                        Err(err) => {
-                            warn!(instance = id, error = %err, "instance cannot run here; its messages stay stored");
-                            unrunnable = true;
-                        }
+                    match self.replay(record.clone(), history.clone()) {
+                        Ok(l) => match l.departure() {
+                            None => {
+                                let mut l = l;
+                                l.record.held = None;
+                                live = Some(l);
+                            }
+                            Some(reason) => held = Some(Held::of(l, reason)),
+                        },
+                        Err(reason) => held = Some(Held::unreadable(record, &history, reason)),
                     }
                 }
             }
         }
+        if let Some(held) = &held {
+            warn!(instance = id, reason = %held.reason, "instance held: its code cannot run its history here; its messages stay stored until code that can runs it");
+        }
         let slot = self.slots.get_mut(id).expect("slot");
         slot.loaded = true;
         slot.live = live;
+        slot.held = held;
         slot.ended = ended;
         slot.end_committed = ended;
         slot.awaiting_start = awaiting_start;
-        slot.unrunnable = unrunnable;
         Ok(())
     }
 
@@ -321,5 +352,88 @@ impl Orchestrations {
             w.retain(|tx| !tx.is_closed());
             !w.is_empty()
         });
+    }
+}
+
+/// Replays a recorded history of instance `instance` against `function`, outside any
+/// runtime: `Err` with the reason when the code departs from the history (or the history
+/// cannot be read). Every entity, activity and orchestration name is taken as registered.
+pub(crate) fn check_replay(
+    function: Arc<dyn crate::orchestration::OrchestrationFn>,
+    instance: &str,
+    history: Vec<Value>,
+) -> Result<(), Error> {
+    let started = history
+        .iter()
+        .find_map(|e| match serde_json::from_value::<Event>(e.clone()) {
+            Ok(Event::Started { name, input, .. }) => Some((name, input)),
+            _ => None,
+        });
+    let Some((name, input)) = started else {
+        return Err(Error::Serialization(
+            "the history has no start event: it is not an orchestration history".into(),
+        ));
+    };
+    let record = InstanceRecord {
+        id: instance.to_string(),
+        name,
+        status: crate::store::RuntimeStatus::Running,
+        input,
+        output: None,
+        created: 0,
+        updated: 0,
+        held: None,
+    };
+    let registry = Arc::new(crate::registry::Registry {
+        open: true,
+        ..Default::default()
+    });
+    let live = turn::rebuild(function, registry, record, history).map_err(|reason| {
+        Error::Serialization(format!("the history cannot be replayed: {reason}"))
+    })?;
+    match live.departure() {
+        Some(reason) => Err(Error::NonDeterminism(reason)),
+        None => Ok(()),
+    }
+}
+
+impl Held {
+    /// An instance whose replay departed from its history, for `reason`.
+    fn of(live: Live, reason: String) -> Self {
+        let stored = live.record.held.as_ref() == Some(&reason);
+        Self {
+            reason,
+            record: live.record,
+            parent: live.parent,
+            locks: live.locks,
+            history_len: live.history_len,
+            stored,
+        }
+    }
+
+    /// An instance whose history cannot be replayed here at all, for `reason`: what can be
+    /// read of its history (its parent, its locks) is kept for a termination.
+    fn unreadable(record: InstanceRecord, history: &[Value], reason: String) -> Self {
+        let events: Vec<Event> = history
+            .iter()
+            .filter_map(|e| serde_json::from_value(e.clone()).ok())
+            .collect();
+        let parent = events.iter().find_map(|e| match e {
+            Event::Started { parent, .. } => parent.clone(),
+            _ => None,
+        });
+        let mut locks = None;
+        for event in &events {
+            turn::track_locks(&mut locks, event);
+        }
+        let stored = record.held.as_ref() == Some(&reason);
+        Self {
+            reason,
+            record,
+            parent,
+            locks,
+            history_len: history.len() as u64,
+            stored,
+        }
     }
 }

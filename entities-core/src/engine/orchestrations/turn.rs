@@ -15,6 +15,8 @@ use crate::id::EntityId;
 use crate::message::{now_millis, Body, FailureKind, Message, Outcome, ReplyTo};
 use crate::orchestration::context::{OrchState, OrchestrationContext};
 use crate::orchestration::history::{Action, Event};
+use crate::orchestration::OrchestrationFn;
+use crate::registry::Registry;
 use crate::store::{Batch, InstanceRecord, InstanceWrite, RuntimeStatus};
 
 impl Orchestrations {
@@ -24,119 +26,28 @@ impl Orchestrations {
         record: InstanceRecord,
         history: Vec<Value>,
     ) -> Result<Live, String> {
-        let events: Vec<Event> = history
-            .into_iter()
-            .map(serde_json::from_value)
-            .collect::<Result<_, _>>()
-            .map_err(|err| format!("its history does not parse: {err}"))?;
-        let (parent, first_seq) = events
-            .iter()
-            .find_map(|e| match e {
-                Event::Started {
-                    parent, first_seq, ..
-                } => Some((parent.clone(), *first_seq)),
-                _ => None,
-            })
-            .map_or((None, 0), |(parent, first_seq)| (Some(parent), first_seq));
-        let recorded = events
-            .iter()
-            .filter_map(|e| match e {
-                Event::Scheduled { seq, action } => Some((*seq, action.clone())),
-                _ => None,
-            })
-            .collect();
-        let mut live = self.create(record, parent.flatten(), Some(recorded))?;
-        live.history_len = events.len() as u64;
-        live.set_first_seq(first_seq);
-        for event in &events {
-            track_locks(&mut live.locks, event);
-        }
-        let mut turns: Vec<Vec<&Event>> = Vec::new();
-        for event in &events {
-            match event {
-                Event::Turn { .. } => turns.push(vec![event]),
-                _ => match turns.last_mut() {
-                    Some(turn) => turn.push(event),
-                    None => return Err("its history does not start with a turn".into()),
-                },
-            }
-        }
-        for turn in turns {
-            apply(&live.state, turn.into_iter().cloned());
-            let result = poll(&mut live);
-            if live
-                .state
-                .lock()
-                .unwrap_or_else(std::sync::PoisonError::into_inner)
-                .nondeterminism
-                .is_some()
-            {
-                break;
-            }
-            if let Some(result) = result {
-                // The code finished during replay, though its record says it runs: this is the
-                // result the interrupted turn computed; the next turn records it.
-                live.future = Some(Box::pin(futures::future::ready(result)));
-                break;
-            }
-        }
-        let mut state = live
-            .state
-            .lock()
-            .unwrap_or_else(std::sync::PoisonError::into_inner);
-        state.replaying = false;
-        if state.nondeterminism.is_none() {
-            if let Some(seq) = state.recorded.keys().min().copied() {
-                let action = state.recorded[&seq].describe();
-                state.nondeterminism = Some(format!(
-                    "step {seq}: the history has a {action} that the code no longer schedules"
-                ));
-            }
-        }
-        drop(state);
-        Ok(live)
+        let function = self.function(&record.name)?;
+        rebuild(function, self.shared.registry.clone(), record, history)
     }
 
-    /// A new in-memory instance with its future, not yet polled; with the steps of its
-    /// history when it is to be replayed.
+    /// A new in-memory instance with its future, not yet polled.
     pub(super) fn create(
         &self,
         record: InstanceRecord,
         parent: Option<ReplyTo>,
-        recorded: Option<HashMap<u64, Action>>,
     ) -> Result<Live, String> {
-        let function = self
-            .shared
+        let function = self.function(&record.name)?;
+        start(function, self.shared.registry.clone(), record, parent, None)
+    }
+
+    /// The registered function of an orchestration name.
+    fn function(&self, name: &str) -> Result<Arc<dyn OrchestrationFn>, String> {
+        self.shared
             .registry
             .orchestrations
-            .get(&record.name)
+            .get(name)
             .cloned()
-            .ok_or_else(|| format!("no orchestration named `{}` is registered", record.name))?;
-        let mut state = OrchState::new(record.id.clone(), self.shared.registry.clone());
-        if let Some(recorded) = recorded {
-            state.replaying = true;
-            state.recorded = recorded;
-        }
-        let state = Arc::new(Mutex::new(state));
-        let ctx = OrchestrationContext::new(state.clone());
-        let input = record.input.clone();
-        let future = std::panic::catch_unwind(AssertUnwindSafe(|| function.start(ctx, input)))
-            .map_err(|panic| {
-                format!(
-                    "orchestration `{}` panicked when started: {}",
-                    record.name,
-                    panic_message(&panic)
-                )
-            })?;
-        Ok(Live {
-            record,
-            parent,
-            history_len: 0,
-            locks: None,
-            first_seq: 0,
-            state,
-            future: Some(future),
-        })
+            .ok_or_else(|| format!("no orchestration named `{name}` is registered"))
     }
 
     /// Runs one turn of an instance with the messages that arrived; returns whether it ended.
@@ -196,9 +107,10 @@ impl Orchestrations {
                         output: None,
                         created: now,
                         updated: now,
+                        held: None,
                     };
                     slot.awaiting_start = false;
-                    match self.create(record.clone(), parent.clone(), None) {
+                    match self.create(record.clone(), parent.clone()) {
                         Ok(live) => slot.live = Some(live),
                         Err(err) => {
                             // Unknown name (or a panic): the instance fails at once.
@@ -277,36 +189,24 @@ impl Orchestrations {
         let result = match terminate {
             Some(reason) => Some(Err(Error::Terminated(reason))),
             None => {
+                // A live instance runs on the code that replayed (or started) it: only a
+                // replay can depart from the history, and a departed replay is held instead
+                // of running (see `Orchestrations::load`).
                 apply(&live.state, events.iter().cloned());
-                let departed = live
-                    .state
-                    .lock()
-                    .unwrap_or_else(std::sync::PoisonError::into_inner)
-                    .nondeterminism
-                    .is_some();
-                let result = if departed { None } else { poll(live) };
+                let result = poll(live);
                 let mut state = live
                     .state
                     .lock()
                     .unwrap_or_else(std::sync::PoisonError::into_inner);
-                match state.nondeterminism.take() {
-                    Some(problem) => {
-                        // Nothing the departed code scheduled is carried out.
-                        state.new_actions.clear();
-                        Some(Err(Error::NonDeterminism(problem)))
-                    }
-                    None => {
-                        for (seq, action) in state.new_actions.drain(..) {
-                            batch
-                                .produced
-                                .extend(self.shared.action_messages(id, seq, &action));
-                            let event = Event::Scheduled { seq, action };
-                            track_locks(&mut live.locks, &event);
-                            events.push(event);
-                        }
-                        result
-                    }
+                for (seq, action) in state.new_actions.drain(..) {
+                    batch
+                        .produced
+                        .extend(self.shared.action_messages(id, seq, &action));
+                    let event = Event::Scheduled { seq, action };
+                    track_locks(&mut live.locks, &event);
+                    events.push(event);
                 }
+                result
             }
         };
         let mut result = result;
@@ -356,6 +256,72 @@ impl Orchestrations {
         finished
     }
 
+    /// A turn of a held instance (see [`Held`]): a termination ends it (releasing its locks
+    /// and answering its parent); any other message stays stored and queued for code that can
+    /// run it. The first such turn stores why it is held. Returns whether it ended.
+    pub(super) fn run_held(
+        &self,
+        id: &str,
+        slot: &mut Slot,
+        messages: Vec<Message>,
+        batch: &mut Batch,
+    ) -> bool {
+        let held = slot.held.as_mut().expect("a held slot");
+        let reason = messages.iter().find_map(|m| match &m.body {
+            Body::Terminate { reason } => Some(reason.clone()),
+            _ => None,
+        });
+        let Some(reason) = reason else {
+            slot.queue.extend(messages);
+            if !held.stored {
+                held.stored = true;
+                held.record.held = Some(held.reason.clone());
+                held.record.updated = now_millis();
+                batch.instances.push(InstanceWrite {
+                    record: held.record.clone(),
+                    first_event: held.history_len,
+                    events: Vec::new(),
+                    create: false,
+                    restart: false,
+                });
+            }
+            return false;
+        };
+        let held = slot.held.take().expect("a held slot");
+        for message in messages {
+            batch.consumed.push(message.id);
+            if !matches!(message.body, Body::Terminate { .. }) {
+                self.to_ended_instance(id, message, batch);
+            }
+        }
+        for entity in held.locks.unwrap_or_default() {
+            batch.produced.push(self.shared.release(id, entity));
+        }
+        if let Some(ReplyTo::Instance { id: parent, seq }) = held.parent {
+            batch.produced.push(self.shared.completion(
+                parent,
+                seq,
+                Outcome::Err(FailureKind::Orchestration, format!("terminated: {reason}")),
+            ));
+        }
+        debug!(instance = id, "held orchestration terminated");
+        crate::metrics::orchestration_ended(RuntimeStatus::Terminated);
+        let mut record = held.record;
+        record.status = RuntimeStatus::Terminated;
+        record.output = Some(Value::String(reason));
+        record.held = None;
+        record.updated = now_millis();
+        batch.instances.push(InstanceWrite {
+            record,
+            first_event: held.history_len,
+            events: Vec::new(),
+            create: false,
+            restart: false,
+        });
+        slot.ended = true;
+        true
+    }
+
     /// Continues `live` as new: releases the locks of its run, drops the run, and starts a new
     /// run with `input` and the events the old run had not received, polling it once, all in
     /// this turn. Returns the new run's history (to replace the stored one) and its result if
@@ -394,7 +360,7 @@ impl Orchestrations {
         }
         live.record.input = input.clone();
         live.record.updated = now;
-        let mut new = self.create(live.record.clone(), live.parent.clone(), None)?;
+        let mut new = self.create(live.record.clone(), live.parent.clone())?;
         new.set_first_seq(first_seq);
         let mut events = vec![
             Event::Turn { time: now },
@@ -529,6 +495,24 @@ impl Orchestrations {
 }
 
 impl Live {
+    /// Whether the code departed from its history (see `OrchState::nondeterminism`).
+    pub(crate) fn departed(&self) -> bool {
+        self.state
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .nondeterminism
+            .is_some()
+    }
+
+    /// Why the code departed from its history, if it did.
+    pub(crate) fn departure(&self) -> Option<String> {
+        self.state
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .nondeterminism
+            .clone()
+    }
+
     /// Starts the step numbers of this run at `first_seq`.
     fn set_first_seq(&mut self, first_seq: u64) {
         self.first_seq = first_seq;
@@ -539,6 +523,123 @@ impl Live {
         state.first_seq = first_seq;
         state.next_seq = first_seq;
     }
+}
+
+/// Rebuilds a running instance of `function` from its history, turn by turn. A replay that
+/// departs from the history leaves the reason in the state's `nondeterminism`; a history that
+/// cannot be replayed at all is an error.
+pub(crate) fn rebuild(
+    function: Arc<dyn OrchestrationFn>,
+    registry: Arc<Registry>,
+    record: InstanceRecord,
+    history: Vec<Value>,
+) -> Result<Live, String> {
+    let events: Vec<Event> = history
+        .into_iter()
+        .map(serde_json::from_value)
+        .collect::<Result<_, _>>()
+        .map_err(|err| format!("its history does not parse: {err}"))?;
+    let (parent, first_seq) = events
+        .iter()
+        .find_map(|e| match e {
+            Event::Started {
+                parent, first_seq, ..
+            } => Some((parent.clone(), *first_seq)),
+            _ => None,
+        })
+        .map_or((None, 0), |(parent, first_seq)| (Some(parent), first_seq));
+    let recorded = events
+        .iter()
+        .filter_map(|e| match e {
+            Event::Scheduled { seq, action } => Some((*seq, action.clone())),
+            _ => None,
+        })
+        .collect();
+    let mut live = start(function, registry, record, parent.flatten(), Some(recorded))?;
+    live.history_len = events.len() as u64;
+    live.set_first_seq(first_seq);
+    for event in &events {
+        track_locks(&mut live.locks, event);
+    }
+    let mut turns: Vec<Vec<&Event>> = Vec::new();
+    for event in &events {
+        match event {
+            Event::Turn { .. } => turns.push(vec![event]),
+            _ => match turns.last_mut() {
+                Some(turn) => turn.push(event),
+                None => return Err("its history does not start with a turn".into()),
+            },
+        }
+    }
+    for turn in turns {
+        apply(&live.state, turn.into_iter().cloned());
+        let result = poll(&mut live);
+        if live.departed() {
+            break;
+        }
+        if let Some(result) = result {
+            // The code finished during replay, though its record says it runs: this is the
+            // result the interrupted turn computed; the next turn records it.
+            live.future = Some(Box::pin(futures::future::ready(result)));
+            break;
+        }
+    }
+    let mut state = live
+        .state
+        .lock()
+        .unwrap_or_else(std::sync::PoisonError::into_inner);
+    state.replaying = false;
+    if state.nondeterminism.is_none() {
+        // Markers of patches the code no longer asks for are not steps to reproduce.
+        let steps = state
+            .recorded
+            .iter()
+            .filter(|(_, action)| !matches!(action, Action::Patch { .. }));
+        if let Some(seq) = steps.map(|(seq, _)| *seq).min() {
+            let action = state.recorded[&seq].describe();
+            state.nondeterminism = Some(format!(
+                "step {seq}: the history has a {action} that the code no longer schedules"
+            ));
+        }
+    }
+    drop(state);
+    Ok(live)
+}
+
+/// A new in-memory instance of `function` with its future, not yet polled; with the steps of
+/// its history when it is to be replayed.
+fn start(
+    function: Arc<dyn OrchestrationFn>,
+    registry: Arc<Registry>,
+    record: InstanceRecord,
+    parent: Option<ReplyTo>,
+    recorded: Option<HashMap<u64, Action>>,
+) -> Result<Live, String> {
+    let mut state = OrchState::new(record.id.clone(), registry);
+    if let Some(recorded) = recorded {
+        state.replaying = true;
+        state.recorded = recorded;
+    }
+    let state = Arc::new(Mutex::new(state));
+    let ctx = OrchestrationContext::new(state.clone());
+    let input = record.input.clone();
+    let future = std::panic::catch_unwind(AssertUnwindSafe(|| function.start(ctx, input)))
+        .map_err(|panic| {
+            format!(
+                "orchestration `{}` panicked when started: {}",
+                record.name,
+                panic_message(&panic)
+            )
+        })?;
+    Ok(Live {
+        record,
+        parent,
+        history_len: 0,
+        locks: None,
+        first_seq: 0,
+        state,
+        future: Some(future),
+    })
 }
 
 /// Applies a turn's events to the replay state.
