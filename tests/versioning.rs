@@ -8,31 +8,10 @@ use std::time::Duration;
 
 use entities::prelude::*;
 use entities::{Error, OrchestrationQuery};
-use entities_test_support::Counter;
+use entities_test_support::{flow_v1, flow_v2, Counter};
 use serde_json::{json, Value};
 
 const WAIT: Duration = Duration::from_secs(30);
-
-/// The first version: adds 1, waits for `go`, adds 10, answers the total.
-async fn flow_v1(ctx: OrchestrationContext, key: String) -> Result<i64, Error> {
-    ctx.call::<Counter>(&key).add(1).await?;
-    let _: () = ctx.wait_for_event("go").await?;
-    ctx.call::<Counter>(&key).add(10).await?;
-    ctx.call::<Counter>(&key).get().await
-}
-
-/// The second version: a patch charges a fee (to another entity) first.
-async fn flow_v2(ctx: OrchestrationContext, key: String) -> Result<i64, Error> {
-    if ctx.patched("fee") {
-        ctx.call::<Counter>(format!("{key}-fee")).add(100).await?;
-    }
-    // Asked again, the same patch answers the same, with no second marker.
-    assert_eq!(ctx.patched("fee"), ctx.patched("fee"));
-    ctx.call::<Counter>(&key).add(1).await?;
-    let _: () = ctx.wait_for_event("go").await?;
-    ctx.call::<Counter>(&key).add(10).await?;
-    ctx.call::<Counter>(&key).get().await
-}
 
 /// The third version, once no instance of the first remains: the patch is removed and the fee
 /// always charged.

@@ -70,6 +70,29 @@ pub async fn transfer(ctx: OrchestrationContext, t: Transfer) -> Result<bool, en
     Ok(true)
 }
 
+/// The first version of a flow changed while instances run (see `tests/versioning.rs`):
+/// adds 1 to the counter `key`, waits for `go`, adds 10, answers the total.
+pub async fn flow_v1(ctx: OrchestrationContext, key: String) -> Result<i64, entities::Error> {
+    ctx.call::<Counter>(&key).add(1).await?;
+    let _: () = ctx.wait_for_event("go").await?;
+    ctx.call::<Counter>(&key).add(10).await?;
+    ctx.call::<Counter>(&key).get().await
+}
+
+/// The second version of [`flow_v1`]: a patch charges a fee first, to the counter
+/// `{key}-fee`.
+pub async fn flow_v2(ctx: OrchestrationContext, key: String) -> Result<i64, entities::Error> {
+    if ctx.patched("fee") {
+        ctx.call::<Counter>(format!("{key}-fee")).add(100).await?;
+    }
+    // Asked again, the same patch answers the same, with no second marker.
+    assert_eq!(ctx.patched("fee"), ctx.patched("fee"));
+    ctx.call::<Counter>(&key).add(1).await?;
+    let _: () = ctx.wait_for_event("go").await?;
+    ctx.call::<Counter>(&key).add(10).await?;
+    ctx.call::<Counter>(&key).get().await
+}
+
 /// The committed state of an entity, `None` if it has none.
 pub async fn state_of(client: &Client, id: &EntityId) -> Option<serde_json::Value> {
     client.get_entity_raw(id).await.unwrap().map(|m| m.state)
