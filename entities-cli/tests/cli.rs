@@ -407,3 +407,89 @@ async fn schedules_and_idempotency_keys() {
     assert_eq!(run(&["schedule", "@counter@k", "add"]).await.code, 2);
     runtime.shutdown().await.unwrap();
 }
+
+/// The second version of `wait_go`: a patch signals a counter first.
+async fn wait_go_v2(ctx: OrchestrationContext, _: Value) -> Result<Value, entities::Error> {
+    if ctx.patched("notify") {
+        ctx.signal_entity(&EntityId::new("Counter", "n"), "add", &1)?;
+    }
+    ctx.wait_for_event::<Value>("go").await
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn held_instances_are_listed_and_their_history_replays() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("held.db");
+    let db = path.to_str().unwrap();
+    let patched = Runtime::builder()
+        .store(SqliteStore::open(&path).unwrap())
+        .entity_fn("Counter", counter)
+        .orchestration("wait_go", wait_go_v2)
+        .start()
+        .await
+        .unwrap();
+    let client = patched.client();
+    client
+        .start_orchestration_with_id("wait_go", "v2", &json!(1))
+        .await
+        .unwrap();
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(30);
+    while client
+        .orchestration_history("v2")
+        .await
+        .unwrap()
+        .unwrap()
+        .len()
+        < 3
+    {
+        assert!(tokio::time::Instant::now() < deadline);
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    patched.shutdown().await.unwrap();
+
+    // The code without the patch holds the instance when its event arrives.
+    let old = runtime(SqliteStore::open(&path).unwrap()).await;
+    let client = old.client();
+    client.raise_event("v2", "go", &"now").await.unwrap();
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(30);
+    while client
+        .orchestration_status("v2")
+        .await
+        .unwrap()
+        .unwrap()
+        .held
+        .is_none()
+    {
+        assert!(tokio::time::Instant::now() < deadline);
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    old.shutdown().await.unwrap();
+
+    let out = entities(&["--db", db, "orchestrations", "--status", "held"], &[]).await;
+    assert_eq!(out.code, 0, "{}", out.stderr);
+    assert!(
+        out.stdout.contains("v2") && out.stdout.contains("Running (held)"),
+        "{}",
+        out.stdout
+    );
+    let out = entities(&["--db", db, "orchestration", "v2"], &[]).await;
+    assert_eq!(out.code, 0, "{}", out.stderr);
+    assert!(out.stdout.contains("held:     step 1"), "{}", out.stdout);
+
+    // What `--history --json` prints is what `testing::replay` reads: the patched code
+    // replays it, the old code names where it departs.
+    let out = entities(
+        &["--db", db, "--json", "orchestration", "v2", "--history"],
+        &[],
+    )
+    .await;
+    assert_eq!(out.code, 0, "{}", out.stderr);
+    let saved = out.json();
+    entities::testing::replay(wait_go_v2, &saved).unwrap();
+    match entities::testing::replay(wait_go, &saved) {
+        Err(entities::Error::NonDeterminism(reason)) => {
+            assert!(reason.contains("step 1"), "{reason}");
+        }
+        other => panic!("expected a departure, got {other:?}"),
+    }
+}

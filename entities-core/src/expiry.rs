@@ -12,7 +12,7 @@ use tracing::{debug, warn};
 
 use crate::client::Client;
 use crate::error::Error;
-use crate::message::{now_millis, Body, Message, Target};
+use crate::message::{Body, Message, Target};
 
 /// Most candidates asked of the store at once.
 const PAGE: usize = 1000;
@@ -59,7 +59,12 @@ async fn sweep_name(client: &Client, name: &str, ttl: Duration) -> Result<usize,
     let ttl_ms = u64::try_from(ttl.as_millis()).unwrap_or(u64::MAX);
     let mut sent = 0;
     for _ in 0..PAGES_PER_SWEEP {
-        let before = now_millis().saturating_sub(ttl_ms);
+        // Those last written at or before `now - ttl` (the bound is exclusive).
+        let before = client
+            .shared
+            .now_millis()
+            .saturating_sub(ttl_ms)
+            .saturating_add(1);
         let idle = client
             .shared
             .store
@@ -84,6 +89,46 @@ async fn sweep_name(client: &Client, name: &str, ttl: Duration) -> Result<usize,
         }
     }
     Ok(sent)
+}
+
+/// One sweep of every expiring name, at the clock's time (a manual clock runs it at each
+/// time it moves to).
+pub(crate) async fn sweep_once(client: &Client) -> Result<(), Error> {
+    let ttls: Vec<(String, Duration)> = client
+        .shared
+        .registry
+        .ttls
+        .iter()
+        .map(|(name, ttl)| (name.clone(), *ttl))
+        .collect();
+    for (name, ttl) in &ttls {
+        sweep_name(client, name, *ttl).await?;
+    }
+    Ok(())
+}
+
+/// The earliest time after `now`, and at most `until`, at which an entity that is idle now
+/// expires (its last write plus its TTL), if any: a manual clock stops there.
+pub(crate) async fn next_expiry(
+    client: &Client,
+    now: u64,
+    until: u64,
+) -> Result<Option<u64>, Error> {
+    let store = &client.shared.store;
+    let mut next: Option<u64> = None;
+    for (name, ttl) in &client.shared.registry.ttls {
+        let ttl_ms = u64::try_from(ttl.as_millis()).unwrap_or(u64::MAX);
+        let before = until.saturating_sub(ttl_ms).saturating_add(1);
+        for id in store.idle_entities(name, before, PAGE).await? {
+            if let Some(record) = store.read_entity(&id).await? {
+                let at = record.last_modified.saturating_add(ttl_ms);
+                if at > now && at <= until {
+                    next = Some(next.map_or(at, |n| n.min(at)));
+                }
+            }
+        }
+    }
+    Ok(next)
 }
 
 #[cfg(test)]

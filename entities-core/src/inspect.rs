@@ -47,7 +47,13 @@ pub(crate) struct Failures {
 
 impl Failures {
     /// Records a failure, forgetting the oldest past [`KEPT`].
-    pub(crate) fn record(&self, entity: &EntityId, operation: &str, message: String) {
+    pub(crate) fn record(
+        &self,
+        entity: &EntityId,
+        operation: &str,
+        message: String,
+        at: SystemTime,
+    ) {
         let mut recent = self
             .recent
             .lock()
@@ -56,7 +62,7 @@ impl Failures {
             recent.pop_front();
         }
         recent.push_back(RecentFailure {
-            at: SystemTime::now(),
+            at,
             entity: entity.clone(),
             operation: operation.to_string(),
             message,
@@ -82,7 +88,7 @@ mod tests {
         let failures = Failures::default();
         let id = EntityId::new("Counter", "a");
         for n in 0..KEPT + 5 {
-            failures.record(&id, "add", format!("failure {n}"));
+            failures.record(&id, "add", format!("failure {n}"), SystemTime::now());
         }
         let recent = failures.newest_first();
         assert_eq!(recent.len(), KEPT);

@@ -10,7 +10,7 @@ use serde::{Deserialize, Serialize};
 use serde_json::Value;
 
 use crate::error::Error;
-use crate::message::{now_millis, CallReply};
+use crate::message::CallReply;
 use crate::store::IdempotencyKey;
 
 /// How long idempotency keys are kept by default.
@@ -154,10 +154,10 @@ pub(crate) fn other_kind(key: &str) -> Error {
 }
 
 /// A new claim of `key` for `request`.
-pub(crate) fn claim(key: &str, request: &str, outcome: KeyOutcome) -> IdempotencyKey {
+pub(crate) fn claim(key: &str, request: &str, outcome: KeyOutcome, now: u64) -> IdempotencyKey {
     IdempotencyKey {
         key: key.to_string(),
-        created: now_millis(),
+        created: now,
         outcome: bound(request, outcome),
     }
 }

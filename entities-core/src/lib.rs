@@ -5,6 +5,7 @@
 #![warn(missing_docs)]
 
 mod client;
+mod clock;
 mod context;
 mod engine;
 mod entity;
@@ -37,6 +38,7 @@ pub use client::{
     OrchestrationQuery,
 };
 pub use client::{ClientCall, ClientSignal};
+pub use clock::{Clock, SystemClock};
 pub use context::EntityContext;
 pub use engine::partition::{partition_of, partition_of_instance, partition_of_message};
 pub use entity::{Entity, EntityFunction, StateVersioning};

@@ -11,6 +11,7 @@ use tokio::task::JoinHandle;
 use tracing::info;
 
 use crate::client::Client;
+use crate::clock::Clock;
 use crate::engine::{Command, Engine, EngineConfig, Shared};
 use crate::entity::{ClassEntity, Entity, EntityFunction};
 use crate::error::{Error, Result};
@@ -29,6 +30,7 @@ pub struct RuntimeBuilder {
     config: EngineConfig,
     key_retention: Duration,
     errors: Vec<String>,
+    clock: Arc<dyn Clock>,
 }
 
 impl RuntimeBuilder {
@@ -255,6 +257,15 @@ impl RuntimeBuilder {
         self
     }
 
+    /// The clock the runtime reads the time from (the system's by default): the stored times,
+    /// `ctx.current_time()`, timers, scheduled signals, schedules, entity TTLs and the retention
+    /// of idempotency keys follow it. Tests pass a [`ManualClock`](crate::testing::ManualClock)
+    /// and move it by hand; operation timeouts and the shutdown grace stay in real time.
+    pub fn clock(mut self, clock: impl Clock) -> Self {
+        self.clock = Arc::new(clock);
+        self
+    }
+
     /// Recovers stored messages and starts processing. Must be called inside a Tokio runtime.
     pub async fn start(self) -> Result<Runtime> {
         if !self.errors.is_empty() {
@@ -271,7 +282,9 @@ impl RuntimeBuilder {
         let store = self.store.ok_or_else(|| {
             Error::Config("no store: call `.store(SqliteStore::open(path)?)`".into())
         })?;
-        let loaded_until = self.config.recovery_horizon();
+        let loaded_until = self
+            .config
+            .recovery_horizon(crate::clock::now_millis(&*self.clock));
         let recovery = store.recover(loaded_until).await?;
         info!(
             messages = recovery.messages.len(),
@@ -286,6 +299,7 @@ impl RuntimeBuilder {
             first_id,
             self.config.intake_bound,
             self.key_retention,
+            self.clock.clone(),
         ));
         let engine = Engine::new(
             shared.clone(),
@@ -295,13 +309,25 @@ impl RuntimeBuilder {
             recovery.partitions,
         );
         let task = tokio::spawn(engine.run(recovery.messages));
-        let sweeper = (!shared.registry.ttls.is_empty())
-            .then(|| tokio::spawn(crate::expiry::sweep(Client::new(shared.clone()))));
-        let forgetter = tokio::spawn(crate::client::forget_old_keys(Client::new(shared.clone())));
+        // A manual clock runs the expiry sweeps and the forgetting of old keys as it moves;
+        // the system's, on tasks of their own.
+        let background = match self.clock.as_manual() {
+            Some(manual) => {
+                manual.attach(&shared);
+                Vec::new()
+            }
+            None => {
+                let sweeper = (!shared.registry.ttls.is_empty())
+                    .then(|| tokio::spawn(crate::expiry::sweep(Client::new(shared.clone()))));
+                let forgetter =
+                    tokio::spawn(crate::client::forget_old_keys(Client::new(shared.clone())));
+                sweeper.into_iter().chain([forgetter]).collect()
+            }
+        };
         Ok(Runtime {
             shared,
             task: Some(task),
-            background: sweeper.into_iter().chain([forgetter]).collect(),
+            background,
         })
     }
 }
@@ -330,6 +356,7 @@ impl Runtime {
             config: EngineConfig::default(),
             key_retention: crate::keys::DEFAULT_RETENTION,
             errors: Vec::new(),
+            clock: Arc::new(crate::clock::SystemClock),
         }
     }
 

@@ -27,7 +27,7 @@ use crate::entity::Entity;
 use crate::error::{Error, Result};
 use crate::id::EntityId;
 use crate::keys::{claim, other_kind, request_of, Bound, KeyOutcome, Stored, MAX_KEY_LEN};
-use crate::message::{now_millis, CallReply, ReplyTo};
+use crate::message::{CallReply, ReplyTo};
 use crate::store::Batch;
 
 /// How often a retried call looks for the answer of the first one.
@@ -171,6 +171,7 @@ impl Idempotent {
             &self.key,
             &request,
             KeyOutcome::Started(instance_id.to_string()),
+            client.shared.now_millis(),
         );
         let binding = client.keys_binding_since();
         match client
@@ -196,7 +197,7 @@ impl Client {
     fn keys_binding_since(&self) -> Option<u64> {
         self.shared.store.partitioned()?;
         let retention = u64::try_from(self.shared.key_retention.as_millis()).unwrap_or(u64::MAX);
-        Some(now_millis().saturating_sub(retention))
+        Some(self.shared.now_millis().saturating_sub(retention))
     }
 
     /// Commits a send that claims `key` (its batch), or, if another process claimed the key
@@ -236,7 +237,7 @@ impl Client {
             return Ok(None);
         };
         let retention = u64::try_from(self.shared.key_retention.as_millis()).unwrap_or(u64::MAX);
-        if stored.created.saturating_add(retention) <= now_millis() {
+        if stored.created.saturating_add(retention) <= self.shared.now_millis() {
             return Ok(None); // past its window: not forgotten yet, but no longer binding
         }
         let stored: Stored = serde_json::from_value(stored.outcome).map_err(|err| {
@@ -280,7 +281,12 @@ impl Client {
         let message = operation_message(message_id, id, operation, input, None, None);
         let batch = Batch {
             produced: vec![message],
-            keys: vec![claim(key, &request, KeyOutcome::Signalled)],
+            keys: vec![claim(
+                key,
+                &request,
+                KeyOutcome::Signalled,
+                self.shared.now_millis(),
+            )],
             ..Batch::default()
         };
         self.claim_and_send(key, &request, batch, None).await?;
@@ -316,7 +322,12 @@ impl Client {
         let message = operation_message(message_id, id, operation, input, reply, None);
         let batch = Batch {
             produced: vec![message],
-            keys: vec![claim(key, &request, KeyOutcome::Called(None))],
+            keys: vec![claim(
+                key,
+                &request,
+                KeyOutcome::Called(None),
+                self.shared.now_millis(),
+            )],
             ..Batch::default()
         };
         let (tx, rx) = oneshot::channel();
@@ -372,21 +383,26 @@ impl Client {
 /// Deletes the keys past their retention window, every quarter of it (between 50 ms and one
 /// minute), until the runtime stops.
 pub(crate) async fn forget_old_keys(client: Client) {
-    let retention = client.shared.key_retention;
-    let every = (retention / 4).clamp(Duration::from_millis(50), Duration::from_secs(60));
-    let retention_ms = u64::try_from(retention.as_millis()).unwrap_or(u64::MAX);
+    let every =
+        (client.shared.key_retention / 4).clamp(Duration::from_millis(50), Duration::from_secs(60));
     loop {
         tokio::time::sleep(every).await;
         if client.is_shut_down() {
             return;
         }
-        let batch = Batch {
-            forget_keys_before: Some(now_millis().saturating_sub(retention_ms)),
-            ..Batch::default()
-        };
-        if let Err(err) = client.shared.store.commit(batch).await {
-            tracing::warn!(error = %err, "forgetting old idempotency keys failed; it runs again later");
-        }
+        forget_keys_once(&client).await;
+    }
+}
+
+/// Deletes the keys past their retention window at the clock's time.
+pub(crate) async fn forget_keys_once(client: &Client) {
+    let retention_ms = u64::try_from(client.shared.key_retention.as_millis()).unwrap_or(u64::MAX);
+    let batch = Batch {
+        forget_keys_before: Some(client.shared.now_millis().saturating_sub(retention_ms)),
+        ..Batch::default()
+    };
+    if let Err(err) = client.shared.store.commit(batch).await {
+        tracing::warn!(error = %err, "forgetting old idempotency keys failed; it runs again later");
     }
 }
 

@@ -11,8 +11,8 @@ pub use self::housekeeping::CleanResult;
 pub use self::orchestrations::{OrchestrationPage, OrchestrationQuery};
 pub use self::reads::{EntityLock, EntityMetadata, EntityPage};
 
-pub(crate) use self::idempotent::forget_old_keys;
 pub use self::idempotent::Idempotent;
+pub(crate) use self::idempotent::{forget_keys_once, forget_old_keys};
 pub use self::proxy::{ClientCall, ClientSignal};
 
 use std::sync::atomic::Ordering;

@@ -10,7 +10,7 @@ use tokio::sync::oneshot;
 use super::Client;
 use crate::engine::Command;
 use crate::error::{Error, Result};
-use crate::message::{now_millis, to_millis, to_millis_ceil, Body, Message, Target};
+use crate::message::{to_millis, to_millis_ceil, Body, Message, Target};
 use crate::orchestration::OrchestrationStatus;
 use crate::store::{Batch, InstanceQuery, InstanceRecord, InstanceWrite, RuntimeStatus};
 
@@ -181,7 +181,7 @@ impl Client {
         keys: Vec<crate::store::IdempotencyKey>,
         keys_binding_since: Option<u64>,
     ) -> Result<String> {
-        let now = now_millis();
+        let now = self.shared.now_millis();
         // The record is written with the start message, so that the id is taken at once.
         let record = InstanceRecord {
             id: instance_id.to_string(),

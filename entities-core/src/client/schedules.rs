@@ -11,7 +11,7 @@ use crate::engine::{Command, Stored};
 use crate::error::{Error, Result};
 use crate::id::EntityId;
 use crate::message::PendingSignal;
-use crate::message::{from_millis, now_millis, Body, Message, MessageId, Target};
+use crate::message::{from_millis, Body, Message, MessageId, Target};
 use crate::schedule::{Schedule, ScheduleId, ScheduleInfo};
 
 impl Client {
@@ -144,7 +144,7 @@ impl Client {
         }
         let input = crate::json::to_value(input)?;
         let first = schedule
-            .next_after(now_millis())?
+            .next_after(self.shared.now_millis())?
             .ok_or_else(|| Error::InvalidSchedule(format!("{schedule:?} never fires after now")))?;
         let message_id = self.shared.next_message_id();
         let message = Message {

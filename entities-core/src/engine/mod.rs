@@ -50,7 +50,7 @@ pub(crate) use self::protocol::{Command, Stored};
 pub(crate) use self::shared::Shared;
 use self::timers::Timers;
 use crate::error::{StoreError, StoreErrorKind};
-use crate::message::{now_millis, CallReply, Message, MessageId, Target};
+use crate::message::{CallReply, Message, MessageId, Target};
 use crate::store::{OwnershipEvent, Partitioned};
 
 /// Tuning of the engine.
@@ -73,9 +73,9 @@ pub(crate) struct EngineConfig {
 }
 
 impl EngineConfig {
-    /// How far a recovery reads scheduled messages from now: the rest is paged in later.
-    pub(crate) fn recovery_horizon(&self) -> u64 {
-        now_millis().saturating_add(self.schedule_horizon.as_millis() as u64)
+    /// How far a recovery at `now` reads scheduled messages: the rest is paged in later.
+    pub(crate) fn recovery_horizon(&self, now: u64) -> u64 {
+        now.saturating_add(self.schedule_horizon.as_millis() as u64)
     }
 }
 
@@ -132,6 +132,10 @@ pub(crate) struct Engine {
     partitioned: Option<SharedStore>,
     /// What the batch under way counts for the metrics.
     counts: crate::metrics::BatchCounts,
+    /// A manual clock's moves (see `testing::ManualClock`); `None` with the system's clock.
+    clock_moves: Option<tokio::sync::watch::Receiver<()>>,
+    /// A manual clock waiting for the engine to be idle (see [`Command::Settle`]).
+    settlers: Vec<oneshot::Sender<Option<u64>>>,
 }
 
 /// What the engine holds of a shared store's partition side.
@@ -160,6 +164,10 @@ impl Engine {
             store,
         });
         let count = partitioned.as_ref().map_or(1, |p| p.store.count());
+        let clock_moves = shared
+            .clock
+            .as_manual()
+            .map(crate::testing::ManualClock::moves);
         let ownership = match &partitioned {
             Some(_) => Ownership::new(count, Some(partitions.as_deref().unwrap_or(&[]))),
             None => Ownership::All,
@@ -168,7 +176,7 @@ impl Engine {
             partitioned,
             entities: Entities::new(shared.clone(), config.timeouts.clone()),
             orchestrations: Orchestrations::new(shared.clone()),
-            timers: Timers::new(config.schedule_horizon, loaded_until),
+            timers: Timers::new(config.schedule_horizon, loaded_until, shared.clock.clone()),
             commits: Commits::new(shared.store.clone()),
             ownership,
             shared,
@@ -188,6 +196,8 @@ impl Engine {
             committed_no: 0,
             shutdown: None,
             counts: Default::default(),
+            clock_moves,
+            settlers: Vec::new(),
         }
     }
 
@@ -244,6 +254,12 @@ impl Engine {
     /// arrived, and runs a batch if the pipeline has room. Returns false to stop.
     async fn step(&mut self) -> Result<bool, StoreError> {
         self.turn_began = tokio::time::Instant::now();
+        if !self.settlers.is_empty() && self.idle() {
+            let next = self.next_due().await?;
+            for done in self.settlers.drain(..) {
+                let _ = done.send(next);
+            }
+        }
         if let Some(p) = &self.partitioned {
             p.poller.calls_waiting(!self.waiters.is_empty());
         }
@@ -256,7 +272,13 @@ impl Engine {
             None => room && self.has_work(),
         };
         if !ready {
-            let mut deadline = tokio::time::Instant::now() + self.timers.next_deadline();
+            // A manual clock's time moves only when it is moved: the engine waits for that
+            // instead of for the next timer.
+            let mut deadline = tokio::time::Instant::now()
+                + match self.clock_moves {
+                    Some(_) => Duration::from_secs(3600),
+                    None => self.timers.next_deadline(),
+                };
             if let Some(retry) = self.entities.next_retry() {
                 deadline = deadline.min(retry);
             }
@@ -277,6 +299,18 @@ impl Engine {
                     None => std::future::pending().await,
                 }
             };
+            let moves = self.clock_moves.as_mut();
+            let manual = moves.is_some();
+            let clock_moved = async move {
+                match moves {
+                    Some(rx) => {
+                        if rx.changed().await.is_err() {
+                            std::future::pending::<()>().await;
+                        }
+                    }
+                    None => std::future::pending().await,
+                }
+            };
             tokio::select! {
                 event = next_event, if has_events => match event {
                     Some(event) => self.ownership_changed(event).await?,
@@ -294,6 +328,7 @@ impl Engine {
                 done = self.commits.next(), if !self.commits.is_empty() => self.committed(done)?,
                 () = self.entities.next_finished(), if self.entities.running() > 0 => {}
                 () = tokio::time::sleep_until(deadline) => {}
+                () = clock_moved, if manual => {}
             }
         }
         while let Ok(command) = self.rx.try_recv() {
@@ -410,6 +445,39 @@ impl Engine {
                 let _ = found.send(self.cancel(&message, stored));
             }
             Command::Shutdown(done) => self.shutdown = Some(done),
+            Command::Settle(done) => self.settlers.push(done),
+        }
+    }
+
+    /// Whether nothing is to run, due, or under way: no message ready, no commit, operation,
+    /// activity or page read under way, no send waiting for the store.
+    fn idle(&self) -> bool {
+        !self.has_work()
+            && self.commits.is_empty()
+            && self.entities.running() == 0
+            && self.entities.next_retry().is_none()
+            && !self.orchestrations.activities_running()
+            && self.timers.page_due().is_none()
+            && self.resend.is_empty()
+    }
+
+    /// When the next scheduled message is due: the first held in memory or, if earlier, the
+    /// first stored beyond what was read in.
+    fn next_due(
+        &self,
+    ) -> impl std::future::Future<Output = Result<Option<u64>, StoreError>> + Send + 'static {
+        let cursor = self.timers.cursor();
+        let held = self.timers.next_due();
+        let partitioned = self.partitioned.as_ref().map(|p| p.store.clone());
+        let parts = self.ownership.partitions();
+        let store = self.shared.store.clone();
+        async move {
+            let stored = match (partitioned, parts) {
+                (Some(p), Some(parts)) => p.scheduled_in(&parts, cursor, u64::MAX, 1).await?,
+                _ => store.scheduled_messages(cursor, u64::MAX, 1).await?,
+            };
+            let stored = stored.first().and_then(|m| m.deliver_at);
+            Ok([held, stored].into_iter().flatten().min())
         }
     }
 
@@ -533,11 +601,15 @@ impl Engine {
     /// Resumes the store and reads what a start reads.
     async fn reload(&mut self) -> Result<Vec<Message>, StoreError> {
         self.shared.store.resume().await?;
-        let loaded_until = self.config.recovery_horizon();
+        let loaded_until = self.config.recovery_horizon(self.shared.now_millis());
         let held = self.hold_polls().await;
         let recovery = self.shared.store.recover(loaded_until).await?;
         self.shared.ids_above(recovery.max_message_id);
-        self.timers = Timers::new(self.config.schedule_horizon, loaded_until);
+        self.timers = Timers::new(
+            self.config.schedule_horizon,
+            loaded_until,
+            self.shared.clock.clone(),
+        );
         if let Some(p) = &self.partitioned {
             self.ownership = Ownership::new(
                 p.store.count(),
@@ -660,13 +732,17 @@ impl Engine {
                     self.orchestrations.reset();
                     let owned = self.ownership.partitions().unwrap_or_default();
                     let until = (
-                        self.config.recovery_horizon(),
+                        self.config.recovery_horizon(self.shared.now_millis()),
                         crate::message::MessageId::MAX,
                     );
                     let held = self.hold_polls().await;
                     let recovery = store.recover_partitions(&owned, until).await?;
                     self.release_polls(held, true);
-                    self.timers = Timers::new(self.config.schedule_horizon, until.0);
+                    self.timers = Timers::new(
+                        self.config.schedule_horizon,
+                        until.0,
+                        self.shared.clock.clone(),
+                    );
                     info!(partitions = ?parts, "handed partitions over");
                     for message in recovery.messages {
                         if self.ownership.owns(&message) {

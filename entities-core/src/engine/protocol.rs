@@ -91,6 +91,9 @@ pub(crate) enum Command {
     },
     /// Stop: wait for operations under way (at most the grace period) and the commits.
     Shutdown(oneshot::Sender<()>),
+    /// Answer once the engine is idle (nothing to run, due or under way) with the time the
+    /// next stored scheduled message is due, if any: a manual clock's step.
+    Settle(oneshot::Sender<Option<u64>>),
 }
 
 /// Tells clients that the commit storing their messages landed, or why it did not, and

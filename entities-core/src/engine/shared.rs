@@ -30,6 +30,8 @@ pub(crate) struct Shared {
     pub key_locks: crate::keys::KeyLocks,
     /// How long idempotency keys bind.
     pub key_retention: std::time::Duration,
+    /// Where the runtime reads the time.
+    pub clock: Arc<dyn crate::clock::Clock>,
 }
 
 impl Shared {
@@ -40,6 +42,7 @@ impl Shared {
         first_id: MessageId,
         intake_bound: usize,
         key_retention: std::time::Duration,
+        clock: Arc<dyn crate::clock::Clock>,
     ) -> Self {
         Self {
             store,
@@ -52,7 +55,18 @@ impl Shared {
             failures: Failures::default(),
             key_locks: Default::default(),
             key_retention,
+            clock,
         }
+    }
+
+    /// Whether the engine has stopped (or its task is gone).
+    pub(crate) fn is_stopped(&self) -> bool {
+        self.stopped.load(std::sync::atomic::Ordering::SeqCst) || self.commands.is_closed()
+    }
+
+    /// The current time of the runtime's clock, in milliseconds since the Unix epoch.
+    pub(crate) fn now_millis(&self) -> u64 {
+        crate::clock::now_millis(&*self.clock)
     }
 
     /// A fresh message id.

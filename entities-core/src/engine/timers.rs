@@ -9,7 +9,10 @@ use std::cmp::Reverse;
 use std::collections::{BTreeSet, BinaryHeap};
 use std::time::Duration;
 
-use crate::message::{now_millis, Message, MessageId};
+use std::sync::Arc;
+
+use crate::clock::Clock;
+use crate::message::{Message, MessageId};
 
 /// A scheduled message.
 struct Timer {
@@ -41,6 +44,7 @@ pub(crate) struct Timers {
     horizon: u64,
     /// Cancelled messages after the cursor: a page that still reads them drops them.
     cancelled: BTreeSet<(u64, MessageId)>,
+    clock: Arc<dyn Clock>,
 }
 
 /// A read of the next page of scheduled messages.
@@ -55,13 +59,24 @@ const PAGE: usize = 10_000;
 
 impl Timers {
     /// Timers after a recovery that read every message due at or before `loaded_until`.
-    pub(crate) fn new(horizon: Duration, loaded_until: u64) -> Self {
+    pub(crate) fn new(horizon: Duration, loaded_until: u64, clock: Arc<dyn Clock>) -> Self {
         Self {
             heap: BinaryHeap::new(),
             cursor: (loaded_until, MessageId::MAX),
             horizon: horizon.as_millis().max(2) as u64,
             cancelled: BTreeSet::new(),
+            clock,
         }
+    }
+
+    fn now(&self) -> u64 {
+        crate::clock::now_millis(&*self.clock)
+    }
+
+    /// When the next message held here is due; `None` if none is. Messages stored after the
+    /// cursor are not counted (see [`Timers::cursor`]).
+    pub(crate) fn next_due(&self) -> Option<u64> {
+        self.heap.peek().map(|Reverse(t)| t.at)
     }
 
     /// How far the store has been read: every stored scheduled message at or before this
@@ -76,7 +91,7 @@ impl Timers {
         let Some(at) = message.deliver_at else {
             return Some(message);
         };
-        if at <= now_millis() {
+        if at <= self.now() {
             return Some(message);
         }
         if (at, message.id) <= self.cursor {
@@ -98,7 +113,7 @@ impl Timers {
 
     /// The messages whose time has come.
     pub(crate) fn take_due(&mut self) -> Vec<Message> {
-        let now = now_millis();
+        let now = self.now();
         let mut due = Vec::new();
         while self.heap.peek().is_some_and(|Reverse(t)| t.at <= now) {
             due.push(self.heap.pop().expect("peeked").0.message);
@@ -108,7 +123,7 @@ impl Timers {
 
     /// How long until a timer fires or the next page is due.
     pub(crate) fn next_deadline(&self) -> Duration {
-        let now = now_millis();
+        let now = self.now();
         let page_at = self.cursor.0.saturating_sub(self.horizon / 2);
         let at = match self.heap.peek() {
             Some(Reverse(timer)) => timer.at.min(page_at),
@@ -119,7 +134,7 @@ impl Timers {
 
     /// The next page to read, once the cursor is less than half a horizon ahead.
     pub(crate) fn page_due(&self) -> Option<PageRequest> {
-        let now = now_millis();
+        let now = self.now();
         (self.cursor.0 < now.saturating_add(self.horizon / 2)).then(|| PageRequest {
             after: self.cursor,
             until: now.saturating_add(self.horizon),

@@ -84,6 +84,9 @@ impl OrchState {
     /// Drops the patch markers recorded at the next step: code that no longer asks for a
     /// patch replays its marker as if it asked (and took the new path).
     fn skip_patch_markers(&mut self) {
+        if self.recorded.is_empty() {
+            return; // not replaying: the common case costs no lookup
+        }
         while let Some(Action::Patch { .. }) = self.recorded.get(&self.next_seq) {
             self.recorded.remove(&self.next_seq);
             self.next_seq += 1;

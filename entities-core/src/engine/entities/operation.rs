@@ -20,7 +20,7 @@ use crate::engine::shared::Shared;
 use crate::entity::EntityFunction;
 use crate::error::{panic_message, OperationError};
 use crate::id::EntityId;
-use crate::message::{now_millis, Body, MessageId, ReplyTo, Target, SET_STATE_OPERATION};
+use crate::message::{Body, MessageId, ReplyTo, Target, SET_STATE_OPERATION};
 
 /// An `async` operation's future. It owns the operation's context and gives it back with the
 /// outcome, so that it can be polled in the batch and, if it suspends, moved to a task.
@@ -174,11 +174,11 @@ pub(super) fn run_entity_now(
                     && slot.queue.is_empty()
                     && slot.poisoned.is_none()
                     && slot.state.is_some()
-                    && slot.last_modified.saturating_add(ttl_ms) <= now_millis();
+                    && slot.last_modified.saturating_add(ttl_ms) <= shared.now_millis();
                 if idle {
                     debug!(entity = %id, ttl_ms, "idle entity expired; its state is deleted");
                     slot.state = None;
-                    slot.last_modified = now_millis();
+                    slot.last_modified = shared.now_millis();
                     part.written = true;
                 }
             }
@@ -203,7 +203,7 @@ pub(super) fn fire_schedule(
     every: crate::schedule::Schedule,
     part: &mut Part,
 ) {
-    match every.next_after(now_millis()) {
+    match every.next_after(shared.now_millis()) {
         Ok(Some(at)) => part.produced.push(shared.message(
             Target::Entity(id.clone()),
             Some(at),
@@ -262,7 +262,7 @@ pub(super) fn set_state(
             {
                 slot.state_version = versioning.current;
             }
-            slot.last_modified = now_millis();
+            slot.last_modified = shared.now_millis();
             part.written = true;
             Ok(None)
         }
@@ -274,7 +274,7 @@ pub(super) fn set_state(
             part.failed += 1;
             shared
                 .failures
-                .record(id, SET_STATE_OPERATION, err.to_string());
+                .record(id, SET_STATE_OPERATION, err.to_string(), shared.clock.now());
         }
     }
     match reply {
@@ -384,7 +384,7 @@ pub(super) fn finish_operation(
             part.failed += 1;
             shared
                 .failures
-                .record(id, &finished.operation, err.to_string());
+                .record(id, &finished.operation, err.to_string(), shared.clock.now());
         }
     }
     slot.state = finished.state;
@@ -407,7 +407,7 @@ pub(super) fn finish_operation(
     // An entity that expires counts its time from its last operation, whatever it did.
     if finished.state_written || (slot.state.is_some() && shared.registry.expires(id.name())) {
         part.written = true;
-        slot.last_modified = now_millis();
+        slot.last_modified = shared.now_millis();
     }
     for out in finished.outgoing {
         part.produced.push(shared.outgoing_message(out));

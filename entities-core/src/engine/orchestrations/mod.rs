@@ -15,6 +15,7 @@ use std::sync::{Arc, Mutex};
 
 use futures::future::BoxFuture;
 use futures::FutureExt;
+use serde::Deserialize;
 use serde_json::Value;
 use tokio::sync::oneshot;
 use tracing::{error, warn};
@@ -104,6 +105,8 @@ pub(crate) struct Orchestrations {
     activities_done: Vec<ActivityDone>,
     /// Counts recoveries (see [`ActivityDone::generation`]).
     generation: u64,
+    /// Activities started and not reported done yet, of every generation.
+    activities_running: usize,
 }
 
 impl Orchestrations {
@@ -115,6 +118,7 @@ impl Orchestrations {
             watchers: HashMap::new(),
             activities_done: Vec::new(),
             generation: 0,
+            activities_running: 0,
         }
     }
 
@@ -148,7 +152,7 @@ impl Orchestrations {
     }
 
     /// Runs an activity on its own task; its result comes back as [`Command::ActivityDone`].
-    fn run_activity(&self, message: Message) {
+    fn run_activity(&mut self, message: Message) {
         let Body::Activity {
             instance,
             seq,
@@ -164,6 +168,7 @@ impl Orchestrations {
             crate::ActivityContext::new(&name, &instance, self.shared.registry.services.clone());
         let commands = self.shared.commands.clone();
         let generation = self.generation;
+        self.activities_running += 1;
         tokio::spawn(async move {
             let outcome = match function {
                 None => Outcome::Err(
@@ -194,7 +199,13 @@ impl Orchestrations {
         });
     }
 
+    /// Whether an activity is under way.
+    pub(crate) fn activities_running(&self) -> bool {
+        self.activities_running > 0
+    }
+
     pub(crate) fn activity_done(&mut self, done: ActivityDone) {
+        self.activities_running = self.activities_running.saturating_sub(1);
         if done.generation == self.generation {
             self.activities_done.push(done);
         }
@@ -294,7 +305,7 @@ impl Orchestrations {
                     // Recorded by the client with its start message, which has not run yet.
                     awaiting_start = true;
                 } else {
-                    match self.replay(record.clone(), history.clone()) {
+                    match self.replay(record.clone(), &history) {
                         Ok(l) => match l.departure() {
                             None => {
                                 let mut l = l;
@@ -388,7 +399,7 @@ pub(crate) fn check_replay(
         open: true,
         ..Default::default()
     });
-    let live = turn::rebuild(function, registry, record, history).map_err(|reason| {
+    let live = turn::rebuild(function, registry, record, &history).map_err(|reason| {
         Error::Serialization(format!("the history cannot be replayed: {reason}"))
     })?;
     match live.departure() {
@@ -416,7 +427,7 @@ impl Held {
     fn unreadable(record: InstanceRecord, history: &[Value], reason: String) -> Self {
         let events: Vec<Event> = history
             .iter()
-            .filter_map(|e| serde_json::from_value(e.clone()).ok())
+            .filter_map(|e| Event::deserialize(e).ok())
             .collect();
         let parent = events.iter().find_map(|e| match e {
             Event::Started { parent, .. } => parent.clone(),

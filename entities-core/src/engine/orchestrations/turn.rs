@@ -6,13 +6,14 @@ use std::panic::AssertUnwindSafe;
 use std::sync::{Arc, Mutex};
 use std::task::{Context, Poll};
 
+use serde::Deserialize;
 use serde_json::Value;
 use tracing::{debug, warn};
 
 use super::{Live, Orchestrations, RunResult, Slot};
 use crate::error::{panic_message, Error};
 use crate::id::EntityId;
-use crate::message::{now_millis, Body, FailureKind, Message, Outcome, ReplyTo};
+use crate::message::{Body, FailureKind, Message, Outcome, ReplyTo};
 use crate::orchestration::context::{OrchState, OrchestrationContext};
 use crate::orchestration::history::{Action, Event};
 use crate::orchestration::OrchestrationFn;
@@ -21,11 +22,7 @@ use crate::store::{Batch, InstanceRecord, InstanceWrite, RuntimeStatus};
 
 impl Orchestrations {
     /// Rebuilds a running instance from its history, turn by turn.
-    pub(super) fn replay(
-        &self,
-        record: InstanceRecord,
-        history: Vec<Value>,
-    ) -> Result<Live, String> {
+    pub(super) fn replay(&self, record: InstanceRecord, history: &[Value]) -> Result<Live, String> {
         let function = self.function(&record.name)?;
         rebuild(function, self.shared.registry.clone(), record, history)
     }
@@ -58,7 +55,7 @@ impl Orchestrations {
         messages: Vec<Message>,
         batch: &mut Batch,
     ) -> bool {
-        let now = now_millis();
+        let now = self.shared.now_millis();
         let mut events = vec![Event::Turn { time: now }];
         let mut terminate = None;
         let mut messages = messages;
@@ -276,7 +273,7 @@ impl Orchestrations {
             if !held.stored {
                 held.stored = true;
                 held.record.held = Some(held.reason.clone());
-                held.record.updated = now_millis();
+                held.record.updated = self.shared.now_millis();
                 batch.instances.push(InstanceWrite {
                     record: held.record.clone(),
                     first_event: held.history_len,
@@ -310,7 +307,7 @@ impl Orchestrations {
         record.status = RuntimeStatus::Terminated;
         record.output = Some(Value::String(reason));
         record.held = None;
-        record.updated = now_millis();
+        record.updated = self.shared.now_millis();
         batch.instances.push(InstanceWrite {
             record,
             first_event: held.history_len,
@@ -532,11 +529,11 @@ pub(crate) fn rebuild(
     function: Arc<dyn OrchestrationFn>,
     registry: Arc<Registry>,
     record: InstanceRecord,
-    history: Vec<Value>,
+    history: &[Value],
 ) -> Result<Live, String> {
     let events: Vec<Event> = history
-        .into_iter()
-        .map(serde_json::from_value)
+        .iter()
+        .map(Event::deserialize)
         .collect::<Result<_, _>>()
         .map_err(|err| format!("its history does not parse: {err}"))?;
     let (parent, first_seq) = events
