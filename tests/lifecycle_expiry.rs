@@ -1,14 +1,16 @@
 //! Expiry of idle entities: state deleted after its TTL, durably and across restarts; use, a
-//! lock or a waiting message keeps an entity alive; a signal racing the expiry is never lost.
+//! lock or a waiting message keeps an entity alive (on a manual clock, in virtual days); a
+//! signal racing the expiry is never lost (in real time).
 // Test and example code: its public items are not an API (the workspace lints ask docs of
 // library crates).
 #![allow(missing_docs, missing_debug_implementations)]
 
 mod support;
 
-use std::time::{Duration, SystemTime};
+use std::time::Duration;
 
 use entities::prelude::*;
+use entities::testing::ManualClock;
 use entities::Error;
 use support::{counter, state_of};
 
@@ -32,24 +34,22 @@ async fn hold(ctx: OrchestrationContext, key: String) -> Result<(), Error> {
     Ok(())
 }
 
-/// Waits until the entity's state is gone; returns how long that took.
-async fn until_expired(client: &Client, id: &EntityId, within: Duration) -> Duration {
-    let start = tokio::time::Instant::now();
-    while state_of(client, id).await.is_some() {
-        assert!(
-            start.elapsed() < within,
-            "{id} did not expire within {within:?}"
-        );
-        tokio::time::sleep(Duration::from_millis(10)).await;
-    }
-    start.elapsed()
+const DAY: Duration = Duration::from_secs(24 * 3600);
+
+/// A builder on the manual clock `clock`.
+fn on_clock(
+    path: &std::path::Path,
+    ttl: Option<Duration>,
+    clock: &ManualClock,
+) -> entities::RuntimeBuilder {
+    builder(path, ttl).clock(clock.clone())
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn idle_entity_expires_and_starts_fresh() {
     let dir = tempfile::tempdir().unwrap();
-    let ttl = Duration::from_millis(300);
-    let runtime = builder(&dir.path().join("ttl.db"), Some(ttl))
+    let clock = ManualClock::new();
+    let runtime = on_clock(&dir.path().join("ttl.db"), Some(7 * DAY), &clock)
         .start()
         .await
         .unwrap();
@@ -58,13 +58,15 @@ async fn idle_entity_expires_and_starts_fresh() {
     let other = EntityId::new("Other", "idle");
     client.signal_entity(&id, "add", &5).await.unwrap();
     client.signal_entity(&other, "add", &5).await.unwrap();
-    let started = tokio::time::Instant::now();
     assert_eq!(
         client.call_entity::<i64, _>(&id, "get", &()).await.unwrap(),
         5
     );
-    until_expired(&client, &id, Duration::from_secs(5)).await;
-    assert!(started.elapsed() >= ttl, "expired before its TTL");
+    // Not a second before its TTL, and at once after.
+    clock.advance(7 * DAY - Duration::from_secs(1)).await;
+    assert_eq!(state_of(&client, &id).await, Some(5.into()));
+    clock.advance(Duration::from_secs(1)).await;
+    assert_eq!(state_of(&client, &id).await, None);
     // Expired for good, and a new operation starts on a fresh state.
     assert_eq!(
         client.call_entity::<i64, _>(&id, "get", &()).await.unwrap(),
@@ -84,8 +86,9 @@ async fn idle_entity_expires_and_starts_fresh() {
 async fn expiry_survives_a_restart() {
     let dir = tempfile::tempdir().unwrap();
     let path = dir.path().join("restart.db");
+    let clock = ManualClock::new();
     let id = EntityId::new("Counter", "restart");
-    let runtime = builder(&path, None).start().await.unwrap();
+    let runtime = on_clock(&path, None, &clock).start().await.unwrap();
     let client = runtime.client();
     client.signal_entity(&id, "add", &1).await.unwrap();
     assert_eq!(
@@ -93,14 +96,15 @@ async fn expiry_survives_a_restart() {
         1
     );
     runtime.shutdown().await.unwrap();
-    tokio::time::sleep(Duration::from_millis(400)).await;
-    // Idle for longer than the TTL while no runtime ran: it expires soon after the start.
-    let runtime = builder(&path, Some(Duration::from_millis(300)))
+    // Idle for longer than the TTL while no runtime ran: it expires at the start.
+    clock.advance(8 * DAY).await;
+    let runtime = on_clock(&path, Some(7 * DAY), &clock)
         .start()
         .await
         .unwrap();
     let client = runtime.client();
-    until_expired(&client, &id, Duration::from_secs(5)).await;
+    clock.advance(Duration::ZERO).await;
+    assert_eq!(state_of(&client, &id).await, None);
     runtime.shutdown().await.unwrap();
     // Deleted durably.
     let runtime = builder(&path, None).start().await.unwrap();
@@ -111,18 +115,16 @@ async fn expiry_survives_a_restart() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn operations_keep_an_entity_alive() {
     let dir = tempfile::tempdir().unwrap();
-    let runtime = builder(
-        &dir.path().join("alive.db"),
-        Some(Duration::from_millis(800)),
-    )
-    .start()
-    .await
-    .unwrap();
+    let clock = ManualClock::new();
+    let runtime = on_clock(&dir.path().join("alive.db"), Some(7 * DAY), &clock)
+        .start()
+        .await
+        .unwrap();
     let client = runtime.client();
     let written = EntityId::new("Counter", "written");
     let read = EntityId::new("Counter", "read");
     client.signal_entity(&read, "add", &7).await.unwrap();
-    // 2.25 s of use, far past the TTL, at most 150 ms apart.
+    // 75 days of use, far past the TTL, 5 days apart.
     for _ in 0..15 {
         client.signal_entity(&written, "add", &1).await.unwrap();
         // A read-only operation counts as use too.
@@ -133,7 +135,7 @@ async fn operations_keep_an_entity_alive() {
                 .unwrap(),
             7
         );
-        tokio::time::sleep(Duration::from_millis(150)).await;
+        clock.advance(5 * DAY).await;
     }
     assert_eq!(
         client
@@ -142,15 +144,17 @@ async fn operations_keep_an_entity_alive() {
             .unwrap(),
         15
     );
-    until_expired(&client, &read, Duration::from_secs(5)).await;
+    clock.advance(7 * DAY).await;
+    assert_eq!(state_of(&client, &read).await, None);
+    assert_eq!(state_of(&client, &written).await, None);
     runtime.shutdown().await.unwrap();
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_lock_or_a_waiting_message_keeps_an_entity_alive() {
     let dir = tempfile::tempdir().unwrap();
-    let ttl = Duration::from_millis(200);
-    let runtime = builder(&dir.path().join("held.db"), Some(ttl))
+    let clock = ManualClock::new();
+    let runtime = on_clock(&dir.path().join("held.db"), Some(DAY), &clock)
         .start()
         .await
         .unwrap();
@@ -163,12 +167,12 @@ async fn a_lock_or_a_waiting_message_keeps_an_entity_alive() {
         .start_orchestration("hold", &"locked".to_string())
         .await
         .unwrap();
-    let in_an_hour = SystemTime::now() + Duration::from_secs(3600);
+    let in_a_month = clock.now() + 30 * DAY;
     client
-        .signal_entity_at(&waiting, "add", &1, in_an_hour)
+        .signal_entity_at(&waiting, "add", &1, in_a_month)
         .await
         .unwrap();
-    tokio::time::sleep(ttl * 5).await;
+    clock.advance(5 * DAY).await;
     assert_eq!(
         state_of(&client, &locked).await,
         Some(1.into()),
@@ -179,12 +183,13 @@ async fn a_lock_or_a_waiting_message_keeps_an_entity_alive() {
         Some(1.into()),
         "expired with a message waiting"
     );
-    // Released, and with nothing waiting any more, both expire.
+    // Released, and with nothing waiting any more, both expire within a day.
     client.raise_event(&instance, "go", &()).await.unwrap();
     let signal = client.pending_signals(&waiting).await.unwrap()[0].id;
     assert!(client.cancel_signal(&waiting, signal).await.unwrap());
-    until_expired(&client, &locked, Duration::from_secs(5)).await;
-    until_expired(&client, &waiting, Duration::from_secs(5)).await;
+    clock.advance(DAY).await;
+    assert_eq!(state_of(&client, &locked).await, None);
+    assert_eq!(state_of(&client, &waiting).await, None);
     runtime.shutdown().await.unwrap();
 }
 

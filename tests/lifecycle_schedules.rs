@@ -7,6 +7,7 @@ use std::process::{Command, Stdio};
 use std::time::{Duration, SystemTime};
 
 use entities::prelude::*;
+use entities::testing::ManualClock;
 use entities::{Error, Schedule};
 use support::{counter, state_of};
 
@@ -37,15 +38,30 @@ async fn wait_for(client: &Client, id: &EntityId, value: i64) {
     }
 }
 
+const HOUR: Duration = Duration::from_secs(3600);
+
+/// A runtime on the manual clock `clock`, with a schedule horizon of `horizon`.
+async fn start_on(path: &std::path::Path, clock: &ManualClock, horizon: Duration) -> Runtime {
+    Runtime::builder()
+        .store(SqliteStore::open(path).unwrap())
+        .entity_fn("Counter", counter)
+        .clock(clock.clone())
+        .schedule_horizon(horizon)
+        .start()
+        .await
+        .unwrap()
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn scheduled_signals_are_listed_and_cancelled() {
     let dir = tempfile::tempdir().unwrap();
     let path = dir.path().join("pending.db");
-    let runtime = start(&path).await;
+    let clock = ManualClock::new();
+    let runtime = start_on(&path, &clock, Duration::from_secs(60)).await;
     let client = runtime.client();
     let id = EntityId::new("Counter", "pending");
-    let soon = SystemTime::now() + Duration::from_millis(600);
-    let later = SystemTime::now() + Duration::from_secs(3600);
+    let soon = clock.now() + Duration::from_secs(10);
+    let later = clock.now() + HOUR;
     client.signal_entity_at(&id, "add", &1, soon).await.unwrap();
     client
         .signal_entity_at(&id, "add", &10, later)
@@ -71,8 +87,7 @@ async fn scheduled_signals_are_listed_and_cancelled() {
     assert_eq!(left.len(), 1);
     assert_eq!(left[0].id, pending[0].id);
 
-    wait_for(&client, &id, 1001).await;
-    tokio::time::sleep(Duration::from_millis(300)).await;
+    clock.advance(2 * HOUR).await;
     assert_eq!(count(&client, &id).await, 1001, "a cancelled signal ran");
     assert!(client.pending_signals(&id).await.unwrap().is_empty());
     // It ran: too late to cancel.
@@ -80,10 +95,10 @@ async fn scheduled_signals_are_listed_and_cancelled() {
     runtime.shutdown().await.unwrap();
 
     // The cancelled ones stay cancelled after a restart.
-    let runtime = start(&path).await;
+    let runtime = start_on(&path, &clock, Duration::from_secs(60)).await;
     let client = runtime.client();
     assert!(client.pending_signals(&id).await.unwrap().is_empty());
-    tokio::time::sleep(Duration::from_millis(300)).await;
+    clock.advance(2 * HOUR).await;
     assert_eq!(count(&client, &id).await, 1001);
     runtime.shutdown().await.unwrap();
 }
@@ -91,24 +106,23 @@ async fn scheduled_signals_are_listed_and_cancelled() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn cancelled_signal_stored_beyond_the_horizon_never_runs() {
     let dir = tempfile::tempdir().unwrap();
-    let runtime = Runtime::builder()
-        .store(SqliteStore::open(dir.path().join("horizon.db")).unwrap())
-        .entity_fn("Counter", counter)
-        .schedule_horizon(Duration::from_millis(200))
-        .start()
-        .await
-        .unwrap();
+    let clock = ManualClock::new();
+    let runtime = start_on(
+        &dir.path().join("horizon.db"),
+        &clock,
+        Duration::from_secs(1),
+    )
+    .await;
     let client = runtime.client();
     let id = EntityId::new("Counter", "far");
-    let at = SystemTime::now() + Duration::from_millis(700);
+    let at = clock.now() + HOUR;
     client.signal_entity_at(&id, "add", &1, at).await.unwrap();
     client.signal_entity_at(&id, "add", &2, at).await.unwrap();
     let pending = client.pending_signals(&id).await.unwrap();
     assert_eq!(pending.len(), 2);
     // Not read in yet (beyond the horizon): the cancellation reaches it when it is paged in.
     assert!(client.cancel_signal(&id, pending[0].id).await.unwrap());
-    wait_for(&client, &id, 2).await;
-    tokio::time::sleep(Duration::from_millis(300)).await;
+    clock.advance(2 * HOUR).await;
     assert_eq!(count(&client, &id).await, 2, "the cancelled signal ran");
     runtime.shutdown().await.unwrap();
 }
@@ -116,40 +130,36 @@ async fn cancelled_signal_stored_beyond_the_horizon_never_runs() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn recurring_schedule_fires_until_cancelled() {
     let dir = tempfile::tempdir().unwrap();
-    let runtime = start(&dir.path().join("every.db")).await;
+    let clock = ManualClock::new();
+    let runtime = start_on(
+        &dir.path().join("every.db"),
+        &clock,
+        Duration::from_secs(60),
+    )
+    .await;
     let client = runtime.client();
     let id = EntityId::new("Counter", "every");
     let schedule = client
-        .schedule(&id, "add", &1, Schedule::every(Duration::from_millis(50)))
+        .schedule(&id, "add", &1, Schedule::every(HOUR))
         .await
         .unwrap();
     let listed = client.schedules(&id).await.unwrap();
     assert_eq!(listed.len(), 1);
     assert_eq!(listed[0].id, schedule);
     assert_eq!(listed[0].operation, "add");
-    assert_eq!(
-        listed[0].schedule,
-        Schedule::every(Duration::from_millis(50))
-    );
+    assert_eq!(listed[0].schedule, Schedule::every(HOUR));
+    assert_eq!(listed[0].next_fire, clock.now() + HOUR);
     // A schedule is no one-off signal.
     assert!(client.pending_signals(&id).await.unwrap().is_empty());
 
-    let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
-    while count(&client, &id).await < 5 {
-        assert!(
-            tokio::time::Instant::now() < deadline,
-            "the schedule does not fire"
-        );
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
+    clock.advance(5 * HOUR).await;
+    assert_eq!(count(&client, &id).await, 5, "one fire per hour passed");
     assert!(client.cancel_schedule(&id, schedule).await.unwrap());
     assert!(client.schedules(&id).await.unwrap().is_empty());
     assert!(!client.cancel_schedule(&id, schedule).await.unwrap());
-    // A fire under way when the cancellation landed may still count; none after it.
-    tokio::time::sleep(Duration::from_millis(100)).await;
-    let stopped = count(&client, &id).await;
-    tokio::time::sleep(Duration::from_millis(400)).await;
-    assert_eq!(count(&client, &id).await, stopped);
+    // None after the cancellation.
+    clock.advance(24 * HOUR).await;
+    assert_eq!(count(&client, &id).await, 5);
     runtime.shutdown().await.unwrap();
 }
 

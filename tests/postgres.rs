@@ -385,9 +385,12 @@ async fn a_blocked_poll_does_not_stop_the_engine() {
         locker.batch_execute("ROLLBACK").await.unwrap();
     }
     let poll_waits = || async {
+        // Not `pg_stat_activity`: inside the locker's open transaction it is a snapshot taken
+        // at its first read, which misses the sessions the pool opens later; `pg_locks` is
+        // read anew at every query.
         locker
             .query_one(
-                "SELECT count(*) FROM pg_stat_activity \
+                "SELECT count(DISTINCT pid) FROM pg_locks \
                  WHERE pg_backend_pid() = ANY(pg_blocking_pids(pid))",
                 &[],
             )
@@ -426,5 +429,46 @@ async fn a_blocked_poll_does_not_stop_the_engine() {
         "the poll stopped waiting on the lock"
     );
     locker.batch_execute("ROLLBACK").await.unwrap();
+    rt.shutdown().await.unwrap();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_manual_clock_moves_a_runtime_on_postgres() {
+    let Some(server) = TestServer::start_or_skip("a_manual_clock_moves_a_runtime_on_postgres")
+    else {
+        return;
+    };
+    let url = server.create_database().await.unwrap();
+    let day = Duration::from_secs(24 * 3600);
+    let clock = entities::testing::ManualClock::new();
+    let rt = Runtime::builder()
+        .store(PostgresStore::connect_with(&url, options()).await.unwrap())
+        .entity_fn("Counter", counter)
+        .clock(clock.clone())
+        .start()
+        .await
+        .unwrap();
+    let client = rt.client();
+    let start = clock.now();
+    let daily = EntityId::new("Counter", "daily");
+    let once = EntityId::new("Counter", "once");
+    // Both partitions owned before the clock moves.
+    for id in [&daily, &once] {
+        let _: i64 = client.call_entity(id, "get", &()).await.unwrap();
+    }
+    client
+        .schedule(&daily, "add", &1, Schedule::every(day))
+        .await
+        .unwrap();
+    client
+        .signal_entity_at(&once, "add", &5, start + 3 * day)
+        .await
+        .unwrap();
+    clock.advance(10 * day).await;
+    assert_eq!(state_of(&client, &daily).await, Some(10.into()));
+    assert_eq!(state_of(&client, &once).await, Some(5.into()));
+    // Stored at the clock's time: the last fire, on day 10.
+    let meta = client.get_entity_raw(&daily).await.unwrap().unwrap();
+    assert_eq!(meta.last_modified, start + 10 * day);
     rt.shutdown().await.unwrap();
 }

@@ -6,7 +6,7 @@
 //!
 //! `cargo run --release -p entities-bench -- <workload> [--normal]`, where workload is one of
 //! `hot`, `spread`, `bank`, `call`, `rest`, `raw`, `isolated`, `backlog`, `http`, `ttl`,
-//! `schedules`, `drain`, or `all`; `ttl-rest` (not in `all`) compares 1,000,000 idle entities with and
+//! `schedules`, `clock`, `drain`, or `all`; `ttl-rest` (not in `all`) compares 1,000,000 idle entities with and
 //! without a TTL. `--normal` runs with
 //! `synchronous=NORMAL` instead of the default `FULL`. `spread` alternates with the raw
 //! rusqlite baseline for `ROUNDS` rounds (default 5) and reports medians. `drain` has one
@@ -1147,6 +1147,9 @@ async fn main() {
     }
     if all || workload == "schedules" {
         lifecycle::schedules(sync).await;
+    }
+    if all || workload == "clock" {
+        lifecycle::manual_clock(sync).await;
     }
     if all || workload == "rest" {
         let (before, rss, p50, p99) = at_rest(sync, 1_000_000, 20_000).await;

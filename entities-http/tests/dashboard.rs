@@ -1,7 +1,8 @@
 //! The dashboard in a real browser: headless Chromium (Debian's `chromium` and
 //! `chromium-driver`) driven over WebDriver against the server example. Opens each page,
 //! signals and calls from the entity form, sees a critical section on the locks page,
-//! terminates it, checks that a key holding `<script>` shows as text, sees the runtime go
+//! terminates it, shows a held instance, checks that a key holding `<script>` shows as text,
+//! sees the runtime go
 //! unreachable, and saves a screenshot of each page under `target/dashboard/`.
 //!
 //! Without Chromium and chromedriver it prints one line saying it skipped; with
@@ -16,6 +17,51 @@ use serde_json::{json, Value};
 use tokio::process::{Child, Command};
 
 const XSS_KEY: &str = "<script>alert(1)</script>";
+const HELD_ID: &str = "departed-1";
+
+/// Stores a running transfer instance held because its code departed from its history.
+async fn seed_held_instance(db: &Path) {
+    use entities::store::{Batch, InstanceRecord, InstanceWrite, Store};
+    let store = entities::SqliteStore::open(db).unwrap();
+    let now = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_millis() as u64;
+    let input = json!({ "from": "alice", "to": "bob", "amount": 1 });
+    let record = InstanceRecord {
+        id: HELD_ID.into(),
+        name: "transfer".into(),
+        status: entities::RuntimeStatus::Running,
+        input: input.clone(),
+        output: None,
+        created: now,
+        updated: now,
+        held: Some(
+            "step 1: the history has a call of `fee` on @account@alice that the code no \
+             longer schedules"
+                .into(),
+        ),
+    };
+    let events = vec![
+        json!({ "Turn": { "time": now } }),
+        json!({ "Started": { "name": "transfer", "input": input, "parent": null, "first_seq": 0 } }),
+    ];
+    store
+        .commit(Batch {
+            instances: vec![InstanceWrite {
+                record,
+                first_event: 0,
+                events,
+                create: true,
+                restart: false,
+            }],
+            ..Batch::default()
+        })
+        .await
+        .unwrap();
+    store.close();
+    drop(store); // its file lock goes with it
+}
 
 /// Skips the test with one visible line, or fails it when every test is required.
 fn skip(why: &str) {
@@ -175,6 +221,11 @@ async fn the_dashboard_in_headless_chromium() {
     std::fs::create_dir_all(&shots).unwrap();
     let work = tempfile::tempdir().unwrap();
 
+    // A held instance, as code that departed from its history leaves it: stored before the
+    // server starts (it has no message, so the server shows it as stored).
+    let db = work.path().join("bank.db");
+    seed_held_instance(&db).await;
+
     // The server example on a private database and port.
     let port = free_port();
     let base = format!("http://127.0.0.1:{port}");
@@ -184,7 +235,7 @@ async fn the_dashboard_in_headless_chromium() {
         &[],
         &[
             ("BANK_ADDR", format!("127.0.0.1:{port}")),
-            ("BANK_DB", work.path().join("bank.db").display().to_string()),
+            ("BANK_DB", db.display().to_string()),
             ("ENTITIES_TOKEN", String::new()),
         ],
         &server_log,
@@ -437,6 +488,36 @@ async fn the_dashboard_in_headless_chromium() {
         .unwrap();
     wait_text(&browser, "#page-orchestrations", "held-1").await;
     screenshot(&browser, &shots, "orchestrations").await;
+
+    // The held instance: counted on the overview, listed by the "held" filter (and only it),
+    // its reason on its page.
+    browser.goto(&format!("{base}/ui")).await.unwrap();
+    eventually(&browser, "the held count", || async {
+        browser
+            .execute(
+                "return [...document.querySelectorAll('#page-overview li')]\
+                 .some(li => li.textContent.replace(/\\s+/g, ' ').trim() === 'Held1' \
+                   || li.textContent.replace(/\\s+/g, ' ').trim() === 'Held 1')",
+                vec![],
+            )
+            .await
+            .is_ok_and(|v| v == json!(true))
+    })
+    .await;
+    browser
+        .goto(&format!("{base}/ui#/orchestrations?status=held"))
+        .await
+        .unwrap();
+    wait_text(&browser, "#page-orchestrations", HELD_ID).await;
+    let listed = text_of(&browser, "#page-orchestrations").await;
+    assert!(!listed.contains("held-1"), "{listed}");
+    assert!(listed.contains("Held"), "{listed}");
+    browser
+        .goto(&format!("{base}/ui#/orchestration/{HELD_ID}"))
+        .await
+        .unwrap();
+    wait_text(&browser, "#held-reason", "no longer schedules").await;
+    screenshot(&browser, &shots, "held").await;
 
     // The runtime goes away: the page says so.
     server.kill().await.unwrap();

@@ -811,7 +811,9 @@ impl Partitioned for Inner {
         // Without waiting for a WAL flush: a deletion lost in a crash of the server brings
         // back replies whose waiters have heard already, and those are ignored.
         let tx = conn.transaction().await.map_err(failed)?;
-        tx.batch_execute("SET LOCAL synchronous_commit TO off")
+        // A poll never waits long on a row lock (none is expected): it holds the gate of
+        // the polls, which a reload of the engine waits for.
+        tx.batch_execute("SET LOCAL synchronous_commit TO off; SET LOCAL lock_timeout = '2s'")
             .await
             .map_err(failed)?;
         let rows = tx
