@@ -1837,6 +1837,13 @@ pub async fn purge_instances_deletes_the_ended_instances_a_query_selects(store: 
         ..InstanceQuery::default()
     };
     assert_eq!(store.purge_instances(&running).await.expect("purge"), 0);
+    // Held instances are running ones: asking for them purges nothing.
+    let held = InstanceQuery {
+        held: Some(true),
+        page_size: 100,
+        ..InstanceQuery::default()
+    };
+    assert_eq!(store.purge_instances(&held).await.expect("purge"), 0);
     // By name and end time, one at a time, oldest first.
     let alpha_early = InstanceQuery {
         name: Some("alpha".into()),

@@ -543,6 +543,7 @@ impl Inner {
                      AND ($3::bigint IS NULL OR created >= $3) \
                      AND ($4::bigint IS NULL OR created < $4) \
                      AND ($5::bigint IS NULL OR updated < $5) \
+                     AND ($7::bool IS NULL OR (held IS NOT NULL) = $7) \
                    ORDER BY created, id LIMIT $6 FOR UPDATE), \
                  history AS ( \
                    DELETE FROM entities_history WHERE instance IN (SELECT id FROM doomed)) \
@@ -553,8 +554,8 @@ impl Inner {
                     &query.created_from.map(int),
                     &query.created_to.map(int),
                     &query.ended_before.map(int),
-                    &query.held,
                     &(query.page_size.max(1) as i64),
+                    &query.held,
                 ],
             )
             .await
@@ -600,6 +601,7 @@ impl Inner {
                     &query.created_to.map(int),
                     &(page_size as i64 + 1),
                     &query.ended_before.map(int),
+                    &query.held,
                 ],
             )
             .await

@@ -26,8 +26,8 @@ async fn a_schema_1_database_keeps_its_entities_at_state_version_1() {
     Store::shutdown(&store).await;
     drop(store);
 
-    // Back to schema 1 (before state versions and idempotency keys), with an entity stored
-    // by it.
+    // Back to schema 1 (before state versions, idempotency keys and held instances), with an
+    // entity stored by it.
     let (client, connection) = tokio_postgres::connect(&url, tokio_postgres::NoTls)
         .await
         .expect("a plain connection");
@@ -36,6 +36,7 @@ async fn a_schema_1_database_keeps_its_entities_at_state_version_1() {
     client
         .batch_execute(
             "ALTER TABLE entities_entities DROP COLUMN state_version; \
+             ALTER TABLE entities_instances DROP COLUMN held; \
              DROP TABLE entities_keys; \
              DROP INDEX entities_messages_arrivals; \
              ALTER TABLE entities_messages DROP COLUMN xid; \
@@ -69,7 +70,7 @@ async fn a_schema_1_database_keeps_its_entities_at_state_version_1() {
         .await
         .expect("the schema version")
         .get(0);
-    assert_eq!(version, 4);
+    assert_eq!(version, 5);
 
     // The message stored under schema 1 is pending work of its partition, once.
     let recovery = store.recover(0).await.expect("recovery");

@@ -594,6 +594,7 @@ pub(crate) fn purge_instances(conn: &Connection, query: &InstanceQuery) -> rusql
                AND (?1 IS NULL OR name = ?1) AND (?2 IS NULL OR status = ?2) \
                AND (?3 IS NULL OR created >= ?3) AND (?4 IS NULL OR created < ?4) \
                AND (?5 IS NULL OR updated < ?5) \
+               AND (?7 IS NULL OR (held IS NOT NULL) = ?7) \
              ORDER BY num LIMIT ?6",
         )?
         .query_map(
@@ -603,7 +604,8 @@ pub(crate) fn purge_instances(conn: &Connection, query: &InstanceQuery) -> rusql
                 query.created_from.map(sql_int),
                 query.created_to.map(sql_int),
                 query.ended_before.map(sql_int),
-                query.page_size.max(1) as i64
+                query.page_size.max(1) as i64,
+                query.held
             ],
             |row| row.get::<_, i64>(0),
         )?
