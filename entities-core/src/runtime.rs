@@ -4,6 +4,7 @@ use std::future::Future;
 use std::sync::Arc;
 use std::time::Duration;
 
+use futures::future::BoxFuture;
 use serde::de::DeserializeOwned;
 use serde::Serialize;
 use tokio::sync::{mpsc, oneshot};
@@ -11,7 +12,7 @@ use tokio::task::JoinHandle;
 use tracing::info;
 
 use crate::client::Client;
-use crate::clock::Clock;
+use crate::clock::{Clock, Driven};
 use crate::engine::{Command, Engine, EngineConfig, Shared};
 use crate::entity::{ClassEntity, Entity, EntityFunction};
 use crate::error::{Error, Result};
@@ -311,9 +312,14 @@ impl RuntimeBuilder {
         let task = tokio::spawn(engine.run(recovery.messages));
         // A manual clock runs the expiry sweeps and the forgetting of old keys as it moves;
         // the system's, on tasks of their own.
+        let mut driven = None;
         let background = match self.clock.as_manual() {
             Some(manual) => {
-                manual.attach(&shared);
+                let driver: Arc<dyn Driven> = Arc::new(Driver {
+                    client: Client::new(shared.clone()),
+                });
+                manual.attach(&driver);
+                driven = Some(driver);
                 Vec::new()
             }
             None => {
@@ -328,6 +334,7 @@ impl RuntimeBuilder {
             shared,
             task: Some(task),
             background,
+            _driven: driven,
         })
     }
 }
@@ -345,6 +352,54 @@ pub struct Runtime {
     /// Background tasks: the expiry sweep (if any entity name has a TTL) and the forgetting
     /// of old idempotency keys.
     background: Vec<JoinHandle<()>>,
+    /// What a manual clock drives while this runtime lives (it holds only a weak reference).
+    _driven: Option<Arc<dyn Driven>>,
+}
+
+/// A runtime as a manual clock drives it: its expiry sweeps, idleness and key forgetting.
+struct Driver {
+    client: Client,
+}
+
+impl Driven for Driver {
+    fn is_stopped(&self) -> bool {
+        self.client.is_shut_down()
+    }
+
+    fn sweep(&self) -> BoxFuture<'_, ()> {
+        Box::pin(async move {
+            if let Err(err) = crate::expiry::sweep_once(&self.client).await {
+                tracing::warn!(error = %err, "expiry sweep of a manual clock's step failed");
+            }
+        })
+    }
+
+    fn settle(&self) -> BoxFuture<'_, Option<u64>> {
+        Box::pin(async move {
+            let (done, idle) = oneshot::channel();
+            self.client
+                .shared
+                .commands
+                .send(Command::Settle(done))
+                .ok()?;
+            idle.await.ok().flatten()
+        })
+    }
+
+    fn next_expiry(&self, now: u64, until: u64) -> BoxFuture<'_, Option<u64>> {
+        Box::pin(async move {
+            crate::expiry::next_expiry(&self.client, now, until)
+                .await
+                .unwrap_or_else(|err| {
+                    tracing::warn!(error = %err, "cannot find the next expiry");
+                    None
+                })
+        })
+    }
+
+    fn forget_keys(&self) -> BoxFuture<'_, ()> {
+        Box::pin(crate::client::forget_keys_once(&self.client))
+    }
 }
 
 impl Runtime {

@@ -132,7 +132,7 @@ pub(crate) struct Engine {
     partitioned: Option<SharedStore>,
     /// What the batch under way counts for the metrics.
     counts: crate::metrics::BatchCounts,
-    /// A manual clock's moves (see `testing::ManualClock`); `None` with the system's clock.
+    /// A manual clock's moves (see [`crate::clock::ManualClock`]); `None` with the system's clock.
     clock_moves: Option<tokio::sync::watch::Receiver<()>>,
     /// A manual clock waiting for the engine to be idle (see [`Command::Settle`]).
     settlers: Vec<oneshot::Sender<Option<u64>>>,
@@ -167,7 +167,7 @@ impl Engine {
         let clock_moves = shared
             .clock
             .as_manual()
-            .map(crate::testing::ManualClock::moves);
+            .map(crate::clock::ManualClock::moves);
         let ownership = match &partitioned {
             Some(_) => Ownership::new(count, Some(partitions.as_deref().unwrap_or(&[]))),
             None => Ownership::All,

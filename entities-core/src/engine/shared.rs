@@ -59,11 +59,6 @@ impl Shared {
         }
     }
 
-    /// Whether the engine has stopped (or its task is gone).
-    pub(crate) fn is_stopped(&self) -> bool {
-        self.stopped.load(std::sync::atomic::Ordering::SeqCst) || self.commands.is_closed()
-    }
-
     /// The current time of the runtime's clock, in milliseconds since the Unix epoch.
     pub(crate) fn now_millis(&self) -> u64 {
         crate::clock::now_millis(&*self.clock)
