@@ -167,6 +167,28 @@ fn ticker(ctx: &mut EntityContext) -> Result<(), OperationError> {
     ctx.set_state(&ticks)
 }
 
+/// The states of every `Ticker` entity.
+async fn tickers(client: &Client) -> Vec<Ticks> {
+    let mut all = Vec::new();
+    let mut query = EntityQuery {
+        name: Some("Ticker".into()),
+        page_size: 10_000,
+        ..EntityQuery::default()
+    };
+    loop {
+        let page = client.query_entities(query.clone()).await.unwrap();
+        all.extend(page.entities.into_iter().map(|e| {
+            e.state
+                .map(|s| serde_json::from_value(s).unwrap())
+                .unwrap_or_default()
+        }));
+        match page.continuation {
+            Some(c) => query.continuation = Some(c),
+            None => return all,
+        }
+    }
+}
+
 /// 100,000 schedules firing every 5 s for 20 s: how much later than its period each fire ran.
 pub(crate) async fn schedules(sync: Synchronous) {
     const SCHEDULES: usize = 100_000;
@@ -209,27 +231,10 @@ pub(crate) async fn schedules(sync: Synchronous) {
     tokio::time::sleep(Duration::from_secs(20)).await;
     let mut longest = Vec::with_capacity(SCHEDULES);
     let mut fires = 0;
-    let mut query = EntityQuery {
-        name: Some("Ticker".into()),
-        page_size: 10_000,
-        ..EntityQuery::default()
-    };
-    loop {
-        let page = client.query_entities(query.clone()).await.unwrap();
-        for e in &page.entities {
-            let ticks: Ticks = e
-                .state
-                .clone()
-                .map(|s| serde_json::from_value(s).unwrap())
-                .unwrap_or_default();
-            fires += ticks.fires;
-            if ticks.fires >= 2 {
-                longest.push(ticks.longest.saturating_sub(period.as_millis() as u64) as f64);
-            }
-        }
-        match page.continuation {
-            Some(c) => query.continuation = Some(c),
-            None => break,
+    for ticks in tickers(&client).await {
+        fires += ticks.fires;
+        if ticks.fires >= 2 {
+            longest.push(ticks.longest.saturating_sub(period.as_millis() as u64) as f64);
         }
     }
     runtime.shutdown().await.unwrap();
@@ -291,27 +296,7 @@ pub(crate) async fn manual_clock(sync: Synchronous) {
         let started = Instant::now();
         clock.advance(day * DAYS).await;
         let took = started.elapsed();
-        let mut fires = 0u64;
-        let mut query = EntityQuery {
-            name: Some("Ticker".into()),
-            page_size: 10_000,
-            ..EntityQuery::default()
-        };
-        loop {
-            let page = client.query_entities(query.clone()).await.unwrap();
-            for e in &page.entities {
-                let ticks: Ticks = e
-                    .state
-                    .clone()
-                    .map(|s| serde_json::from_value(s).unwrap())
-                    .unwrap_or_default();
-                fires += ticks.fires;
-            }
-            match page.continuation {
-                Some(c) => query.continuation = Some(c),
-                None => break,
-            }
-        }
+        let fires: u64 = tickers(&client).await.iter().map(|t| t.fires).sum();
         runtime.shutdown().await.expect("shutdown");
         let store = if on_sqlite { "sqlite" } else { "memory" };
         let times = if spread {

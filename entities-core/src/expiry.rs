@@ -28,25 +28,11 @@ pub(crate) fn interval(ttls: impl Iterator<Item = Duration>) -> Duration {
 
 /// Runs the sweep until the runtime stops.
 pub(crate) async fn sweep(client: Client) {
-    let ttls: Vec<(String, Duration)> = client
-        .shared
-        .registry
-        .ttls
-        .iter()
-        .map(|(name, ttl)| (name.clone(), *ttl))
-        .collect();
-    let every = interval(ttls.iter().map(|(_, ttl)| *ttl));
+    let every = interval(client.shared.registry.ttls.values().copied());
     loop {
         tokio::time::sleep(every).await;
-        for (name, ttl) in &ttls {
-            match sweep_name(&client, name, *ttl).await {
-                Ok(0) => {}
-                Ok(sent) => debug!(entity = %name, candidates = sent, "expiry sweep"),
-                Err(Error::Shutdown) => return,
-                Err(err) => {
-                    warn!(entity = %name, error = %err, "expiry sweep failed; it runs again later");
-                }
-            }
+        if let Err(Error::Shutdown) = sweep_once(&client).await {
+            return;
         }
         if client.is_shut_down() {
             return;
@@ -91,18 +77,19 @@ async fn sweep_name(client: &Client, name: &str, ttl: Duration) -> Result<usize,
     Ok(sent)
 }
 
-/// One sweep of every expiring name, at the clock's time (a manual clock runs it at each
-/// time it moves to).
+/// One sweep of every expiring name, at the clock's time (the sweeper task runs it
+/// periodically; a manual clock at each time it moves to). A name whose sweep fails is logged
+/// and swept again next time; the runtime's shutdown ends the sweep.
 pub(crate) async fn sweep_once(client: &Client) -> Result<(), Error> {
-    let ttls: Vec<(String, Duration)> = client
-        .shared
-        .registry
-        .ttls
-        .iter()
-        .map(|(name, ttl)| (name.clone(), *ttl))
-        .collect();
-    for (name, ttl) in &ttls {
-        sweep_name(client, name, *ttl).await?;
+    for (name, ttl) in &client.shared.registry.ttls {
+        match sweep_name(client, name, *ttl).await {
+            Ok(0) => {}
+            Ok(sent) => debug!(entity = %name, candidates = sent, "expiry sweep"),
+            Err(Error::Shutdown) => return Err(Error::Shutdown),
+            Err(err) => {
+                warn!(entity = %name, error = %err, "expiry sweep failed; it runs again later");
+            }
+        }
     }
     Ok(())
 }

@@ -121,13 +121,7 @@ impl Orchestrations {
                             let mut record = record;
                             record.status = RuntimeStatus::Failed;
                             record.output = Some(Value::String(err));
-                            batch.instances.push(InstanceWrite {
-                                record,
-                                first_event: 0,
-                                events: Vec::new(),
-                                create: false,
-                                restart: false,
-                            });
+                            batch.instances.push(record_only(record, 0));
                             slot.ended = true;
                             ended_now = true;
                             continue;
@@ -274,13 +268,9 @@ impl Orchestrations {
                 held.stored = true;
                 held.record.held = Some(held.reason.clone());
                 held.record.updated = self.shared.now_millis();
-                batch.instances.push(InstanceWrite {
-                    record: held.record.clone(),
-                    first_event: held.history_len,
-                    events: Vec::new(),
-                    create: false,
-                    restart: false,
-                });
+                batch
+                    .instances
+                    .push(record_only(held.record.clone(), held.history_len));
             }
             return false;
         };
@@ -308,13 +298,7 @@ impl Orchestrations {
         record.output = Some(Value::String(reason));
         record.held = None;
         record.updated = self.shared.now_millis();
-        batch.instances.push(InstanceWrite {
-            record,
-            first_event: held.history_len,
-            events: Vec::new(),
-            create: false,
-            restart: false,
-        });
+        batch.instances.push(record_only(record, held.history_len));
         slot.ended = true;
         true
     }
@@ -637,6 +621,17 @@ fn start(
         state,
         future: Some(future),
     })
+}
+
+/// A write of an instance's record alone, its history (of `history_len` events) unchanged.
+fn record_only(record: InstanceRecord, history_len: u64) -> InstanceWrite {
+    InstanceWrite {
+        record,
+        first_event: history_len,
+        events: Vec::new(),
+        create: false,
+        restart: false,
+    }
 }
 
 /// Applies a turn's events to the replay state.
