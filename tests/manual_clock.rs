@@ -92,6 +92,15 @@ fn builder(clock: &ManualClock) -> entities::RuntimeBuilder {
         .activity("nap", nap)
 }
 
+/// A runtime of [`builder`] on the memory store.
+async fn on_memory(clock: &ManualClock) -> Runtime {
+    builder(clock)
+        .store(MemoryStore::new())
+        .start()
+        .await
+        .unwrap()
+}
+
 async fn value(client: &Client, key: &str) -> i64 {
     client.call::<Counter>(key).get().await.unwrap()
 }
@@ -169,11 +178,7 @@ fn round(t: SystemTime) -> SystemTime {
 #[tokio::test]
 async fn a_month_on_the_memory_store() {
     let clock = ManualClock::new();
-    let runtime = builder(&clock)
-        .store(MemoryStore::new())
-        .start()
-        .await
-        .unwrap();
+    let runtime = on_memory(&clock).await;
     a_month(runtime, &clock).await;
 }
 
@@ -192,11 +197,7 @@ async fn a_month_on_sqlite() {
 #[tokio::test]
 async fn fires_run_in_time_order_across_entities() {
     let clock = ManualClock::new();
-    let runtime = builder(&clock)
-        .store(MemoryStore::new())
-        .start()
-        .await
-        .unwrap();
+    let runtime = on_memory(&clock).await;
     let client = runtime.client();
     let start = clock.now();
     // Signals sent out of order, each due at its own hour, and a schedule between them.
@@ -266,11 +267,7 @@ async fn fires_run_in_time_order_across_entities() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn advance_while_sends_arrive_loses_nothing() {
     let clock = ManualClock::new();
-    let runtime = builder(&clock)
-        .store(MemoryStore::new())
-        .start()
-        .await
-        .unwrap();
+    let runtime = on_memory(&clock).await;
     let client = runtime.client();
     client
         .schedule(
@@ -304,11 +301,7 @@ async fn a_cron_schedule_across_a_virtual_month() {
     // 2027-01-01T00:00:00Z
     let new_year = SystemTime::UNIX_EPOCH + Duration::from_secs(1_798_761_600);
     let clock = ManualClock::at(new_year);
-    let runtime = builder(&clock)
-        .store(MemoryStore::new())
-        .start()
-        .await
-        .unwrap();
+    let runtime = on_memory(&clock).await;
     let client = runtime.client();
     let noon = EntityId::of::<Counter>("noon");
     client
@@ -356,11 +349,7 @@ async fn idempotency_keys_bind_for_their_retention_in_clock_time() {
 #[tokio::test]
 async fn activities_doing_real_io_are_awaited() {
     let clock = ManualClock::new();
-    let runtime = builder(&clock)
-        .store(MemoryStore::new())
-        .start()
-        .await
-        .unwrap();
+    let runtime = on_memory(&clock).await;
     let client = runtime.client();
     let id = client
         .start_orchestration("nap_then_wait", &"napped")

@@ -5,9 +5,11 @@
 // library crates).
 #![allow(missing_docs, missing_debug_implementations)]
 
+mod children;
+
 use std::collections::{BTreeMap, HashMap};
-use std::io::{BufRead, BufReader};
-use std::process::{Child, Command, Stdio};
+
+use std::process::{Child, Command};
 use std::time::{Duration, Instant};
 
 use entities::prelude::*;
@@ -161,34 +163,13 @@ fn spawn_child(
     env: &[(&str, String)],
 ) -> Proc {
     let log = dir.join(format!("{name}.log"));
-    let mut child = Command::new(std::env::current_exe().unwrap())
-        .args([
-            test,
-            "--exact",
-            "--ignored",
-            "--nocapture",
-            "--test-threads=1",
-        ])
-        .envs(env.iter().map(|(k, v)| (*k, v.clone())))
-        .env(URL_ENV, url)
-        .env(NAME_ENV, name)
-        .env(COUNT_ENV, count.to_string())
-        .stdin(Stdio::piped())
-        .stdout(Stdio::piped())
-        .stderr(std::fs::File::create(&log).unwrap())
-        .spawn()
-        .unwrap();
-    let stdout = child.stdout.take().unwrap();
-    let (tx, acks) = std::sync::mpsc::channel();
-    std::thread::spawn(move || {
-        for line in BufReader::new(stdout).lines() {
-            let Ok(line) = line else { break };
-            let line = line.rsplit("... ").next().unwrap_or("").to_string();
-            if tx.send(line).is_err() {
-                break;
-            }
-        }
-    });
+    let mut envs = env.to_vec();
+    envs.extend([
+        (URL_ENV, url.to_string()),
+        (NAME_ENV, name.to_string()),
+        (COUNT_ENV, count.to_string()),
+    ]);
+    let (child, acks) = children::spawn(test, &envs, &log);
     Proc { child, acks, log }
 }
 

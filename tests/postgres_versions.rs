@@ -5,8 +5,10 @@
 // library crates).
 #![allow(missing_docs, missing_debug_implementations)]
 
-use std::io::{BufRead, BufReader, Write};
-use std::process::{Child, ChildStdin, Command, Stdio};
+mod children;
+
+use std::io::Write;
+use std::process::{Child, ChildStdin};
 use std::time::{Duration, Instant};
 
 use entities::prelude::*;
@@ -84,32 +86,11 @@ struct Proc {
 impl Proc {
     fn spawn(url: &str, code: &str, dir: &std::path::Path, n: usize) -> Self {
         let log = dir.join(format!("{code}{n}.log"));
-        let mut child = Command::new(std::env::current_exe().unwrap())
-            .args([
-                "pg_version_child",
-                "--exact",
-                "--ignored",
-                "--nocapture",
-                "--test-threads=1",
-            ])
-            .env(URL_ENV, url)
-            .env(CODE_ENV, code)
-            .stdin(Stdio::piped())
-            .stdout(Stdio::piped())
-            .stderr(std::fs::File::create(&log).unwrap())
-            .spawn()
-            .unwrap();
-        let stdout = child.stdout.take().unwrap();
-        let (tx, lines) = std::sync::mpsc::channel();
-        std::thread::spawn(move || {
-            for line in BufReader::new(stdout).lines() {
-                let Ok(line) = line else { break };
-                let line = line.rsplit("... ").next().unwrap_or("").to_string();
-                if tx.send(line).is_err() {
-                    break;
-                }
-            }
-        });
+        let (mut child, lines) = children::spawn(
+            "pg_version_child",
+            &[(URL_ENV, url.to_string()), (CODE_ENV, code.to_string())],
+            &log,
+        );
         let stdin = child.stdin.take();
         let proc = Self {
             child,

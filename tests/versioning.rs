@@ -8,7 +8,7 @@ use std::time::Duration;
 
 use entities::prelude::*;
 use entities::{Error, OrchestrationQuery};
-use entities_test_support::{flow_v1, flow_v2, Counter};
+use entities_test_support::{flow_v1, flow_v2, until_held, Counter};
 use serde_json::{json, Value};
 
 const WAIT: Duration = Duration::from_secs(30);
@@ -76,22 +76,6 @@ async fn until_counter(client: &Client, key: &str, value: i64) {
         assert!(
             tokio::time::Instant::now() < deadline,
             "counter {key} never reached {value}"
-        );
-        tokio::time::sleep(Duration::from_millis(10)).await;
-    }
-}
-
-/// Waits until instance `id` is held; returns its status.
-async fn until_held(client: &Client, id: &str) -> OrchestrationStatus {
-    let deadline = tokio::time::Instant::now() + WAIT;
-    loop {
-        let status = client.orchestration_status(id).await.unwrap().unwrap();
-        if status.held.is_some() {
-            return status;
-        }
-        assert!(
-            tokio::time::Instant::now() < deadline,
-            "{id} never held: {status:?}"
         );
         tokio::time::sleep(Duration::from_millis(10)).await;
     }

@@ -6,6 +6,7 @@ use std::time::Duration;
 
 use entities::http::Http;
 use entities::prelude::*;
+use entities_test_support::{until_held, until_history_has};
 use serde_json::{json, Value};
 
 fn counter(ctx: &mut EntityContext) -> Result<(), OperationError> {
@@ -433,36 +434,14 @@ async fn held_instances_are_listed_and_their_history_replays() {
         .start_orchestration_with_id("wait_go", "v2", &json!(1))
         .await
         .unwrap();
-    let deadline = tokio::time::Instant::now() + Duration::from_secs(30);
-    while client
-        .orchestration_history("v2")
-        .await
-        .unwrap()
-        .unwrap()
-        .len()
-        < 3
-    {
-        assert!(tokio::time::Instant::now() < deadline);
-        tokio::time::sleep(Duration::from_millis(10)).await;
-    }
+    until_history_has(&client, "v2", 3).await;
     patched.shutdown().await.unwrap();
 
     // The code without the patch holds the instance when its event arrives.
     let old = runtime(SqliteStore::open(&path).unwrap()).await;
     let client = old.client();
     client.raise_event("v2", "go", &"now").await.unwrap();
-    let deadline = tokio::time::Instant::now() + Duration::from_secs(30);
-    while client
-        .orchestration_status("v2")
-        .await
-        .unwrap()
-        .unwrap()
-        .held
-        .is_none()
-    {
-        assert!(tokio::time::Instant::now() < deadline);
-        tokio::time::sleep(Duration::from_millis(10)).await;
-    }
+    until_held(&client, "v2").await;
     old.shutdown().await.unwrap();
 
     let out = entities(&["--db", db, "orchestrations", "--status", "held"], &[]).await;

@@ -6,6 +6,7 @@ use std::time::Duration;
 
 use entities::http::Http;
 use entities::prelude::*;
+use entities_test_support::{until_held, until_history_has};
 use reqwest::StatusCode;
 use serde_json::Value;
 
@@ -65,36 +66,14 @@ async fn a_held_instance_is_shown_filtered_counted_and_measured() {
         .start_orchestration_with_id("flow", "r1", &())
         .await
         .unwrap();
-    let deadline = tokio::time::Instant::now() + Duration::from_secs(30);
-    while client
-        .orchestration_history("h1")
-        .await
-        .unwrap()
-        .unwrap()
-        .len()
-        < 3
-    {
-        assert!(tokio::time::Instant::now() < deadline);
-        tokio::time::sleep(Duration::from_millis(10)).await;
-    }
+    until_history_has(&client, "h1", 3).await;
     runtime.shutdown().await.unwrap();
 
     // Older code: `h1` replays when its event arrives, and is held; `r1` gets nothing.
     let runtime = start(&path, false).await;
     let client = runtime.client();
     client.raise_event("h1", "go", &()).await.unwrap();
-    let deadline = tokio::time::Instant::now() + Duration::from_secs(30);
-    while client
-        .orchestration_status("h1")
-        .await
-        .unwrap()
-        .unwrap()
-        .held
-        .is_none()
-    {
-        assert!(tokio::time::Instant::now() < deadline);
-        tokio::time::sleep(Duration::from_millis(10)).await;
-    }
+    until_held(&client, "h1").await;
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
     let base = format!("http://{}", listener.local_addr().unwrap());
     tokio::spawn(Http::new(runtime.client()).serve_on(listener, std::future::pending()));

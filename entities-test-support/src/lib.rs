@@ -1,5 +1,6 @@
 //! Fixtures shared by the workspace's tests, benchmarks and examples: the counter entity in
-//! its class-based and function-based forms, and the bank's transfer orchestration. Not
+//! its class-based and function-based forms, the bank's transfer orchestration, two versions of a
+//! flow changed while it runs, and waits for held instances and histories. Not
 //! published: it exists so that each fixture is written once.
 
 use entities::prelude::*;
@@ -91,6 +92,42 @@ pub async fn flow_v2(ctx: OrchestrationContext, key: String) -> Result<i64, enti
     let _: () = ctx.wait_for_event("go").await?;
     ctx.call::<Counter>(&key).add(10).await?;
     ctx.call::<Counter>(&key).get().await
+}
+
+/// How long the waits below wait before they fail.
+const WAIT: std::time::Duration = std::time::Duration::from_secs(30);
+
+/// Waits until orchestration instance `id` is held (see `OrchestrationStatus::held`);
+/// returns its status. Panics after 30 s.
+pub async fn until_held(client: &Client, id: &str) -> OrchestrationStatus {
+    let deadline = tokio::time::Instant::now() + WAIT;
+    loop {
+        let status = client.orchestration_status(id).await.unwrap().unwrap();
+        if status.held.is_some() {
+            return status;
+        }
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "{id} never held: {status:?}"
+        );
+        tokio::time::sleep(std::time::Duration::from_millis(10)).await;
+    }
+}
+
+/// Waits until the history of instance `id` has at least `events` events. Panics after 30 s.
+pub async fn until_history_has(client: &Client, id: &str, events: usize) {
+    let deadline = tokio::time::Instant::now() + WAIT;
+    loop {
+        let history = client.orchestration_history(id).await.unwrap();
+        if history.as_ref().is_some_and(|h| h.len() >= events) {
+            return;
+        }
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "{id} never had {events} history events: {history:?}"
+        );
+        tokio::time::sleep(std::time::Duration::from_millis(10)).await;
+    }
 }
 
 /// The committed state of an entity, `None` if it has none.

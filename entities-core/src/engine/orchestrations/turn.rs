@@ -189,14 +189,7 @@ impl Orchestrations {
                     .state
                     .lock()
                     .unwrap_or_else(std::sync::PoisonError::into_inner);
-                for (seq, action) in state.new_actions.drain(..) {
-                    batch
-                        .produced
-                        .extend(self.shared.action_messages(id, seq, &action));
-                    let event = Event::Scheduled { seq, action };
-                    track_locks(&mut live.locks, &event);
-                    events.push(event);
-                }
+                self.carry_out(id, &mut state, &mut live.locks, &mut events, batch);
                 result
             }
         };
@@ -364,14 +357,7 @@ impl Orchestrations {
             .state
             .lock()
             .unwrap_or_else(std::sync::PoisonError::into_inner);
-        for (seq, action) in state.new_actions.drain(..) {
-            batch
-                .produced
-                .extend(self.shared.action_messages(id, seq, &action));
-            let event = Event::Scheduled { seq, action };
-            track_locks(&mut new.locks, &event);
-            events.push(event);
-        }
+        self.carry_out(id, &mut state, &mut new.locks, &mut events, batch);
         if state.continue_with.is_some() && !matches!(result, Some(Err(_))) {
             // Its step number is below the new run's first: the next turn drops it.
             batch.produced.push(self.shared.completion(
@@ -392,6 +378,26 @@ impl Orchestrations {
         };
         *live = new;
         Ok((events, result))
+    }
+
+    /// Carries out the steps the code scheduled when polled: their messages go into `batch`,
+    /// their events into the turn's `events`, and lock steps into `locks`.
+    fn carry_out(
+        &self,
+        id: &str,
+        state: &mut OrchState,
+        locks: &mut Option<Vec<EntityId>>,
+        events: &mut Vec<Event>,
+        batch: &mut Batch,
+    ) {
+        for (seq, action) in state.new_actions.drain(..) {
+            batch
+                .produced
+                .extend(self.shared.action_messages(id, seq, &action));
+            let event = Event::Scheduled { seq, action };
+            track_locks(locks, &event);
+            events.push(event);
+        }
     }
 
     /// Ends an instance: records its status, releases its locks, answers its parent.
